@@ -1,0 +1,169 @@
+"""The ``adapt`` command line.
+
+:func:`make_cli` builds a fresh click group around a fresh host every time
+(plugins may add subcommands through ``adapt_register_commands``). User errors
+(:class:`adapt.errors.AdaptError`) print one message and exit with code 2;
+``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+
+from adapt import __version__
+from adapt.errors import AdaptError
+from adapt.host import AUTOLOAD_ENV, Host, make_host
+
+EXIT_USER_ERROR = 2
+
+
+class AdaptGroup(click.Group):
+    """A click group that turns AdaptError into one clean message and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except AdaptError as exc:
+            if ctx.obj and ctx.obj.get("debug"):
+                raise
+            report_error(exc)
+            ctx.exit(exc.exit_code)
+
+
+def report_error(exc: AdaptError) -> None:
+    click.secho(f"error: {exc.message}", fg="red", err=True)
+    if exc.hint:
+        click.echo(f"hint: {exc.hint}", err=True)
+
+
+def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
+    """Plain aligned columns: readable in a terminal and in a log file."""
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(str(c).ljust(w) for c, w in zip(row, widths)).rstrip() for row in [header, *rows]]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def plugin_rows(host: Host) -> list[dict[str, str]]:
+    """One row per registered object (and one per plugin that failed to load)."""
+    rows = []
+    for attr, registry in host.registries().items():
+        for name in registry.names():
+            plugin = host.plugins.get(registry.owner(name))
+            rows.append({
+                "name": name,
+                "kind": registry.kind,
+                "plugin": registry.owner(name),
+                "package": plugin.package if plugin else "",
+                "version": plugin.version if plugin else "",
+            })
+    for name, info in host.plugins.items():
+        if info.error:
+            rows.append({"name": name, "kind": "error", "plugin": name, "package": info.package, "version": info.version, "error": info.error})
+    return rows
+
+
+def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
+    """Build the ``adapt`` click group around a fresh host."""
+    host = host_factory()
+
+    @click.group(cls=AdaptGroup, context_settings={"help_option_names": ["-h", "--help"]})
+    @click.version_option(__version__, "--version", prog_name="adapt", message="%(prog)s %(version)s")
+    @click.option("--debug", is_flag=True, help="Show full tracebacks instead of one-line errors.")
+    @click.pass_context
+    def cli(ctx: click.Context, debug: bool) -> None:
+        """adapt: fine-tune a pretrained model with few parameters (freeze, LoRA,
+        adapters), merge the adapter into the weights, and export it for fast
+        CPU and mobile inference.
+
+        \b
+        Start here:
+          adapt init            write a commented starter config (adapt.yaml)
+          adapt run adapt.yaml  run the whole job; the run directory holds the report
+          adapt plugins         list backbones, methods, data sources, tasks, exporters
+
+        Errors exit with code 2 and one message; --debug shows the traceback.
+        """
+        ctx.ensure_object(dict)
+        ctx.obj.update(debug=debug, host=host)
+        for name, error in host.broken.items():
+            click.secho(f"warning: plugin {name!r} failed to load and is skipped: {error}", fg="yellow", err=True)
+
+    @cli.command("plugins")
+    @click.option("--verbose", "-v", is_flag=True, help="Also show the hooks each plugin implements and where it was loaded from.")
+    @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+    def plugins_command(verbose: bool, as_json: bool) -> None:
+        """List every registered backbone, method, exporter, data source and task."""
+        rows = plugin_rows(host)
+        if verbose or as_json:
+            for row in rows:
+                hooks = [h.name for h in host.pm.get_hookcallers(host.pm.get_plugin(row["plugin"]) or object()) or []]
+                row["hooks"] = ", ".join(sorted(hooks))
+                row["from"] = host.plugins[row["plugin"]].module if row["plugin"] in host.plugins else ""
+        if as_json:
+            click.echo(json.dumps(rows, indent=2))
+            return
+        columns = ["name", "kind", "plugin", "package", "version"] + (["hooks", "from"] if verbose else [])
+        click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
+        if host.broken:
+            click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above.")
+        if not verbose:
+            click.echo(f"\nThird-party plugins are off when {AUTOLOAD_ENV}=1.")
+
+    @cli.command("init")
+    @click.argument("path", type=click.Path(dir_okay=False, path_type=Path), default="adapt.yaml")
+    @click.option("--force", is_flag=True, help="Overwrite PATH if it exists.")
+    def init_command(path: Path, force: bool) -> None:
+        """Write a commented starter config to PATH (default: adapt.yaml)."""
+        from adapt.config import starter_text
+        from adapt.rundir import atomic_write_text
+
+        if path.exists() and not force:
+            raise AdaptError(f"{path} already exists", hint="pass --force to overwrite it, or give another path")
+        atomic_write_text(path, starter_text())
+        click.echo(f"wrote {path}; edit it, then run: adapt run {path}")
+
+    @cli.command("run")
+    @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
+    @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
+    @click.option("--overwrite", is_flag=True, help="Delete an existing run directory of the same name first.")
+    @click.option("--dry-run", is_flag=True, help="Validate the config against the installed plugins, print it resolved, and stop.")
+    def run_command(config: Path | None, overrides: tuple[str, ...], overwrite: bool, dry_run: bool) -> None:
+        """Run the job described by CONFIG (default: the built-in starter config,
+        see `adapt init`): load, adapt, train, merge and export, writing
+        everything to <output_dir>/<name>."""
+        from adapt.config import load_config
+        from adapt.plan import make_plan
+
+        plan = make_plan(load_config(config, overrides), host)
+        if dry_run:
+            import yaml
+
+            click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False).rstrip())
+            click.echo("config is valid.", err=True)
+            return
+        from adapt.pipeline import run_pipeline
+
+        run_pipeline(plan, host, overwrite=overwrite)
+
+    host.call("adapt_register_commands", cli=cli)
+    return cli
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        cli = make_cli()
+    except AdaptError as exc:  # a plugin broke the host before any command ran
+        report_error(exc)
+        sys.exit(EXIT_USER_ERROR)
+    cli.main(args=list(argv) if argv is not None else None, prog_name="adapt")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,206 @@
+"""The run config: schema, YAML loading, ``--set`` overrides and readable errors.
+
+Validation happens in two steps, both before anything heavy is imported:
+:func:`load_config` checks the shape (keys, types, ranges) here, and
+:func:`adapt.plan.make_plan` checks the names against the installed plugins and
+each plugin's own ``options`` schema. Every error names the key path, the value
+given and what is allowed.
+"""
+
+from __future__ import annotations
+
+import difflib
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Sequence
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from adapt.errors import ConfigError
+
+STARTER_CONFIG = "starter.yaml"
+
+
+class _Section(BaseModel):
+    # Unknown keys are errors, never silently ignored: a typo must not change a run.
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Section):
+    name: str = Field(description="a registered backbone plugin")
+    checkpoint: str | None = Field(None, description="hub id, local folder or file, or pkg:<module>/<path>")
+    arch: str | None = Field(None, description="architecture name, for backbone families such as timm")
+    options: dict[str, Any] = Field(default_factory=dict, description="validated by the backbone's own schema")
+
+
+class MethodConfig(_Section):
+    name: str = Field("freeze", description="a registered method plugin")
+    options: dict[str, Any] = Field(default_factory=dict, description="validated by the method's own schema")
+
+
+class SplitConfig(_Section):
+    val: float = Field(0.1, ge=0, lt=1, description="fraction of the data held out for validation")
+    test: float = Field(0.1, ge=0, lt=1, description="fraction of the data held out for testing")
+    seed: int = Field(0, description="seed of the shuffle before splitting")
+
+    @model_validator(mode="after")
+    def _leaves_training_data(self) -> SplitConfig:
+        if self.val + self.test >= 1:
+            raise ValueError(f"val + test must be below 1 so that some data is left to train on (got {self.val} + {self.test})")
+        return self
+
+
+class DataConfig(_Section):
+    source: str = Field(description="a registered data-source plugin")
+    path: str | None = Field(None, description="file or folder, or pkg:<module>/<path>; some sources need none")
+    text_column: str = Field("text", description="column holding the text, for table-like sources")
+    label_column: str = Field("label", description="column holding the label, for table-like sources")
+    split: SplitConfig = Field(default_factory=SplitConfig, description="used where the data has no split of its own")
+    options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(16, ge=1)
+    lr: float = Field(5.0e-4, gt=0)
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    seed: int = 0
+
+
+class ExportConfig(_Section):
+    formats: list[str] = Field(default_factory=list, description="registered exporters to run after the merge")
+    quantize: Literal["int8", "none"] = "int8"
+    mobile: bool = True
+    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
+
+
+class RunConfig(_Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run directory is <output_dir>/<name>")
+    task: str = Field(description="a registered task: text-classification, token-classification, image-classification, ...")
+    backbone: BackboneConfig
+    method: MethodConfig = Field(default_factory=MethodConfig)
+    data: DataConfig
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+    output_dir: str = "runs"
+
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+
+def starter_text() -> str:
+    """The commented starter config that ``adapt init`` writes and ``adapt run`` uses by default."""
+    return resources.files("adapt").joinpath(STARTER_CONFIG).read_text(encoding="utf-8")
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a config file into a dict, with the line and column of any syntax error."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}", hint="check the path, or run `adapt init` to write a starter config") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
+    return parse_yaml(text, str(path))
+
+
+def parse_yaml(text: str, origin: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{origin} is not valid YAML{where}: {exc.problem}", hint="fix the syntax there (indentation, a missing colon or quote)") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin} is not valid YAML: {exc}") from None
+    if data is None:
+        raise ConfigError(f"{origin} is empty", hint="run `adapt init` to write a starter config")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{origin} must be a mapping of keys (task:, backbone:, ...), got a {type(data).__name__}")
+    return data
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``key.path=value`` overrides; values are parsed as YAML (``3``, ``true``, ``[a, b]``)."""
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or not all(p.strip() for p in parts):
+            raise ConfigError(f"--set {item!r} is not of the form key.path=value", hint="for example --set train.epochs=5")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        node = data
+        for depth, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: `{'.'.join(parts[: depth + 1])}` holds {child!r}, not a mapping of keys")
+            node = child
+        node[parts[-1]] = value
+    return data
+
+
+def validate_config(data: dict[str, Any]) -> RunConfig:
+    """Check the shape of a config dict; every problem found is listed in one ConfigError."""
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, RunConfig), hint="see docs/config.md for every key") from None
+
+
+def load_config(path: Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read ``path`` (or the built-in starter config when None), apply overrides, validate."""
+    data = read_yaml(path) if path is not None else parse_yaml(starter_text(), "the built-in default config")
+    return validate_config(apply_overrides(data, list(overrides)))
+
+
+def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = "") -> str:
+    """Turn pydantic's errors into lines naming the key path, the value and what is allowed."""
+    lines = []
+    for error in exc.errors():
+        loc = [str(p) for p in error["loc"]]
+        path = ".".join([prefix, *loc] if prefix else loc) or "(top level)"
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            allowed = _allowed_keys(model, loc[:-1])
+            line = f"unknown key `{path}`; allowed here: {', '.join(allowed)}"
+            close = difflib.get_close_matches(loc[-1], allowed, n=1)
+            if close:
+                line += f" (did you mean `{close[0]}`?)"
+        elif kind == "missing":
+            line = f"missing key `{path}`" + _describe(model, loc)
+        elif loc:
+            line = f"`{path}` = {error['input']!r}: {_lower_first(error['msg'])}"
+        else:
+            line = _lower_first(error["msg"])
+        lines.append(line)
+    return "invalid config:" + "".join(f"\n  - {line}" for line in lines)
+
+
+def _field_model(model: type[BaseModel], loc: list[str]) -> type[BaseModel] | None:
+    """The pydantic model found by following ``loc`` from ``model`` (None if it leaves the schema)."""
+    for part in loc:
+        field = model.model_fields.get(part)
+        annotation = getattr(field, "annotation", None)
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return None
+        model = annotation
+    return model
+
+
+def _allowed_keys(model: type[BaseModel], loc: list[str]) -> list[str]:
+    found = _field_model(model, loc)
+    return sorted(found.model_fields) if found else []
+
+
+def _describe(model: type[BaseModel], loc: list[str]) -> str:
+    parent = _field_model(model, loc[:-1])
+    field = parent.model_fields.get(loc[-1]) if parent else None
+    return f" ({field.description})" if field is not None and field.description else ""
+
+
+def _lower_first(text: str) -> str:
+    return text[:1].lower() + text[1:]

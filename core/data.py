@@ -1,0 +1,68 @@
+"""From a data source to encoded train/val/test splits with stable label names.
+
+A source returns the splits its data has; missing ones are carved out of
+``train`` by a seeded shuffle, so the same config always gives the same split.
+Label names come from the training split, sorted, and are saved with the run:
+a label met only in val or test is an error, not a silent new class.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+from adapt.config import SplitConfig
+from adapt.errors import DataError
+from adapt.interfaces import SPLITS, DataRequest, Example
+
+
+@dataclass
+class Splits:
+    """Encoded examples per split, and the label names their indices refer to."""
+
+    train: list[Example]
+    val: list[Example]
+    test: list[Example]
+    label_names: list[str]
+
+    def sizes(self) -> dict[str, int]:
+        return {s: len(getattr(self, s)) for s in SPLITS}
+
+
+def carve(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
+    """Split off ``fraction`` of ``examples`` (at least one when the fraction is positive)."""
+    order = list(range(len(examples)))
+    random.Random(seed).shuffle(order)
+    n = round(len(order) * fraction)
+    n = max(n, 1) if fraction > 0 else 0
+    return [examples[i] for i in order[n:]], [examples[i] for i in order[:n]]
+
+
+def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig) -> Splits:
+    """Read, split and encode the data of a run."""
+    raw = source.read(request)
+    unknown = set(raw) - set(SPLITS)
+    if unknown or "train" not in raw:
+        raise DataError(f"data source {source.name!r} returned splits {sorted(raw)}; expected train and optionally val, test", hint="this is a bug in the data source plugin")
+    train = list(raw["train"])
+    if "test" not in raw:
+        train, raw["test"] = carve(train, split.test, split.seed)
+        val_fraction = split.val / (1 - split.test)  # of what is left, so val is `val` of the whole
+    else:
+        val_fraction = split.val
+    if "val" not in raw:
+        train, raw["val"] = carve(train, val_fraction, split.seed + 1)
+    if not train:
+        raise DataError(f"no training examples left from data source {source.name!r}", hint="add data, or lower data.split.val and data.split.test")
+    label_names = task.label_names(train)
+    for name in ("val", "test"):
+        task.label_names(raw[name])  # same shape checks as train
+    index = {name: i for i, name in enumerate(label_names)}
+    encoded = {}
+    for name, examples in (("train", train), ("val", raw["val"]), ("test", raw["test"])):
+        try:
+            encoded[name] = [task.encode(e, index) for e in examples]
+        except DataError as exc:
+            raise DataError(f"{name} split: {exc.message}", hint=exc.hint) from None
+    return Splits(encoded["train"], encoded["val"], encoded["test"], label_names)

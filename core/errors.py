@@ -1,0 +1,46 @@
+"""User-facing errors.
+
+Every mistake a user can make (bad config, unknown plugin, unreadable data, a
+checkpoint that does not fit) raises an :class:`AdaptError` subclass carrying
+what went wrong and how to fix it. The CLI prints it as one message and exits
+with code 2; only ``--debug`` shows the traceback. Anything else that escapes
+is a bug in adapt or in a plugin.
+"""
+
+from __future__ import annotations
+
+
+class AdaptError(Exception):
+    """A problem the user can fix; ``hint`` says how."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}\nhint: {self.hint}"
+        return self.message
+
+
+class ConfigError(AdaptError):
+    """The config file or a ``--set`` override is invalid."""
+
+
+class PluginError(AdaptError):
+    """A plugin is unknown, registered twice, failed to import, or raised in a hook."""
+
+
+class DataError(AdaptError):
+    """The data cannot be read or does not fit the task."""
+
+
+class CheckpointError(AdaptError):
+    """Weights cannot be read or do not fit the model."""
+
+
+class RunDirError(AdaptError):
+    """The run directory is in a state the command cannot work with."""

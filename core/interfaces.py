@@ -1,0 +1,192 @@
+"""The five things a plugin can provide, as small Protocols.
+
+A plugin object only has to *look* like one of these (duck typing); it does not
+inherit from anything. Heavy types (torch) appear only in annotations, so this
+module imports nothing heavy.
+
+Examples travel between data sources, tasks and backbones as plain dicts:
+
+* text-classification:  ``{"text": str, "label": str}``
+* token-classification: ``{"tokens": list[str], "tags": list[str]}``
+* image-classification: ``{"image": numpy uint8 array (H, W) or (H, W, C), "label": str}``
+
+Before batching, the pipeline replaces label names by their index
+(``label``: int, ``tags``: list[int]) using the run's saved label names.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+
+if TYPE_CHECKING:
+    import torch
+    from pydantic import BaseModel
+
+Example = dict[str, Any]
+Batch = dict[str, "torch.Tensor"]
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class BuiltModel:
+    """A model built by a backbone for one task, with what methods need to know about it.
+
+    ``model(**inputs)`` returns the logits tensor: ``(batch, labels)`` for sequence
+    and image classification, ``(batch, tokens, labels)`` for token classification.
+    """
+
+    model: torch.nn.Module
+    task: str
+    num_labels: int
+    #: Module names of the task head (replaced or added for the data's labels).
+    head: tuple[str, ...] = ()
+    #: Parameter names the checkpoint did not provide. They stay trainable under
+    #: every method, so a frozen backbone never carries a frozen random layer.
+    new_parameters: tuple[str, ...] = ()
+    #: Module names of the repeated blocks, input side first (for "train the last N blocks").
+    blocks: tuple[str, ...] = ()
+    #: Whatever the backbone needs again later (tokenizer, image transform, ...).
+    preprocessor: Any = None
+
+
+@dataclass(frozen=True)
+class OnnxIO:
+    """Names and dynamic axes of the exported graph's inputs and outputs."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    dynamic_axes: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+
+
+@dataclass
+class MergeResult:
+    """What a method's merge returns.
+
+    ``folded`` is True when the method was folded into the backbone's own weights
+    (the model has the backbone's architecture and parameter count); False when it
+    cannot be folded exactly and stays inline as plain modules of the one model.
+    """
+
+    model: torch.nn.Module
+    folded: bool
+    note: str = ""
+
+
+@dataclass
+class Parity:
+    """How closely an exported file reproduces the PyTorch model."""
+
+    max_abs_diff: float
+    label_agreement: float
+    examples: int
+
+
+@dataclass
+class DataRequest:
+    """What a data source is asked to read (built by the host from ``data:`` in the config)."""
+
+    task: str
+    path: Path | None
+    text_column: str = "text"
+    label_column: str = "label"
+    options: Any = None
+
+
+@runtime_checkable
+class Task(Protocol):
+    """A kind of prediction: how labels are found, the loss, metrics and predictions."""
+
+    name: str
+    #: The metric used to pick the best checkpoint and gate quantisation ("accuracy", "f1").
+    primary_metric: str
+
+    def label_names(self, examples: Sequence[Example]) -> list[str]:
+        """The sorted label names found in ``examples``; raises DataError on a malformed example."""
+
+    def encode(self, example: Example, index: Mapping[str, int]) -> Example:
+        """A copy of ``example`` with label names replaced by indices; DataError for an unseen label."""
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """The training loss; label ``-100`` is ignored."""
+
+    def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[Any], list[Any]]:
+        """Per-example predictions and references, dropping ignored (``-100``) positions."""
+
+    def metrics(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]) -> dict[str, float]:
+        """Metrics over a whole split; always includes ``primary_metric``."""
+
+
+@runtime_checkable
+class Backbone(Protocol):
+    """A pretrained network family that can be built for tasks and exported."""
+
+    name: str
+    tasks: tuple[str, ...]
+    #: A pydantic model validating ``backbone.options``, or None when there are none.
+    options_schema: type[BaseModel] | None
+
+    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+        """Build the model for ``task`` with a head of ``num_labels`` outputs, loading ``checkpoint``."""
+
+    def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
+        """A function turning encoded examples into a batch of tensors (``labels`` included)."""
+
+    def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> Batch:
+        """Inputs that ``built.model(**inputs)`` accepts, for export and checks."""
+
+    def onnx_io(self, built: BuiltModel) -> OnnxIO:
+        """Input/output names (in forward order) and dynamic batch/sequence axes."""
+
+    def default_targets(self, method: str) -> list[str]:
+        """Module names (or suffixes) a method adapts when the config names none."""
+
+
+@runtime_checkable
+class Method(Protocol):
+    """A way of adapting a model with few trainable parameters, and of folding it back."""
+
+    name: str
+    options_schema: type[BaseModel] | None
+
+    def apply(self, built: BuiltModel, options: Any, default_targets: Sequence[str]) -> list[str]:
+        """Change ``built.model`` in place; return the names of the parameters left trainable."""
+
+    def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
+        """The tensors this method trained (the head included), to save as safetensors."""
+
+    def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
+        """Load what :meth:`adapter_state` returned into a freshly applied model."""
+
+    def merge(self, built: BuiltModel) -> MergeResult:
+        """Fold the method into the backbone in fp32, or keep it inline and say so."""
+
+
+@runtime_checkable
+class Exporter(Protocol):
+    """Writes a merged model to a deployable file and checks it against PyTorch."""
+
+    name: str
+    suffix: str
+    options_schema: type[BaseModel] | None
+
+    def export(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO, path: Path, options: Any) -> Path:
+        """Write ``model`` to ``path`` (traced with ``inputs``); return the path written."""
+
+    def verify(self, model: torch.nn.Module, path: Path, batches: Sequence[Batch]) -> Parity:
+        """Run the file and the model on ``batches`` and compare their outputs."""
+
+
+@runtime_checkable
+class DataSource(Protocol):
+    """Reads labelled examples for a task from a path (or from a package)."""
+
+    name: str
+    tasks: tuple[str, ...]
+    options_schema: type[BaseModel] | None
+
+    def read(self, request: DataRequest) -> dict[str, list[Example]]:
+        """Examples by split. Return ``{"train": [...]}`` alone when the data has no split
+        of its own; the host carves ``val`` and ``test`` out with the config's seeded split."""

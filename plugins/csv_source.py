@@ -1,0 +1,84 @@
+"""``csv``: labelled text from a CSV file, or from a folder holding ``train.csv``
+(and optionally ``val.csv`` / ``validation.csv`` and ``test.csv``, which are then
+used as the splits instead of a random one)."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import DataError
+from adapt.interfaces import DataRequest, Example
+
+SPLIT_FILES = {"train": ("train",), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
+
+
+class CsvOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    delimiter: str = Field(",", min_length=1, max_length=1, description="field separator")
+    encoding: str = Field("utf-8-sig", description="text encoding of the files")
+
+
+def split_files(path: Path, suffix: str) -> dict[str, Path]:
+    """The files of a table-like data set: one file, or ``train<suffix>`` beside optional val/test files."""
+    if path.is_file():
+        return {"train": path}
+    if not path.is_dir():
+        raise DataError(f"data path not found: {path}", hint="point data.path at a file or a folder holding train" + suffix)
+    found = {}
+    for split, stems in SPLIT_FILES.items():
+        for stem in stems:
+            if (path / f"{stem}{suffix}").is_file():
+                found[split] = path / f"{stem}{suffix}"
+                break
+    if "train" not in found:
+        raise DataError(f"folder {path} has no train{suffix}", hint=f"put the training data in {path / ('train' + suffix)}, or point data.path at one file")
+    return found
+
+
+def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Example]:
+    text_col, label_col = request.text_column, request.label_column
+    try:
+        with path.open(newline="", encoding=options.encoding) as handle:
+            reader = csv.DictReader(handle, delimiter=options.delimiter)
+            columns = reader.fieldnames or []
+            missing = [c for c in (text_col, label_col) if c not in columns]
+            if missing:
+                raise DataError(
+                    f"{path} has no column {missing[0]!r}; its columns are: {', '.join(columns) or '(none)'}",
+                    hint="set data.text_column and data.label_column to the names used in the file",
+                )
+            examples = []
+            for row in reader:
+                label = row.get(label_col)
+                if label is None or label.strip() == "":
+                    raise DataError(f"{path}, line {reader.line_num}: the {label_col!r} column is empty", hint="give every row a label, or remove the row")
+                examples.append({"text": row.get(text_col) or "", "label": label.strip()})
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid {options.encoding} text (byte {exc.start})", hint="save the file as UTF-8, or set data.options.encoding") from None
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable CSV file: {exc}") from None
+    if not examples:
+        raise DataError(f"{path} holds no rows", hint="the file needs a header line and at least one row")
+    return examples
+
+
+class CsvSource:
+    name = "csv"
+    tasks = ("text-classification",)
+    options_schema = CsvOptions
+
+    def read(self, request: DataRequest) -> dict[str, list[Example]]:
+        if request.path is None:
+            raise DataError("the csv data source needs data.path", hint="set data.path to a .csv file or a folder holding train.csv")
+        return {split: read_csv(file, request, request.options) for split, file in split_files(request.path, ".csv").items()}
+
+
+@hookimpl
+def adapt_register_data_sources(register: Any) -> None:
+    register(CsvSource())
