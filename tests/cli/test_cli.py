@@ -1,0 +1,146 @@
+"""The command line, in-process (click's CliRunner) and as the installed console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import click
+import yaml
+from click.testing import CliRunner
+
+from adapt import __version__, hookimpl
+from adapt.cli import make_cli
+from adapt.host import make_host
+
+from tests.conftest import TinyPlugin
+
+
+def invoke(args, plugins=(), **kwargs):
+    cli = make_cli(lambda: make_host(list(plugins), autoload=False))
+    return CliRunner().invoke(cli, args, **kwargs)
+
+
+def test_help_and_version():
+    result = invoke(["--help"])
+    assert result.exit_code == 0
+    for command in ("init", "run", "plugins"):
+        assert command in result.output
+    result = invoke(["--version"])
+    assert result.output.strip() == f"adapt {__version__}"
+
+
+def test_plugins_lists_an_inline_plugin():
+    result = invoke(["plugins"], plugins=[TinyPlugin()])
+    assert result.exit_code == 0
+    row = next(line for line in result.output.splitlines() if line.startswith("tiny-cnn"))
+    assert row.split()[:3] == ["tiny-cnn", "backbone", "TinyPlugin"]
+
+
+def test_plugins_json_and_verbose():
+    rows = json.loads(invoke(["plugins", "--json"], plugins=[TinyPlugin()]).output)
+    tiny = next(r for r in rows if r["name"] == "tiny-cnn")
+    assert tiny["hooks"] == "adapt_register_backbones" and tiny["kind"] == "backbone"
+    verbose = invoke(["plugins", "--verbose"]).output
+    assert "adapt_register_methods" in verbose and "adapt.plugins.freeze" in verbose
+
+
+def test_a_plugin_adds_a_subcommand():
+    class Commands:
+        @hookimpl
+        def adapt_register_commands(self, cli):
+            @cli.command()
+            def hello():
+                """Say hello."""
+                click.echo("hello from a plugin")
+
+    result = invoke(["hello"], plugins=[Commands()])
+    assert result.exit_code == 0 and result.output == "hello from a plugin\n"
+
+
+def test_init_writes_a_starter_and_will_not_overwrite(tmp_path):
+    target = tmp_path / "adapt.yaml"
+    assert invoke(["init", str(target)]).exit_code == 0
+    assert yaml.safe_load(target.read_text())["task"] == "image-classification"
+    target.write_text("mine")
+    result = invoke(["init", str(target)])
+    assert result.exit_code == 2 and "already exists" in result.output and target.read_text() == "mine"
+    assert invoke(["init", str(target), "--force"]).exit_code == 0
+
+
+def write_config(tmp_path, config):
+    config = {**config, "output_dir": str(tmp_path / "runs")}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_run_loads_real_data_builds_and_adapts(tmp_path, tiny_config):
+    path = write_config(tmp_path, tiny_config)
+    result = invoke(["run", str(path)], plugins=[TinyPlugin()])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "tiny"
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["lr"] == 5.0e-4  # defaults are written out
+    assert json.loads((run / "labels.json").read_text()) == [str(d) for d in range(10)]
+    report = json.loads((run / "report.json").read_text())
+    assert report["task"] == "image-classification" and report["method"] == "freeze"
+    assert sum(report["data"]["sizes"].values()) == 1797
+    assert 0 < report["params"]["trainable"] < report["params"]["total"]
+
+
+def test_run_refuses_an_existing_run_directory(tmp_path, tiny_config):
+    path = write_config(tmp_path, tiny_config)
+    assert invoke(["run", str(path)], plugins=[TinyPlugin()]).exit_code == 0
+    marker = tmp_path / "runs" / "tiny" / "mine.txt"
+    marker.write_text("keep")
+    result = invoke(["run", str(path)], plugins=[TinyPlugin()])
+    assert result.exit_code == 2 and "already holds a run" in result.output and marker.exists()
+    assert invoke(["run", str(path), "--overwrite"], plugins=[TinyPlugin()]).exit_code == 0
+    assert not marker.exists()
+
+
+def test_dry_run_prints_the_resolved_config(tmp_path, tiny_config):
+    result = invoke(["run", str(write_config(tmp_path, tiny_config)), "--dry-run", "--set", "train.epochs=4"], plugins=[TinyPlugin()])
+    assert result.exit_code == 0
+    assert yaml.safe_load(result.stdout)["train"]["epochs"] == 4
+    assert not (tmp_path / "runs").exists()
+
+
+def test_config_mistakes_exit_2_with_one_message_and_no_traceback(tmp_path, tiny_config):
+    tiny_config["train"]["epoch"] = 2
+    result = invoke(["run", str(write_config(tmp_path, tiny_config))], plugins=[TinyPlugin()])
+    assert result.exit_code == 2
+    assert "error: invalid config:" in result.output and "unknown key `train.epoch`" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_debug_shows_the_exception(tmp_path):
+    result = invoke(["--debug", "run", str(tmp_path / "missing.yaml")])
+    assert result.exit_code != 0 and "config file not found" in str(result.exception)
+
+
+def run_installed(*args, env=None):
+    """The console script installed with the package, as a user runs it."""
+    adapt = os.path.join(os.path.dirname(sys.executable), "adapt")
+    return subprocess.run([adapt, *args], capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=120)
+
+
+def test_installed_adapt_plugins_lists_every_builtin():
+    result = run_installed("plugins", "--json")
+    assert result.returncode == 0, result.stderr
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    for name, kind in [("freeze", "method"), ("csv", "data source"), ("digits", "data source"), ("text-classification", "task"), ("token-classification", "task"), ("image-classification", "task")]:
+        assert rows[name]["kind"] == kind
+        assert rows[name]["package"] == "adapt-edge" and rows[name]["version"] == __version__
+
+
+def test_installed_adapt_reports_user_errors_with_exit_code_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("task: image-classification\nbackbone: {name: nope}\ndata: {source: digits}\n")
+    result = run_installed("run", str(bad))
+    assert result.returncode == 2
+    assert "error: backbone.name: unknown backbone 'nope'" in result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,94 @@
+"""Shared test fixtures: a tiny real backbone plugin built inside the tests.
+
+No hub, no downloads: the tiny CNN below is a genuine torch model that runs
+through the same host, method and pipeline code as the built-in backbones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import pytest
+import torch
+from torch import nn
+
+from adapt import hookimpl
+from adapt.host import Host, make_host
+from adapt.interfaces import BuiltModel, OnnxIO
+
+
+class TinyCNN(nn.Module):
+    """stem -> two conv blocks -> pooled linear head; works on any square grey image."""
+
+    def __init__(self, num_labels: int, width: int = 8) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(1, width, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU()),
+        )
+        self.head = nn.Linear(width, num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(pixel_values))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+class TinyBackbone:
+    """A real backbone plugin for tests: grey images, random init (no checkpoint)."""
+
+    name = "tiny-cnn"
+    tasks = ("image-classification",)
+    options_schema = None
+
+    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+        torch.manual_seed(0)
+        model = TinyCNN(num_labels)
+        return BuiltModel(model, task, num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"))
+
+    def collator(self, built: BuiltModel, options: Any):
+        def collate(examples: Sequence[dict]) -> dict[str, torch.Tensor]:
+            images = torch.stack([torch.as_tensor(e["image"], dtype=torch.float32) / 255.0 for e in examples]).unsqueeze(1)
+            return {"pixel_values": images, "labels": torch.tensor([e["label"] for e in examples])}
+
+        return collate
+
+    def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> dict[str, torch.Tensor]:
+        return {"pixel_values": torch.rand(batch_size, 1, 8, 8)}
+
+    def onnx_io(self, built: BuiltModel) -> OnnxIO:
+        return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+
+    def default_targets(self, method: str) -> list[str]:
+        return ["blocks.1.0"]
+
+
+class TinyPlugin:
+    """An inline plugin object, as a test or a script would register it."""
+
+    @hookimpl
+    def adapt_register_backbones(self, register):
+        register(TinyBackbone())
+
+
+@pytest.fixture
+def tiny_backbone() -> TinyBackbone:
+    return TinyBackbone()
+
+
+@pytest.fixture
+def host_with_tiny() -> Host:
+    return make_host([TinyPlugin()])
+
+
+@pytest.fixture
+def tiny_config() -> dict:
+    """A valid config dict for the tiny backbone on the real digits data."""
+    return {
+        "name": "tiny",
+        "task": "image-classification",
+        "backbone": {"name": "tiny-cnn"},
+        "method": {"name": "freeze"},
+        "data": {"source": "digits"},
+        "train": {"epochs": 1, "batch_size": 64},
+    }
