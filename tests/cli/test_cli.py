@@ -63,7 +63,7 @@ def test_a_plugin_adds_a_subcommand():
 def test_init_writes_a_starter_and_will_not_overwrite(tmp_path):
     target = tmp_path / "adapt.yaml"
     assert invoke(["init", str(target)]).exit_code == 0
-    assert yaml.safe_load(target.read_text())["task"] == "image-classification"
+    assert yaml.safe_load(target.read_text())["task"] == "text-classification"
     target.write_text("mine")
     result = invoke(["init", str(target)])
     assert result.exit_code == 2 and "already exists" in result.output and target.read_text() == "mine"

