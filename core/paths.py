@@ -39,3 +39,28 @@ def resolve_path(name: str, *, what: str = "path", must_exist: bool = True) -> P
     if must_exist and not path.exists():
         raise AdaptError(f"{what} not found: {name}" + (f" (looked at {path})" if is_package_path(name) else ""), hint="check the path")
     return path
+
+
+LOCAL_HINTS = ("/", "./", "../", "~")
+
+
+def resolve_checkpoint(name: str) -> str:
+    """A checkpoint name as a loader wants it: a local path for ``pkg:`` names and
+    existing files or folders, else the name unchanged (a hub id).
+
+    Something that is clearly meant as a local path but does not exist is an
+    error here, not a confusing hub lookup later.
+    """
+    from adapt.errors import CheckpointError
+
+    if is_package_path(name):
+        try:
+            return str(resolve_path(name, what="checkpoint"))
+        except AdaptError as exc:
+            raise CheckpointError(exc.message, hint=exc.hint) from None
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path)
+    if name.startswith(LOCAL_HINTS) or path.suffix in {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}:
+        raise CheckpointError(f"checkpoint not found: {name}", hint="check the path in backbone.checkpoint")
+    return name

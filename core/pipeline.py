@@ -9,7 +9,7 @@ also run on its own against a run directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import click
 
@@ -27,6 +27,15 @@ def count_parameters(model: Any) -> dict[str, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
+
+
+def summarise(names: Sequence[str]) -> str:
+    """Parameter names grouped by their module: ``model.classifier (weight, bias)``."""
+    modules: dict[str, list[str]] = {}
+    for name in names:
+        module, _, leaf = name.rpartition(".")
+        modules.setdefault(module, []).append(leaf)
+    return ", ".join(f"{m} ({', '.join(leaves)})" for m, leaves in modules.items())
 
 
 def load_data(plan: Plan) -> Splits:
@@ -58,6 +67,8 @@ def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False) -> Path:
     click.echo(f"load: {config.data.source} -> " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; {len(splits.label_names)} labels")
 
     built = build_model(plan, len(splits.label_names))
+    if built.new_parameters:
+        click.echo(f"load: not in the checkpoint, so trained under every method: {summarise(built.new_parameters)}")
     adapt_model(plan, built)
     params = count_parameters(built.model)
     click.echo(f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})")
@@ -67,6 +78,7 @@ def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False) -> Path:
         "backbone": config.backbone.name,
         "method": config.method.name,
         "params": params,
+        "new_parameters": list(built.new_parameters),
         "data": {"source": config.data.source, "sizes": sizes, "labels": splits.label_names},
     }
     run.write_json(REPORT_FILE, report)

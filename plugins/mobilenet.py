@@ -1,0 +1,213 @@
+"""``mobilenet``: timm's mobile CNNs (MobileNetV2/V3, EfficientNet-Lite, or any
+timm model named in ``backbone.arch``) for image classification.
+
+Checkpoints:
+
+* none: random initialisation (tests, or training from scratch);
+* ``timm``: timm's own pretrained weights for ``arch`` (needs a model hub);
+* ``hf-hub:<repo>``: a timm model on the Hugging Face hub (``arch`` may be left out);
+* a local ``.safetensors`` / ``.pth`` / ``.pt`` / ``.bin`` file, or a ``pkg:`` path to one,
+  in timm's own layout or in another layout with the same tensors in the same
+  order (torchvision's MobileNetV2 file, the EfficientNet-Lite0 package), which is
+  mapped onto timm's names by position after checking every shape.
+
+Preprocessing is timm's own data config for the model (input size,
+interpolation, mean/std); grey images become three channels.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import CheckpointError, ConfigError
+from adapt.interfaces import Batch, BuiltModel, Example, OnnxIO
+from adapt.paths import resolve_checkpoint
+
+if TYPE_CHECKING:
+    import torch
+
+HUB_CHECKPOINTS = ("timm",)
+HUB_PREFIX = "hf-hub:"
+
+
+class MobileNetOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    image_size: int | None = Field(None, ge=16, le=1024, description="square input size; default: the model's own (224 for most)")
+
+
+@dataclass
+class ImagePreprocessor:
+    """timm's eval transform for the model, and the input size it produces."""
+
+    transform: Callable[[Any], torch.Tensor]
+    input_size: tuple[int, int, int]
+    data_config: dict[str, Any]
+
+
+def read_state_dict(path: Path, checkpoint: str) -> dict[str, torch.Tensor]:
+    """Tensors of a weights file, never unpickling arbitrary objects."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            state = load_file(str(path))
+        else:
+            state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise CheckpointError(f"cannot read checkpoint {checkpoint!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint="the file is corrupt, truncated or not a weights file; download or copy it again") from None
+    for key in ("state_dict", "model", "model_state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise CheckpointError(f"checkpoint {checkpoint!r} is not a dictionary of tensors", hint="save the model's state_dict(), not the model object")
+    return {k.removeprefix("module."): v for k, v in state.items()}
+
+
+def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, checkpoint: str, *, ordered: bool) -> dict[str, torch.Tensor]:
+    """Rename ``state`` into ``model``'s names: by name when they already match,
+    else by position (only for ``ordered`` files: a pickle keeps the order it was
+    saved in, safetensors does not). The head is taken only when its shape fits
+    the label count."""
+    target = model.state_dict()
+    head_keys = [k for k in target if k.startswith(head + ".")]
+    body = [k for k in target if k not in head_keys]
+    if set(body) <= set(state):
+        pairs = [(k, k) for k in target if k in state]
+    elif not ordered:
+        missing = next(k for k in body if k not in state)
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} has no tensor {missing!r}, and a safetensors file cannot be mapped by position",
+            hint="save it with timm's tensor names (timm.create_model(...).state_dict()), or use the original .pth file",
+        )
+    else:
+        source = list(state)
+        if len(source) == len(target):
+            pairs = list(zip(source, target))
+        elif len(source) == len(body):
+            pairs = list(zip(source, body))
+        else:
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} has {len(source)} tensors; the model has {len(target)} ({len(body)} without its head), and the names differ",
+                hint="is it a checkpoint of another architecture? check backbone.arch",
+            )
+    mapped = {}
+    for src, dst in pairs:
+        found, expected = tuple(state[src].shape), tuple(target[dst].shape)
+        if found != expected:
+            if dst in head_keys:
+                continue  # a head for another label count: the new head stays
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} does not fit {type(model).__name__}: tensor {src!r} has shape {found}, the model's {dst!r} expects {expected}",
+                hint="is it a checkpoint of another architecture? check backbone.arch",
+            )
+        mapped[dst] = state[src]
+    return mapped
+
+
+class MobileNet:
+    name = "mobilenet"
+    tasks = ("image-classification",)
+    options_schema = MobileNetOptions
+
+    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+        import timm
+
+        from adapt.wrappers import PixelClassifier
+
+        hub = bool(checkpoint) and (checkpoint in HUB_CHECKPOINTS or checkpoint.startswith(HUB_PREFIX))
+        name = checkpoint if hub and checkpoint.startswith(HUB_PREFIX) else arch
+        if not name:
+            raise ConfigError("backbone 'mobilenet' needs backbone.arch, the timm model name", hint="for example arch: mobilenetv2_100 (or mobilenetv3_small_100, mobilenetv3_large_100, tf_efficientnet_lite0)")
+        if not name.startswith(HUB_PREFIX) and not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=3)
+            raise ConfigError(f"backbone.arch: timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), hint="`python -c \"import timm; print(timm.list_models('*mobilenet*'))\"` lists names")
+        try:
+            model = timm.create_model(name, pretrained=hub, num_classes=num_labels)
+        except Exception as exc:  # noqa: BLE001 - hub and download failures vary
+            raise CheckpointError(f"cannot load timm weights for {name!r}: {type(exc).__name__}: {exc}", hint="timm's pretrained weights need a model hub; use a local weights file instead") from None
+        head = model.pretrained_cfg.get("classifier", "classifier")
+        new: list[str] = [n for n, _ in model.named_parameters() if n.startswith(head + ".")]
+        if checkpoint and not hub:
+            path = Path(resolve_checkpoint(checkpoint))
+            if path.is_dir():
+                raise CheckpointError(f"checkpoint {checkpoint!r} is a folder; backbone 'mobilenet' reads one weights file", hint="point at the .safetensors or .pth file inside it")
+            mapped = map_onto(model, read_state_dict(path, checkpoint), head, checkpoint, ordered=path.suffix != ".safetensors")
+            model.load_state_dict(mapped, strict=False)
+            new = [n for n, _ in model.named_parameters() if n not in mapped]
+        preprocessor = self._preprocessor(model, options)
+        return BuiltModel(
+            model=PixelClassifier(model),
+            task=task,
+            num_labels=num_labels,
+            head=(f"model.{head}",),
+            new_parameters=tuple(f"model.{n}" for n in new),
+            blocks=tuple(_blocks(model)),
+            preprocessor=preprocessor,
+        )
+
+    @staticmethod
+    def _preprocessor(model: torch.nn.Module, options: Any) -> ImagePreprocessor:
+        from timm.data import create_transform, resolve_data_config
+
+        config = resolve_data_config({}, model=model)
+        size = getattr(options, "image_size", None)
+        if size:
+            config.update(input_size=(3, size, size), crop_pct=1.0)
+        return ImagePreprocessor(create_transform(**config, is_training=False), tuple(config["input_size"]), config)
+
+    def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
+        import numpy as np
+        import torch
+        from PIL import Image
+
+        transform = built.preprocessor.transform
+
+        def to_rgb(image: Any) -> Image.Image:
+            if isinstance(image, Image.Image):
+                return image.convert("RGB")
+            array = np.asarray(image)
+            if array.ndim == 3 and array.shape[2] == 1:
+                array = array[:, :, 0]
+            return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+
+        def collate(examples: Sequence[Example]) -> Batch:
+            batch = {"pixel_values": torch.stack([transform(to_rgb(e["image"])) for e in examples])}
+            if examples and "label" in examples[0]:
+                batch["labels"] = torch.tensor([e["label"] for e in examples])
+            return batch
+
+        return collate
+
+    def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> Batch:
+        import torch
+
+        return {"pixel_values": torch.randn(batch_size, *built.preprocessor.input_size, generator=torch.Generator().manual_seed(0))}
+
+    def onnx_io(self, built: BuiltModel) -> OnnxIO:
+        return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+
+    def default_targets(self, method: str) -> list[str]:
+        # pointwise (expand, project) and depthwise convolutions of every inverted-residual block
+        return {"lora": ["conv_pw", "conv_dw", "conv_pwl"]}.get(method, [])
+
+
+def _blocks(model: torch.nn.Module) -> list[str]:
+    """Every block of timm's ``blocks`` stages, input side first."""
+    stages = getattr(model, "blocks", None)
+    if stages is None:
+        return []
+    return [f"model.blocks.{i}.{j}" for i, stage in enumerate(stages) for j in range(len(stage))]
+
+
+@hookimpl
+def adapt_register_backbones(register: Any) -> None:
+    register(MobileNet())

@@ -1,0 +1,22 @@
+"""``roberta``: RoBERTa encoders through transformers, for text classification
+and NER. RoBERTa has no token types, so its graph takes two inputs."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from adapt import hookimpl
+from adapt.hf_text import TransformersTextBackbone
+
+
+class Roberta(TransformersTextBackbone):
+    name = "roberta"
+    model_types = ("roberta", "xlm-roberta")
+    input_names = ("input_ids", "attention_mask")
+    # word-split input (NER) needs the leading-space convention of RoBERTa's BPE
+    tokenizer_kwargs = {"add_prefix_space": True}
+
+
+@hookimpl
+def adapt_register_backbones(register: Any) -> None:
+    register(Roberta())
