@@ -59,8 +59,10 @@ class TransformersTextBackbone:
     options_schema = TextOptions
     #: Inputs of the exported graph, in the order of ``LogitsOnly.forward``.
     input_names: tuple[str, ...] = ("input_ids", "attention_mask")
-    #: Default target modules (name suffixes) per method.
-    targets: dict[str, list[str]] = {"lora": ["query", "value"]}
+    #: Default target modules per method. LoRA: name suffixes. Adapters: positions
+    #: inside each layer, Houlsby order (after attention, then after the feed-forward
+    #: block); the Pfeiffer placement keeps the last.
+    targets: dict[str, list[str]] = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
     #: Extra keyword arguments for AutoTokenizer (RoBERTa needs add_prefix_space for word-split input).
     tokenizer_kwargs: dict[str, Any] = {}
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
-from adapt.errors import CheckpointError, ConfigError
+from adapt.errors import ConfigError
 from adapt.interfaces import BuiltModel, MergeResult
 
 if TYPE_CHECKING:
@@ -27,47 +27,32 @@ class FreezeOptions(BaseModel):
     biases: bool = Field(False, description="also train every bias (BitFit)")
 
 
-def _under(name: str, prefixes: Sequence[str]) -> bool:
-    return any(name == p or name.startswith(p + ".") for p in prefixes)
-
-
 class Freeze:
     name = "freeze"
     options_schema = FreezeOptions
 
     def apply(self, built: BuiltModel, options: FreezeOptions, default_targets: Sequence[str]) -> list[str]:
+        from adapt.params import freeze_all_but
+
         if options.last_blocks > len(built.blocks):
             raise ConfigError(
                 f"method.options.last_blocks = {options.last_blocks}, but this model has {len(built.blocks)} blocks",
                 hint=f"use a number from 0 to {len(built.blocks)}",
             )
-        trained = [*built.head, *built.blocks[len(built.blocks) - options.last_blocks:]]
-        names = []
-        for name, param in built.model.named_parameters():
-            train = _under(name, trained) or name in built.new_parameters or (options.biases and name.endswith("bias"))
-            param.requires_grad_(train)
-            if train:
-                names.append(name)
-        return names
+        trained = [*built.head, *built.new_parameters, *built.blocks[len(built.blocks) - options.last_blocks:]]
+        if options.biases:
+            trained += [n for n, _ in built.model.named_parameters() if n.endswith("bias")]
+        return freeze_all_but(built.model, trained)
 
     def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
-        return {n: p.detach().clone().contiguous() for n, p in built.model.named_parameters() if p.requires_grad}
+        from adapt.params import trainable_state
+
+        return trainable_state(built.model)
 
     def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
-        params = dict(built.model.named_parameters())
-        for name, tensor in state.items():
-            if name not in params:
-                raise CheckpointError(f"adapter tensor {name!r} has no counterpart in the model", hint="was the adapter saved from another backbone or task?")
-            if tuple(params[name].shape) != tuple(tensor.shape):
-                raise CheckpointError(
-                    f"adapter tensor {name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}",
-                    hint="was the adapter saved for another label count or architecture?",
-                )
-        import torch
+        from adapt.params import load_parameters
 
-        with torch.no_grad():
-            for name, tensor in state.items():
-                params[name].copy_(tensor)
+        load_parameters(built.model, state)
 
     def merge(self, built: BuiltModel) -> MergeResult:
         model = copy.deepcopy(built.model).float().eval()

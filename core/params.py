@@ -1,0 +1,51 @@
+"""Which parameters train, and saving / loading just those.
+
+Every method leaves a set of parameters trainable (its own, the task head,
+and whatever the checkpoint did not provide) and saves exactly those.
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+import torch
+from torch import nn
+
+from adapt.errors import CheckpointError
+
+
+def under(name: str, prefixes: Sequence[str]) -> bool:
+    """True when ``name`` is one of ``prefixes`` or lies inside one (dotted)."""
+    return any(name == p or name.startswith(p + ".") for p in prefixes)
+
+
+def freeze_all_but(model: nn.Module, trainable: Sequence[str]) -> list[str]:
+    """Make exactly the parameters under ``trainable`` (names or module prefixes) trainable; return their names."""
+    names = []
+    for name, param in model.named_parameters():
+        train = under(name, trainable)
+        param.requires_grad_(train)
+        if train:
+            names.append(name)
+    return names
+
+
+def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Copies of the trainable parameters, ready for safetensors."""
+    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Copy ``state`` into the model's parameters; CheckpointError naming the first misfit."""
+    params = dict(model.named_parameters())
+    for name, tensor in state.items():
+        if name not in params:
+            raise CheckpointError(f"adapter tensor {name!r} has no counterpart in the model", hint="was the adapter saved from another backbone, task or method options?")
+        if tuple(params[name].shape) != tuple(tensor.shape):
+            raise CheckpointError(
+                f"adapter tensor {name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}",
+                hint="was the adapter saved for another label count or architecture?",
+            )
+    with torch.no_grad():
+        for name, tensor in state.items():
+            params[name].copy_(tensor)

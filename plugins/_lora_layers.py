@@ -1,0 +1,113 @@
+"""LoRA layers and their exact fold into the base weight (private to the ``lora`` plugin;
+kept apart so that importing the plugin does not import torch).
+
+A LoRA layer keeps the pretrained weight ``W`` frozen and learns a low-rank update::
+
+    y = W x + b + s * B A x          s = alpha / r   (rsLoRA: alpha / sqrt(r))
+
+with ``A`` (r x in) random and ``B`` (out x r) zero at the start, so the adapted
+model starts equal to the base. Merging replaces ``W`` by ``W + s * B A``: the
+merged layer is the original layer type with the same shapes.
+
+Convolutions use the same update on the flattened kernel. A grouped convolution
+(depthwise included) with ``g`` groups stores its weight as ``g`` blocks of
+shape (out/g, in/g * kh * kw); LoRA learns one rank-``r`` pair per block::
+
+    delta W_j = B_j A_j     B_j: (out/g x r), A_j: (r x in/g * kh * kw)
+
+which is exactly a grouped weight again (block-diagonal in the dense view), so
+it folds for any ``r``: nothing requires ``r`` to be divisible by ``g``. The
+forward pass computes ``delta W`` (a kernel-sized tensor, cheap) and runs a
+single convolution with ``W + s * delta W``, the same operation as the merged layer.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call
+
+
+def scaling(r: int, alpha: float, rslora: bool) -> float:
+    return alpha / math.sqrt(r) if rslora else alpha / r
+
+
+class LoRALinear(nn.Module):
+    """``base_layer(x) + s * B A dropout(x)`` around a frozen ``nn.Linear``."""
+
+    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.r, self.alpha, self.rslora, self.dropout = r, alpha, rslora, dropout
+        self.scaling = scaling(r, alpha, rslora)
+        self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=weight.dtype, device=weight.device))
+        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and PEFT
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        a, b = self.lora_A.to(dtype or self.lora_A.dtype), self.lora_B.to(dtype or self.lora_B.dtype)
+        return (b @ a) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
+        return self.base_layer(x) + update * self.scaling
+
+
+class LoRAConv2d(nn.Module):
+    """A frozen ``nn.Conv2d`` (any groups) plus a per-group low-rank kernel update."""
+
+    def __init__(self, base: nn.Conv2d, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
+        super().__init__()
+        self.base_layer = base
+        self.r, self.alpha, self.rslora, self.dropout = r, alpha, rslora, dropout
+        self.scaling = scaling(r, alpha, rslora)
+        g = base.groups
+        out_per_group = base.out_channels // g
+        fan_in = (base.in_channels // g) * base.kernel_size[0] * base.kernel_size[1]
+        weight = base.weight
+        self.lora_A = nn.Parameter(torch.empty(g, r, fan_in, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(g, out_per_group, r, dtype=weight.dtype, device=weight.device))
+        bound = 1 / math.sqrt(fan_in)  # kaiming_uniform(a=sqrt(5)) per block, as for a conv of this fan-in
+        nn.init.uniform_(self.lora_A, -bound, bound)
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        a, b = self.lora_A.to(dtype or self.lora_A.dtype), self.lora_B.to(dtype or self.lora_B.dtype)
+        delta = torch.bmm(b, a)  # (g, out/g, in/g*kh*kw)
+        return delta.reshape(self.base_layer.weight.shape) * self.scaling
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # functional_call runs the base layer's own forward with another weight, so
+        # subclasses with their own padding (timm's Conv2dSame) keep working
+        base = self.base_layer
+        if self.dropout > 0 and self.training:
+            # dropout acts on the LoRA branch's input only, so the branch runs on its own
+            params = {"weight": self.delta_weight().to(base.weight.dtype)}
+            if base.bias is not None:
+                params["bias"] = torch.zeros_like(base.bias)
+            return base(x) + functional_call(base, params, (F.dropout(x, self.dropout, True),))
+        params = {"weight": base.weight + self.delta_weight().to(base.weight.dtype)}
+        return functional_call(base, params, (x,))
+
+
+#: The layer types LoRA can adapt (subclasses included) and the LoRA layer for each.
+LORA_LAYERS = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}
+
+
+def wrap(module: nn.Module, r: int, alpha: float, dropout: float, rslora: bool) -> nn.Module:
+    for kind, layer in LORA_LAYERS.items():
+        if isinstance(module, kind):
+            return layer(module, r, alpha, dropout, rslora)
+    raise TypeError(f"LoRA supports nn.Linear and nn.Conv2d, not {type(module).__name__}")
+
+
+def fold(layer: LoRALinear | LoRAConv2d) -> nn.Module:
+    """The base layer with the update folded into its weight, in fp32."""
+    base = layer.base_layer.float()
+    with torch.no_grad():
+        base.weight.copy_(base.weight.double() + layer.delta_weight(torch.float64))  # one rounding, at the end
+    return base

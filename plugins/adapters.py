@@ -1,0 +1,112 @@
+"""``adapters``: bottleneck adapters (Houlsby or Pfeiffer placement).
+
+Transformers (bert, roberta): Pfeiffer puts one adapter after each layer's
+feed-forward output projection; Houlsby adds one after the attention output
+projection too. CNNs (mobilenet): one adapter after each block's last
+convolution (its projection), before the block's residual connection.
+
+With a non-linear activation the adapters stay inline in the merged model (and
+in its one ONNX graph); with ``activation: none`` they fold exactly into the
+projection they follow (see ``_adapter_layers``).
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import ConfigError
+from adapt.interfaces import BuiltModel, MergeResult
+
+if TYPE_CHECKING:
+    import torch
+
+
+class AdapterOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reduction: int = Field(16, ge=1, le=4096, description="bottleneck width is channels / reduction")
+    activation: Literal["relu", "gelu", "silu", "tanh", "none"] = Field("relu", description="non-linearity; none makes the adapter foldable")
+    placement: Literal["pfeiffer", "houlsby"] = Field("pfeiffer", description="pfeiffer: after the feed-forward block; houlsby: after attention too")
+    targets: str | list[str] | None = Field(None, description="modules to put adapters after (overrides placement)")
+
+
+class Adapters:
+    name = "adapters"
+    options_schema = AdapterOptions
+
+    def apply(self, built: BuiltModel, options: AdapterOptions, default_targets: Sequence[str]) -> list[str]:
+        from adapt.params import freeze_all_but
+        from adapt.plugins import _adapter_layers as layers
+        from adapt.targets import replace_module
+
+        model = built.model
+        if self._adapters(model):
+            raise ConfigError("method 'adapters' is already applied to this model", hint="build a fresh model before applying a method again")
+        names = self._targets(built, options, default_targets)
+        for name in names:
+            replace_module(model, name, layers.AdapterAfter(model.get_submodule(name), options.reduction, options.activation))
+        return freeze_all_but(model, [*(f"{n}.adapter" for n in names), *built.head, *built.new_parameters])
+
+    @staticmethod
+    def _targets(built: BuiltModel, options: AdapterOptions, default_targets: Sequence[str]) -> list[str]:
+        """Placement: the backbone's per-block positions (Houlsby order, feed-forward last), else each block's last projection."""
+        from torch import nn
+
+        from adapt.targets import find_targets
+
+        kinds = (nn.Linear, nn.Conv2d)
+        if options.targets is not None:
+            return find_targets(built.model, options.targets, kinds, exclude=built.head)
+        modules = dict(built.model.named_modules())
+        names = []
+        for block in built.blocks:
+            if default_targets:
+                positions = list(default_targets) if options.placement == "houlsby" else list(default_targets)[-1:]
+                names += [f"{block}.{p}" for p in positions if f"{block}.{p}" in modules]
+            else:
+                inside = [n for n, m in modules.items() if n.startswith(block + ".") and isinstance(m, kinds)]
+                names += inside[-1:]
+        if not names:
+            raise ConfigError("found nowhere to place adapters in this model (no blocks with a projection layer)", hint="set method.options.targets to the layers to put adapters after")
+        return names
+
+    @staticmethod
+    def _adapters(model: torch.nn.Module) -> dict[str, Any]:
+        from adapt.plugins import _adapter_layers as layers
+
+        return {n: m for n, m in model.named_modules() if isinstance(m, layers.AdapterAfter)}
+
+    def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
+        from adapt.params import trainable_state
+
+        return trainable_state(built.model)
+
+    def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
+        from adapt.params import load_parameters
+
+        load_parameters(built.model, state)
+
+    def merge(self, built: BuiltModel) -> MergeResult:
+        from adapt.plugins import _adapter_layers as layers
+        from adapt.targets import replace_module
+
+        model = copy.deepcopy(built.model).float().eval()
+        adapters = self._adapters(model)
+        inline = [n for n, m in adapters.items() if not m.foldable()]
+        for name, module in adapters.items():
+            if module.foldable():
+                replace_module(model, name, layers.fold(module))
+        model.requires_grad_(False)
+        if inline:
+            activation = adapters[inline[0]].adapter.activation
+            return MergeResult(model, folded=False, note=f"{len(inline)} adapters kept inline: activation {activation!r} is not linear, so they cannot be folded into the weights")
+        return MergeResult(model, folded=True, note=f"{len(adapters)} linear adapters folded into the projections they follow")
+
+
+@hookimpl
+def adapt_register_methods(register: Any) -> None:
+    register(Adapters())

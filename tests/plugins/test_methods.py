@@ -1,0 +1,190 @@
+"""Every method on every backbone kind: train a few steps, merge, and prove the merge exact."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from adapt.errors import ConfigError
+from adapt.hf_text import TextOptions
+from adapt.host import make_host
+from adapt.plan import validate_options
+from adapt.plugins.mobilenet import MobileNetOptions
+
+from tests.tiny import bert_checkpoint
+
+HOST = make_host(autoload=False)
+LABELS = 3
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return str(bert_checkpoint(tmp_path_factory.mktemp("bert") / "bert"))
+
+
+def build(kind: str, bert_dir: str):
+    torch.manual_seed(0)
+    if kind == "bert":
+        backbone = HOST.backbones.get("bert")
+        built = backbone.build("text-classification", LABELS, checkpoint=bert_dir, arch=None, options=TextOptions(max_length=16))
+        examples = [{"text": t, "label": i % LABELS} for i, t in enumerate(["obama visited paris", "the market fell", "shares rose in london", "the team won the match"] * 2)]
+        return backbone, built, backbone.collator(built, TextOptions(max_length=16))(examples)
+    backbone = HOST.backbones.get("mobilenet")
+    options = MobileNetOptions(image_size=32)
+    built = backbone.build("image-classification", LABELS, checkpoint=None, arch=kind, options=options)
+    rng = np.random.default_rng(0)
+    examples = [{"image": rng.integers(0, 255, (16, 16), dtype=np.uint8), "label": i % LABELS} for i in range(8)]
+    return backbone, built, backbone.collator(built, options)(examples)
+
+
+CASES = [
+    ("freeze", {}),
+    ("freeze", {"last_blocks": 1, "biases": True}),
+    ("lora", {"r": 4, "alpha": 8}),
+    ("lora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
+    ("adapters", {"reduction": 4}),
+    ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "gelu"}),
+    ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "none"}),
+]
+BACKBONES = ["bert", "mobilenetv3_small_050", "mobilenetv2_050"]
+
+
+def train_steps(built, method, batch, steps=3):
+    params = [p for p in built.model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-2)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    built.model.train()
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(built.model(**inputs), batch["labels"])
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    built.model.eval()
+    return inputs
+
+
+def method_modules(model):
+    from adapt.plugins import _adapter_layers, _lora_layers
+
+    kinds = (*_lora_layers.LORA_LAYERS.values(), _adapter_layers.AdapterAfter)
+    return [n for n, m in model.named_modules() if isinstance(m, kinds)]
+
+
+@pytest.mark.parametrize("kind", BACKBONES)
+@pytest.mark.parametrize("method_name, raw", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_merge_equals_the_adapted_model(kind, method_name, raw, bert_dir):
+    backbone, built, batch = build(kind, bert_dir)
+    base_count = sum(p.numel() for p in built.model.parameters())
+    method = HOST.methods.get(method_name)
+    options = validate_options(method, "method", raw, "method.options")
+    trainable = method.apply(built, options, backbone.default_targets(method_name))
+    assert trainable and set(built.new_parameters) <= set(trainable)
+
+    with torch.no_grad():
+        before = {n: p.clone() for n, p in built.model.named_parameters() if p.requires_grad}
+    inputs = train_steps(built, method, batch)
+    assert any(not torch.equal(before[n], p) for n, p in built.model.named_parameters() if n in before)
+
+    merged = method.merge(built)
+    with torch.no_grad():
+        adapted_out, merged_out = built.model(**inputs), merged.model(**inputs)
+    assert (adapted_out - merged_out).abs().max().item() <= 1e-5
+    assert torch.equal(adapted_out.argmax(-1), merged_out.argmax(-1))
+    assert all(p.dtype == torch.float32 for p in merged.model.parameters())
+    if merged.folded:
+        assert method_modules(merged.model) == []
+        assert sum(p.numel() for p in merged.model.parameters()) == base_count
+    else:
+        assert method_name == "adapters" and raw.get("activation", "relu") != "none"
+        assert method_modules(merged.model)
+    # the head survived: the merged model's head equals the trained one
+    head = built.head[0]
+    torch.testing.assert_close(merged.model.get_submodule(head).weight, built.model.get_submodule(head).weight)
+
+
+@pytest.mark.parametrize("groups_of", ["one", "two", "depthwise"])
+@pytest.mark.parametrize("r", [1, 3, 5])
+def test_grouped_and_depthwise_conv_lora_folds_exactly(groups_of, r):
+    from adapt.plugins import _lora_layers as layers
+
+    torch.manual_seed(r)
+    channels = 6
+    groups = {"one": 1, "two": 2, "depthwise": channels}[groups_of]
+    conv = torch.nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, groups=groups)
+    lora = layers.LoRAConv2d(conv, r, alpha=2 * r)
+    with torch.no_grad():
+        lora.lora_B.normal_()
+    x = torch.randn(2, channels, 11, 11)
+    with torch.no_grad():
+        expected = lora(x)
+        folded = layers.fold(lora)
+    assert type(folded) is torch.nn.Conv2d and folded.groups == groups
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
+
+
+def test_lora_starts_equal_to_the_base(bert_dir):
+    backbone, built, batch = build("mobilenetv2_050", bert_dir)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    built.model.eval()
+    with torch.no_grad():
+        base = built.model(**inputs)
+    HOST.methods.get("lora").apply(built, validate_options(HOST.methods.get("lora"), "m", {}, "m"), backbone.default_targets("lora"))
+    with torch.no_grad():
+        torch.testing.assert_close(built.model(**inputs), base)
+
+
+def test_trainable_counts_follow_the_maths(bert_dir):
+    backbone, built, _ = build("bert", bert_dir)
+    lora = HOST.methods.get("lora")
+    names = lora.apply(built, validate_options(lora, "m", {"r": 4}, "m"), ["query", "value"])
+    count = sum(p.numel() for n, p in built.model.named_parameters() if n in names)
+    # 2 layers x (query, value) x r * (in + out) = 4 * 4 * (32 + 32) = 1024, plus the head 32 * 3 + 3 = 99
+    assert count == 1123
+
+    from adapt.plugins import _lora_layers as layers
+
+    depthwise = layers.LoRAConv2d(torch.nn.Conv2d(96, 96, 3, groups=96), r=4, alpha=8)
+    # per group: A r x (1 * 3 * 3), B 1 x r  ->  96 * (4 * 9 + 4) = 3840
+    assert sum(p.numel() for n, p in depthwise.named_parameters() if n.startswith("lora_")) == 3840
+
+    _, built, _ = build("bert", bert_dir)
+    adapters = HOST.methods.get("adapters")
+    names = adapters.apply(built, validate_options(adapters, "m", {"reduction": 8, "placement": "houlsby"}, "m"), backbone.default_targets("adapters"))
+    count = sum(p.numel() for n, p in built.model.named_parameters() if n in names)
+    # 2 layers x 2 places x (down 32*4+4 + up 4*32+32) = 4 * 292 = 1168, plus the head 99
+    assert count == 1267
+
+
+def test_unmatched_targets_list_what_could_be_targeted(bert_dir):
+    backbone, built, _ = build("bert", bert_dir)
+    lora = HOST.methods.get("lora")
+    with pytest.raises(ConfigError) as info:
+        lora.apply(built, validate_options(lora, "m", {"targets": ["qkv"]}, "m"), [])
+    assert "`method.options.targets` = ['qkv'] matches no Linear / Conv2d module" in info.value.message
+    assert "query" in info.value.message and "dense" in info.value.message
+    with pytest.raises(ConfigError, match="not a valid regular expression"):
+        lora.apply(built, validate_options(lora, "m", {"targets": "(query"}, "m"), [])
+
+
+def test_a_regex_target_matches_full_names(bert_dir):
+    backbone, built, _ = build("bert", bert_dir)
+    lora = HOST.methods.get("lora")
+    lora.apply(built, validate_options(lora, "m", {"targets": r".*layer\.1\.attention\.self\.(key|value)"}, "m"), [])
+    assert method_modules(built.model) == ["model.bert.encoder.layer.1.attention.self.key", "model.bert.encoder.layer.1.attention.self.value"]
+
+
+@pytest.mark.parametrize("method_name", ["lora", "adapters"])
+def test_applying_a_method_twice_is_an_error(method_name, bert_dir):
+    backbone, built, _ = build("bert", bert_dir)
+    method = HOST.methods.get(method_name)
+    options = validate_options(method, "m", {}, "m")
+    method.apply(built, options, backbone.default_targets(method_name))
+    with pytest.raises(ConfigError, match=f"method '{method_name}' is already applied"):
+        method.apply(built, options, backbone.default_targets(method_name))
+
+
+@pytest.mark.parametrize("method_name, raw, message", [("lora", {"r": 0}, "`method.options.r` = 0: input should be greater than or equal to 1"), ("adapters", {"activation": "swish"}, "`method.options.activation` = 'swish'"), ("lora", {"dropout": 1.0}, "less than 1")])
+def test_option_out_of_range(method_name, raw, message):
+    with pytest.raises(ConfigError, match=message):
+        validate_options(HOST.methods.get(method_name), "method", raw, "method.options")
