@@ -132,8 +132,9 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
     @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
     @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
     @click.option("--overwrite", is_flag=True, help="Delete an existing run directory of the same name first.")
+    @click.option("--resume", is_flag=True, help="Continue the run directory of the same name from its last checkpoint (the config must be unchanged).")
     @click.option("--dry-run", is_flag=True, help="Validate the config against the installed plugins, print it resolved, and stop.")
-    def run_command(config: Path | None, overrides: tuple[str, ...], overwrite: bool, dry_run: bool) -> None:
+    def run_command(config: Path | None, overrides: tuple[str, ...], overwrite: bool, resume: bool, dry_run: bool) -> None:
         """Run the job described by CONFIG (default: the built-in starter config,
         see `adapt init`): load, adapt, train, merge and export, writing
         everything to <output_dir>/<name>."""
@@ -147,9 +148,52 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
             click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False).rstrip())
             click.echo("config is valid.", err=True)
             return
+        if overwrite and resume:
+            raise AdaptError("--overwrite and --resume contradict each other", hint="pick one")
         from adapt.pipeline import run_pipeline
 
-        run_pipeline(plan, host, overwrite=overwrite)
+        run_pipeline(plan, host, overwrite=overwrite, resume=resume)
+
+    run_dir_argument = click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+
+    @cli.command("train")
+    @run_dir_argument
+    def train_command(run_dir: Path) -> None:
+        """Train RUN_DIR from its saved config, continuing from its last checkpoint
+        if it has one (after a crash or Ctrl-C), then evaluate and merge."""
+        from adapt.pipeline import train_command as train
+
+        train(run_dir, host)
+
+    @cli.command("eval")
+    @run_dir_argument
+    @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which split to evaluate.")
+    def eval_command(run_dir: Path, split: str) -> None:
+        """Evaluate the trained (adapted) model of RUN_DIR; prints the metrics as JSON."""
+        from adapt.pipeline import eval_command as evaluate
+
+        click.echo(json.dumps(evaluate(run_dir, host, split), indent=2))
+
+    @cli.command("merge")
+    @run_dir_argument
+    def merge_command(run_dir: Path) -> None:
+        """Fold RUN_DIR's adapter into the backbone, check the merged model against
+        the adapted one on the test split, and write merged/ and the report."""
+        from adapt.pipeline import merge_command as merge
+
+        merge(run_dir, host)
+        click.echo(f"report: {run_dir / 'report.md'}")
+
+    @cli.command("predict")
+    @run_dir_argument
+    @click.argument("inputs", nargs=-1, required=True)
+    def predict_command(run_dir: Path, inputs: tuple[str, ...]) -> None:
+        """Predict labels with RUN_DIR's model for INPUTS: texts, sentences (NER,
+        split on spaces) or image paths, by the run's task. One JSON line each."""
+        from adapt.pipeline import predict_command as predict
+
+        for row in predict(run_dir, host, inputs):
+            click.echo(json.dumps(row))
 
     host.call("adapt_register_commands", cli=cli)
     return cli

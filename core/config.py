@@ -61,12 +61,20 @@ class DataConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(3, ge=1)
-    batch_size: int = Field(16, ge=1)
-    lr: float = Field(5.0e-4, gt=0)
+    epochs: int = Field(3, ge=1, description="passes over the training data")
+    batch_size: int = Field(16, ge=1, description="examples per step on each process")
+    lr: float = Field(5.0e-4, gt=0, description="peak learning rate")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
     seed: int = 0
+    grad_accum: int = Field(1, ge=1, description="batches per optimiser step")
+    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
+    warmup: float = Field(0.06, ge=0, lt=1, description="fraction of the steps with a rising learning rate")
+    weight_decay: float = Field(0.01, ge=0)
+    patience: int = Field(0, ge=0, description="stop after this many epochs without a better validation metric; 0 never stops early")
+    checkpoint_every: int = Field(50, ge=0, description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only")
+    eval_batch_size: int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
+    workers: int = Field(0, ge=0, description="data-loading worker processes")
 
 
 class ExportConfig(_Section):

@@ -9,12 +9,37 @@ a label met only in val or test is an error, not a silent new class.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Sequence
 
 from adapt.config import SplitConfig
 from adapt.errors import DataError
 from adapt.interfaces import SPLITS, DataRequest, Example
+
+
+#: File stems that name a split, for sources that read ``train.<ext>`` beside ``test.<ext>``.
+SPLIT_STEMS = {"train": ("train",), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
+
+
+def split_files(path: Path, suffixes: str | Sequence[str]) -> dict[str, Path]:
+    """The files of a table-like data set: one file, or a folder holding
+    ``train<suffix>`` and optionally a val and a test file, which are then the splits."""
+    suffixes = (suffixes,) if isinstance(suffixes, str) else tuple(suffixes)
+    if path.is_file():
+        return {"train": path}
+    if not path.is_dir():
+        raise DataError(f"data path not found: {path}", hint=f"point data.path at a file or a folder holding train{suffixes[0]}")
+    found = {}
+    for split, stems in SPLIT_STEMS.items():
+        for stem in stems:
+            hits = [path / f"{stem}{s}" for s in suffixes if (path / f"{stem}{s}").is_file()]
+            if hits:
+                found[split] = hits[0]
+                break
+    if "train" not in found:
+        raise DataError(f"folder {path} has no train{suffixes[0]}", hint=f"put the training data in {path / ('train' + suffixes[0])}, or point data.path at one file")
+    return found
 
 
 @dataclass
@@ -25,6 +50,7 @@ class Splits:
     val: list[Example]
     test: list[Example]
     label_names: list[str]
+    skipped: list[str] = field(default_factory=list)
 
     def sizes(self) -> dict[str, int]:
         return {s: len(getattr(self, s)) for s in SPLITS}
@@ -65,4 +91,4 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
             encoded[name] = [task.encode(e, index) for e in examples]
         except DataError as exc:
             raise DataError(f"{name} split: {exc.message}", hint=exc.hint) from None
-    return Splits(encoded["train"], encoded["val"], encoded["test"], label_names)
+    return Splits(encoded["train"], encoded["val"], encoded["test"], label_names, list(request.skipped))

@@ -93,6 +93,12 @@ class DataRequest:
     text_column: str = "text"
     label_column: str = "label"
     options: Any = None
+    #: Items the source left out (a file that is not valid text, a corrupt image), with why.
+    skipped: list[str] = field(default_factory=list)
+
+    def skip(self, item: str, reason: str) -> None:
+        """Record an unreadable item that the source leaves out; the run's report counts them."""
+        self.skipped.append(f"{item}: {reason}")
 
 
 @runtime_checkable

@@ -1,26 +1,34 @@
-"""``adapt run``: the stages of a run, in order, each writing into the run directory.
+"""The stages of a run, each writing into the run directory.
 
-Stages so far: load (data and model) and adapt (the method, with trainable and
-total parameter counts in the report). Training, merge and export join here as
-they are built; each stage only reads what earlier stages wrote, so a stage can
-also run on its own against a run directory.
+``adapt run``: load -> adapt -> train -> evaluate -> merge -> verify merge ->
+export (where exporters are configured) -> report. ``adapt train``, ``eval``,
+``merge`` and ``predict`` run single stages against an existing run directory:
+they rebuild the model from the saved config and load the saved adapter, so a
+run can be stopped, inspected and continued.
 """
 
 from __future__ import annotations
 
+import json
+import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
 import click
 
+from adapt import distributed
+from adapt.config import RunConfig, load_config
 from adapt.data import Splits, load_splits
+from adapt.errors import CheckpointError, DataError, RunDirError
 from adapt.host import Host
 from adapt.interfaces import BuiltModel
-from adapt.plan import Plan
-from adapt.rundir import RunDir
+from adapt.plan import Plan, make_plan
+from adapt.report import plot_curve, read_report, write_report
+from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json
 
 LABELS_FILE = "labels.json"
-REPORT_FILE = "report.json"
+MERGED_DIR = "merged"
 
 
 def count_parameters(model: Any) -> dict[str, int]:
@@ -52,35 +60,305 @@ def adapt_model(plan: Plan, built: BuiltModel) -> list[str]:
     return plan.method.apply(built, plan.method_options, targets)
 
 
-def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False) -> Path:
-    """Run every available stage of ``plan``; return the run directory."""
-    config = plan.config
-    run = RunDir.create(config.run_dir(), overwrite=overwrite)
-    resolved = config.model_dump(mode="json")
-    run.write_config(resolved)
-    host.call("adapt_run_started", run_dir=run.path, config=resolved)
-    click.echo(f"run directory: {run.path}")
+@dataclass
+class Session:
+    """What the stages share: the plan, the data, the adapted model and its collate function."""
 
-    splits = load_data(plan)
-    run.write_json(LABELS_FILE, splits.label_names)
-    sizes = splits.sizes()
-    click.echo(f"load: {config.data.source} -> " + ", ".join(f"{k} {v}" for k, v in sizes.items()) + f"; {len(splits.label_names)} labels")
+    plan: Plan
+    run: RunDir
+    splits: Splits | None
+    label_names: list[str]
+    built: BuiltModel
+    collate: Any
+    dist: distributed.Dist
 
-    built = build_model(plan, len(splits.label_names))
-    if built.new_parameters:
-        click.echo(f"load: not in the checkpoint, so trained under every method: {summarise(built.new_parameters)}")
+    @property
+    def config(self) -> RunConfig:
+        return self.plan.config
+
+    def say(self, text: str) -> None:
+        if self.dist.main:
+            click.echo(text)
+
+
+def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, dist: distributed.Dist | None = None) -> Session:
+    """Load the data and build and adapt the model, seeded by ``train.seed``."""
+    from adapt.engine import seed_everything
+
+    dist = dist or distributed.Dist()
+    seed_everything(plan.config.train.seed)
+    splits = load_data(plan) if need_data else None
+    saved = run.path / LABELS_FILE
+    if splits is not None:
+        labels = splits.label_names
+        if saved.exists() and json.loads(saved.read_text(encoding="utf-8")) != labels:
+            raise DataError(f"the data's labels differ from those saved in {saved}", hint="the data changed since this run was made; start a new run")
+    elif saved.exists():
+        labels = json.loads(saved.read_text(encoding="utf-8"))
+    else:
+        raise RunDirError(f"{run.path} has no {LABELS_FILE}", hint="is it a run directory made by `adapt run`?")
+    seed_everything(plan.config.train.seed)
+    built = build_model(plan, len(labels))
     adapt_model(plan, built)
-    params = count_parameters(built.model)
-    click.echo(f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})")
+    collate = plan.backbone.collator(built, plan.backbone_options)
+    return Session(plan, run, splits, labels, built, collate, dist)
 
-    report = {
-        "task": config.task,
-        "backbone": config.backbone.name,
-        "method": config.method.name,
-        "params": params,
-        "new_parameters": list(built.new_parameters),
-        "data": {"source": config.data.source, "sizes": sizes, "labels": splits.label_names},
+
+def base_report(session: Session) -> dict[str, Any]:
+    config, splits = session.config, session.splits
+    report = read_report(session.run.path)
+    report.update(
+        name=config.name,
+        task=config.task,
+        backbone=config.backbone.name,
+        method=config.method.name,
+        params=count_parameters(session.built.model),
+        new_parameters=list(session.built.new_parameters),
+    )
+    if splits is not None:
+        report["data"] = {"source": config.data.source, "sizes": splits.sizes(), "labels": splits.label_names, "skipped": splits.skipped}
+    return report
+
+
+# -- stages ---------------------------------------------------------------------
+
+
+def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume: bool) -> None:
+    from adapt.engine import Trainer, resolve_device, resolve_precision
+
+    assert session.splits is not None
+    config = session.config
+    trainer = Trainer(
+        built=session.built,
+        method=session.plan.method,
+        task=session.plan.task,
+        collate=session.collate,
+        train=session.splits.train,
+        val=session.splits.val,
+        label_names=session.label_names,
+        config=config.train,
+        run_dir=session.run.path,
+        on_epoch=lambda epoch, metrics: host.call("adapt_epoch_ended", run_dir=session.run.path, epoch=epoch, metrics=metrics),
+        dist=session.dist,
+    )
+    result = trainer.fit(resume=resume)
+    device = resolve_device(config.train.device)
+    precision = resolve_precision(config.train.precision, device)
+    report["training"] = {
+        "best_epoch": result.best_epoch,
+        "best_val": result.best_metric,
+        "epochs_run": sum(1 for r in result.history if r.get("kind") == "epoch"),
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "stopped_early": result.stopped_early,
+        "device": str(device),
+        "precision": str(precision).replace("torch.", "") if precision else "fp32",
+        "processes": session.dist.world,
     }
-    run.write_json(REPORT_FILE, report)
-    click.echo(f"report: {run.path / REPORT_FILE}")
-    return run.path
+    if session.dist.main:
+        plot_curve(session.run.path, result.history, session.plan.task.primary_metric)
+        host.call("adapt_artifact_exported", run_dir=session.run.path, path=session.run.path / "adapter", kind="adapter")
+
+
+def evaluate_and_merge(session: Session, report: dict[str, Any]) -> Any:
+    """Test metrics of the adapted and merged models, their parity, and the merged model on disk."""
+    import torch
+
+    from adapt.engine import evaluate
+    from adapt.parity import compare
+
+    assert session.splits is not None
+    plan, config = session.plan, session.config
+    test = session.splits.test
+    batch_size = config.train.eval_batch_size or 2 * config.train.batch_size
+    device = torch.device("cpu")  # merge and its check run in fp32 on the CPU, whatever training used
+    session.built.model.to(device)
+    adapted = evaluate(session.built.model, test, session.collate, plan.task, session.label_names, batch_size=batch_size, device=device, keep_logits=True)
+    merged = plan.method.merge(session.built)
+    merged_eval = evaluate(merged.model, test, session.collate, plan.task, session.label_names, batch_size=batch_size, device=device, keep_logits=True)
+    parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions)
+    report.setdefault("metrics", {})
+    report["metrics"]["adapted"] = _clean(adapted.metrics)
+    report["metrics"]["merged"] = _clean(merged_eval.metrics)
+    report.setdefault("parity", {})["merged"] = {"max_abs_diff": parity.max_abs_diff, "label_agreement": parity.label_agreement, "examples": parity.examples}
+    report["merge"] = "folded" if merged.folded else "inline"
+    report["merge_note"] = merged.note
+    if merged.folded:
+        report["params"]["merged_total"] = sum(p.numel() for p in merged.model.parameters())
+    save_merged(merged.model, session.built, session.run.path / MERGED_DIR, folded=merged.folded)
+    primary = plan.task.primary_metric
+    session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {report['merge']}, max abs diff {parity.max_abs_diff:.2e}, label agreement {parity.label_agreement:.2%}")
+    return merged
+
+
+def _clean(metrics: dict[str, float]) -> dict[str, float]:
+    return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
+
+
+def save_merged(model: Any, built: BuiltModel, folder: Path, *, folded: bool) -> None:
+    """The merged model: a transformers folder (config, weights, tokenizer) when the
+    network is a transformers model and the method folded; else ``model.safetensors``
+    (the network's own tensor names when folded, adapt's when adapters stay inline)."""
+    from safetensors.torch import save
+
+    from adapt.rundir import atomic_write_bytes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    inner = getattr(model, "model", model)
+    if folded and hasattr(inner, "save_pretrained"):
+        from adapt.hf_text import quiet_transformers
+
+        with quiet_transformers():
+            inner.save_pretrained(folder)
+        if hasattr(built.preprocessor, "save_pretrained"):
+            built.preprocessor.save_pretrained(folder)
+        return
+    source = inner if folded else model
+    state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
+    atomic_write_bytes(folder / "model.safetensors", save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
+
+
+# -- commands -------------------------------------------------------------------
+
+
+def open_run_dir(config: RunConfig, *, overwrite: bool, resume: bool, dist: distributed.Dist) -> RunDir:
+    """The run directory for a new run, or the existing one to resume."""
+    path = config.run_dir()
+    saved = path / CONFIG_FILE
+    if resume and saved.exists():
+        before = load_config(saved).model_dump(mode="json")
+        now = config.model_dump(mode="json")
+        changed = [k for k in _flat_keys(now) if _get(before, k) != _get(now, k)]
+        if changed:
+            raise RunDirError(f"cannot resume {path}: the config differs from the saved one at {', '.join(changed[:5])}", hint="resume with the same config (or `adapt train RUN_DIR`), or start over with --overwrite")
+        return RunDir(path)
+    if dist.main:
+        RunDir.create(path, overwrite=overwrite)
+    distributed.barrier(dist)
+    return RunDir(path)
+
+
+def _flat_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
+    keys = []
+    for k, v in data.items():
+        keys += _flat_keys(v, f"{prefix}{k}.") if isinstance(v, dict) and v else [f"{prefix}{k}"]
+    return keys
+
+
+def _get(data: dict[str, Any], key: str) -> Any:
+    for part in key.split("."):
+        data = data.get(part, {}) if isinstance(data, dict) else {}
+    return data
+
+
+def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False, resume: bool = False) -> Path:
+    """Run every stage of ``plan``; return the run directory."""
+    from adapt.engine import resolve_device
+
+    config = plan.config
+    dist = distributed.from_environment()
+    distributed.init(dist, resolve_device(config.train.device).type)
+    try:
+        run = open_run_dir(config, overwrite=overwrite, resume=resume, dist=dist)
+        resolved = config.model_dump(mode="json")
+        if dist.main:
+            run.write_config(resolved)
+            host.call("adapt_run_started", run_dir=run.path, config=resolved)
+            click.echo(f"run directory: {run.path}")
+        session = prepare(plan, run, dist=dist)
+        splits = session.splits
+        assert splits is not None
+        if dist.main:
+            atomic_write_json(run.path / LABELS_FILE, splits.label_names)
+        session.say(f"load: {config.data.source} -> " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()) + f"; {len(splits.label_names)} labels" + (f"; skipped {len(splits.skipped)} unreadable item(s), e.g. {splits.skipped[0]}" if splits.skipped else ""))
+        if session.built.new_parameters:
+            session.say(f"load: not in the checkpoint, so trained under every method: {summarise(session.built.new_parameters)}")
+        report = base_report(session)
+        params = report["params"]
+        session.say(f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})")
+        if dist.main:
+            write_report(run.path, report)
+        train_stage(session, host, report, resume=resume)
+        if dist.main:
+            evaluate_and_merge(session, report)
+            write_report(run.path, report)
+            session.say(f"report: {run.path / 'report.md'}")
+        distributed.barrier(dist)
+        return run.path
+    finally:
+        distributed.shutdown(dist)
+
+
+def plan_from_run(run_dir: Path, host: Host) -> Plan:
+    saved = run_dir / CONFIG_FILE
+    if not saved.exists():
+        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
+    return make_plan(load_config(saved), host)
+
+
+def restore(run_dir: Path, host: Host, *, need_data: bool = True) -> Session:
+    """The run's adapted model with its best adapter loaded."""
+    from adapt.adapter_io import load_adapter
+    from adapt.engine import ADAPTER_DIR
+
+    plan = plan_from_run(run_dir, host)
+    session = prepare(plan, RunDir(run_dir), need_data=need_data)
+    adapter = run_dir / ADAPTER_DIR
+    if not adapter.exists():
+        raise CheckpointError(f"{run_dir} has no trained adapter yet ({adapter})", hint=f"train it first: adapt train {run_dir}")
+    load_adapter(plan.method, session.built, adapter)
+    return session
+
+
+def train_command(run_dir: Path, host: Host) -> Path:
+    """Continue (or start) training of an existing run directory, then evaluate and merge."""
+    return run_pipeline(plan_from_run(run_dir, host), host, resume=True)
+
+
+def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
+    from adapt.engine import evaluate
+
+    session = restore(run_dir, host)
+    import torch
+
+    config = session.config
+    examples = getattr(session.splits, split)
+    result = evaluate(session.built.model, examples, session.collate, session.plan.task, session.label_names, batch_size=config.train.eval_batch_size or 2 * config.train.batch_size, device=torch.device("cpu"))
+    return _clean(result.metrics)
+
+
+def merge_command(run_dir: Path, host: Host) -> dict[str, Any]:
+    session = restore(run_dir, host)
+    report = base_report(session)
+    evaluate_and_merge(session, report)
+    write_report(run_dir, report)
+    return report
+
+
+def predict_command(run_dir: Path, host: Host, inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """Label predictions (with probabilities) for texts, whitespace-tokenised sentences or image paths."""
+    import torch
+
+    session = restore(run_dir, host, need_data=False)
+    task = session.config.task
+    if task == "text-classification":
+        examples = [{"text": text, "label": 0} for text in inputs]
+    elif task == "token-classification":
+        examples = [{"tokens": text.split(), "tags": [0] * len(text.split())} for text in inputs]
+    else:
+        examples = [{"image": Path(path), "label": 0} for path in inputs]
+    model = session.built.model.eval()
+    results = []
+    with torch.no_grad():
+        for example, source in zip(examples, inputs):
+            batch = session.collate([example])
+            labels = batch.pop("labels")
+            probs = model(**batch).float().softmax(-1)
+            if task == "token-classification":
+                keep = labels[0] != -100
+                tags = probs[0][keep].argmax(-1).tolist()
+                results.append({"input": source, "tags": [{"token": t, "tag": session.label_names[i]} for t, i in zip(example["tokens"], tags)]})
+            else:
+                score, index = probs[0].max(-1)
+                results.append({"input": source, "label": session.label_names[int(index)], "score": round(float(score), 6)})
+    return results

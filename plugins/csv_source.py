@@ -12,33 +12,14 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import DataError
+from adapt.data import split_files
 from adapt.interfaces import DataRequest, Example
-
-SPLIT_FILES = {"train": ("train",), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
-
 
 class CsvOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     delimiter: str = Field(",", min_length=1, max_length=1, description="field separator")
     encoding: str = Field("utf-8-sig", description="text encoding of the files")
-
-
-def split_files(path: Path, suffix: str) -> dict[str, Path]:
-    """The files of a table-like data set: one file, or ``train<suffix>`` beside optional val/test files."""
-    if path.is_file():
-        return {"train": path}
-    if not path.is_dir():
-        raise DataError(f"data path not found: {path}", hint="point data.path at a file or a folder holding train" + suffix)
-    found = {}
-    for split, stems in SPLIT_FILES.items():
-        for stem in stems:
-            if (path / f"{stem}{suffix}").is_file():
-                found[split] = path / f"{stem}{suffix}"
-                break
-    if "train" not in found:
-        raise DataError(f"folder {path} has no train{suffix}", hint=f"put the training data in {path / ('train' + suffix)}, or point data.path at one file")
-    return found
 
 
 def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Example]:

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
-from adapt.errors import CheckpointError, ConfigError
+from adapt.errors import CheckpointError, ConfigError, DataError
 from adapt.interfaces import Batch, BuiltModel, Example, OnnxIO
 from adapt.paths import resolve_checkpoint
 
@@ -172,6 +172,12 @@ class MobileNet:
         transform = built.preprocessor.transform
 
         def to_rgb(image: Any) -> Image.Image:
+            if isinstance(image, (str, Path)):
+                try:
+                    with Image.open(image) as opened:
+                        return opened.convert("RGB")
+                except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+                    raise DataError(f"cannot read image {image}: {type(exc).__name__}: {exc}", hint="replace or remove the file") from None
             if isinstance(image, Image.Image):
                 return image.convert("RGB")
             array = np.asarray(image)

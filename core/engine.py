@@ -1,0 +1,315 @@
+"""One training engine for every backbone, method and task.
+
+AdamW with linear warm-up and decay, gradient accumulation and clipping,
+autocast (bf16/fp16) on CUDA, evaluation after every epoch, the best adapter
+kept by the task's primary validation metric, early stopping, and a checkpoint
+every ``checkpoint_every`` steps and at each epoch end from which ``--resume``
+continues bit for bit on CPU.
+
+Determinism: the data order of epoch ``e`` is a permutation seeded by
+``(seed, e)``, so a resumed run skips exactly the batches it had done, and the
+RNG states (dropout) come back from the checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+from torch import nn
+
+from adapt import distributed
+from adapt.adapter_io import load_adapter, save_adapter
+from adapt.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state
+from adapt.config import TrainConfig
+from adapt.errors import AdaptError, ConfigError
+from adapt.interfaces import BuiltModel, Example
+
+ADAPTER_DIR = "adapter"
+METRICS_FILE = "metrics.jsonl"
+
+
+class TrainingError(AdaptError):
+    """Training cannot go on (a NaN loss, ...); the last good checkpoint is kept."""
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    torch.manual_seed(seed)
+    try:
+        import numpy as np
+
+        np.random.seed(seed % 2**32)
+    except ImportError:  # pragma: no cover
+        pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"train.device = {name!r}, but no CUDA device is available here", hint="use train.device: auto or cpu")
+    return torch.device(name)
+
+
+def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for plain fp32. ``auto``: bf16 on a CUDA device that has it."""
+    if name == "fp32" or (name == "auto" and device.type != "cuda"):
+        return None
+    if name == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if name == "fp16" and device.type != "cuda":
+        raise ConfigError("train.precision = 'fp16' needs a CUDA device", hint="use bf16 or fp32 on the CPU")
+    return torch.bfloat16 if name == "bf16" else torch.float16
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: distributed.Dist) -> list[list[int]]:
+    """This process's batches for one epoch: a seeded permutation, sharded across processes."""
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+    if dist.active:
+        order += order[: (-len(order)) % dist.world]  # every process gets the same number of examples
+        order = order[dist.rank :: dist.world]
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def freeze_frozen_norms(model: nn.Module) -> None:
+    """Put normalisation layers whose parameters are all frozen in eval mode, so
+    their running statistics stay those of the checkpoint (the adapter does not
+    save them)."""
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            if not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    logits: list[torch.Tensor] = field(default_factory=list)
+    predictions: list[Any] = field(default_factory=list)
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, examples: Sequence[Example], collate: Callable, task: Any, label_names: Sequence[str], *, batch_size: int, device: torch.device, dtype: torch.dtype | None = None, keep_logits: bool = False) -> Evaluation:
+    """The task's metrics (and the mean loss) of ``model`` on ``examples``."""
+    model.eval()
+    predictions, references, logits_kept = [], [], []
+    total_loss, batches = 0.0, 0
+    for start in range(0, len(examples), batch_size):
+        batch = to_device(collate(examples[start : start + batch_size]), device)
+        labels = batch.pop("labels")
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(**batch)
+        logits = logits.float()
+        total_loss += float(task.loss(logits, labels))
+        batches += 1
+        pred, ref = task.decode(logits.cpu(), labels.cpu())
+        predictions += pred
+        references += ref
+        if keep_logits:
+            logits_kept.append(logits.cpu())
+    metrics = task.metrics(predictions, references, label_names) if references else {}
+    if batches:
+        metrics["loss"] = total_loss / batches
+    return Evaluation(metrics, logits_kept, predictions)
+
+
+@dataclass
+class TrainResult:
+    history: list[dict[str, Any]]
+    best_epoch: int
+    best_metric: float | None
+    stopped_early: bool
+    steps: int
+    seconds: float
+
+
+class Trainer:
+    """Trains ``built`` (already adapted by its method) on ``splits`` into ``run_dir``."""
+
+    def __init__(self, *, built: BuiltModel, method: Any, task: Any, collate: Callable, train: Sequence[Example], val: Sequence[Example], label_names: Sequence[str], config: TrainConfig, run_dir: Path, on_epoch: Callable[[int, dict], None] | None = None, dist: distributed.Dist | None = None) -> None:
+        self.built, self.method, self.task, self.collate = built, method, task, collate
+        self.train_set, self.val_set, self.label_names = list(train), list(val), list(label_names)
+        self.config, self.run_dir, self.on_epoch = config, run_dir, on_epoch
+        self.dist = dist or distributed.Dist()
+        self.device = resolve_device(config.device)
+        if self.device.type == "cuda" and self.dist.active:
+            self.device = torch.device("cuda", self.dist.local_rank)
+        self.dtype = resolve_precision(config.precision, self.device)
+        self.log: list[dict[str, Any]] = []
+
+    # -- set-up ---------------------------------------------------------------
+
+    def _optimiser(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        fused = self.device.type == "cuda"
+        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=fused or None, foreach=None if fused else True)
+
+    def _scheduler(self, optimiser: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
+        warm = max(1, int(total * self.config.warmup)) if self.config.warmup > 0 else 0
+
+        def factor(step: int) -> float:
+            if warm and step < warm:
+                return (step + 1) / warm
+            return max(0.0, (total - step) / max(1, total - warm))
+
+        return torch.optim.lr_scheduler.LambdaLR(optimiser, factor)
+
+    # -- the loop -------------------------------------------------------------
+
+    def fit(self, resume: bool = False) -> TrainResult:
+        cfg, dist = self.config, self.dist
+        model = self.built.model.to(self.device)
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError("the method left no parameter trainable", hint="check method.options")
+        runner = model
+        if dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            runner = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        optimiser = self._optimiser(params)
+        per_epoch = len(epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, 0, dist))
+        steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
+        scheduler = self._scheduler(optimiser, steps_per_epoch * cfg.epochs)
+        scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
+
+        state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
+        checkpoint_path = self.run_dir / CHECKPOINT
+        if resume and checkpoint_path.exists():
+            saved = load_checkpoint(checkpoint_path)
+            from adapt.params import load_parameters
+
+            load_parameters(model, {k: v for k, v in saved["trainable"].items()})
+            optimiser.load_state_dict(saved["optimiser"])
+            scheduler.load_state_dict(saved["scheduler"])
+            scaler.load_state_dict(saved["scaler"])
+            state.update(saved["state"])
+            self.log = list(saved["log"])
+            set_rng_state(saved["rng"])
+            self._rewrite_log()
+            self._say(f"train: resuming at epoch {state['epoch'] + 1}, step {state['step']}")
+        elif dist.main:
+            (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
+
+        def checkpoint() -> None:
+            if dist.main:
+                trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+                save_checkpoint(checkpoint_path, {"trainable": trainable, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": dict(state), "log": self.log})
+            distributed.barrier(dist)
+
+        primary = self.task.primary_metric
+        started = time.perf_counter() - state["seconds"]
+        stopped_early = False
+        for epoch in range(state["epoch"], cfg.epochs):
+            batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist)
+            runner.train()
+            freeze_frozen_norms(model)
+            losses, seen, tick = [], 0, time.perf_counter()
+            progress = self._progress(len(batches), epoch, initial=state["batch"])
+            for i, indices in enumerate(batches):
+                if i < state["batch"]:
+                    continue
+                batch = to_device(self.collate([self.train_set[j] for j in indices]), self.device)
+                labels = batch.pop("labels")
+                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                    loss = self.task.loss(runner(**batch).float(), labels)
+                if not torch.isfinite(loss):
+                    raise TrainingError(
+                        f"the training loss became {float(loss)} at epoch {epoch + 1}, batch {i + 1}; training stopped",
+                        hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir} --resume`)",
+                    )
+                scaler.scale(loss / cfg.grad_accum).backward()
+                losses.append(float(loss.detach()))
+                seen += len(indices)
+                if progress is not None:
+                    progress.update(1)
+                last = i == len(batches) - 1
+                if (i + 1) % cfg.grad_accum == 0 or last:
+                    if cfg.max_grad_norm > 0:
+                        scaler.unscale_(optimiser)
+                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                    scaler.step(optimiser)
+                    scaler.update()
+                    optimiser.zero_grad(set_to_none=True)
+                    scheduler.step()
+                    state["step"] += 1
+                    state["batch"] = i + 1
+                    if progress is not None:
+                        progress.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
+                    if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last:
+                        row = {"kind": "step", "epoch": epoch + 1, "step": state["step"], "loss": losses[-1], "lr": scheduler.get_last_lr()[0]}
+                        self.log.append(row)
+                        state["seconds"] = time.perf_counter() - started
+                        checkpoint()
+                        self._append(row)  # after the checkpoint: the file never runs ahead of it
+            if progress is not None:
+                progress.close()
+            train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
+            throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
+
+            val = evaluate(model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
+            metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
+            score = val.metrics.get(primary)
+            improved = score is None or state["best_metric"] is None or score > state["best_metric"]
+            state.update(epoch=epoch + 1, batch=0)
+            if improved:
+                state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
+                if dist.main:
+                    save_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)
+            else:
+                state["bad_epochs"] += 1
+            row = {"kind": "epoch", "epoch": epoch + 1, "step": state["step"], **metrics, "best": improved}
+            self.log.append(row)
+            shown = {k: v for k, v in metrics.items() if k not in ("val_examples", "samples_per_s")}
+            self._say(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f", {throughput:.1f} samples/s" + (" (best)" if improved else ""))
+            if self.on_epoch and dist.main:
+                self.on_epoch(epoch + 1, metrics)
+            state["seconds"] = time.perf_counter() - started
+            checkpoint()
+            self._append(row)
+            if cfg.patience and state["bad_epochs"] >= cfg.patience:
+                stopped_early = True
+                self._say(f"train: no better {primary} for {cfg.patience} epochs; stopping early")
+                break
+        distributed.barrier(dist)
+        load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
+        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started)
+
+    # -- output ---------------------------------------------------------------
+
+    def _progress(self, total: int, epoch: int, initial: int) -> Any:
+        """A progress bar on an interactive terminal, nothing otherwise."""
+        if not self.dist.main or not sys.stderr.isatty():
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+
+    def _append(self, row: dict[str, Any]) -> None:
+        if self.dist.main:
+            with open(self.run_dir / METRICS_FILE, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row) + "\n")
+
+    def _rewrite_log(self) -> None:
+        """After a resume the metrics file holds exactly what the checkpoint knew."""
+        if self.dist.main:
+            from adapt.rundir import atomic_write_text
+
+            atomic_write_text(self.run_dir / METRICS_FILE, "".join(json.dumps(r) + "\n" for r in self.log))
+
+    def _say(self, text: str) -> None:
+        if self.dist.main:
+            import click
+
+            click.echo(text)

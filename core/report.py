@@ -1,0 +1,128 @@
+"""``report.json`` (for tools) and ``report.md`` (for people), plus the training-curve picture.
+
+report.json keys: ``task``, ``backbone``, ``method``, ``params`` (``trainable``,
+``total``), ``metrics`` (one entry per form: ``adapted``, ``merged``, and the
+exported forms), ``parity`` (``merged``, exported forms: ``max_abs_diff``,
+``label_agreement``), ``merge`` (``folded`` or ``inline``), ``latency_ms``,
+``files`` (path relative to the run directory -> bytes), ``deployable``, and
+``data``, ``training``, ``new_parameters``.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from adapt.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
+
+REPORT_JSON = "report.json"
+REPORT_MD = "report.md"
+CURVE_PNG = "training_curve.png"
+
+
+def read_report(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / REPORT_JSON
+    if not path.exists():
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except ValueError:
+        return {}
+
+
+def list_files(run_dir: Path) -> dict[str, int]:
+    """Every file of the run (checkpoints aside), by relative path, with its size."""
+    files = {}
+    for path in sorted(run_dir.rglob("*")):
+        rel = path.relative_to(run_dir)
+        if path.is_file() and rel.parts[0] != "checkpoints" and not path.name.startswith("."):
+            files[rel.as_posix()] = path.stat().st_size
+    return files
+
+
+def write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    report["files"] = list_files(run_dir)
+    atomic_write_json(run_dir / REPORT_JSON, report)
+    atomic_write_text(run_dir / REPORT_MD, render_markdown(report))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    lines = [f"# Run report: {report.get('name', '')}", ""]
+    params = report.get("params", {})
+    lines += [
+        f"- task: {report.get('task')}",
+        f"- backbone: {report.get('backbone')}",
+        f"- method: {report.get('method')} (merge: {report.get('merge', 'not yet')})",
+        f"- parameters: {params.get('trainable', 0):,} trainable of {params.get('total', 0):,} ({params.get('trainable', 0) / max(params.get('total', 1), 1):.2%})",
+    ]
+    data = report.get("data", {})
+    if data:
+        lines.append(f"- data: {data.get('source')}: " + ", ".join(f"{k} {v}" for k, v in data.get("sizes", {}).items()) + f"; {len(data.get('labels', []))} labels; {len(data.get('skipped', []))} items skipped")
+    training = report.get("training", {})
+    if training:
+        lines.append(f"- training: best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, {training.get('steps')} steps, {training.get('seconds', 0):.0f} s on {training.get('device')} ({training.get('precision')})")
+    metrics = report.get("metrics", {})
+    if metrics:
+        names = sorted({k for m in metrics.values() for k in m})
+        lines += ["", "## Test metrics", "", "| form | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        lines += [f"| {form} | " + " | ".join(_fmt(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()]
+    parity = report.get("parity", {})
+    if parity:
+        lines += ["", "## Parity with the adapted model", "", "| form | max abs diff | label agreement |", "|---|---|---|"]
+        lines += [f"| {form} | {p.get('max_abs_diff', 0):.3g} | {p.get('label_agreement', 0):.2%} |" for form, p in parity.items()]
+    latency = report.get("latency_ms", {})
+    if latency:
+        lines += ["", "## CPU latency (batch 1)", "", "| form | median ms | p90 ms | threads |", "|---|---|---|---|"]
+        lines += [f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {v.get('threads', '')} |" for form, v in latency.items()]
+    files = report.get("files", {})
+    if files:
+        lines += ["", "## Files", "", "| file | bytes |", "|---|---|"]
+        lines += [f"| {name} | {size:,} |" for name, size in files.items()]
+    if report.get("deployable"):
+        lines += ["", f"Deployable: `{report['deployable']}`"]
+    if (report.get("notes") or []):
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Path | None:
+    """Training loss and the validation metric per epoch, as a PNG."""
+    epochs = [r for r in history if r.get("kind") == "epoch"]
+    if not epochs:
+        return None
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, left = plt.subplots(figsize=(6, 3.5), dpi=100)
+    x = [r["epoch"] for r in epochs]
+    left.plot(x, [r["train_loss"] for r in epochs], "o-", color="tab:blue", label="train loss")
+    if any("val_loss" in r for r in epochs):
+        left.plot(x, [r.get("val_loss") for r in epochs], "o--", color="tab:cyan", label="val loss")
+    left.set_xlabel("epoch")
+    left.set_ylabel("loss")
+    right = left.twinx()
+    key = f"val_{primary}"
+    if any(key in r for r in epochs):
+        right.plot(x, [r.get(key) for r in epochs], "s-", color="tab:orange", label=f"val {primary}")
+        right.set_ylabel(primary)
+    handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
+    left.legend(handles, [h.get_label() for h in handles], loc="center right")
+    left.set_title("training curve")
+    fig.tight_layout()
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    path = run_dir / CURVE_PNG
+    atomic_write_bytes(path, buffer.getvalue())
+    return path

