@@ -206,7 +206,20 @@ def main(argv: Sequence[str] | None = None) -> None:
     except AdaptError as exc:  # a plugin broke the host before any command ran
         report_error(exc)
         sys.exit(EXIT_USER_ERROR)
-    cli.main(args=list(argv) if argv is not None else None, prog_name="adapt")
+    try:
+        code = cli.main(args=list(argv) if argv is not None else None, prog_name="adapt", standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        click.echo("interrupted; the run directory keeps its last checkpoint: continue with `adapt run CONFIG --resume` or `adapt train RUN_DIR`", err=True)
+        sys.exit(130)
+    except click.exceptions.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover
