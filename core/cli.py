@@ -184,6 +184,28 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         merge(run_dir, host)
         click.echo(f"report: {run_dir / 'report.md'}")
 
+    @cli.command("export")
+    @run_dir_argument
+    def export_command(run_dir: Path) -> None:
+        """Merge RUN_DIR's adapter again and export it with the run's export
+        settings: ONNX, parity, optimisation, int8 behind the accuracy gate, .ort."""
+        from adapt.pipeline import export_command as export
+
+        export(run_dir, host)
+        click.echo(f"report: {run_dir / 'report.md'}")
+
+    @cli.command("bench")
+    @run_dir_argument
+    def bench_command(run_dir: Path) -> None:
+        """Print RUN_DIR's CPU latency table (batch 1): PyTorch eager next to
+        every exported form, with file sizes and accuracy."""
+        from adapt.report import latency_table, read_report
+
+        report = read_report(run_dir)
+        if not report.get("latency_ms"):
+            raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
+        click.echo(latency_table(report))
+
     @cli.command("predict")
     @run_dir_argument
     @click.argument("inputs", nargs=-1, required=True)

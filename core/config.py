@@ -78,10 +78,13 @@ class TrainConfig(_Section):
 
 
 class ExportConfig(_Section):
-    formats: list[str] = Field(default_factory=list, description="registered exporters to run after the merge")
+    formats: list[str] = Field(default_factory=lambda: ["onnx"], description="registered exporters to run after the merge")
     quantize: Literal["int8", "none"] = "int8"
     mobile: bool = True
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
+    parity_tolerance: float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
+    latency_runs: int = Field(30, ge=1, description="timed runs per form for the latency figures")
+    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options per exporter, e.g. {onnx: {opset: 17}}")
 
 
 class RunConfig(_Section):

@@ -44,3 +44,7 @@ class CheckpointError(AdaptError):
 
 class RunDirError(AdaptError):
     """The run directory is in a state the command cannot work with."""
+
+
+class ExportError(AdaptError):
+    """The model could not be exported, or the exported file does not reproduce it."""

@@ -175,6 +175,11 @@ class TransformersTextBackbone:
     def default_targets(self, method: str) -> list[str]:
         return list(self.targets.get(method, []))
 
+    def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:
+        """What ONNX Runtime's transformer optimiser needs to fuse attention in this graph."""
+        config = built.model.model.config
+        return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
+
 
 def align_word_labels(word_ids: Sequence[Sequence[int | None]], tags: Sequence[Sequence[int]]) -> torch.Tensor:
     """Word labels onto sub-word tokens: the first sub-token of a word gets the

@@ -172,7 +172,14 @@ class Method(Protocol):
 
 @runtime_checkable
 class Exporter(Protocol):
-    """Writes a merged model to a deployable file and checks it against PyTorch."""
+    """Writes a merged model to a deployable file and runs that file, so adapt can
+    check it against PyTorch (parity and the task's metrics on the test split).
+
+    Optional: ``derive(path, ctx: adapt.export_stage.DeriveContext) -> Derived``
+    makes further forms of the file (optimised, quantised, mobile) and names the
+    one to deploy; ``ctx`` lets it score a candidate on the validation split and
+    time it.
+    """
 
     name: str
     suffix: str
@@ -181,8 +188,8 @@ class Exporter(Protocol):
     def export(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO, path: Path, options: Any) -> Path:
         """Write ``model`` to ``path`` (traced with ``inputs``); return the path written."""
 
-    def verify(self, model: torch.nn.Module, path: Path, batches: Sequence[Batch]) -> Parity:
-        """Run the file and the model on ``batches`` and compare their outputs."""
+    def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, Any]], Any]:
+        """A function from named numpy inputs to the logits array, running the file."""
 
 
 @runtime_checkable

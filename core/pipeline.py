@@ -20,6 +20,7 @@ import click
 from adapt import distributed
 from adapt.config import RunConfig, load_config
 from adapt.data import Splits, load_splits
+from adapt.export_stage import export_stage
 from adapt.errors import CheckpointError, DataError, RunDirError
 from adapt.host import Host
 from adapt.interfaces import BuiltModel
@@ -280,8 +281,12 @@ def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False, resume: boo
             write_report(run.path, report)
         train_stage(session, host, report, resume=resume)
         if dist.main:
-            evaluate_and_merge(session, report)
+            merged = evaluate_and_merge(session, report)
             write_report(run.path, report)
+            try:
+                export_stage(session, merged.model, report, host)
+            finally:
+                write_report(run.path, report)
             session.say(f"report: {run.path / 'report.md'}")
         distributed.barrier(dist)
         return run.path
@@ -332,6 +337,18 @@ def merge_command(run_dir: Path, host: Host) -> dict[str, Any]:
     report = base_report(session)
     evaluate_and_merge(session, report)
     write_report(run_dir, report)
+    return report
+
+
+def export_command(run_dir: Path, host: Host) -> dict[str, Any]:
+    """Merge again and re-export with the run's saved config."""
+    session = restore(run_dir, host)
+    report = base_report(session)
+    merged = evaluate_and_merge(session, report)
+    try:
+        export_stage(session, merged.model, report, host)
+    finally:
+        write_report(run_dir, report)
     return report
 
 

@@ -33,6 +33,7 @@ class Plan:
     backbone_options: Any
     method_options: Any
     data_options: Any
+    exporter_options: dict[str, Any]
 
     def data_request(self) -> DataRequest:
         data = self.config.data
@@ -87,5 +88,14 @@ def make_plan(config: RunConfig, host: Host) -> Plan:
         backbone_options=validate_options(backbone, "backbone", config.backbone.options, "backbone.options"),
         method_options=validate_options(method, "method", config.method.options, "method.options"),
         data_options=validate_options(source, "data source", config.data.options, "data.options"),
+        exporter_options=_exporter_options(exporters, config.export.options),
     )
+
+
+def _exporter_options(exporters: list[Any], options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    names = {e.name for e in exporters}
+    unknown = sorted(set(options) - names)
+    if unknown:
+        raise ConfigError(f"`export.options` names {unknown[0]!r}, which is not in export.formats ({', '.join(sorted(names)) or 'empty'})", hint="add it to export.formats or remove its options")
+    return {e.name: validate_options(e, "exporter", options.get(e.name, {}), f"export.options.{e.name}") for e in exporters}
 

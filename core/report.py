@@ -77,10 +77,18 @@ def render_markdown(report: dict[str, Any]) -> str:
     if parity:
         lines += ["", "## Parity with the adapted model", "", "| form | max abs diff | label agreement |", "|---|---|---|"]
         lines += [f"| {form} | {p.get('max_abs_diff', 0):.3g} | {p.get('label_agreement', 0):.2%} |" for form, p in parity.items()]
-    latency = report.get("latency_ms", {})
-    if latency:
-        lines += ["", "## CPU latency (batch 1)", "", "| form | median ms | p90 ms | threads |", "|---|---|---|---|"]
-        lines += [f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {v.get('threads', '')} |" for form, v in latency.items()]
+    if report.get("latency_ms"):
+        lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
+    export = report.get("export", {})
+    for name, details in export.items():
+        attempts = details.get("attempts") or []
+        if attempts:
+            lines += ["", f"## {name}: int8 attempts (scored on the validation split)", "", "| attempt | val score | drop | passed | median ms | bytes |", "|---|---|---|---|---|---|"]
+            lines += [f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_fmt(a.get('val_drop', ''))} | {a.get('passed', a.get('error', ''))} | {a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |" for a in attempts]
+        for note in details.get("notes") or []:
+            lines.append(f"- {name}: {note}")
+        if details.get("mobile_usability"):
+            lines += ["", "Mobile usability check:", "", *[f"    {line}" for line in details["mobile_usability"]]]
     files = report.get("files", {})
     if files:
         lines += ["", "## Files", "", "| file | bytes |", "|---|---|"]
@@ -90,6 +98,21 @@ def render_markdown(report: dict[str, Any]) -> str:
     if (report.get("notes") or []):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
+
+
+def latency_table(report: dict[str, Any]) -> str:
+    """Markdown table: each form's batch-1 latency (and ratio to PyTorch), size and primary metric."""
+    latency, metrics, files = report.get("latency_ms", {}), report.get("metrics", {}), report.get("files", {})
+    base = latency.get("pytorch", {}).get("median")
+    primary = "f1" if report.get("task") == "token-classification" else "accuracy"
+    rows = ["| form | median ms | p90 ms | vs PyTorch | threads | bytes | test " + primary + " |", "|---|---|---|---|---|---|---|"]
+    sizes = {"onnx": "export/model.onnx", "onnx_optimized": "export/model.optimized.onnx", "onnx_int8": "export/model.int8.onnx"}
+    for form, v in latency.items():
+        ratio = f"{v['median'] / base:.2f}x" if base else ""
+        size = files.get(sizes.get(form, ""), "")
+        metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
+        rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {ratio} | {v.get('threads', '')} | {size} | {_fmt(metric)} |")
+    return "\n".join(rows)
 
 
 def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Path | None:

@@ -89,6 +89,36 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     rows = [json.loads(line) for line in invoke(["predict", str(run), "team won the match", "market shares fell rose"]).output.splitlines()]
     assert [r["label"] for r in rows] == ["sport", "market"]
 
+    # the export stage ran with the default export settings
+    for form in ("onnx", "onnx_optimized", "onnx_int8"):
+        assert form in report["metrics"] and form in report["latency_ms"] and report["latency_ms"][form]["threads"] >= 1
+    assert report["parity"]["onnx"]["max_abs_diff"] <= 1e-4 and report["parity"]["onnx"]["label_agreement"] == 1.0
+    assert report["deployable"] in report["files"]
+    assert "export/mobile/model.ort" in report["files"] and "latency_ms" in report and "pytorch" in report["latency_ms"]
+    assert "| onnx_int8 |" in invoke(["bench", str(run)]).output
+    (run / "export" / "model.onnx").unlink()
+    invoke(["export", str(run)])
+    assert (run / "export" / "model.onnx").exists()
+
+
+def test_export_parity_failure_is_a_clear_error_that_keeps_the_files(tmp_path, bert_dir):
+    config = {
+        "name": "strict",
+        "task": "text-classification",
+        "backbone": {"name": "bert", "checkpoint": bert_dir, "options": {"max_length": 16}},
+        "method": {"name": "lora"},
+        "data": {"source": "csv", "path": str(text_csv(tmp_path))},
+        "train": {"epochs": 1, "batch_size": 16},
+        "export": {"parity_tolerance": 1e-12, "quantize": "none", "mobile": False},
+    }
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(write(tmp_path, config))])
+    assert result.exit_code == 2
+    assert "does not reproduce the merged model: max abs difference" in result.output and "export.parity_tolerance" in result.output
+    run = tmp_path / "runs" / "strict"
+    assert (run / "export" / "model.onnx").exists()
+    report = json.loads((run / "report.json").read_text())
+    assert report["metrics"]["merged"] and report["parity"]["onnx"]["max_abs_diff"] > 1e-12
+
 
 def test_token_classification_with_inline_adapters(tmp_path, bert_dir):
     config = {

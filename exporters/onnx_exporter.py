@@ -1,0 +1,258 @@
+"""``onnx``: the merged model as one ONNX graph, then ONNX Runtime's optimisations,
+int8 quantisation behind an accuracy gate, and the ``.ort`` mobile format.
+
+* Export: ``torch.onnx.export`` (TorchScript exporter, opset 17 by default) with
+  dynamic batch (and sequence) axes, then ``onnx.checker`` with full checks.
+* Optimise: transformers go through ONNX Runtime's transformer optimiser, which
+  fuses attention, layer norm and GELU in the eager-attention graph the text
+  backbones export; CNNs through ONNX Runtime's offline graph optimisation.
+* int8: dynamic quantisation for transformers; static QDQ quantisation,
+  per-channel, calibrated on training inputs, for CNNs. Each attempt is scored on
+  the validation split; when one loses more than ``export.max_accuracy_drop``,
+  the known remedies are tried in turn (more calibration data; keeping the
+  sensitive layers, the first convolution, depthwise convolutions and the head, in
+  fp32). If none passes, the int8 file is kept but not recommended.
+* Mobile: the recommended file in ONNX Runtime's ``.ort`` format, with the
+  operator config for a reduced-size build and the mobile usability check.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import ExportError
+from adapt.export_stage import Derived, DeriveContext, Form
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from adapt.interfaces import Batch, OnnxIO
+
+
+class OnnxOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    opset: int = Field(17, ge=14, le=23, description="ONNX opset version")
+    calibration_examples: int = Field(100, ge=1, description="training inputs used to calibrate static int8 (CNNs); a remedy doubles it")
+
+
+class OnnxExporter:
+    name = "onnx"
+    suffix = ".onnx"
+    options_schema = OnnxOptions
+
+    def export(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO, path: Path, options: Any) -> Path:
+        import onnx
+        import torch
+
+        opset = options.opset if options else 17
+        path.parent.mkdir(parents=True, exist_ok=True)
+        model = model.eval()
+        args = tuple(inputs[name] for name in io.input_names)
+        try:
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")
+                torch.onnx.export(
+                    model, args, str(path), input_names=list(io.input_names), output_names=list(io.output_names),
+                    dynamic_axes={k: dict(v) for k, v in io.dynamic_axes.items()}, opset_version=opset, do_constant_folding=True, dynamo=False,
+                )
+            onnx.checker.check_model(str(path), full_check=True)
+        except Exception as exc:  # noqa: BLE001 - export failures come in many types
+            raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint="run with --debug for the full error; a plugin's custom layer may need an ONNX-exportable form") from exc
+        return path
+
+    def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
+        """An ONNX Runtime CPU session as a function from named numpy inputs to logits."""
+        import numpy as np
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        names = [i.name for i in session.get_inputs()]
+        kinds = {i.name: i.type for i in session.get_inputs()}
+
+        def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+            arrays = {n: np.asarray(feed[n], dtype=np.int64 if "int64" in kinds[n] else np.float32) for n in names}
+            return session.run(None, arrays)[0]
+
+        return run
+
+    # -- optimise, quantise, mobile --------------------------------------------
+
+    def derive(self, path: Path, ctx: DeriveContext) -> Derived:
+        result = Derived(deployable=path)
+        optimised = self._optimise(path, ctx, result)
+        base = optimised or path
+        result.deployable = base
+        if ctx.quantize == "int8":
+            passed = self._quantise(base, path, ctx, result)
+            if passed is not None:
+                result.deployable = passed
+        if ctx.mobile:
+            self._mobile(result.deployable, ctx, result)
+        return result
+
+    def _optimise(self, path: Path, ctx: DeriveContext, result: Derived) -> Path | None:
+        out = path.with_name(path.stem + ".optimized.onnx")
+        try:
+            if ctx.model_info.get("model_type"):
+                from onnxruntime.transformers.optimizer import optimize_model
+
+                info = ctx.model_info
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    optimised = optimize_model(str(path), model_type=info["model_type"], num_heads=info.get("num_heads", 0), hidden_size=info.get("hidden_size", 0), opt_level=0)
+                fusions = {k: v for k, v in optimised.get_fused_operator_statistics().items() if v}
+                optimised.save_model_to_file(str(out))
+                result.notes.append("transformer fusions: " + (", ".join(f"{k} {v}" for k, v in sorted(fusions.items())) or "none"))
+                result.info["fusions"] = fusions
+            else:
+                import onnxruntime as ort
+
+                options = ort.SessionOptions()
+                options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+                options.optimized_model_filepath = str(out)
+                options.log_severity_level = 3
+                ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+                result.notes.append("ONNX Runtime offline graph optimisation (extended level, CPU)")
+        except Exception as exc:  # noqa: BLE001 - an optimiser failure only costs the optimised form
+            result.notes.append(f"optimisation failed and was skipped: {type(exc).__name__}: {exc}")
+            return None
+        result.forms.append(Form("onnx_optimized", out, exact=True))
+        return out
+
+    def _quantise(self, base: Path, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
+        """Try int8 and its remedies in turn; return the first file within the accuracy budget."""
+        attempts = self._attempts(base, plain, ctx)
+        baseline = ctx.score(base)
+        passed = None
+        for number, (label, make) in enumerate(attempts, 1):
+            out = base.with_name(f"model.int8{'' if number == 1 else f'.try{number}'}.onnx")
+            try:
+                make(out)
+            except Exception as exc:  # noqa: BLE001 - record and try the next remedy
+                result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
+                continue
+            score = ctx.score(out)
+            drop = baseline - score
+            ok = drop <= ctx.max_accuracy_drop
+            result.attempts.append({"attempt": label, "file": out.name, "val_score": score, "val_drop": drop, "passed": ok, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size})
+            if number == 1 or ok:
+                result.forms.append(Form("onnx_int8" if number == 1 else f"onnx_int8_try{number}", out, exact=False))
+            if ok:
+                passed = out
+                break
+        base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
+        if passed is None:
+            result.notes.append(f"no int8 attempt stayed within max_accuracy_drop {ctx.max_accuracy_drop}: the int8 file is kept but not recommended")
+        return passed
+
+    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> list[tuple[str, Callable[[Path], None]]]:
+        import onnx
+        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+
+        if ctx.model_info.get("model_type"):
+            def dynamic(exclude: list[str]) -> Callable[[Path], None]:
+                return lambda out: _quietly(quantize_dynamic,str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+            return [("dynamic int8", dynamic([])), ("dynamic int8, head in fp32", dynamic(_head_nodes(base)))]
+
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = plain.with_name("model.preprocessed.onnx")
+
+        def static(examples: int, keep_sensitive_in_fp32: bool) -> Callable[[Path], None]:
+            def make(out: Path) -> None:
+                if not prepared.exists():
+                    quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)
+                exclude = _sensitive_nodes(prepared) if keep_sensitive_in_fp32 else []
+                _quietly(quantize_static, str(prepared), str(out), _Reader(ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+
+            return make
+
+        n = ctx.options.calibration_examples if ctx.options else 100
+        return [
+            (f"static QDQ per-channel, {n} calibration inputs", static(n, False)),
+            (f"more calibration data ({2 * n} inputs)", static(2 * n, False)),
+            (f"{2 * n} inputs, first conv, depthwise convs and head in fp32", static(2 * n, True)),
+        ]
+
+    def _mobile(self, path: Path, ctx: DeriveContext, result: Derived) -> None:
+        folder = ctx.out_dir / "mobile"
+        folder.mkdir(parents=True, exist_ok=True)
+        source = folder / "model.onnx"
+        source.write_bytes(path.read_bytes())
+        convert = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(source), "--output_dir", str(folder), "--optimization_style", "Fixed"], capture_output=True, text=True)
+        source.unlink()
+        check = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)], capture_output=True, text=True)
+        lines = [line.split(":", 1)[-1].strip() for line in (check.stdout + check.stderr).splitlines()]
+        result.info["mobile_usability"] = [line for line in lines if line.startswith(("Model should", "Model is", "Model has", "Partition", "CoreML", "NNAPI"))][:8]
+        ort_files = sorted(folder.glob("*.ort"))
+        if convert.returncode != 0 or not ort_files:
+            result.notes.append(f"conversion to .ort failed: {(convert.stderr or convert.stdout).strip().splitlines()[-1:]}")
+            return
+        result.forms.append(Form("ort_mobile", ort_files[0], exact=False, runnable=False))
+        result.info["mobile_from"] = path.name
+        result.notes.append(f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build")
+
+
+def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run an ONNX Runtime quantisation call without its advice on the root logger."""
+    import logging
+
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        root.setLevel(level)
+
+
+class _Reader:
+    """Calibration inputs for static quantisation."""
+
+    def __init__(self, batches: list[dict[str, Any]]) -> None:
+        self._items = iter(batches)
+
+    def get_next(self) -> dict[str, Any] | None:
+        return next(self._items, None)
+
+
+def _head_nodes(path: Path) -> list[str]:
+    """The last MatMul/Gemm of the graph: the classification head."""
+    import onnx
+
+    nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in ("MatMul", "Gemm")]
+    return nodes[-1:]
+
+
+def _sensitive_nodes(path: Path) -> list[str]:
+    """Nodes that int8 MobileNets are known to be sensitive in: the first conv, depthwise convs, the head."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    names = [convs[0].name] if convs else []
+    for node in convs:
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if group > 1:
+            names.append(node.name)
+    names += [n.name for n in graph.node if n.op_type in ("Gemm", "MatMul")][-1:]
+    return names
+
+
+@hookimpl
+def adapt_register_exporters(register: Any) -> None:
+    register(OnnxExporter())

@@ -1,0 +1,138 @@
+"""The onnx exporter on real ONNX Runtime sessions: parity, dynamic axes, no extra
+nodes after a folded merge, inline adapters in one graph, the int8 gate, .ort."""
+
+from __future__ import annotations
+
+import collections
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from adapt.export_stage import DeriveContext
+from adapt.hf_text import TextOptions
+from adapt.host import make_host
+from adapt.plan import validate_options
+from adapt.plugins.mobilenet import MobileNetOptions
+
+from tests.tiny import bert_checkpoint
+
+HOST = make_host(autoload=False)
+ONNX = HOST.exporters.get("onnx")
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return str(bert_checkpoint(tmp_path_factory.mktemp("bert") / "bert"))
+
+
+def build(kind, bert_dir):
+    torch.manual_seed(0)
+    if kind == "bert":
+        backbone = HOST.backbones.get("bert")
+        return backbone, backbone.build("text-classification", 3, checkpoint=bert_dir, arch=None, options=TextOptions(max_length=16))
+    backbone = HOST.backbones.get("mobilenet")
+    return backbone, backbone.build("image-classification", 3, checkpoint=None, arch="mobilenetv2_050", options=MobileNetOptions(image_size=32))
+
+
+def adapt_and_perturb(backbone, built, method_name, raw):
+    method = HOST.methods.get(method_name)
+    method.apply(built, validate_options(method, "m", raw, "m"), backbone.default_targets(method_name))
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in built.model.parameters():
+            if p.requires_grad:
+                p.add_(torch.randn_like(p) * 0.05)
+    built.model.eval()
+    return method.merge(built)
+
+
+def other_inputs(kind):
+    """A batch size and sequence length the export never saw."""
+    if kind == "bert":
+        return {"input_ids": torch.randint(5, 60, (3, 11)), "attention_mask": torch.ones(3, 11, dtype=torch.long), "token_type_ids": torch.zeros(3, 11, dtype=torch.long)}
+    return {"pixel_values": torch.randn(5, 3, 32, 32)}
+
+
+def op_histogram(path: Path) -> collections.Counter:
+    return collections.Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+
+
+@pytest.mark.parametrize("kind", ["bert", "mobilenet"])
+@pytest.mark.parametrize("method_name, raw", [("lora", {"r": 4}), ("adapters", {"reduction": 4, "activation": "gelu"}), ("adapters", {"reduction": 4, "activation": "none"})])
+def test_export_reproduces_the_merged_model_on_new_shapes(kind, method_name, raw, bert_dir, tmp_path):
+    backbone, built = build(kind, bert_dir)
+    merged = adapt_and_perturb(backbone, built, method_name, raw)
+    path = ONNX.export(merged.model, backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    inputs = other_inputs(kind)
+    with torch.no_grad():
+        expected = merged.model(**inputs).numpy()
+    got = ONNX.load(path)({k: v.numpy() for k, v in inputs.items()})
+    assert got.shape == expected.shape
+    assert np.abs(got - expected).max() <= 1e-4
+    assert [i.name for i in onnx.load(str(path)).graph.input] == list(backbone.onnx_io(built).input_names)
+
+
+@pytest.mark.parametrize("kind", ["bert", "mobilenet"])
+def test_a_folded_merge_leaves_no_extra_nodes(kind, bert_dir, tmp_path):
+    backbone, base = build(kind, bert_dir)
+    base.model.eval()
+    base_path = ONNX.export(base.model, backbone.example_inputs(base, 2), backbone.onnx_io(base), tmp_path / "base.onnx", None)
+    _, built = build(kind, bert_dir)
+    merged = adapt_and_perturb(backbone, built, "lora", {"r": 4})
+    merged_path = ONNX.export(merged.model, backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "merged.onnx", None)
+    assert op_histogram(merged_path) == op_histogram(base_path)
+
+
+def test_inline_adapters_stay_in_the_one_graph(bert_dir, tmp_path):
+    backbone, built = build("bert", bert_dir)
+    merged = adapt_and_perturb(backbone, built, "adapters", {"reduction": 4, "activation": "relu", "placement": "houlsby"})
+    assert not merged.folded
+    path = ONNX.export(merged.model, backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    _, base = build("bert", bert_dir)
+    base_path = ONNX.export(base.model.eval(), backbone.example_inputs(base, 2), backbone.onnx_io(base), tmp_path / "base.onnx", None)
+    # 2 layers x 2 places: each adapter adds one Relu and two MatMul+Add pairs (and its residual Add)
+    assert op_histogram(path)["Relu"] - op_histogram(base_path)["Relu"] == 4
+    assert len(onnx.load(str(path)).graph.output) == 1
+
+
+def test_the_int8_gate_tries_every_remedy_and_keeps_fp32_when_all_fail(tmp_path):
+    backbone, built = build("mobilenet", "")
+    merged = adapt_and_perturb(backbone, built, "freeze", {})
+    path = ONNX.export(merged.model, backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    rng = np.random.default_rng(0)
+    calibration = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(8)]
+    scored = []
+
+    def score(candidate: Path) -> float:  # scripted: fp32 scores 0.9, every int8 file 0.5
+        scored.append(candidate.name)
+        return 0.5 if "int8" in candidate.name else 0.9
+
+    ctx = DeriveContext(tmp_path, {}, "int8", True, 0.01, calibration, score, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1}, validate_options(ONNX, "e", {"calibration_examples": 4}, "e"))
+    derived = ONNX.derive(path, ctx)
+    assert [a["passed"] for a in derived.attempts] == [False, False, False]
+    assert "first conv, depthwise convs and head in fp32" in derived.attempts[2]["attempt"]
+    assert derived.deployable.name == "model.optimized.onnx"
+    assert any("not recommended" in note for note in derived.notes)
+    assert (tmp_path / "model.int8.onnx").exists()
+    names = [f.name for f in derived.forms]
+    assert names[:2] == ["onnx_optimized", "onnx_int8"] and "ort_mobile" in names
+    assert (tmp_path / "mobile" / "model.ort").exists() and (tmp_path / "mobile" / "model.required_operators.config").exists()
+    # the third attempt really keeps the depthwise convs in fp32
+    third = onnx.load(str(tmp_path / "model.int8.try3.onnx"))
+    float_convs = [n for n in third.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
+    inputs_from_dq = {o for n in third.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    assert float_convs and not all(n.input[0] in inputs_from_dq for n in float_convs)
+
+
+def test_the_int8_gate_recommends_a_passing_attempt(tmp_path, bert_dir):
+    backbone, built = build("bert", bert_dir)
+    merged = adapt_and_perturb(backbone, built, "lora", {"r": 4})
+    path = ONNX.export(merged.model, backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    ctx = DeriveContext(tmp_path, backbone.onnx_optimizer_options(built), "int8", False, 0.01, [], lambda p: 0.8, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1})
+    derived = ONNX.derive(path, ctx)
+    assert derived.deployable.name == "model.int8.onnx" and derived.attempts[0]["passed"]
+    assert derived.info["fusions"].get("Attention") == 2  # both layers' attention fused
+    assert derived.attempts[0]["bytes"] < path.stat().st_size
