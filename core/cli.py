@@ -209,12 +209,24 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
     @cli.command("predict")
     @run_dir_argument
     @click.argument("inputs", nargs=-1, required=True)
-    def predict_command(run_dir: Path, inputs: tuple[str, ...]) -> None:
+    @click.option("--onnx", "use_onnx", is_flag=True, help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.")
+    @click.option("--model", "model_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="With --onnx: this exported file instead of the deployable one.")
+    def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None) -> None:
         """Predict labels with RUN_DIR's model for INPUTS: texts, sentences (NER,
         split on spaces) or image paths, by the run's task. One JSON line each."""
-        from adapt.pipeline import predict_command as predict
+        if use_onnx:
+            from adapt.onnx_predict import predict as predict_onnx
+            from adapt.report import read_report
 
-        for row in predict(run_dir, host, inputs):
+            deployable = read_report(run_dir).get("deployable")
+            if model_file is None and not deployable:
+                raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
+            rows = predict_onnx(model_file or run_dir / deployable, inputs)
+        else:
+            from adapt.pipeline import predict_command as predict
+
+            rows = predict(run_dir, host, inputs)
+        for row in rows:
             click.echo(json.dumps(row))
 
     host.call("adapt_register_commands", cli=cli)

@@ -31,6 +31,7 @@ from adapt.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_r
 from adapt.config import TrainConfig
 from adapt.errors import AdaptError, ConfigError
 from adapt.interfaces import BuiltModel, Example
+from adapt.params import trainable_state
 
 ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.jsonl"
@@ -204,7 +205,7 @@ class Trainer:
 
         def checkpoint() -> None:
             if dist.main:
-                trainable = {n: p.detach().cpu() for n, p in model.named_parameters() if p.requires_grad}
+                trainable = {n: t.cpu() for n, t in trainable_state(model).items()}
                 save_checkpoint(checkpoint_path, {"trainable": trainable, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": dict(state), "log": self.log})
             distributed.barrier(dist)
 

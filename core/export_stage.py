@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 EXPORT_DIR = "export"
+#: How to turn raw inputs into the graph's inputs without torch (see adapt.onnx_predict).
+PREPROCESS_FILE = "preprocess.json"
 
 
 @dataclass
@@ -127,6 +129,11 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
     with torch.no_grad():
         report.setdefault("latency_ms", {})["pytorch"] = latency_of(lambda: merged_model(**one_inputs))
 
+    save = getattr(plan.backbone, "save_preprocessing", None)
+    if callable(save):
+        from adapt.rundir import atomic_write_json
+
+        atomic_write_json(out / PREPROCESS_FILE, {**save(built, plan.backbone_options, out), "labels": labels, "task": session.config.task})
     report["export"] = {}
     for exporter in plan.exporters:
         path = exporter.export(merged_model, plan.backbone.example_inputs(built, 2), io, out / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))

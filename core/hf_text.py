@@ -12,6 +12,7 @@ Runtime's transformer optimiser recognises and fuses.
 from __future__ import annotations
 
 import contextlib
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -174,6 +175,17 @@ class TransformersTextBackbone:
 
     def default_targets(self, method: str) -> list[str]:
         return list(self.targets.get(method, []))
+
+    def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any]:
+        """The tokenizer as ``tokenizer.json`` and its settings, for inference without torch."""
+        built.preprocessor.backend_tokenizer.save(str(folder / "tokenizer.json"))
+        return {
+            "kind": "tokens" if built.task == "token-classification" else "text",
+            "tokenizer": "tokenizer.json",
+            "max_length": options.max_length if options else 128,
+            "input_names": list(self.input_names),
+            "pad_id": built.preprocessor.pad_token_id or 0,
+        }
 
     def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:
         """What ONNX Runtime's transformer optimiser needs to fuse attention in this graph."""

@@ -30,14 +30,28 @@ def freeze_all_but(model: nn.Module, trainable: Sequence[str]) -> list[str]:
     return names
 
 
+def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Buffers of modules that train (a trained BatchNorm's running statistics):
+    they change with training, so they are saved with the trainable parameters."""
+    buffers = {}
+    for prefix, module in model.named_modules():
+        if any(p.requires_grad for p in module.parameters(recurse=False)):
+            for name, buffer in module.named_buffers(recurse=False):
+                if buffer is not None:
+                    buffers[f"{prefix}.{name}" if prefix else name] = buffer
+    return buffers
+
+
 def trainable_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    """Copies of the trainable parameters, ready for safetensors."""
-    return {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    """Copies of the trainable parameters and of the trained modules' buffers, ready for safetensors."""
+    state = {n: p.detach().clone().contiguous() for n, p in model.named_parameters() if p.requires_grad}
+    state.update({n: b.detach().clone().contiguous() for n, b in trained_buffers(model).items()})
+    return state
 
 
 def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
-    """Copy ``state`` into the model's parameters; CheckpointError naming the first misfit."""
-    params = dict(model.named_parameters())
+    """Copy ``state`` into the model's parameters (and buffers); CheckpointError naming the first misfit."""
+    params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     for name, tensor in state.items():
         if name not in params:
             raise CheckpointError(f"adapter tensor {name!r} has no counterpart in the model", hint="was the adapter saved from another backbone, task or method options?")

@@ -101,6 +101,10 @@ class LoRA:
                 state[to_peft_name(f"{module_name}.{leaf}.weight", prefix)] = tensor.clone().contiguous()
             else:
                 state[to_peft_name(name, prefix)] = param.detach().clone().contiguous()
+        from adapt.params import trained_buffers
+
+        for name, buffer in trained_buffers(built.model).items():
+            state[to_peft_name(name, prefix)] = buffer.detach().clone().contiguous()
         return state
 
     def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
@@ -143,7 +147,7 @@ class LoRA:
         """Load tensors saved by :meth:`adapter_state` or by PEFT (PEFT or adapt key names)."""
         import torch
 
-        params = dict(built.model.named_parameters())
+        params = {**dict(built.model.named_buffers()), **dict(built.model.named_parameters())}
         prefix = inner_prefix(built.model)
         updates = {}
         for key, tensor in state.items():

@@ -201,6 +201,19 @@ class MobileNet:
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
         return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
 
+    def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any]:
+        """timm's data config, enough to prepare images with PIL and numpy alone."""
+        config = built.preprocessor.data_config
+        return {
+            "kind": "image",
+            "input_names": ["pixel_values"],
+            "input_size": list(config["input_size"]),
+            "interpolation": config.get("interpolation", "bicubic"),
+            "mean": list(config["mean"]),
+            "std": list(config["std"]),
+            "crop_pct": config.get("crop_pct", 1.0),
+        }
+
     def default_targets(self, method: str) -> list[str]:
         # pointwise (expand, project) and depthwise convolutions of every inverted-residual block
         return {"lora": ["conv_pw", "conv_dw", "conv_pwl"]}.get(method, [])

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import random
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -96,6 +98,18 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     assert report["deployable"] in report["files"]
     assert "export/mobile/model.ort" in report["files"] and "latency_ms" in report and "pytorch" in report["latency_ms"]
     assert "| onnx_int8 |" in invoke(["bench", str(run)]).output
+
+    # the exported file alone, through ONNX Runtime, in a process that never imports torch
+    code = (
+        "import json, sys\n"
+        "from adapt.cli import main\n"
+        f"try:\n    main(['predict', {str(run)!r}, '--onnx', 'team won the match', 'market shares fell rose'])\n"
+        "except SystemExit as exit:\n    assert exit.code == 0, exit.code\n"
+        "assert 'torch' not in sys.modules, 'torch was imported'\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == ["sport", "market"]
     (run / "export" / "model.onnx").unlink()
     invoke(["export", str(run)])
     assert (run / "export" / "model.onnx").exists()
@@ -154,6 +168,20 @@ def test_image_classification_with_freeze(tmp_path):
     assert report["data"]["sizes"] == {"train": 1437, "val": 180, "test": 180}
     assert report["parity"]["merged"]["max_abs_diff"] == 0.0 and report["merge"] == "folded"
     assert set(load_file(tmp_path / "runs" / "img" / "merged" / "model.safetensors")) >= {"conv_stem.weight", "classifier.weight"}
+
+    # PyTorch and the exported file agree on image files (numpy preprocessing == timm's transform)
+    from PIL import Image
+    from sklearn.datasets import load_digits
+
+    paths = []
+    for i, image in enumerate(load_digits().images[:4]):
+        paths.append(str(tmp_path / f"digit{i}.png"))
+        Image.fromarray((image * 255 / 16).astype("uint8")).save(paths[-1])
+    run = str(tmp_path / "runs" / "img")
+    eager = [json.loads(line) for line in invoke(["predict", run, *paths]).output.splitlines()]
+    onnx_rows = [json.loads(line) for line in invoke(["predict", run, "--onnx", "--model", f"{run}/export/model.onnx", *paths]).output.splitlines()]
+    assert [r["label"] for r in eager] == [r["label"] for r in onnx_rows]
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(eager, onnx_rows)) < 1e-3
 
 
 @pytest.mark.slow

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from adapt.adapter_io import CONFIG_FILE, WEIGHTS_FILE, load_adapter, save_adapter
+from adapt.engine import freeze_frozen_norms
 from adapt.errors import CheckpointError
 from adapt.host import make_host
 from adapt.plan import validate_options
@@ -25,6 +26,10 @@ def test_every_method_round_trips_through_files(method_name, raw, tiny_backbone,
         for p in trained.model.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.1)
+        # a training-mode pass moves the running statistics of the normalisation layers that train
+        trained.model.train()
+        freeze_frozen_norms(trained.model)
+        trained.model(torch.rand(8, 1, 8, 8) * 3)
     written = save_adapter(method, trained, tmp_path / "adapter")
     assert (tmp_path / "adapter" / WEIGHTS_FILE) in written
     assert ((tmp_path / "adapter" / CONFIG_FILE) in written) == (method_name == "lora")
