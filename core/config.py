@@ -84,6 +84,7 @@ class ExportConfig(_Section):
     max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
     parity_tolerance: float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
     latency_runs: int = Field(30, ge=1, description="timed runs per form for the latency figures")
+    latency_batch: int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options per exporter, e.g. {onnx: {opset: 17}}")
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from adapt.config import SplitConfig
 from adapt.errors import DataError
@@ -40,6 +40,26 @@ def split_files(path: Path, suffixes: str | Sequence[str]) -> dict[str, Path]:
     if "train" not in found:
         raise DataError(f"folder {path} has no train{suffixes[0]}", hint=f"put the training data in {path / ('train' + suffixes[0])}, or point data.path at one file")
     return found
+
+
+def label_folder_files(root: Path, suffixes: Sequence[str], layout: str) -> list[tuple[Path, str]]:
+    """``(file, label)`` for every file with one of ``suffixes`` under ``root/<label>/``, sorted."""
+    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if not folders:
+        raise DataError(f"{root} has no label folders", hint=f"arrange the data as {layout}")
+    suffixes = {s.lower() for s in suffixes}
+    return [(file, folder.name) for folder in folders for file in sorted(folder.rglob("*")) if file.is_file() and file.suffix.lower() in suffixes]
+
+
+def read_split_folders(path: Path | None, read: Callable[[Path], list[Example]], layout: str) -> dict[str, list[Example]]:
+    """Data laid out as ``path/<label>/...``, or ``path/train/<label>/...`` beside
+    ``test/`` (and optionally ``val/``), which are then the splits; ``read`` reads one folder."""
+    if path is None or not path.is_dir():
+        raise DataError(f"data.path must be a folder of label folders, got {path}", hint=f"arrange the data as {layout}")
+    splits = {split: path / stem for split, stems in SPLIT_STEMS.items() for stem in stems if (path / stem).is_dir()}
+    if "train" in splits:
+        return {split: read(folder) for split, folder in splits.items()}
+    return {"train": read(path)}
 
 
 @dataclass

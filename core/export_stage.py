@@ -123,11 +123,18 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
     def latency_of(fn: Callable[[], Any]) -> dict[str, float]:
         return {**measure(fn, cfg.latency_runs), "threads": threads}
 
+    def time_runner(runner: Callable[[dict[str, Any]], Any], batch: dict[str, Any]) -> dict[str, float]:
+        feed = {n: batch[n].numpy() for n in io.input_names}
+        return latency_of(lambda: runner(feed))
+
     one = session.collate(session.splits.test[:1])
     one_inputs = {n: one[n] for n in io.input_names}
+    many = session.collate(session.splits.test[: cfg.latency_batch]) if cfg.latency_batch > 1 else None
     merged_model.eval()
     with torch.no_grad():
         report.setdefault("latency_ms", {})["pytorch"] = latency_of(lambda: merged_model(**one_inputs))
+        if many is not None:
+            report["latency_ms_batch"] = {"batch": len(session.splits.test[: cfg.latency_batch]), "pytorch": latency_of(lambda: merged_model(**{n: many[n] for n in io.input_names}))}
 
     save = getattr(plan.backbone, "save_preprocessing", None)
     if callable(save):
@@ -147,9 +154,7 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
                 return run_file(exporter, candidate, val_batches)[0].get(task.primary_metric, 0.0)
 
             def file_latency(candidate: Path, exporter: Any = exporter) -> dict[str, float]:
-                runner = exporter.load(candidate, threads)
-                feed = {n: one[n].numpy() for n in io.input_names}
-                return latency_of(lambda: runner(feed))
+                return time_runner(exporter.load(candidate, threads), one)
 
             calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in io.input_names} for e in session.splits.train[:400]]
             hints = getattr(plan.backbone, "onnx_optimizer_options", None)
@@ -165,7 +170,10 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
             parity = compare(merged.logits, logits, merged.predictions, predictions)
             report.setdefault("metrics", {})[form.name] = {k: round(v, 6) for k, v in metrics.items()}
             report.setdefault("parity", {})[form.name] = {"max_abs_diff": parity.max_abs_diff, "label_agreement": parity.label_agreement, "examples": parity.examples}
-            report["latency_ms"][form.name] = latency_of(lambda runner=exporter.load(form.path, threads), feed={n: one[n].numpy() for n in io.input_names}: runner(feed))
+            runner = exporter.load(form.path, threads)
+            report["latency_ms"][form.name] = time_runner(runner, one)
+            if many is not None:
+                report["latency_ms_batch"][form.name] = time_runner(runner, many)
             if form.exact and parity.max_abs_diff > cfg.parity_tolerance:
                 report["export"][exporter.name] = details
                 raise ExportError(

@@ -92,7 +92,7 @@ class TransformersTextBackbone:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
         prefix = model.base_model_prefix
-        layers = len(getattr(getattr(model, prefix).encoder, "layer"))
+        layers = len(getattr(model, prefix).encoder.layer)
         return BuiltModel(
             model=LogitsOnly(model),
             task=task,

@@ -6,12 +6,13 @@ and whatever the checkpoint did not provide) and saves exactly those.
 
 from __future__ import annotations
 
-from typing import Mapping, Sequence
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from adapt.errors import CheckpointError
+
+if TYPE_CHECKING:  # torch is imported where tensors are handled, so plugins can import this cheaply
+    import torch
+    from torch import nn
 
 
 def under(name: str, prefixes: Sequence[str]) -> bool:
@@ -60,6 +61,19 @@ def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None
                 f"adapter tensor {name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}",
                 hint="was the adapter saved for another label count or architecture?",
             )
+    import torch
+
     with torch.no_grad():
         for name, tensor in state.items():
             params[name].copy_(tensor)
+
+
+class SavesTrainedTensors:
+    """``adapter_state`` / ``load_adapter_state`` for methods whose adapter is simply
+    the trainable tensors under their own names (freeze, adapters)."""
+
+    def adapter_state(self, built: Any) -> dict[str, torch.Tensor]:
+        return trainable_state(built.model)
+
+    def load_adapter_state(self, built: Any, state: Mapping[str, torch.Tensor]) -> None:
+        load_parameters(built.model, state)

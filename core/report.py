@@ -75,7 +75,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {form} | " + " | ".join(_fmt(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()]
     parity = report.get("parity", {})
     if parity:
-        lines += ["", "## Parity with the adapted model", "", "| form | max abs diff | label agreement |", "|---|---|---|"]
+        lines += ["", "## Parity (merged: against the adapted model; exported forms: against the merged model)", "", "| form | max abs diff of logits | label agreement |", "|---|---|---|"]
         lines += [f"| {form} | {p.get('max_abs_diff', 0):.3g} | {p.get('label_agreement', 0):.2%} |" for form, p in parity.items()]
     if report.get("latency_ms"):
         lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
@@ -85,6 +85,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         if attempts:
             lines += ["", f"## {name}: int8 attempts (scored on the validation split)", "", "| attempt | val score | drop | passed | median ms | bytes |", "|---|---|---|---|---|---|"]
             lines += [f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_fmt(a.get('val_drop', ''))} | {a.get('passed', a.get('error', ''))} | {a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |" for a in attempts]
+        if details.get("notes"):
+            lines.append("")
         for note in details.get("notes") or []:
             lines.append(f"- {name}: {note}")
         if details.get("mobile_usability"):

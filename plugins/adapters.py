@@ -13,13 +13,14 @@ projection they follow (see ``_adapter_layers``).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import ConfigError
 from adapt.interfaces import BuiltModel, MergeResult
+from adapt.params import SavesTrainedTensors
 
 if TYPE_CHECKING:
     import torch
@@ -34,7 +35,7 @@ class AdapterOptions(BaseModel):
     targets: str | list[str] | None = Field(None, description="modules to put adapters after (overrides placement)")
 
 
-class Adapters:
+class Adapters(SavesTrainedTensors):
     name = "adapters"
     options_schema = AdapterOptions
 
@@ -79,16 +80,6 @@ class Adapters:
         from adapt.plugins import _adapter_layers as layers
 
         return {n: m for n, m in model.named_modules() if isinstance(m, layers.AdapterAfter)}
-
-    def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
-        from adapt.params import trainable_state
-
-        return trainable_state(built.model)
-
-    def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
-        from adapt.params import load_parameters
-
-        load_parameters(built.model, state)
 
     def merge(self, built: BuiltModel) -> MergeResult:
         from adapt.plugins import _adapter_layers as layers

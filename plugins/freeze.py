@@ -8,16 +8,14 @@ is the backbone's own architecture with some weights trained.
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import Any, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import ConfigError
 from adapt.interfaces import BuiltModel, MergeResult
-
-if TYPE_CHECKING:
-    import torch
+from adapt.params import SavesTrainedTensors
 
 
 class FreezeOptions(BaseModel):
@@ -27,7 +25,7 @@ class FreezeOptions(BaseModel):
     biases: bool = Field(False, description="also train every bias (BitFit)")
 
 
-class Freeze:
+class Freeze(SavesTrainedTensors):
     name = "freeze"
     options_schema = FreezeOptions
 
@@ -43,16 +41,6 @@ class Freeze:
         if options.biases:
             trained += [n for n, _ in built.model.named_parameters() if n.endswith("bias")]
         return freeze_all_but(built.model, trained)
-
-    def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
-        from adapt.params import trainable_state
-
-        return trainable_state(built.model)
-
-    def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
-        from adapt.params import load_parameters
-
-        load_parameters(built.model, state)
 
     def merge(self, built: BuiltModel) -> MergeResult:
         model = copy.deepcopy(built.model).float().eval()

@@ -11,7 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
-from adapt.data import SPLIT_STEMS
+from adapt.data import label_folder_files, read_split_folders
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, Example
 
@@ -36,19 +36,17 @@ def readable(path: Path) -> str | None:
     return None
 
 
+LAYOUT = "<data.path>/<label>/<image>, or train/ and test/ folders of those"
+
+
 def read_image_folders(root: Path, request: DataRequest, options: ImageFolderOptions) -> list[Example]:
-    folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
-        raise DataError(f"{root} has no label folders", hint="arrange the images as <data.path>/<label>/<image> or <data.path>/train/<label>/<image>")
     examples = []
-    for folder in folders:
-        for file in sorted(folder.rglob("*")):
-            if file.is_file() and file.suffix.lower() in options.suffixes:
-                problem = readable(file)
-                if problem:
-                    request.skip(str(file), problem)
-                else:
-                    examples.append({"image": file, "label": folder.name})
+    for file, label in label_folder_files(root, options.suffixes, LAYOUT):
+        problem = readable(file)
+        if problem:
+            request.skip(str(file), problem)
+        else:
+            examples.append({"image": file, "label": label})
     if not examples:
         raise DataError(f"no readable images under {root}", hint=f"supported suffixes: {', '.join(options.suffixes)}")
     return examples
@@ -60,14 +58,8 @@ class ImageFolderSource:
     options_schema = ImageFolderOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
-        root = request.path
-        if root is None or not root.is_dir():
-            raise DataError(f"data.path must be a folder of label folders, got {root}", hint="<data.path>/<label>/<image>, or train/ and test/ folders of those")
         options = request.options or ImageFolderOptions()
-        splits = {split: root / stem for split, stems in SPLIT_STEMS.items() for stem in stems if (root / stem).is_dir()}
-        if "train" in splits:
-            return {split: read_image_folders(folder, request, options) for split, folder in splits.items()}
-        return {"train": read_image_folders(root, request, options)}
+        return read_split_folders(request.path, lambda folder: read_image_folders(folder, request, options), LAYOUT)
 
 
 @hookimpl

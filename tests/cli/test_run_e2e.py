@@ -162,9 +162,11 @@ def test_image_classification_with_freeze(tmp_path):
         "method": {"name": "freeze", "options": {"last_blocks": 2}},
         "data": {"source": "digits"},
         "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
+        "export": {"latency_batch": 8, "latency_runs": 5},
     }
     invoke(["run", str(write(tmp_path, config))])
     report = json.loads((tmp_path / "runs" / "img" / "report.json").read_text())
+    assert report["latency_ms_batch"]["batch"] == 8 and {"pytorch", "onnx", "onnx_int8"} <= set(report["latency_ms_batch"])
     assert report["data"]["sizes"] == {"train": 1437, "val": 180, "test": 180}
     assert report["parity"]["merged"]["max_abs_diff"] == 0.0 and report["merge"] == "folded"
     assert set(load_file(tmp_path / "runs" / "img" / "merged" / "model.safetensors")) >= {"conv_stem.weight", "classifier.weight"}
