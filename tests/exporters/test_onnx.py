@@ -136,3 +136,11 @@ def test_the_int8_gate_recommends_a_passing_attempt(tmp_path, bert_dir):
     assert derived.deployable.name == "model.int8.onnx" and derived.attempts[0]["passed"]
     assert derived.info["fusions"].get("Attention") == 2  # both layers' attention fused
     assert derived.attempts[0]["bytes"] < path.stat().st_size
+
+
+def test_onnx_passes_the_shipped_conformance_check(tmp_path, bert_dir):
+    from adapt.testing import check_exporter
+
+    backbone, built = build("bert", bert_dir)
+    merged = adapt_and_perturb(backbone, built, "lora", {"r": 2})
+    check_exporter(ONNX, model=merged.model, inputs=backbone.example_inputs(built, 3), io=backbone.onnx_io(built), path=tmp_path / "m.onnx")

@@ -188,3 +188,13 @@ def test_applying_a_method_twice_is_an_error(method_name, bert_dir):
 def test_option_out_of_range(method_name, raw, message):
     with pytest.raises(ConfigError, match=message):
         validate_options(HOST.methods.get(method_name), "method", raw, "method.options")
+
+
+@pytest.mark.parametrize("method_name, raw", CASES, ids=[f"{m}-{i}" for i, (m, _) in enumerate(CASES)])
+def test_builtin_methods_pass_the_shipped_conformance_check(method_name, raw, tiny_backbone):
+    """adapt.testing.check_method is what a plugin author runs; the built-ins pass it too."""
+    from adapt.testing import check_method
+
+    method = HOST.methods.get(method_name)
+    batch = tiny_backbone.collator(None, None)([{"image": np.full((8, 8), 30 * i, np.uint8), "label": i % 3} for i in range(6)])
+    check_method(method, build=lambda: tiny_backbone.build("image-classification", 3, checkpoint=None, arch=None, options=None), batch=batch, options=validate_options(method, "m", {k: v for k, v in raw.items() if k != "placement"}, "m"), default_targets=tiny_backbone.default_targets(method_name))

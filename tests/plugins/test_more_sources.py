@@ -93,3 +93,37 @@ def test_image_folder_skips_a_corrupt_image(tmp_path):
 def test_image_folder_without_label_folders(tmp_path):
     with pytest.raises(DataError, match="has no label folders"):
         ImageFolderSource().read(DataRequest("image-classification", tmp_path, options=ImageFolderOptions()))
+
+
+def source_recipes(root):
+    """data source name -> a DataRequest over small real files written here."""
+    from adapt.host import make_host
+    from adapt.plan import validate_options
+
+    (root / "t.csv").write_text("text,label\na,x\nb,y\n")
+    (root / "t.jsonl").write_text('{"text": "a", "label": "x"}\n')
+    (root / "t.txt").write_text("Obama\tB-PER\n\nParis\tB-LOC\n")
+    for label in ("x", "y"):
+        (root / "txt" / label).mkdir(parents=True)
+        (root / "txt" / label / "1.txt").write_text(label)
+        (root / "img" / label).mkdir(parents=True)
+        Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "img" / label / "1.png")
+    host = make_host(autoload=False)
+    raw = {
+        "csv": ("text-classification", root / "t.csv"),
+        "jsonl": ("text-classification", root / "t.jsonl"),
+        "conll": ("token-classification", root / "t.txt"),
+        "text-folder": ("text-classification", root / "txt"),
+        "image-folder": ("image-classification", root / "img"),
+        "digits": ("image-classification", None),
+    }
+    return {name: DataRequest(task, path, options=validate_options(host.data_sources.get(name), "data source", {}, "data.options")) for name, (task, path) in raw.items()}, host
+
+
+def test_every_data_source_passes_the_shipped_conformance_check(tmp_path):
+    from adapt.testing import check_data_source
+
+    recipes, host = source_recipes(tmp_path)
+    assert set(host.data_sources.names()) <= set(recipes), "a registered data source has no recipe here"
+    for name in host.data_sources.names():
+        check_data_source(host.data_sources.get(name), recipes[name])

@@ -1,0 +1,141 @@
+"""Test helpers for plugin authors: a host with inline plugins, and conformance
+checks that run the same contract the built-in plugins pass.
+
+    from adapt.testing import make_test_host, check_backbone, check_method
+
+    def test_my_method():
+        host = make_test_host(MyPlugin())
+        check_method(host.methods.get("scale"), build=lambda: tiny_built_model(), batch=some_batch)
+
+Each check raises AssertionError with a message saying which part of the
+contract failed. They import torch, so import this module in tests only.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import torch
+
+from adapt.engine import freeze_frozen_norms
+from adapt.host import Host, make_host
+from adapt.interfaces import SPLITS, Batch, BuiltModel, DataRequest, MergeResult
+
+
+def make_test_host(*plugins: object, builtins: bool = True) -> Host:
+    """A fresh host with ``plugins`` registered inline and no third-party autoloading."""
+    return make_host(plugins, autoload=False, builtins=builtins)
+
+
+def _logits_shape_ok(logits: torch.Tensor, batch: Batch, task: str, labels: int) -> bool:
+    first = next(iter(batch.values()))
+    if task == "token-classification":
+        return tuple(logits.shape) == (first.shape[0], first.shape[1], labels)
+    return tuple(logits.shape) == (first.shape[0], labels)
+
+
+def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkpoint: str | None = None, arch: str | None = None, options: Any = None, num_labels: int = 3, methods: Sequence[str] = ("lora",)) -> BuiltModel:
+    """Build for ``task`` and check shapes, the collator, ONNX I/O names, head, blocks and default targets."""
+    assert task in backbone.tasks, f"{backbone.name} does not list task {task!r}"
+    torch.manual_seed(0)
+    built = backbone.build(task, num_labels, checkpoint=checkpoint, arch=arch, options=options)
+    built.model.eval()
+    inputs = backbone.example_inputs(built, batch_size=2)
+    with torch.no_grad():
+        assert _logits_shape_ok(built.model(**inputs), inputs, task, num_labels), "example_inputs do not give (batch, [tokens,] labels) logits"
+    batch = backbone.collator(built, options)(list(examples))
+    assert "labels" in batch, "the collator must return labels when the examples have them"
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = built.model(**batch)
+    assert _logits_shape_ok(logits, batch, task, num_labels), f"collated batch gives logits of shape {tuple(logits.shape)}"
+    assert tuple(labels.shape) == tuple(logits.shape[:-1]), "labels do not line up with the logits"
+    io = backbone.onnx_io(built)
+    parameters = list(inspect.signature(built.model.forward).parameters)
+    assert parameters[: len(io.input_names)] == list(io.input_names), f"ONNX inputs {io.input_names} are not the first forward parameters {parameters}"
+    assert list(io.input_names) == list(inputs), "example_inputs must be keyed by the ONNX input names, in order"
+    assert set(io.dynamic_axes) == set(io.input_names) | set(io.output_names), "every input and output needs dynamic axes"
+    assert all(axes.get(0) == "batch" for axes in io.dynamic_axes.values()), "axis 0 must be the dynamic batch axis"
+    modules = dict(built.model.named_modules())
+    params = dict(built.model.named_parameters())
+    assert built.head and all(h in modules for h in built.head), f"head {built.head} names no module"
+    assert all(b in modules for b in built.blocks), "a block names no module"
+    assert all(p in params for p in built.new_parameters), "a new parameter names no parameter"
+    for method in methods:
+        for target in backbone.default_targets(method):
+            assert any(n == target or n.endswith("." + target) for n in modules), f"default {method} target {target!r} matches no module"
+    return built
+
+
+def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None) -> MergeResult:
+    """Apply, train a few steps, merge, and check the merge reproduces the adapted model
+    (and, when folded, the base architecture and parameter count); round-trip the adapter."""
+    base = build()
+    base_count = sum(p.numel() for p in base.model.parameters())
+    built = build()
+    trainable = method.apply(built, options, list(default_targets))
+    assert trainable, "apply left nothing trainable"
+    assert set(built.new_parameters) <= set(trainable), "parameters the checkpoint lacked must stay trainable"
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    params = [p for p in built.model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-2)
+    built.model.train()
+    freeze_frozen_norms(built.model)  # as the engine trains: frozen BatchNorms keep their statistics
+    for _ in range(steps):
+        loss = torch.nn.functional.cross_entropy(built.model(**inputs).flatten(0, -2), batch["labels"].flatten(), ignore_index=-100)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+    built.model.eval()
+    merged = method.merge(built)
+    with torch.no_grad():
+        adapted, folded = built.model(**inputs), merged.model(**inputs)
+    diff = float((adapted - folded).abs().max())
+    assert diff <= atol, f"merged model differs from the adapted one by {diff:.3g} > {atol}"
+    assert torch.equal(adapted.argmax(-1), folded.argmax(-1)), "merged model predicts other labels"
+    assert all(p.dtype == torch.float32 for p in merged.model.parameters()), "merge must give an fp32 model"
+    if merged.folded:
+        count = sum(p.numel() for p in merged.model.parameters())
+        assert count == base_count, f"a folded merge must keep the base parameter count ({count} != {base_count})"
+        assert {type(m) for m in merged.model.modules()} <= {type(m) for m in base.model.modules()}, "a folded merge left method modules behind"
+    fresh = build()
+    method.apply(fresh, options, list(default_targets))
+    method.load_adapter_state(fresh, method.adapter_state(built))
+    fresh.model.eval()
+    with torch.no_grad():
+        reloaded = fresh.model(**inputs)
+    assert float((reloaded - adapted).abs().max()) == 0.0, "adapter_state / load_adapter_state do not round-trip"
+    return merged
+
+
+def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: Any, path: Path, options: Any = None, atol: float = 1e-4) -> Path:
+    """Export, run the file through ``load`` and compare with the model."""
+    model.eval()
+    written = exporter.export(model, inputs, io, path, options)
+    assert Path(written).exists(), "export wrote no file"
+    run = exporter.load(written)
+    got = run({k: v.numpy() for k, v in inputs.items()})
+    with torch.no_grad():
+        expected = model(**inputs).numpy()
+    assert tuple(got.shape) == tuple(expected.shape), f"exported output shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    diff = float(abs(got - expected).max())
+    assert diff <= atol, f"exported file differs from the model by {diff:.3g} > {atol}"
+    return Path(written)
+
+
+FIELDS = {"text-classification": ("text", "label"), "token-classification": ("tokens", "tags"), "image-classification": ("image", "label")}
+
+
+def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]]:
+    """Read and check the splits and the examples' fields for the request's task."""
+    assert request.task in source.tasks, f"{source.name} does not list task {request.task!r}"
+    splits = source.read(request)
+    assert "train" in splits and set(splits) <= set(SPLITS), f"splits must be train and optionally val, test; got {sorted(splits)}"
+    for name, examples in splits.items():
+        assert examples, f"split {name} is empty"
+        for example in examples:
+            missing = [f for f in FIELDS.get(request.task, ()) if f not in example]
+            assert not missing, f"an example of split {name} lacks {missing}"
+    return splits
