@@ -164,6 +164,7 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
             deployable = derived.deployable
             details = {"attempts": derived.attempts, "notes": derived.notes, **derived.info}
         for form in forms:
+            report.setdefault("forms", {})[form.name] = form.path.relative_to(run_dir).as_posix()
             if not form.runnable:
                 continue
             metrics, logits, predictions = run_file(exporter, form.path, test_batches)

@@ -4,7 +4,8 @@ report.json keys: ``task``, ``backbone``, ``method``, ``params`` (``trainable``,
 ``total``), ``metrics`` (one entry per form: ``adapted``, ``merged``, and the
 exported forms), ``parity`` (``merged``, exported forms: ``max_abs_diff``,
 ``label_agreement``), ``merge`` (``folded`` or ``inline``), ``latency_ms``,
-``files`` (path relative to the run directory -> bytes), ``deployable``, and
+``files`` (path relative to the run directory -> bytes), ``forms`` (form -> file),
+``deployable``, and
 ``data``, ``training``, ``new_parameters``.
 """
 
@@ -108,10 +109,10 @@ def latency_table(report: dict[str, Any]) -> str:
     base = latency.get("pytorch", {}).get("median")
     primary = "f1" if report.get("task") == "token-classification" else "accuracy"
     rows = ["| form | median ms | p90 ms | vs PyTorch | threads | bytes | test " + primary + " |", "|---|---|---|---|---|---|---|"]
-    sizes = {"onnx": "export/model.onnx", "onnx_optimized": "export/model.optimized.onnx", "onnx_int8": "export/model.int8.onnx"}
+    forms = report.get("forms", {})
     for form, v in latency.items():
         ratio = f"{v['median'] / base:.2f}x" if base else ""
-        size = files.get(sizes.get(form, ""), "")
+        size = files.get(forms.get(form, ""), "")
         metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
         rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {ratio} | {v.get('threads', '')} | {size} | {_fmt(metric)} |")
     return "\n".join(rows)

@@ -152,6 +152,9 @@ class OnnxExporter:
                 result.forms.append(Form("onnx_int8" if number == 1 else f"onnx_int8_try{number}", out, exact=False))
             if ok:
                 passed = out
+                fp32 = ctx.latency(base)["median"]
+                if result.attempts[-1]["latency_ms"]["median"] > fp32:
+                    result.notes.append(f"{out.name} keeps the accuracy and is {base.stat().st_size / out.stat().st_size:.1f}x smaller, but slower than fp32 on this CPU ({result.attempts[-1]['latency_ms']['median']:.2f} vs {fp32:.2f} ms at batch 1); deploy {base.name} where speed matters more than size")
                 break
         base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
         if passed is None:
