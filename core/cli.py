@@ -221,7 +221,10 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
             deployable = read_report(run_dir).get("deployable")
             if model_file is None and not deployable:
                 raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
-            rows = predict_onnx(model_file or run_dir / deployable, inputs)
+            try:
+                rows = predict_onnx(model_file or run_dir / deployable, inputs)
+            except FileNotFoundError as exc:
+                raise AdaptError(str(exc)) from None
         else:
             from adapt.pipeline import predict_command as predict
 

@@ -141,6 +141,9 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
         from adapt.rundir import atomic_write_json
 
         atomic_write_json(out / PREPROCESS_FILE, {**save(built, plan.backbone_options, out), "labels": labels, "task": session.config.task})
+        from adapt import onnx_predict
+
+        shutil.copyfile(onnx_predict.__file__, out / "predict.py")  # the standalone predictor a device runs
     report["export"] = {}
     for exporter in plan.exporters:
         path = exporter.export(merged_model, plan.backbone.example_inputs(built, 2), io, out / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))

@@ -1,18 +1,24 @@
-"""Predictions from an exported ONNX file with ONNX Runtime alone: no torch import.
+"""Predictions from an exported ONNX file with ONNX Runtime alone.
 
-``export/preprocess.json`` (written by the export stage from the backbone) says
-how raw inputs become the graph's inputs: a ``tokenizers`` tokenizer for text,
-or resize / centre-crop / normalise for images (timm's eval transform, redone
-with PIL and numpy). This is the path an edge deployment follows.
+Standalone on purpose: it imports only onnxruntime, numpy, Pillow and
+tokenizers (never torch, transformers or adapt), and the export stage copies it
+into every export directory as ``predict.py``, so the folder is all a device needs:
+
+    python predict.py model.int8.onnx "some text" "another text"
+    python predict.py model.onnx photo1.jpg photo2.jpg
+
+``preprocess.json`` beside the model (written by the export stage from the
+backbone) says how raw inputs become the graph's inputs: the ``tokenizer.json``
+for text, or resize / centre-crop / normalise for images (timm's eval
+transform, redone with PIL and numpy), and holds the label names.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any, Sequence
-
-from adapt.errors import RunDirError
 
 PREPROCESS_FILE = "preprocess.json"
 RESAMPLING = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
@@ -57,7 +63,7 @@ def predict(model_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
     if not spec_path.exists():
-        raise RunDirError(f"no {PREPROCESS_FILE} beside {model_path}", hint="export the run again (adapt export RUN_DIR) to write it")
+        raise FileNotFoundError(f"no {PREPROCESS_FILE} beside {model_path}: export the run again (adapt export RUN_DIR) to write it")
     spec = json.loads(spec_path.read_text(encoding="utf-8"))
     labels = spec["labels"]
     session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
@@ -92,3 +98,16 @@ def predict(model_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
         else:
             results.append({"input": source, "label": labels[int(probs.argmax())], "score": round(float(probs.max()), 6)})
     return results
+
+
+def main(argv: Sequence[str]) -> int:
+    if len(argv) < 2:
+        print("usage: python predict.py MODEL.onnx INPUT [INPUT ...]  (texts, sentences or image paths)", file=sys.stderr)
+        return 2
+    for row in predict(Path(argv[0]), argv[1:]):
+        print(json.dumps(row))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -110,6 +111,22 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == ["sport", "market"]
+
+    # the export folder alone: its predict.py with torch, transformers and adapt unimportable
+    blocker = "import sys\nfor name in ('torch', 'transformers', 'adapt', 'timm'):\n    sys.modules[name] = None\n"
+    (tmp_path / "sitecustomize.py").write_text(blocker)
+    folder = run / "export"
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
+    texts = ["team won the match", "market shares fell rose", "shares won"]
+    standalone = subprocess.run([sys.executable, str(folder / "predict.py"), str(run / report["deployable"]), *texts], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert standalone.returncode == 0, standalone.stderr
+    eager = [json.loads(line)["label"] for line in invoke(["predict", str(run), *texts]).output.splitlines()]
+    assert [json.loads(line)["label"] for line in standalone.stdout.splitlines()] == eager
+
+    # the .ort mobile file loads in ONNX Runtime and gives the same labels as the file it came from
+    ort_rows = subprocess.run([sys.executable, str(folder / "predict.py"), str(folder / "mobile" / "model.ort"), *texts], capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert ort_rows.returncode == 0, ort_rows.stderr
+    assert [json.loads(line)["label"] for line in ort_rows.stdout.splitlines()] == [json.loads(line)["label"] for line in standalone.stdout.splitlines()]
     (run / "export" / "model.onnx").unlink()
     invoke(["export", str(run)])
     assert (run / "export" / "model.onnx").exists()
