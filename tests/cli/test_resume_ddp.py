@@ -103,3 +103,31 @@ def test_nan_loss_stops_with_a_clear_message_and_keeps_the_checkpoint(tmp_path):
     checkpoint = tmp_path / "runs" / "nan" / "checkpoints" / "last.pt"
     assert checkpoint.exists()
     assert torch.load(checkpoint, weights_only=True)["state"]["step"] >= 1
+
+
+def test_early_stopping_and_adapt_train_on_a_run_directory(tmp_path):
+    """patience stops a run whose validation metric stops improving; `adapt train RUN_DIR`
+    continues a run from its saved config and checkpoint."""
+    runner = CliRunner()
+    cli = make_cli(lambda: make_host(autoload=False))
+    # a learning rate too small to change anything: the metric cannot improve after epoch 1
+    path = config(tmp_path, "stop", lr=1e-12, epochs=5, patience=2, checkpoint_every=0)
+    data = yaml.safe_load(path.read_text())
+    data["export"] = {"formats": []}
+    path.write_text(yaml.safe_dump(data))
+    result = runner.invoke(cli, ["run", str(path)])
+    assert result.exit_code == 0, result.output
+    assert "stopping early" in result.output
+    report = json.loads((tmp_path / "runs" / "stop" / "report.json").read_text())
+    assert report["training"]["stopped_early"] and report["training"]["epochs_run"] == 3
+
+    # the run's saved config says 5 epochs; its checkpoint is at epoch 3: `adapt train` goes on
+    saved = tmp_path / "runs" / "stop" / "config.yaml"
+    data = yaml.safe_load(saved.read_text())
+    data["train"]["patience"] = 0
+    saved.write_text(yaml.safe_dump(data))
+    result = runner.invoke(cli, ["train", str(tmp_path / "runs" / "stop")])
+    assert result.exit_code == 0, result.output
+    assert "resuming at epoch 4" in result.output
+    epochs = [json.loads(line)["epoch"] for line in (tmp_path / "runs" / "stop" / "metrics.jsonl").read_text().splitlines() if '"kind": "epoch"' in line]
+    assert epochs == [1, 2, 3, 4, 5]
