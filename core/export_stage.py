@@ -80,12 +80,12 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
     return {"median": round(statistics.median(times), 3), "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
 
 
-def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: Any) -> None:
-    """Export, verify, derive and time every configured format; fill ``report``."""
+def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str, Any], host: Any) -> None:
+    """Export, verify, derive and time every configured format; fill ``report``.
+    ``merged`` is the merged model's test-split evaluation (logits kept), the reference."""
     import numpy as np
     import torch
 
-    from adapt.engine import evaluate
     from adapt.errors import ExportError
     from adapt.parity import compare
 
@@ -106,7 +106,6 @@ def export_stage(session: Any, merged_model: Any, report: dict[str, Any], host: 
 
     test_batches = batches(session.splits.test)
     val_batches = batches(session.splits.val) or test_batches
-    merged = evaluate(merged_model, session.splits.test, session.collate, task, labels, batch_size=batch_size, device=torch.device("cpu"), keep_logits=True)
     numpy_inputs = lambda batch: {n: batch[n].numpy() for n in io.input_names}  # noqa: E731
 
     def run_file(exporter: Any, path: Path, data: list[dict[str, Any]]) -> tuple[dict[str, float], list[torch.Tensor], list[Any]]:

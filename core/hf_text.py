@@ -18,13 +18,12 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt.errors import CheckpointError, ConfigError
-from adapt.interfaces import Batch, BuiltModel, Example, OnnxIO
+from adapt.interfaces import IGNORE_INDEX, Batch, BuiltModel, Example, OnnxIO
 from adapt.paths import resolve_checkpoint
 
 if TYPE_CHECKING:
     import torch
 
-IGNORE_INDEX = -100
 #: A checkpoint providing less than this share of the model's tensors is refused.
 MIN_LOADED_FRACTION = 0.5
 

@@ -28,6 +28,8 @@ Example = dict[str, Any]
 Batch = dict[str, "torch.Tensor"]
 
 SPLITS = ("train", "val", "test")
+#: Label value for positions the loss and metrics skip (padding, later sub-words of a word).
+IGNORE_INDEX = -100
 
 
 @dataclass

@@ -23,7 +23,7 @@ from adapt.data import Splits, load_splits
 from adapt.export_stage import export_stage
 from adapt.errors import CheckpointError, DataError, RunDirError
 from adapt.host import Host
-from adapt.interfaces import BuiltModel
+from adapt.interfaces import IGNORE_INDEX, BuiltModel
 from adapt.plan import Plan, make_plan
 from adapt.report import plot_curve, read_report, write_report
 from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json
@@ -161,8 +161,9 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
         host.call("adapt_artifact_exported", run_dir=session.run.path, path=session.run.path / "adapter", kind="adapter")
 
 
-def evaluate_and_merge(session: Session, report: dict[str, Any]) -> Any:
-    """Test metrics of the adapted and merged models, their parity, and the merged model on disk."""
+def evaluate_and_merge(session: Session, report: dict[str, Any]) -> tuple[Any, Any]:
+    """Test metrics of the adapted and merged models, their parity, and the merged model on disk.
+    Returns the merge result and the merged model's test evaluation (logits kept)."""
     import torch
 
     from adapt.engine import evaluate
@@ -189,7 +190,7 @@ def evaluate_and_merge(session: Session, report: dict[str, Any]) -> Any:
     save_merged(merged.model, session.built, session.run.path / MERGED_DIR, folded=merged.folded)
     primary = plan.task.primary_metric
     session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {report['merge']}, max abs diff {parity.max_abs_diff:.2e}, label agreement {parity.label_agreement:.2%}")
-    return merged
+    return merged, merged_eval
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
@@ -281,10 +282,10 @@ def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False, resume: boo
             write_report(run.path, report)
         train_stage(session, host, report, resume=resume)
         if dist.main:
-            merged = evaluate_and_merge(session, report)
+            merged, merged_eval = evaluate_and_merge(session, report)
             write_report(run.path, report)
             try:
-                export_stage(session, merged.model, report, host)
+                export_stage(session, merged.model, merged_eval, report, host)
             finally:
                 write_report(run.path, report)
             session.say(f"report: {run.path / 'report.md'}")
@@ -344,9 +345,9 @@ def export_command(run_dir: Path, host: Host) -> dict[str, Any]:
     """Merge again and re-export with the run's saved config."""
     session = restore(run_dir, host)
     report = base_report(session)
-    merged = evaluate_and_merge(session, report)
+    merged, merged_eval = evaluate_and_merge(session, report)
     try:
-        export_stage(session, merged.model, report, host)
+        export_stage(session, merged.model, merged_eval, report, host)
     finally:
         write_report(run_dir, report)
     return report
@@ -372,7 +373,7 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str]) -> list[di
             labels = batch.pop("labels")
             probs = model(**batch).float().softmax(-1)
             if task == "token-classification":
-                keep = labels[0] != -100
+                keep = labels[0] != IGNORE_INDEX
                 tags = probs[0][keep].argmax(-1).tolist()
                 results.append({"input": source, "tags": [{"token": t, "tag": session.label_names[i]} for t, i in zip(example["tokens"], tags)]})
             else:

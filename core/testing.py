@@ -21,7 +21,7 @@ import torch
 
 from adapt.engine import freeze_frozen_norms
 from adapt.host import Host, make_host
-from adapt.interfaces import SPLITS, Batch, BuiltModel, DataRequest, MergeResult
+from adapt.interfaces import IGNORE_INDEX, SPLITS, Batch, BuiltModel, DataRequest, MergeResult
 
 
 def make_test_host(*plugins: object, builtins: bool = True) -> Host:
@@ -84,7 +84,7 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     built.model.train()
     freeze_frozen_norms(built.model)  # as the engine trains: frozen BatchNorms keep their statistics
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(built.model(**inputs).flatten(0, -2), batch["labels"].flatten(), ignore_index=-100)
+        loss = torch.nn.functional.cross_entropy(built.model(**inputs).flatten(0, -2), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()

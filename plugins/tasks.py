@@ -12,11 +12,11 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from adapt import hookimpl
 from adapt.errors import DataError
+from adapt.interfaces import IGNORE_INDEX
 
 if TYPE_CHECKING:
     import torch
 
-IGNORE_INDEX = -100
 
 
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

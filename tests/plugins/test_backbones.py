@@ -15,7 +15,6 @@ from adapt.testing import check_backbone
 from tests.tiny import bert_checkpoint, roberta_checkpoint
 
 HOST = make_host()
-LABELS = 3
 
 
 @pytest.fixture(scope="session")
