@@ -104,11 +104,13 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
             for row in rows:
                 hooks = [h.name for h in host.pm.get_hookcallers(host.pm.get_plugin(row["plugin"]) or object()) or []]
                 row["hooks"] = ", ".join(sorted(hooks))
-                row["from"] = host.plugins[row["plugin"]].module if row["plugin"] in host.plugins else ""
+                info = host.plugins.get(row["plugin"])
+                row["module"] = info.module if info else ""
+                row["from"] = info.path if info else ""
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
-        columns = ["name", "kind", "plugin", "package", "version"] + (["hooks", "from"] if verbose else [])
+        columns = ["name", "kind", "plugin", "package", "version"] + (["hooks", "module", "from"] if verbose else [])
         click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
         if host.broken:
             click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above.")

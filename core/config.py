@@ -60,6 +60,18 @@ class DataConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 
 
+Switch = bool | Literal["auto"]
+
+
+class FastConfig(_Section):
+    """The training fast path (``adapt.fast_path``): speed-ups that keep the maths."""
+
+    attention: Literal["auto", "sdpa", "eager"] = Field("auto", description="attention kernel while training transformers (auto: sdpa); the export always uses eager")
+    compile: Switch = Field("auto", description="torch.compile the model for training (auto: on CUDA only)")
+    cuda_graphs: Switch = Field("auto", description="with compile on CUDA, record CUDA graphs (reduce-overhead) (auto: yes)")
+    channels_last: Switch = Field("auto", description="NHWC memory layout for convolutional models (auto: yes)")
+
+
 class TrainConfig(_Section):
     epochs: int = Field(3, ge=1, description="passes over the training data")
     batch_size: int = Field(16, ge=1, description="examples per step on each process")
@@ -74,7 +86,8 @@ class TrainConfig(_Section):
     patience: int = Field(0, ge=0, description="stop after this many epochs without a better validation metric; 0 never stops early")
     checkpoint_every: int = Field(50, ge=0, description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only")
     eval_batch_size: int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
-    workers: int = Field(0, ge=0, description="data-loading worker processes")
+    workers: int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
+    fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
 
 
 class ExportConfig(_Section):

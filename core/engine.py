@@ -13,32 +13,68 @@ RNG states (dropout) come back from the checkpoint.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import random
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 from torch import nn
 
-from adapt import distributed
+from adapt import distributed, fast_path
 from adapt.adapter_io import load_adapter, save_adapter
 from adapt.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state
 from adapt.config import TrainConfig
-from adapt.errors import AdaptError, ConfigError
+from adapt.errors import AdaptError, ConfigError, Interrupted
 from adapt.interfaces import BuiltModel, Example
 from adapt.params import trainable_state
 
 ADAPTER_DIR = "adapter"
 METRICS_FILE = "metrics.jsonl"
+#: On a GPU the loss is read back (a host sync) only every this many optimiser steps.
+SYNC_EVERY = 25
+
+
+def sync_interval(device: torch.device) -> int:
+    """Optimiser steps between reading the loss back: every step on a CPU (free there),
+    every ``SYNC_EVERY`` on a GPU so the host can queue work ahead of it. A non-finite
+    loss is caught at the next read, before any checkpoint could hold it."""
+    return 1 if device.type == "cpu" else SYNC_EVERY
 
 
 class TrainingError(AdaptError):
     """Training cannot go on (a NaN loss, ...); the last good checkpoint is kept."""
+
+
+@contextlib.contextmanager
+def stop_on_interrupt(enabled: bool) -> Iterator[Callable[[], bool]]:
+    """While training, the first Ctrl-C (SIGINT) asks the loop to stop after the step it
+    is in and save a checkpoint; a second one interrupts at once. Yields "was it asked?".
+    Off under DDP (the processes would stop at different steps) and off the main thread."""
+    asked = [False]
+    if not enabled or threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def handler(signum: int, frame: Any) -> None:
+        if asked[0]:
+            raise KeyboardInterrupt
+        asked[0] = True
+        print("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+
+    signal.signal(signal.SIGINT, handler)
+    try:
+        yield lambda: asked[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def seed_everything(seed: int) -> None:
@@ -169,16 +205,26 @@ class Trainer:
     # -- the loop -------------------------------------------------------------
 
     def fit(self, resume: bool = False) -> TrainResult:
-        cfg, dist = self.config, self.dist
         model = self.built.model.to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("the method left no parameter trainable", hint="check method.options")
-        runner = model
+        fast = fast_path.prepare(model, self.config.fast, self.device)
+        try:
+            with stop_on_interrupt(not self.dist.active) as self._stop_asked:
+                return self._fit(model, params, fast, resume)
+        finally:
+            fast.restore()  # the merge and the export see the model as the backbone built it
+
+    def _fit(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath, resume: bool) -> TrainResult:
+        cfg, dist = self.config, self.dist
+        self._say(f"train: fast path: {fast.describe()}")
+        runner: nn.Module = model
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
             runner = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+        runner = fast_path.compiled(runner, fast)
         optimiser = self._optimiser(params)
         per_epoch = len(epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, 0, dist))
         steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
@@ -216,23 +262,36 @@ class Trainer:
             batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist)
             runner.train()
             freeze_frozen_norms(model)
-            losses, seen, tick = [], 0, time.perf_counter()
+            losses: list[float] = []
+            pending: list[torch.Tensor] = []  # losses still on the device
+            seen, tick = 0, time.perf_counter()
+            sync_every = sync_interval(self.device)
+
+            def read_losses(batch_index: int) -> None:
+                """Bring the pending losses to the host (one sync) and stop at a non-finite one."""
+                if not pending:
+                    return
+                values = torch.stack(pending).tolist()
+                first = batch_index - len(values) + 1
+                pending.clear()
+                for offset, value in enumerate(values):
+                    if not math.isfinite(value):
+                        raise TrainingError(
+                            f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",
+                            hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir} --resume`)",
+                        )
+                losses.extend(values)
+
             progress = self._progress(len(batches), epoch, initial=state["batch"])
-            for i, indices in enumerate(batches):
-                if i < state["batch"]:
-                    continue
-                batch = to_device(self.collate([self.train_set[j] for j in indices]), self.device)
+            for i, batch in self._loader(batches, state["batch"]):
+                batch = fast_path.channels_last_batch(to_device(batch, self.device), fast)
                 labels = batch.pop("labels")
+                fast_path.step_begins(fast)
                 with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
                     loss = self.task.loss(runner(**batch).float(), labels)
-                if not torch.isfinite(loss):
-                    raise TrainingError(
-                        f"the training loss became {float(loss)} at epoch {epoch + 1}, batch {i + 1}; training stopped",
-                        hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir} --resume`)",
-                    )
                 scaler.scale(loss / cfg.grad_accum).backward()
-                losses.append(float(loss.detach()))
-                seen += len(indices)
+                pending.append(loss.detach())
+                seen += len(batches[i])
                 if progress is not None:
                     progress.update(1)
                 last = i == len(batches) - 1
@@ -246,14 +305,23 @@ class Trainer:
                     scheduler.step()
                     state["step"] += 1
                     state["batch"] = i + 1
-                    if progress is not None:
-                        progress.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
-                    if cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last:
+                    due = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last
+                    if due or state["step"] % sync_every == 0:
+                        read_losses(i)
+                        if progress is not None and losses:
+                            progress.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
+                    if due:
                         row = {"kind": "step", "epoch": epoch + 1, "step": state["step"], "loss": losses[-1], "lr": scheduler.get_last_lr()[0]}
                         self.log.append(row)
                         state["seconds"] = time.perf_counter() - started
                         checkpoint()
                         self._append(row)  # after the checkpoint: the file never runs ahead of it
+                    if self._stop_asked() and not last:
+                        read_losses(i)
+                        state["seconds"] = time.perf_counter() - started
+                        checkpoint()
+                        self._interrupted(state, checkpoint_path)
+            read_losses(len(batches) - 1)
             if progress is not None:
                 progress.close()
             train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
@@ -279,6 +347,8 @@ class Trainer:
             state["seconds"] = time.perf_counter() - started
             checkpoint()
             self._append(row)
+            if self._stop_asked() and epoch + 1 < cfg.epochs:
+                self._interrupted(state, checkpoint_path)
             if cfg.patience and state["bad_epochs"] >= cfg.patience:
                 stopped_early = True
                 self._say(f"train: no better {primary} for {cfg.patience} epochs; stopping early")
@@ -286,6 +356,24 @@ class Trainer:
         distributed.barrier(dist)
         load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
         return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started)
+
+    def _loader(self, batches: list[list[int]], start: int) -> Any:
+        """``(index, collated batch)`` for the batches from ``start`` on; with
+        ``train.workers`` the collating (tokenising, decoding images) runs in worker
+        processes, and on CUDA into pinned memory."""
+        remaining = batches[start:]
+        if self.config.workers == 0:
+            return ((start + k, self.collate([self.train_set[j] for j in indices])) for k, indices in enumerate(remaining))
+        from torch.utils.data import DataLoader
+
+        loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
+        return enumerate(loader, start)
+
+    def _interrupted(self, state: dict[str, Any], checkpoint_path: Path) -> None:
+        raise Interrupted(
+            f"training interrupted at epoch {state['epoch'] + 1}, step {state['step']}; the checkpoint {checkpoint_path} holds everything up to that step",
+            hint=f"continue with `adapt train {self.run_dir}`" + (f" (the best adapter so far is in {self.run_dir / ADAPTER_DIR})" if (self.run_dir / ADAPTER_DIR).exists() else ""),
+        )
 
     # -- output ---------------------------------------------------------------
 

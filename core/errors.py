@@ -48,3 +48,9 @@ class RunDirError(AdaptError):
 
 class ExportError(AdaptError):
     """The model could not be exported, or the exported file does not reproduce it."""
+
+
+class Interrupted(AdaptError):
+    """The user pressed Ctrl-C (SIGINT); what was finished is saved."""
+
+    exit_code = 130

@@ -106,9 +106,10 @@ class TransformersTextBackbone:
     def _load(load: Callable[[], Any], checkpoint: str) -> Any:
         try:
             return load()
-        except (OSError, ValueError) as exc:
+        except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways (OSError, SafetensorError, JSON, ...)
+            first = (str(exc).splitlines() or [""])[0]
             raise CheckpointError(
-                f"cannot load checkpoint {checkpoint!r}: {str(exc).splitlines()[0]}",
+                f"cannot load checkpoint {checkpoint!r}: {type(exc).__name__}: {first}",
                 hint="check backbone.checkpoint: a folder with config.json and weights, pkg:<module>/<path>, or a hub id (needs network)",
             ) from None
 
@@ -140,7 +141,7 @@ class TransformersTextBackbone:
         if built.task == "token-classification":
 
             def collate_tokens(examples: Sequence[Example]) -> Batch:
-                enc = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+                enc = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=8, return_tensors="pt")
                 batch = {k: enc[k] for k in names}
                 if examples and "tags" in examples[0]:
                     batch["labels"] = align_word_labels([enc.word_ids(i) for i in range(len(examples))], [e["tags"] for e in examples])
@@ -149,7 +150,7 @@ class TransformersTextBackbone:
             return collate_tokens
 
         def collate_text(examples: Sequence[Example]) -> Batch:
-            enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+            enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=8, return_tensors="pt")
             batch = {k: enc[k] for k in names}
             if examples and "label" in examples[0]:
                 batch["labels"] = torch.tensor([e["label"] for e in examples])

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import importlib.metadata as metadata
 import os
+import sys
+import types
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -44,6 +46,7 @@ class PluginInfo:
     version: str
     source: str  # "entry point" or "inline"
     error: str | None = None
+    path: str = ""  # the file the plugin's code was loaded from
 
 
 def autoload_enabled() -> bool:
@@ -85,7 +88,7 @@ class Host:
                 f"plugin {name!r} does not fit the hook specification: {exc}",
                 hint="check the hook names and argument names against docs/plugins.md",
             ) from None
-        self.plugins[name] = PluginInfo(name, _module_of(plugin), package, version, source)
+        self.plugins[name] = PluginInfo(name, _module_of(plugin), package, version, source, path=_file_of(plugin))
         self._registries = None  # collect again on next use
 
     def load_entry_points(self, *, builtins: bool = True, third_party: bool = True) -> None:
@@ -190,6 +193,12 @@ class Host:
 
 def _module_of(plugin: object) -> str:
     return getattr(plugin, "__name__", None) or type(plugin).__module__
+
+
+def _file_of(plugin: object) -> str:
+    """The source file of a plugin module or object, to show where it was loaded from."""
+    module = plugin if isinstance(plugin, types.ModuleType) else sys.modules.get(type(plugin).__module__)
+    return str(getattr(module, "__file__", "") or "")
 
 
 def make_host(plugins: Iterable[object] = (), *, autoload: bool | None = None, builtins: bool = True) -> Host:

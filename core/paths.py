@@ -33,7 +33,10 @@ def resolve_path(name: str, *, what: str = "path", must_exist: bool = True) -> P
                 f"{what} {name!r}: no installed Python package named {module!r}",
                 hint=f"install the package that provides it (`pip install {module.replace('_', '-')}`; see docs/assets.md)",
             )
-        path = Path(next(iter(spec.submodule_search_locations))) / inner
+        root = Path(next(iter(spec.submodule_search_locations))).resolve()
+        path = (root / inner).resolve()
+        if not path.is_relative_to(root):
+            raise AdaptError(f"{what} {name!r} points outside package {module!r}", hint="a pkg: path names a file or folder inside the package; use a plain path for anything else")
     else:
         path = Path(name).expanduser()
     if must_exist and not path.exists():

@@ -9,6 +9,7 @@ run can be stopped, inspected and continued.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from adapt.host import Host
 from adapt.interfaces import IGNORE_INDEX, BuiltModel
 from adapt.plan import Plan, make_plan
 from adapt.report import plot_curve, read_report, write_report
-from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json
+from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json, hold_lock
 
 LABELS_FILE = "labels.json"
 MERGED_DIR = "merged"
@@ -254,11 +255,17 @@ def _get(data: dict[str, Any], key: str) -> Any:
 
 
 def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Run every stage of ``plan``; return the run directory."""
+    """Run every stage of ``plan``; return the run directory (locked while this process writes it)."""
+    config = plan.config
+    dist = distributed.from_environment()
+    with hold_lock(config.run_dir()) if dist.main else contextlib.nullcontext():
+        return _run_stages(plan, host, dist, overwrite=overwrite, resume=resume)
+
+
+def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, overwrite: bool, resume: bool) -> Path:
     from adapt.engine import resolve_device
 
     config = plan.config
-    dist = distributed.from_environment()
     distributed.init(dist, resolve_device(config.train.device).type)
     try:
         run = open_run_dir(config, overwrite=overwrite, resume=resume, dist=dist)
@@ -334,15 +341,21 @@ def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
 
 
 def merge_command(run_dir: Path, host: Host) -> dict[str, Any]:
-    session = restore(run_dir, host)
-    report = base_report(session)
-    evaluate_and_merge(session, report)
-    write_report(run_dir, report)
-    return report
+    with hold_lock(run_dir):
+        session = restore(run_dir, host)
+        report = base_report(session)
+        evaluate_and_merge(session, report)
+        write_report(run_dir, report)
+        return report
 
 
 def export_command(run_dir: Path, host: Host) -> dict[str, Any]:
     """Merge again and re-export with the run's saved config."""
+    with hold_lock(run_dir):
+        return _export(run_dir, host)
+
+
+def _export(run_dir: Path, host: Host) -> dict[str, Any]:
     session = restore(run_dir, host)
     report = base_report(session)
     merged, merged_eval = evaluate_and_merge(session, report)

@@ -7,28 +7,37 @@ half of one.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import yaml
 
 from adapt.errors import RunDirError
 
 CONFIG_FILE = "config.yaml"
+#: Held (flock) by the adapt process writing a run directory; the OS releases it when that process ends, however it ends.
+LOCK_FILE = ".adapt.lock"
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+    """Write ``data`` to ``path`` so that a crash or a full disk leaves the old file intact."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except OSError as exc:
+        kept = "the previous version is intact" if path.exists() else "nothing was written"
+        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
+        raise RunDirError(f"cannot write {path}: {reason}; {kept}", hint="free disk space (or fix the folder's permissions) and run the command again; a training run continues with --resume") from exc
     finally:
         tmp.unlink(missing_ok=True)
 
@@ -39,6 +48,41 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 def atomic_write_json(path: Path, data: Any) -> None:
     atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False) + "\n")
+
+
+@contextlib.contextmanager
+def hold_lock(path: Path) -> Iterator[None]:
+    """Hold ``path``'s run lock while writing it: a second adapt process that wants to
+    write the same run directory at the same time is refused instead of mixing its
+    files in (or deleting the first's with --overwrite). Where ``fcntl`` is missing
+    (Windows) there is no lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        handle = open(path / LOCK_FILE, "a+", encoding="utf-8")
+    except OSError as exc:
+        raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}", hint="check output_dir and its permissions") from None
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            owner = handle.read().strip()
+            raise RunDirError(
+                f"run directory {path} is being written by another adapt process" + (f" (pid {owner})" if owner else ""),
+                hint="wait for that run to finish, or give this one another name (--set name=...)",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # closing releases the lock
 
 
 class RunDir:
@@ -53,13 +97,15 @@ class RunDir:
         ``overwrite`` is set, so a second run never mixes its files into the first's."""
         if path.exists() and not path.is_dir():
             raise RunDirError(f"{path} exists and is not a directory", hint="set another output_dir or name")
-        if path.is_dir() and any(path.iterdir()):
+        contents = [p for p in path.iterdir() if p.name != LOCK_FILE] if path.is_dir() else []
+        if contents:
             if not overwrite:
                 raise RunDirError(
                     f"run directory {path} already holds a run",
                     hint="choose another name (--set name=...), or pass --overwrite to delete it and start again",
                 )
-            shutil.rmtree(path)
+            for item in contents:  # the lock file stays: this process holds it
+                shutil.rmtree(item) if item.is_dir() and not item.is_symlink() else item.unlink()
         path.mkdir(parents=True, exist_ok=True)
         return cls(path)
 

@@ -20,6 +20,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from adapt.engine import freeze_frozen_norms
+from adapt.errors import AdaptError
 from adapt.host import Host, make_host
 from adapt.interfaces import IGNORE_INDEX, SPLITS, Batch, BuiltModel, DataRequest, MergeResult
 
@@ -36,9 +37,26 @@ def _logits_shape_ok(logits: torch.Tensor, batch: Batch, task: str, labels: int)
     return tuple(logits.shape) == (first.shape[0], labels)
 
 
-def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkpoint: str | None = None, arch: str | None = None, options: Any = None, num_labels: int = 3, methods: Sequence[str] = ("lora",)) -> BuiltModel:
-    """Build for ``task`` and check shapes, the collator, ONNX I/O names, head, blocks and default targets."""
+def _check_user_error(action: Callable[[], Any], what: str) -> None:
+    """``action`` must fail with an AdaptError carrying a message and a hint (the CLI's one clear message)."""
+    try:
+        action()
+    except AdaptError as exc:
+        assert str(exc).strip(), f"{what}: the error has no message"
+        assert exc.hint, f"{what}: the error {exc} has no hint telling the user what to do"
+        return
+    except Exception as exc:  # noqa: BLE001 - any other exception would reach the user as a traceback
+        raise AssertionError(f"{what} must raise an adapt.errors error with a hint, not {type(exc).__name__}: {exc}") from exc
+    raise AssertionError(f"{what} was accepted; it must raise an adapt.errors error")
+
+
+def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkpoint: str | None = None, arch: str | None = None, options: Any = None, num_labels: int = 3, methods: Sequence[str] = ("lora",), bad_checkpoint: str | None = None) -> BuiltModel:
+    """Build for ``task`` and check shapes, the collator, ONNX I/O names, head, blocks and
+    default targets; with ``bad_checkpoint`` (a path that is not a valid checkpoint), that
+    building from it gives a clear error."""
     assert task in backbone.tasks, f"{backbone.name} does not list task {task!r}"
+    if bad_checkpoint is not None:
+        _check_user_error(lambda: backbone.build(task, num_labels, checkpoint=bad_checkpoint, arch=arch, options=options), f"building from checkpoint {bad_checkpoint!r}")
     torch.manual_seed(0)
     built = backbone.build(task, num_labels, checkpoint=checkpoint, arch=arch, options=options)
     built.model.eval()
@@ -69,9 +87,13 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     return built
 
 
-def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None) -> MergeResult:
+def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None, bad_options: Any = None) -> MergeResult:
     """Apply, train a few steps, merge, and check the merge reproduces the adapted model
-    (and, when folded, the base architecture and parameter count); round-trip the adapter."""
+    (and, when folded, the base architecture and parameter count); round-trip the adapter.
+    With ``bad_options`` (say, targets that match nothing), check applying them gives a
+    clear error."""
+    if bad_options is not None:
+        _check_user_error(lambda: method.apply(build(), bad_options, list(default_targets)), f"applying {method.name} with {bad_options!r}")
     base = build()
     base_count = sum(p.numel() for p in base.model.parameters())
     built = build()

@@ -19,6 +19,8 @@ which is exactly a grouped weight again (block-diagonal in the dense view), so
 it folds for any ``r``: nothing requires ``r`` to be divisible by ``g``. The
 forward pass computes ``delta W`` (a kernel-sized tensor, cheap) and runs a
 single convolution with ``W + s * delta W``, the same operation as the merged layer.
+Training runs the same update as a separate low-rank branch where that is cheaper
+(ordinary convolutions; see ``LoRAConv2d._branch_is_cheaper``).
 """
 
 from __future__ import annotations
@@ -80,16 +82,36 @@ class LoRAConv2d(nn.Module):
         delta = torch.bmm(b, a)  # (g, out/g, in/g*kh*kw)
         return delta.reshape(self.base_layer.weight.shape) * self.scaling
 
+    def _branch_is_cheaper(self) -> bool:
+        """Training through ``B(A(x))`` (as PEFT does) costs ~3 r (in k^2 + out) per output
+        pixel; training through the merged kernel costs a full-size kernel gradient,
+        out (in/g) k^2. The branch wins for ordinary convolutions, the merged kernel for
+        depthwise ones, whose kernel gradient is tiny."""
+        base = self.base_layer
+        k2 = base.kernel_size[0] * base.kernel_size[1]
+        return 3 * self.r * (base.in_channels * k2 + base.out_channels) < base.out_channels * (base.in_channels // base.groups) * k2
+
+    def _branch(self, x: torch.Tensor) -> torch.Tensor:
+        """``s * B A x`` as two convolutions: A is a grouped k x k convolution to ``g r``
+        channels run through the base layer's own forward (its stride, padding and any
+        padding of its own), B a grouped 1 x 1 convolution back to ``out`` channels."""
+        base, g = self.base_layer, self.base_layer.groups
+        a = self.lora_A.reshape(g * self.r, base.in_channels // g, *base.kernel_size).to(base.weight.dtype)
+        params = {"weight": a}
+        if base.bias is not None:
+            params["bias"] = torch.zeros(g * self.r, dtype=base.weight.dtype, device=base.weight.device)
+        hidden = functional_call(base, params, (x,))
+        b = self.lora_B.reshape(base.out_channels, self.r, 1, 1).to(hidden.dtype)
+        return F.conv2d(hidden, b, groups=g) * self.scaling
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # functional_call runs the base layer's own forward with another weight, so
         # subclasses with their own padding (timm's Conv2dSame) keep working
         base = self.base_layer
-        if self.dropout > 0 and self.training:
-            # dropout acts on the LoRA branch's input only, so the branch runs on its own
-            params = {"weight": self.delta_weight().to(base.weight.dtype)}
-            if base.bias is not None:
-                params["bias"] = torch.zeros_like(base.bias)
-            return base(x) + functional_call(base, params, (F.dropout(x, self.dropout, True),))
+        if self.training and torch.is_grad_enabled() and (self.dropout > 0 or self._branch_is_cheaper()):
+            # dropout acts on the LoRA branch's input only, so then the branch must run on its own
+            dropped = F.dropout(x, self.dropout, True) if self.dropout > 0 else x
+            return base(x) + self._branch(dropped)
         params = {"weight": base.weight + self.delta_weight().to(base.weight.dtype)}
         return functional_call(base, params, (x,))
 

@@ -28,6 +28,8 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
         with path.open(newline="", encoding=options.encoding) as handle:
             reader = csv.DictReader(handle, delimiter=options.delimiter)
             columns = reader.fieldnames or []
+            if not columns:
+                raise DataError(f"{path} is empty", hint="the file needs a header line (with the text and label columns) and at least one row")
             missing = [c for c in (text_col, label_col) if c not in columns]
             if missing:
                 raise DataError(

@@ -11,14 +11,14 @@ from pathlib import Path
 WORDS = "the a an of to in is was on for with at by from and or but not this that obama visited paris london market fell rose shares guitar music plays team won match".split()
 
 
-def bert_checkpoint(folder: Path, num_labels: int = 2) -> Path:
+def bert_checkpoint(folder: Path, num_labels: int = 2, dropout: float = 0.1) -> Path:
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
     folder.mkdir(parents=True, exist_ok=True)
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
     BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 

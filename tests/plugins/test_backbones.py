@@ -42,10 +42,12 @@ def test_every_backbone_has_a_recipe(recipes):
 
 
 @pytest.mark.parametrize("name, task", CASES, ids=[f"{n}-{t}" for n, t in CASES])
-def test_backbone_contract(name, task, recipes):
+def test_backbone_contract(name, task, recipes, tmp_path):
     backbone = HOST.backbones.get(name)
     checkpoint, arch, raw = recipes[name]
     options = validate_options(backbone, "backbone", raw, "backbone.options")
-    built = check_backbone(backbone, task=task, examples=EXAMPLES[task], checkpoint=checkpoint, arch=arch, options=options, methods=HOST.methods.names())
+    garbage = tmp_path / "not-weights.safetensors"
+    garbage.write_bytes(b"\x00 this is not a checkpoint")
+    built = check_backbone(backbone, task=task, examples=EXAMPLES[task], checkpoint=checkpoint, arch=arch, options=options, methods=HOST.methods.names(), bad_checkpoint=str(garbage))
     assert built.blocks, "every built-in backbone names its blocks"
     assert backbone.default_targets("lora"), "every built-in backbone names default LoRA targets"

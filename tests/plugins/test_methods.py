@@ -197,4 +197,5 @@ def test_builtin_methods_pass_the_shipped_conformance_check(method_name, raw, ti
 
     method = HOST.methods.get(method_name)
     batch = tiny_backbone.collator(None, None)([{"image": np.full((8, 8), 30 * i, np.uint8), "label": i % 3} for i in range(6)])
-    check_method(method, build=lambda: tiny_backbone.build("image-classification", 3, checkpoint=None, arch=None, options=None), batch=batch, options=validate_options(method, "m", {k: v for k, v in raw.items() if k != "placement"}, "m"), default_targets=tiny_backbone.default_targets(method_name))
+    bad = validate_options(method, "m", {"targets": ["no_such_layer"]}, "m") if "targets" in (method.options_schema.model_fields if method.options_schema else {}) else None
+    check_method(method, build=lambda: tiny_backbone.build("image-classification", 3, checkpoint=None, arch=None, options=None), batch=batch, options=validate_options(method, "m", {k: v for k, v in raw.items() if k != "placement"}, "m"), default_targets=tiny_backbone.default_targets(method_name), bad_options=bad)

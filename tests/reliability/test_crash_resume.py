@@ -1,5 +1,6 @@
-"""Crash safety and scale: SIGKILL then --resume gives the uninterrupted result; two-process
-DDP (gloo, CPU) matches one process; a NaN loss stops cleanly with the checkpoint kept."""
+"""Crash safety and scale: SIGKILL or SIGINT, then resuming, gives the uninterrupted
+result bit for bit; two-process DDP (gloo, CPU) matches one process; a NaN loss stops
+cleanly with the checkpoint kept."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from click.testing import CliRunner
@@ -42,18 +44,39 @@ def adapter(run: Path) -> dict[str, torch.Tensor]:
     return load_file(run / "adapter" / "adapter_model.safetensors")
 
 
-def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory) -> Path:
+    """The uninterrupted run the interrupted ones must end equal to."""
+    tmp_path = tmp_path_factory.mktemp("whole")
     subprocess.run([ADAPT, "run", str(config(tmp_path, "whole"))], check=True, env=ENV, capture_output=True, timeout=600)
+    return tmp_path / "runs" / "whole"
 
+
+def assert_same_run(whole: Path, run: Path) -> None:
+    first, again = adapter(whole), adapter(run)
+    assert first.keys() == again.keys()
+    for key in first:
+        assert torch.equal(first[key], again[key]), key
+    assert json.loads((run / "report.json").read_text())["metrics"] == json.loads((whole / "report.json").read_text())["metrics"]
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    whole_lines = [json.loads(line) for line in (whole / "metrics.jsonl").read_text().splitlines()]
+    assert [(r["kind"], r["step"]) for r in lines] == [(r["kind"], r["step"]) for r in whole_lines]
+
+
+def wait_for_step(run: Path, step: int, process: subprocess.Popen) -> None:
+    deadline = time.time() + 300
+    while time.time() < deadline and process.poll() is None:
+        metrics = run / "metrics.jsonl"
+        if metrics.exists() and f'"step": {step}' in metrics.read_text():
+            return
+        time.sleep(0.05)
+
+
+def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path, whole):
     path = config(tmp_path, "killed")
     run = tmp_path / "runs" / "killed"
     process = subprocess.Popen([ADAPT, "run", str(path)], env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 300
-    while time.time() < deadline:
-        metrics = run / "metrics.jsonl"
-        if metrics.exists() and '"step": 15' in metrics.read_text():
-            break
-        time.sleep(0.05)
+    wait_for_step(run, 15, process)
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed"
@@ -62,17 +85,27 @@ def test_sigkill_then_resume_ends_like_an_uninterrupted_run(tmp_path):
     resumed = subprocess.run([ADAPT, "run", str(path), "--resume"], env=ENV, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stderr
     assert "resuming at epoch 1, step 15" in resumed.stdout
+    assert_same_run(whole, run)
 
-    whole, again = adapter(tmp_path / "runs" / "whole"), adapter(run)
-    assert whole.keys() == again.keys()
-    for key in whole:
-        assert torch.equal(whole[key], again[key]), key
-    report_whole = json.loads((tmp_path / "runs" / "whole" / "report.json").read_text())
-    report_again = json.loads((run / "report.json").read_text())
-    assert report_again["metrics"] == report_whole["metrics"]
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    whole_lines = [json.loads(line) for line in (tmp_path / "runs" / "whole" / "metrics.jsonl").read_text().splitlines()]
-    assert [(r["kind"], r["step"]) for r in lines] == [(r["kind"], r["step"]) for r in whole_lines]
+
+def test_sigint_saves_a_checkpoint_exits_cleanly_and_resumes_exactly(tmp_path, whole):
+    """Ctrl-C: the step in progress finishes, a checkpoint is written, exit code 130 with
+    one message saying how to continue; `adapt train RUN_DIR` then ends like the whole run."""
+    path = config(tmp_path, "interrupted")
+    run = tmp_path / "runs" / "interrupted"
+    process = subprocess.Popen([ADAPT, "run", str(path)], env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for_step(run, 5, process)
+    process.send_signal(signal.SIGINT)
+    out, err = process.communicate(timeout=120)
+    assert process.returncode == 130, out + err
+    assert "training interrupted at epoch 1, step" in out + err and f"adapt train {run}" in out + err
+    assert "Traceback" not in out + err
+    step = torch.load(run / "checkpoints" / "last.pt", weights_only=True)["state"]["step"]
+    assert step >= 5
+    resumed = subprocess.run([ADAPT, "train", str(run)], env=ENV, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert f"resuming at epoch 1, step {step}" in resumed.stdout
+    assert_same_run(whole, run)
 
 
 def test_two_process_ddp_matches_one_process(tmp_path):

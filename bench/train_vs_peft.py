@@ -1,0 +1,397 @@
+"""Training speed and memory of adapt against Hugging Face PEFT on the same model, in one run.
+
+For each case, the same model (random weights, dropout 0), the same LoRA initial
+weights (adapt writes its adapter in PEFT's layout and PEFT loads it), the same
+batches in the same order and the same hyper-parameters (AdamW, lr 1e-3 with
+linear decay, clipping at 1.0) are trained twice, each side in its own process:
+
+* ``adapt``: adapt's own ``Trainer`` with the config's defaults, fast path included;
+* ``peft``:  ``PeftModel`` in the training loop a PEFT user writes (transformers'
+  default SDPA attention, autocast and fused AdamW on CUDA, foreach AdamW on CPU);
+* ``full``:  full fine-tuning of the same model in that loop (BERT-base cases only).
+
+Two epochs run; the first is warm-up (compilation, allocator), the second is timed.
+Reported per side: samples/s of the timed epoch; peak memory while training (CUDA:
+max allocated, the model included; CPU: the process's peak RSS, whose baseline
+also holds each side's imports, PEFT's being ~200 MB larger); ``training_memory``,
+that peak less the memory in use when training started (activations, gradients,
+optimiser state: the part the two implementations differ in); the mean loss of
+each epoch; the ratios adapt /
+PEFT; and ``same_loss``: both sides' epoch losses agree (relative 1e-3 in fp32,
+3e-2 under bf16), since a fast path that changes the maths is a bug.
+
+Cases: BERT-base shape, LoRA r=8 on query/value, batch 32 and 128; MiniLM shape
+(6 layers, 384 wide), batch 32; MobileNetV3-Large at 224, LoRA r=8 on the pointwise
+convolutions, batch 128. On CUDA when present; otherwise on the CPU with batch 8
+and a few steps, so that the whole script takes a few minutes on 2 cores.
+
+Usage: python bench/train_vs_peft.py [--device cpu|cuda] [--cases NAME ...]
+       [--variant NAME:KEY=VALUE[,KEY=VALUE] ...] [--variant-cases NAME ...] [--out FILE]
+``--variant fast_off:fast.compile=false`` adds an adapt side with that train.* override.
+The last line printed is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+NUM_LABELS = 4
+LR = 1e-3
+SEQ = 128
+IMAGE = 224
+PEFT_TARGETS = {"text": ["query", "value"], "image": r".*\.(conv_pw|conv_pwl)$"}
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    model: str  # bert-base | minilm | mobilenetv3
+    batch: int
+    steps: int  # optimiser steps per epoch
+
+    @property
+    def kind(self) -> str:
+        return "image" if self.model == "mobilenetv3" else "text"
+
+
+CUDA_CASES = [Case("bert_base_b32", "bert-base", 32, 120), Case("mobilenetv3_large_b128", "mobilenetv3", 128, 30), Case("bert_base_b128", "bert-base", 128, 30), Case("minilm_b32", "minilm", 32, 120)]
+CPU_CASES = [Case("bert_base_b8", "bert-base", 8, 5), Case("minilm_b8", "minilm", 8, 16), Case("mobilenetv3_large_b8", "mobilenetv3", 8, 12)]
+TEXT_SHAPES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072), "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)}
+
+
+# -- the shared starting point ----------------------------------------------------
+
+
+def write_base(case: Case, work: Path) -> Path:
+    """A random base checkpoint on disk, as a user's would be: a transformers folder or a timm file."""
+    import torch
+
+    folder = work / case.model
+    if folder.exists():
+        return folder
+    folder.mkdir(parents=True)
+    torch.manual_seed(0)
+    if case.kind == "text":
+        from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+        vocab = folder / "vocab.txt"
+        vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(200))]) + "\n")
+        BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
+        config = BertConfig(num_labels=NUM_LABELS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TEXT_SHAPES[case.model])
+        BertForSequenceClassification(config).save_pretrained(folder)
+    else:
+        import timm
+        from safetensors.torch import save_file
+
+        model = timm.create_model("mobilenetv3_large_100", num_classes=NUM_LABELS)
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    return folder
+
+
+def adapt_model(case: Case, base: Path):  # noqa: ANN201 - (host, built, method) of adapt's own plugins
+    """Build the case's model and LoRA through adapt's real plugins (the ``adapt`` entry points)."""
+    from adapt.host import make_host
+    from adapt.plan import validate_options
+
+    host = make_host()
+    method = host.methods.get("lora")
+    if case.kind == "text":
+        backbone = host.backbones.get("bert")
+        built = backbone.build("text-classification", NUM_LABELS, checkpoint=str(base), arch=None, options=validate_options(backbone, "b", {}, "b"))
+        targets = ["query", "value"]
+    else:
+        backbone = host.backbones.get("mobilenet")
+        built = backbone.build("image-classification", NUM_LABELS, checkpoint=str(base / "model.safetensors"), arch="mobilenetv3_large_100", options=validate_options(backbone, "b", {}, "b"))
+        targets = PEFT_TARGETS["image"]
+    options = validate_options(method, "m", {"r": 8, "alpha": 16, "targets": targets}, "m")
+    method.apply(built, options, backbone.default_targets("lora"))
+    return host, built, method
+
+
+def write_init(case: Case, base: Path, work: Path) -> Path:
+    """The LoRA factors and head both sides start from, in PEFT's layout."""
+    import torch
+
+    from adapt.adapter_io import save_adapter
+
+    folder = work / f"{case.model}-init"
+    if not folder.exists():
+        torch.manual_seed(1)
+        _, built, method = adapt_model(case, base)
+        with torch.no_grad():  # B is zero at the start; make it non-zero so the LoRA path matters from step 1
+            for name, param in built.model.named_parameters():
+                if name.endswith("lora_B"):
+                    param.normal_(0, 0.01)
+        save_adapter(method, built, folder)
+    return folder
+
+
+def batches_for(case: Case):  # noqa: ANN201 - (examples, collate): the same data for every side
+    import torch
+
+    generator = torch.Generator().manual_seed(2)
+    n = case.batch * case.steps
+    if case.kind == "text":
+        data = {"input_ids": torch.randint(5, 30000, (n, SEQ), generator=generator), "attention_mask": torch.ones(n, SEQ, dtype=torch.long), "token_type_ids": torch.zeros(n, SEQ, dtype=torch.long)}
+    else:
+        data = {"pixel_values": torch.randn(n, 3, IMAGE, IMAGE, generator=generator)}
+    data["labels"] = torch.randint(0, NUM_LABELS, (n,), generator=generator)
+
+    def collate(examples: list[dict]) -> dict:
+        index = torch.tensor([e["i"] for e in examples])
+        return {k: v[index] for k, v in data.items()}
+
+    return [{"i": i} for i in range(n)], collate
+
+
+# -- one side, in its own process -------------------------------------------------
+
+
+def reset_peak_memory(device: str) -> int:
+    """Start measuring peak memory now; return the memory in use now (bytes)."""
+    import torch
+
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+        return int(torch.cuda.memory_allocated())
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak RSS (VmHWM) to the RSS now
+    return _status_bytes("VmRSS:")
+
+
+def _status_bytes(field: str) -> int:
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def peak_memory(device: str) -> int:
+    """Bytes: CUDA max allocated, or the process's peak RSS, since ``reset_peak_memory``."""
+    import torch
+
+    if device == "cuda":
+        return int(torch.cuda.max_memory_allocated())
+    return _status_bytes("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overrides: list[str]) -> dict:
+    import yaml
+
+    from adapt.adapter_io import load_adapter
+    from adapt.config import TrainConfig
+    from adapt.engine import Trainer
+
+    _, built, method = adapt_model(case, base)
+    load_adapter(method, built, init)
+    examples, collate = batches_for(case)
+    settings: dict = {"epochs": 2, "batch_size": case.batch, "lr": LR, "device": device, "warmup": 0.0, "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0, "precision": "auto"}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = settings
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(value)
+    task = _task("image-classification" if case.kind == "image" else "text-classification")
+    built.model.to(device)  # as the PEFT side, the model is on the device before memory is measured
+    trainer = Trainer(built=built, method=method, task=task, collate=collate, train=examples, val=[], label_names=[str(i) for i in range(NUM_LABELS)], config=TrainConfig(**settings), run_dir=work)
+    at_start = reset_peak_memory(device)
+    result = trainer.fit()
+    epochs = [row for row in result.history if row["kind"] == "epoch"]
+    return {"samples_per_s": epochs[-1]["samples_per_s"], "losses": [row["train_loss"] for row in epochs], "memory_at_start": at_start}
+
+
+def _task(name: str):  # noqa: ANN202
+    from adapt.host import make_host
+
+    return make_host().tasks.get(name)
+
+
+def run_loop(case: Case, device: str, base: Path, init: Path, full: bool) -> dict:
+    """The loop a PEFT user writes: PeftModel (or the plain model, for full fine-tuning), AdamW, autocast."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import get_linear_schedule_with_warmup
+
+    from adapt.distributed import Dist
+    from adapt.engine import epoch_batches
+
+    if case.kind == "text":
+        from transformers import AutoModelForSequenceClassification
+
+        model = AutoModelForSequenceClassification.from_pretrained(base)  # transformers' default attention (SDPA)
+        forward = lambda batch: model(**batch).logits  # noqa: E731
+    else:
+        import timm
+        from safetensors.torch import load_file
+
+        model = timm.create_model("mobilenetv3_large_100", num_classes=NUM_LABELS)
+        model.load_state_dict(load_file(str(base / "model.safetensors")))
+        forward = lambda batch: model(batch["pixel_values"])  # noqa: E731
+    if not full:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(init), is_trainable=True)
+    model.to(device).train()
+    if case.kind == "image":  # frozen BatchNorms keep their statistics, as adapt does, or the two would compute different things
+        for module in model.modules():
+            if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters(recurse=False)):
+                module.eval()
+    params = [p for p in model.parameters() if p.requires_grad]
+    cuda = device == "cuda"
+    optimiser = torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=cuda or None, foreach=None if cuda else True)
+    scheduler = get_linear_schedule_with_warmup(optimiser, 0, 2 * case.steps)
+    examples, collate = batches_for(case)
+    dtype = torch.bfloat16 if cuda else None
+    losses, speed = [], 0.0
+    at_start = reset_peak_memory(device)
+    for epoch in range(2):
+        if cuda:
+            torch.cuda.synchronize()
+        tick, total = time.perf_counter(), []
+        for indices in epoch_batches(len(examples), case.batch, 0, epoch, Dist()):
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate([examples[i] for i in indices]).items()}
+            labels = batch.pop("labels")
+            with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+                loss = F.cross_entropy(forward(batch).float(), labels)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimiser.step()
+            scheduler.step()
+            optimiser.zero_grad(set_to_none=True)
+            total.append(loss.detach())
+        mean = float(torch.stack(total).mean())  # syncs
+        speed = len(examples) / (time.perf_counter() - tick)
+        losses.append(mean)
+    return {"samples_per_s": speed, "losses": losses, "memory_at_start": at_start}
+
+
+def child(args: argparse.Namespace) -> None:
+    import torch
+
+    case = next(c for c in CUDA_CASES + CPU_CASES if c.name == args.case)
+    work = Path(args.work)
+    base, init = work / case.model, work / f"{case.model}-init"
+    torch.manual_seed(0)
+    side = args.child.partition(":")[0]
+    if side == "adapt":
+        run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"{case.name}-{args.child.replace(':', '-')}-"))
+        out = run_adapt(case, args.device, base, init, run_dir, args.override)
+    else:
+        out = run_loop(case, args.device, base, init, full=side == "full")
+    peak = peak_memory(args.device)
+    out["peak_memory_mb"] = round(peak / 2**20, 1)
+    out["training_memory_mb"] = round((peak - out.pop("memory_at_start")) / 2**20, 1)
+    print(json.dumps(out))
+
+
+# -- the parent: every side of every case, then the ratios --------------------------
+
+
+def run_side(case: Case, side: str, device: str, work: Path, overrides: list[str]) -> dict:
+    command = [sys.executable, __file__, "--child", side, "--case", case.name, "--device", device, "--work", str(work)]
+    for item in overrides:
+        command += ["--override", item]
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1], "seconds": round(time.perf_counter() - started, 1)}
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    result["seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def same_loss(a: dict, b: dict, tolerance: float) -> bool | None:
+    if "losses" not in a or "losses" not in b:
+        return None
+    return all(abs(x - y) <= tolerance * max(abs(x), abs(y), 1e-6) for x, y in zip(a["losses"], b["losses"]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
+    parser.add_argument("--cases", nargs="*", help="case names (default: all for the device)")
+    parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE[,KEY=VALUE]: an extra adapt side with train.* overrides")
+    parser.add_argument("--variant-cases", nargs="*", help="cases that get the variants (default: all)")
+    parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning side")
+    parser.add_argument("--out", help="also write the JSON object here (rewritten after each case)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    parser.add_argument("--override", action="append", default=[], help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    import torch
+
+    if args.device is None:
+        args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    if args.child:
+        child(args)
+        return
+
+    cases = CUDA_CASES if args.device == "cuda" else CPU_CASES
+    if args.cases:
+        cases = [c for c in cases if c.name in args.cases]
+    variants = [(v.partition(":")[0], v.partition(":")[2].split(",")) for v in args.variant]
+    tolerance = 3e-2 if args.device == "cuda" else 1e-3
+    work = Path(tempfile.mkdtemp(prefix="adapt-train-bench-"))
+    results: dict = {"device": args.device, "cases": {}}
+    started = time.perf_counter()
+    for case in cases:
+        base = write_base(case, work)
+        write_init(case, base, work)
+        sides = {"peft": [], "adapt": []}
+        if case.model == "bert-base" and not args.no_full:
+            sides["full"] = []
+        if not args.variant_cases or case.name in args.variant_cases:
+            sides.update({f"adapt:{name}": overrides for name, overrides in variants})
+        figures = {side: run_side(case, side, args.device, work, overrides) for side, overrides in sides.items()}
+        peft = figures["peft"]
+        row: dict = {"batch": case.batch, "steps_per_epoch": case.steps, "sides": figures}
+        for side, fig in figures.items():
+            if side.startswith("adapt") and "samples_per_s" in fig and "samples_per_s" in peft:
+                key = side.replace("adapt:", "adapt_")
+                row[f"{key}_speed_vs_peft"] = round(fig["samples_per_s"] / peft["samples_per_s"], 3)
+                row[f"{key}_step_time_vs_peft"] = round(peft["samples_per_s"] / fig["samples_per_s"], 3)
+                row[f"{key}_memory_vs_peft"] = round(fig["peak_memory_mb"] / peft["peak_memory_mb"], 3)
+                row[f"{key}_training_memory_vs_peft"] = round(fig["training_memory_mb"] / max(peft["training_memory_mb"], 1e-9), 3)
+                row[f"{key}_same_loss"] = same_loss(fig, peft, tolerance)
+        if "full" in figures and "samples_per_s" in figures["full"] and "samples_per_s" in figures["adapt"]:
+            row["adapt_speed_vs_full"] = round(figures["adapt"]["samples_per_s"] / figures["full"]["samples_per_s"], 3)
+        results["cases"][case.name] = row
+        print(f"{case.name}: " + ", ".join(f"{s} {f.get('samples_per_s', 0):.1f} samples/s {f.get('peak_memory_mb', 0):.0f} MB losses {f.get('losses')}" if "error" not in f else f"{s} failed: {f['error']}" for s, f in figures.items()), flush=True)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if args.device == "cuda":
+        results["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    try:
+        import peft
+        import transformers
+
+        results["machine"].update(peft=peft.__version__, transformers=transformers.__version__)
+    except ImportError:
+        pass
+    line = json.dumps(results)
+    if args.out:
+        Path(args.out).write_text(line + "\n")
+    print(line)
+
+
+if __name__ == "__main__":
+    main()

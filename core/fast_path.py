@@ -1,0 +1,108 @@
+"""The training fast path: speed-ups that leave the maths alone, each switchable.
+
+``prepare`` puts a built, adapted model into its fastest training form and
+returns a ``runner`` (the module the training loop calls) and a ``restore``
+function that undoes every change, so that the merge and the export see the
+model exactly as the backbone built it. The choices (``train.fast`` in the
+config, ``auto`` by default) are:
+
+* ``attention``: transformers' scaled-dot-product attention (flash / memory-
+  efficient kernels) while training. The backbones build eager attention because
+  its ONNX graph is the one ONNX Runtime fuses; ``restore`` switches back.
+* ``compile``: ``torch.compile`` of the whole model, forward and backward
+  (``auto``: on CUDA, where fusing the many small kernels of a LoRA model pays;
+  on a CPU the compile costs about a minute per shape for a BERT-base model and
+  wins ~15% per step, so it is worth it only for long runs: opt in there).
+* ``cuda_graphs``: compiled with CUDA graphs (``reduce-overhead``), which
+  removes the kernel launch cost that dominates a LoRA step at small batches.
+  Each new batch shape records a graph; text batches are padded to a multiple
+  of 8 tokens, which keeps the shapes few.
+* ``channels_last``: NHWC memory layout for convolutional models.
+
+Skipping gradient work for frozen parts needs nothing here: frozen weights have
+``requires_grad=False``, so autograd computes no weight gradient for them and
+stops below the lowest trained layer. LoRA on an ungrouped convolution trains
+through a separate low-rank branch (see ``_lora_layers``), never a full-size
+weight gradient.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from adapt.config import FastConfig
+
+
+@dataclass
+class FastPath:
+    """What ``prepare`` turned on, for the log and the report."""
+
+    attention: str | None = None
+    compile: str | None = None
+    channels_last: bool = False
+    undo: list[Callable[[], None]] = field(default_factory=list)
+
+    def describe(self) -> str:
+        parts = [f"attention {self.attention}" if self.attention else "", f"torch.compile ({self.compile})" if self.compile else "", "channels-last" if self.channels_last else ""]
+        return ", ".join(p for p in parts if p) or "off"
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"attention": self.attention, "compile": self.compile, "channels_last": self.channels_last}
+
+    def restore(self) -> None:
+        """Undo every change, newest first."""
+        while self.undo:
+            self.undo.pop()()
+
+
+def _transformers_models(model: nn.Module) -> list[nn.Module]:
+    """The transformers models inside ``model`` whose attention can be switched."""
+    return [m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+
+
+def _is_convolutional(model: nn.Module) -> bool:
+    return any(isinstance(m, nn.Conv2d) for m in model.modules())
+
+
+def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastPath:
+    """Switch ``model`` (in place) to its fast training form; ``FastPath.restore`` undoes it."""
+    fast = FastPath()
+    hf = _transformers_models(model)
+    if hf and config.attention != "eager":
+        top = hf[0]
+        before = top.config._attn_implementation
+        if before != "sdpa":
+            top.set_attn_implementation("sdpa")
+            fast.undo.append(lambda: top.set_attn_implementation(before))
+        fast.attention = "sdpa"
+
+    if config.channels_last is not False and _is_convolutional(model) and not hf:
+        model.to(memory_format=torch.channels_last)
+        fast.channels_last = True
+        fast.undo.append(lambda: model.to(memory_format=torch.contiguous_format))
+
+    if config.compile is True or (config.compile == "auto" and device.type == "cuda"):
+        graphs = device.type == "cuda" and config.cuda_graphs is not False
+        fast.compile = "reduce-overhead" if graphs else "default"
+    return fast
+
+
+def compiled(runner: nn.Module, fast: FastPath) -> nn.Module:
+    """``runner`` (the model, or its DistributedDataParallel wrapper) under torch.compile if asked."""
+    return torch.compile(runner, mode=fast.compile) if fast.compile else runner
+
+
+def step_begins(fast: FastPath) -> None:
+    """Tell CUDA graphs a new training step begins (the previous step's outputs may be overwritten)."""
+    if fast.compile == "reduce-overhead":
+        torch.compiler.cudagraph_mark_step_begin()
+
+
+def channels_last_batch(batch: dict[str, torch.Tensor], fast: FastPath) -> dict[str, torch.Tensor]:
+    if not fast.channels_last:
+        return batch
+    return {k: v.contiguous(memory_format=torch.channels_last) if v.dim() == 4 else v for k, v in batch.items()}

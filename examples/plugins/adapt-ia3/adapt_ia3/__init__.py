@@ -1,0 +1,68 @@
+"""(IA)^3 for adapt: a method plugin, written against adapt's public surface only.
+
+(IA)^3 (Liu et al., 2022) learns one scale per output channel of chosen layers,
+starting at 1: ``y = l * (W x + b)``. That is the same kind of layer again, with
+``W' = diag(l) W`` and ``b' = l * b``, so the merge is exact and the deployed model
+is the base architecture. It trains about 0.1% of a BERT's weights.
+
+Use it in a config::
+
+    method:
+      name: ia3
+      options: {targets: [key, value, intermediate.dense]}
+
+torch is imported only when the method is applied (``layers.py``), so that
+listing plugins stays fast.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import ConfigError
+from adapt.interfaces import BuiltModel, MergeResult
+from adapt.params import SavesTrainedTensors, freeze_all_but
+from adapt.targets import find_targets, replace_module
+
+
+class IA3Options(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    targets: str | list[str] | None = Field(None, description="layers whose outputs are scaled: a regular expression, or names / name suffixes; default: the backbone's LoRA targets")
+
+
+class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the scales and the head)
+    name = "ia3"
+    options_schema = IA3Options
+
+    def apply(self, built: BuiltModel, options: IA3Options, default_targets: Sequence[str]) -> list[str]:
+        from torch import nn
+
+        from adapt_ia3.layers import Scaled
+
+        spec = options.targets if options.targets is not None else list(default_targets)
+        if not spec:
+            raise ConfigError("method 'ia3' needs target layers and the backbone names none", hint="set method.options.targets, e.g. [key, value, intermediate.dense]")
+        names = find_targets(built.model, spec, (nn.Linear, nn.Conv2d), exclude=built.head)
+        for name in names:
+            replace_module(built.model, name, Scaled(built.model.get_submodule(name)))
+        return freeze_all_but(built.model, [*(f"{n}.scale" for n in names), *built.head, *built.new_parameters])
+
+    def merge(self, built: BuiltModel) -> MergeResult:
+        from adapt_ia3.layers import Scaled
+
+        model = copy.deepcopy(built.model).float().eval()
+        for name, module in list(model.named_modules()):
+            if isinstance(module, Scaled):
+                replace_module(model, name, module.folded())
+        model.requires_grad_(False)
+        return MergeResult(model, folded=True, note="(IA)^3 scales folded into the weights and biases")
+
+
+@hookimpl
+def adapt_register_methods(register: Any) -> None:
+    register(IA3())

@@ -1,0 +1,92 @@
+"""Faults around a run: a full disk while a checkpoint is written, two adapt
+processes writing one run directory, a plugin whose hook raises."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from click.testing import CliRunner
+
+from adapt import hookimpl
+from adapt.cli import make_cli
+from adapt.host import make_host
+from adapt.rundir import hold_lock
+from tests.conftest import TinyPlugin
+
+
+def run_cli(*args: str, plugins=()):
+    return CliRunner().invoke(make_cli(lambda: make_host([TinyPlugin(), *plugins], autoload=False)), list(args))
+
+
+def write_config(tmp_path: Path, tiny_config: dict, **train) -> Path:
+    tiny_config["output_dir"] = str(tmp_path / "runs")
+    tiny_config["train"].update(train)
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(tiny_config))
+    return path
+
+
+def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(tmp_path, tiny_config, monkeypatch):
+    """The third checkpoint write meets ENOSPC: the run stops with one message, the
+    second checkpoint is still complete and loadable, and no temporary file is left."""
+    import adapt.rundir
+
+    path = write_config(tmp_path, tiny_config, epochs=1, batch_size=64, checkpoint_every=3)
+    calls = {"checkpoints": 0}
+    real_fsync = os.fsync
+
+    def fsync(fd):
+        name = os.readlink(f"/proc/self/fd/{fd}") if Path(f"/proc/self/fd/{fd}").exists() else ""
+        if "last.pt" in name:
+            calls["checkpoints"] += 1
+            if calls["checkpoints"] == 3:
+                raise OSError(errno.ENOSPC, "No space left on device")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(adapt.rundir.os, "fsync", fsync)
+    result = run_cli("run", str(path))
+    assert result.exit_code == 2, result.output
+    assert "no space left on the device; the previous version is intact" in result.output
+    assert "Traceback" not in result.output
+    checkpoint = tmp_path / "runs" / "tiny" / "checkpoints" / "last.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["state"]["step"] == 6  # the second checkpoint, complete
+    assert not [p for p in checkpoint.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_second_process_writing_the_same_run_directory_is_refused(tmp_path, tiny_config):
+    path = write_config(tmp_path, tiny_config)
+    run = tmp_path / "runs" / "tiny"
+    with hold_lock(run):  # another adapt process is writing this run (flock: per open file, so this process counts too)
+        for args in (["run", str(path)], ["run", str(path), "--overwrite"]):
+            result = run_cli(*args)
+            assert result.exit_code == 2, result.output
+            assert "is being written by another adapt process" in result.output and f"pid {os.getpid()}" in result.output
+        assert [p.name for p in run.iterdir()] == [".adapt.lock"]  # --overwrite deleted nothing
+    assert run_cli("run", str(path)).exit_code == 0  # once released, the run goes ahead
+
+
+class Raising:
+    @hookimpl
+    def adapt_register_methods(self, register):
+        raise RuntimeError("boom in the plugin")
+
+
+def test_a_plugin_whose_hook_raises_is_named(tmp_path, tiny_config):
+    result = run_cli("run", str(write_config(tmp_path, tiny_config)), plugins=[Raising()])
+    assert result.exit_code == 2, result.output
+    assert "boom in the plugin" in result.output and "Raising" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "/abs"])
+def test_run_names_cannot_leave_the_output_directory(tmp_path, tiny_config, name):
+    tiny_config["name"] = name
+    result = run_cli("run", str(write_config(tmp_path, tiny_config)))
+    assert result.exit_code == 2 and "name" in result.output
+    assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]
