@@ -94,6 +94,11 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         return
     run_dir = session.run.path
     out = run_dir / EXPORT_DIR
+    # the report on disk stops naming the old files before they go, so a run killed while
+    # exporting leaves a report that sends `adapt predict --onnx` to `adapt export`, never to a half-written file
+    from adapt.report import write_report
+
+    write_report(run_dir, {k: v for k, v in report.items() if k not in ("export", "forms", "deployable")})
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     threads = torch.get_num_threads()

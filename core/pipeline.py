@@ -201,24 +201,25 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
 def save_merged(model: Any, built: BuiltModel, folder: Path, *, folded: bool) -> None:
     """The merged model: a transformers folder (config, weights, tokenizer) when the
     network is a transformers model and the method folded; else ``model.safetensors``
-    (the network's own tensor names when folded, adapt's when adapters stay inline)."""
+    (the network's own tensor names when folded, adapt's when adapters stay inline).
+    The folder is swapped in whole, once written."""
     from safetensors.torch import save
 
-    from adapt.rundir import atomic_write_bytes
+    from adapt.rundir import atomic_folder
 
-    folder.mkdir(parents=True, exist_ok=True)
     inner = getattr(model, "model", model)
-    if folded and hasattr(inner, "save_pretrained"):
-        from adapt.hf_text import quiet_transformers
+    with atomic_folder(folder) as partial:
+        if folded and hasattr(inner, "save_pretrained"):
+            from adapt.hf_text import quiet_transformers
 
-        with quiet_transformers():
-            inner.save_pretrained(folder)
-        if hasattr(built.preprocessor, "save_pretrained"):
-            built.preprocessor.save_pretrained(folder)
-        return
-    source = inner if folded else model
-    state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
-    atomic_write_bytes(folder / "model.safetensors", save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
+            with quiet_transformers():
+                inner.save_pretrained(partial)
+            if hasattr(built.preprocessor, "save_pretrained"):
+                built.preprocessor.save_pretrained(partial)
+            return
+        source = inner if folded else model
+        state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
+        (partial / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
 
 
 # -- commands -------------------------------------------------------------------

@@ -51,6 +51,25 @@ def atomic_write_json(path: Path, data: Any) -> None:
 
 
 @contextlib.contextmanager
+def atomic_folder(path: Path) -> Iterator[Path]:
+    """Fill a folder beside ``path`` and swap it in only once it is complete, so a crash
+    leaves the previous folder (or none), never a half-written one."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    if path.exists():
+        os.replace(path, old)
+    os.replace(tmp, path)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
 def hold_lock(path: Path) -> Iterator[None]:
     """Hold ``path``'s run lock while writing it: a second adapt process that wants to
     write the same run directory at the same time is refused instead of mixing its

@@ -90,3 +90,22 @@ def test_run_names_cannot_leave_the_output_directory(tmp_path, tiny_config, name
     result = run_cli("run", str(write_config(tmp_path, tiny_config)))
     assert result.exit_code == 2 and "name" in result.output
     assert list(tmp_path.iterdir()) == [tmp_path / "config.yaml"]
+
+
+def test_a_folder_is_swapped_in_whole(tmp_path):
+    """merged/ is written beside itself and swapped in once complete: a failure while
+    writing leaves the previous folder as it was, and nothing temporary behind."""
+    from adapt.rundir import atomic_folder
+
+    folder = tmp_path / "merged"
+    folder.mkdir()
+    (folder / "model.safetensors").write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_folder(folder) as partial:
+            (partial / "model.safetensors").write_text("half")
+            raise RuntimeError("killed while writing")
+    assert (folder / "model.safetensors").read_text() == "old"
+    with atomic_folder(folder) as partial:
+        (partial / "model.safetensors").write_text("new")
+    assert (folder / "model.safetensors").read_text() == "new"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]

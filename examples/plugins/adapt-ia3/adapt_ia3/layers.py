@@ -15,14 +15,9 @@ class Scaled(nn.Module):
         channels = base.out_features if isinstance(base, nn.Linear) else base.out_channels
         self.scale = nn.Parameter(torch.ones(channels, dtype=base.weight.dtype, device=base.weight.device))
 
-    def _shaped(self, ndim: int) -> torch.Tensor:
-        """The scale broadcast over an output (Linear: last axis) or a weight (first axis)."""
-        if isinstance(self.base_layer, nn.Linear):
-            return self.scale
-        return self.scale.reshape(-1, *([1] * (ndim - 2)))  # (C, 1, 1) against (N, C, H, W)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.base_layer(x) * self._shaped(4)
+        out = self.base_layer(x)  # Linear: (..., C); Conv2d: (N, C, H, W)
+        return out * (self.scale if isinstance(self.base_layer, nn.Linear) else self.scale[:, None, None])
 
     def folded(self) -> nn.Module:
         """The base layer with the scale in its weight and bias, in fp32."""
