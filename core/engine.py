@@ -170,6 +170,7 @@ class TrainResult:
     stopped_early: bool
     steps: int
     seconds: float
+    fast_path: dict[str, Any] = field(default_factory=dict)
 
 
 class Trainer:
@@ -278,7 +279,7 @@ class Trainer:
                     if not math.isfinite(value):
                         raise TrainingError(
                             f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",
-                            hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir} --resume`)",
+                            hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir}` continues from it)",
                         )
                 losses.extend(values)
 
@@ -305,21 +306,21 @@ class Trainer:
                     scheduler.step()
                     state["step"] += 1
                     state["batch"] = i + 1
-                    due = cfg.checkpoint_every and state["step"] % cfg.checkpoint_every == 0 and not last
-                    if due or state["step"] % sync_every == 0:
+                    due = bool(cfg.checkpoint_every) and state["step"] % cfg.checkpoint_every == 0 and not last
+                    stop = self._stop_asked() and not last  # Ctrl-C: checkpoint here, then stop
+                    if due or stop or state["step"] % sync_every == 0:
                         read_losses(i)
                         if progress is not None and losses:
                             progress.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
-                    if due:
+                    if due or stop:
                         row = {"kind": "step", "epoch": epoch + 1, "step": state["step"], "loss": losses[-1], "lr": scheduler.get_last_lr()[0]}
-                        self.log.append(row)
+                        if due:
+                            self.log.append(row)
                         state["seconds"] = time.perf_counter() - started
                         checkpoint()
-                        self._append(row)  # after the checkpoint: the file never runs ahead of it
-                    if self._stop_asked() and not last:
-                        read_losses(i)
-                        state["seconds"] = time.perf_counter() - started
-                        checkpoint()
+                        if due:
+                            self._append(row)  # after the checkpoint: the file never runs ahead of it
+                    if stop:
                         self._interrupted(state, checkpoint_path)
             read_losses(len(batches) - 1)
             if progress is not None:
@@ -355,7 +356,7 @@ class Trainer:
                 break
         distributed.barrier(dist)
         load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
-        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started)
+        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict())
 
     def _loader(self, batches: list[list[int]], start: int) -> Any:
         """``(index, collated batch)`` for the batches from ``start`` on; with

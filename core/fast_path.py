@@ -11,8 +11,8 @@ config, ``auto`` by default) are:
   its ONNX graph is the one ONNX Runtime fuses; ``restore`` switches back.
 * ``compile``: ``torch.compile`` of the whole model, forward and backward
   (``auto``: on CUDA, where fusing the many small kernels of a LoRA model pays;
-  on a CPU the compile costs about a minute per shape for a BERT-base model and
-  wins ~15% per step, so it is worth it only for long runs: opt in there).
+  on 2 CPU cores compiling took 60-90 s and paid off only for MobileNetV3, so
+  there it is opt-in; see docs/benchmarks.md).
 * ``cuda_graphs``: compiled with CUDA graphs (``reduce-overhead``), which
   removes the kernel launch cost that dominates a LoRA step at small batches.
   Each new batch shape records a graph; text batches are padded to a multiple

@@ -156,6 +156,7 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
         "device": str(device),
         "precision": str(precision).replace("torch.", "") if precision else "fp32",
         "processes": session.dist.world,
+        "fast_path": result.fast_path,
     }
     if session.dist.main:
         plot_curve(session.run.path, result.history, session.plan.task.primary_metric)

@@ -68,7 +68,9 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- data: {data.get('source')}: " + ", ".join(f"{k} {v}" for k, v in data.get("sizes", {}).items()) + f"; {len(data.get('labels', []))} labels; {len(data.get('skipped', []))} items skipped")
     training = report.get("training", {})
     if training:
-        lines.append(f"- training: best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, {training.get('steps')} steps, {training.get('seconds', 0):.0f} s on {training.get('device')} ({training.get('precision')})")
+        fast = training.get("fast_path") or {}
+        switched = ", ".join(f"{k} {v}" for k, v in fast.items() if v) or "off"
+        lines.append(f"- training: best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, {training.get('steps')} steps, {training.get('seconds', 0):.0f} s on {training.get('device')} ({training.get('precision')}); fast path: {switched}")
     metrics = report.get("metrics", {})
     if metrics:
         names = sorted({k for m in metrics.values() for k in m})

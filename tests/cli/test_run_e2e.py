@@ -83,6 +83,7 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line and '"kind": "epoch"' in line]
     assert [e["epoch"] for e in epochs] == [1, 2, 3]
     assert report["training"]["best_epoch"] in (1, 2, 3)
+    assert report["training"]["fast_path"] == {"attention": "sdpa", "compile": None, "channels_last": False}
 
     metrics = json.loads(invoke(["eval", str(run)]).output)
     assert metrics["accuracy"] == pytest.approx(report["metrics"]["adapted"]["accuracy"])
