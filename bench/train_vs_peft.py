@@ -195,7 +195,7 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
     from adapt.config import TrainConfig
     from adapt.engine import Trainer
 
-    _, built, method = adapt_model(case, base)
+    host, built, method = adapt_model(case, base)
     load_adapter(method, built, init)
     examples, collate = batches_for(case)
     settings: dict = {"epochs": 2, "batch_size": case.batch, "lr": LR, "device": device, "warmup": 0.0, "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0, "precision": "auto"}
@@ -206,19 +206,13 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    task = _task("image-classification" if case.kind == "image" else "text-classification")
+    task = host.tasks.get("image-classification" if case.kind == "image" else "text-classification")
     built.model.to(device)  # as the PEFT side, the model is on the device before memory is measured
     trainer = Trainer(built=built, method=method, task=task, collate=collate, train=examples, val=[], label_names=[str(i) for i in range(NUM_LABELS)], config=TrainConfig(**settings), run_dir=work)
     at_start = reset_peak_memory(device)
     result = trainer.fit()
     epochs = [row for row in result.history if row["kind"] == "epoch"]
     return {"samples_per_s": epochs[-1]["samples_per_s"], "losses": [row["train_loss"] for row in epochs], "memory_at_start": at_start}
-
-
-def _task(name: str):  # noqa: ANN202
-    from adapt.host import make_host
-
-    return make_host().tasks.get(name)
 
 
 def run_loop(case: Case, device: str, base: Path, init: Path, full: bool) -> dict:

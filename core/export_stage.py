@@ -80,8 +80,28 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
     return {"median": round(statistics.median(times), 3), "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
 
 
+#: What the export stage writes into the report (besides the exported forms' metrics and parity).
+EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch")
+#: Entries of ``metrics`` / ``parity`` that the merge stage writes; all others are exported forms'.
+MODEL_ENTRIES = ("adapted", "merged")
+
+
+def forget_export(report: dict[str, Any]) -> None:
+    """Drop everything a previous export put into ``report``."""
+    for key in EXPORT_KEYS:
+        report.pop(key, None)
+    for key in ("metrics", "parity"):
+        if isinstance(report.get(key), dict):
+            report[key] = {k: v for k, v in report[key].items() if k in MODEL_ENTRIES}
+
+
 def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str, Any], host: Any) -> None:
     """Export, verify, derive and time every configured format; fill ``report``.
+
+    A previous export's entries are dropped from ``report`` and the report is written
+    before the export folder is rewritten, so a run killed meanwhile leaves a report that
+    sends ``adapt predict --onnx`` to ``adapt export``, never to a half-written file, and
+    a re-export never keeps figures of forms it no longer makes.
     ``merged`` is the merged model's test-split evaluation (logits kept), the reference."""
     import numpy as np
     import torch
@@ -94,11 +114,10 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         return
     run_dir = session.run.path
     out = run_dir / EXPORT_DIR
-    # the report on disk stops naming the old files before they go, so a run killed while
-    # exporting leaves a report that sends `adapt predict --onnx` to `adapt export`, never to a half-written file
     from adapt.report import write_report
 
-    write_report(run_dir, {k: v for k, v in report.items() if k not in ("export", "forms", "deployable")})
+    forget_export(report)
+    write_report(run_dir, report)
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
     threads = torch.get_num_threads()

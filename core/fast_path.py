@@ -59,9 +59,9 @@ class FastPath:
             self.undo.pop()()
 
 
-def _transformers_models(model: nn.Module) -> list[nn.Module]:
-    """The transformers models inside ``model`` whose attention can be switched."""
-    return [m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")]
+def _transformers_model(model: nn.Module) -> nn.Module | None:
+    """The outermost transformers model inside ``model`` (its attention can be switched)."""
+    return next((m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")), None)
 
 
 def _is_convolutional(model: nn.Module) -> bool:
@@ -71,16 +71,15 @@ def _is_convolutional(model: nn.Module) -> bool:
 def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastPath:
     """Switch ``model`` (in place) to its fast training form; ``FastPath.restore`` undoes it."""
     fast = FastPath()
-    hf = _transformers_models(model)
-    if hf and config.attention != "eager":
-        top = hf[0]
+    top = _transformers_model(model)
+    if top is not None and config.attention != "eager":
         before = top.config._attn_implementation
         if before != "sdpa":
             top.set_attn_implementation("sdpa")
             fast.undo.append(lambda: top.set_attn_implementation(before))
         fast.attention = "sdpa"
 
-    if config.channels_last is not False and _is_convolutional(model) and not hf:
+    if config.channels_last is not False and _is_convolutional(model) and top is None:
         model.to(memory_format=torch.channels_last)
         fast.channels_last = True
         fast.undo.append(lambda: model.to(memory_format=torch.contiguous_format))

@@ -24,9 +24,14 @@ CONFIG_FILE = "config.yaml"
 LOCK_FILE = ".adapt.lock"
 
 
+def _beside(path: Path, kind: str) -> Path:
+    """A hidden name next to ``path`` for this process's temporary copy (``tmp``) or the one it replaces (``old``)."""
+    return path.with_name(f".{path.name}.{os.getpid()}.{kind}")
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` so that a crash or a full disk leaves the old file intact."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _beside(path, "tmp")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as handle:
@@ -54,7 +59,7 @@ def atomic_write_json(path: Path, data: Any) -> None:
 def atomic_folder(path: Path) -> Iterator[Path]:
     """Fill a folder beside ``path`` and swap it in only once it is complete, so a crash
     leaves the previous folder (or none), never a half-written one."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = _beside(path, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
@@ -62,7 +67,7 @@ def atomic_folder(path: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    old = path.with_name(f".{path.name}.{os.getpid()}.old")
+    old = _beside(path, "old")
     if path.exists():
         os.replace(path, old)
     os.replace(tmp, path)

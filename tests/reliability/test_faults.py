@@ -4,6 +4,7 @@ processes writing one run directory, a plugin whose hook raises."""
 from __future__ import annotations
 
 import errno
+import json
 import os
 from pathlib import Path
 
@@ -109,3 +110,48 @@ def test_a_folder_is_swapped_in_whole(tmp_path):
         (partial / "model.safetensors").write_text("new")
     assert (folder / "model.safetensors").read_text() == "new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]
+
+
+class SpyExporter:
+    """The built-in ONNX exporter, noting what report.json on disk names while it writes."""
+
+    name, suffix, options_schema = "spy", ".onnx", None
+    seen: list = []
+
+    def __init__(self) -> None:
+        self.onnx = make_host(autoload=False).exporters.get("onnx")
+
+    def export(self, model, inputs, io, path, options):
+        from adapt.report import read_report
+
+        SpyExporter.seen.append(read_report(path.parent.parent).get("deployable"))
+        return self.onnx.export(model, inputs, io, path, None)
+
+    def load(self, path, threads=None):
+        return self.onnx.load(path, threads)
+
+
+class SpyPlugin:
+    @hookimpl
+    def adapt_register_exporters(self, register):
+        register(SpyExporter())
+
+
+def test_while_exporting_the_report_names_no_export_file(tmp_path, tiny_config):
+    """`adapt export` replaces export/ in place: before it starts, report.json must stop
+    naming the old files, so a run killed meanwhile never points at a half-written file."""
+    tiny_config["export"] = {"formats": ["spy"], "mobile": False, "quantize": "none", "latency_runs": 2}
+    assert run_cli("run", str(write_config(tmp_path, tiny_config)), plugins=[SpyPlugin()]).exit_code == 0
+    run = tmp_path / "runs" / "tiny"
+    assert json.loads((run / "report.json").read_text())["deployable"] == "export/model.onnx"
+    report = json.loads((run / "report.json").read_text())
+    report["metrics"]["onnx_int8"] = report["latency_ms"]["onnx_int8"] = {"accuracy": 0.5}  # a form an earlier export made
+    (run / "report.json").write_text(json.dumps(report))
+    SpyExporter.seen.clear()
+    result = run_cli("export", str(run), plugins=[SpyPlugin()])
+    assert result.exit_code == 0, result.output
+    assert SpyExporter.seen == [None]
+    report = json.loads((run / "report.json").read_text())
+    assert report["deployable"] == "export/model.onnx"
+    assert "onnx_int8" not in report["metrics"] and "onnx_int8" not in report["latency_ms"]  # no stale figures
+    assert {"adapted", "merged", "spy"} <= set(report["metrics"])
