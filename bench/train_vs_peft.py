@@ -10,8 +10,12 @@ linear decay, clipping at 1.0) are trained twice, each side in its own process:
   default SDPA attention, autocast and fused AdamW on CUDA, foreach AdamW on CPU);
 * ``full``:  full fine-tuning of the same model in that loop (BERT-base cases only).
 
-Two epochs run; the first is warm-up (compilation, allocator), the second is timed.
-Reported per side: samples/s of the timed epoch; peak memory while training (CUDA:
+Four epochs run on CUDA, the first two of them warm-up; two on a CPU, the first
+warm-up (``--epochs``, ``--warmup-epochs``). Warm-up covers compilation, the
+allocators and, on CUDA, the start of inductor's compile workers: a process per CPU
+core that imports torch in the background, which slows a host-bound step loop for
+some seconds even when every kernel comes from inductor's cache. Reported per side:
+samples/s over the timed epochs (and each epoch's, ``epoch_samples_per_s``); peak memory while training (CUDA:
 max allocated, the model included; CPU: the process's peak RSS, whose baseline
 also holds each side's imports, PEFT's being ~200 MB larger); ``training_memory``,
 that peak less the memory in use when training started (activations, gradients,
@@ -25,9 +29,14 @@ Cases: BERT-base shape, LoRA r=8 on query/value, batch 32 and 128; MiniLM shape
 convolutions, batch 128. On CUDA when present; otherwise on the CPU with batch 8
 and a few steps, so that the whole script takes a few minutes on 2 cores.
 
-Usage: python bench/train_vs_peft.py [--device cpu|cuda] [--cases NAME ...]
+Usage: python bench/train_vs_peft.py [--device cpu|cuda] [--cases NAME ...] [--epochs N]
        [--variant NAME:KEY=VALUE[,KEY=VALUE] ...] [--variant-cases NAME ...] [--out FILE]
+       [--repeats N] [--logs DIR]
 ``--variant fast_off:fast.compile=false`` adds an adapt side with that train.* override.
+``--repeats N`` runs every side N times, the sides taking turns, and reports the
+run with the median speed (on a small shared CPU, epoch speeds move by 20%).
+``--logs DIR`` keeps each side's stderr (with ``TORCH_LOGS=recompiles,perf_hints`` it
+shows recompilations and skipped CUDA graphs).
 The last line printed is one JSON object with every figure.
 """
 
@@ -188,7 +197,14 @@ def peak_memory(device: str) -> int:
     return _status_bytes("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overrides: list[str]) -> dict:
+def timed_speed(epoch_speeds: list[float], warmup: int) -> float:
+    """Samples/s over the timed epochs (those after the warm-up ones): equal-sized
+    epochs, so the harmonic mean of their speeds."""
+    timed = epoch_speeds[warmup:] or epoch_speeds[-1:]
+    return len(timed) / sum(1 / s for s in timed)
+
+
+def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overrides: list[str], epochs: int, warmup: int) -> dict:
     import yaml
 
     from adapt.adapter_io import load_adapter
@@ -198,7 +214,7 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
     host, built, method = adapt_model(case, base)
     load_adapter(method, built, init)
     examples, collate = batches_for(case)
-    settings: dict = {"epochs": 2, "batch_size": case.batch, "lr": LR, "device": device, "warmup": 0.0, "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0, "precision": "auto"}
+    settings: dict = {"epochs": epochs, "batch_size": case.batch, "lr": LR, "device": device, "warmup": 0.0, "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0, "precision": "auto"}
     for item in overrides:
         key, _, value = item.partition("=")
         *parents, leaf = key.split(".")
@@ -211,11 +227,12 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
     trainer = Trainer(built=built, method=method, task=task, collate=collate, train=examples, val=[], label_names=[str(i) for i in range(NUM_LABELS)], config=TrainConfig(**settings), run_dir=work)
     at_start = reset_peak_memory(device)
     result = trainer.fit()
-    epochs = [row for row in result.history if row["kind"] == "epoch"]
-    return {"samples_per_s": epochs[-1]["samples_per_s"], "losses": [row["train_loss"] for row in epochs], "memory_at_start": at_start}
+    rows = [row for row in result.history if row["kind"] == "epoch"]
+    speeds = [row["samples_per_s"] for row in rows]
+    return {"samples_per_s": timed_speed(speeds, warmup), "epoch_samples_per_s": speeds, "losses": [row["train_loss"] for row in rows], "memory_at_start": at_start}
 
 
-def run_loop(case: Case, device: str, base: Path, init: Path, full: bool) -> dict:
+def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs: int, warmup: int) -> dict:
     """The loop a PEFT user writes: PeftModel (or the plain model, for full fine-tuning), AdamW, autocast."""
     import torch
     import torch.nn.functional as F
@@ -248,12 +265,12 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool) -> dic
     params = [p for p in model.parameters() if p.requires_grad]
     cuda = device == "cuda"
     optimiser = torch.optim.AdamW(params, lr=LR, weight_decay=0.01, fused=cuda or None, foreach=None if cuda else True)
-    scheduler = get_linear_schedule_with_warmup(optimiser, 0, 2 * case.steps)
+    scheduler = get_linear_schedule_with_warmup(optimiser, 0, epochs * case.steps)
     examples, collate = batches_for(case)
     dtype = torch.bfloat16 if cuda else None
-    losses, speed = [], 0.0
+    losses, speeds = [], []
     at_start = reset_peak_memory(device)
-    for epoch in range(2):
+    for epoch in range(epochs):
         if cuda:
             torch.cuda.synchronize()
         tick, total = time.perf_counter(), []
@@ -269,9 +286,9 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool) -> dic
             optimiser.zero_grad(set_to_none=True)
             total.append(loss.detach())
         mean = float(torch.stack(total).mean())  # syncs
-        speed = len(examples) / (time.perf_counter() - tick)
+        speeds.append(len(examples) / (time.perf_counter() - tick))
         losses.append(mean)
-    return {"samples_per_s": speed, "losses": losses, "memory_at_start": at_start}
+    return {"samples_per_s": timed_speed(speeds, warmup), "epoch_samples_per_s": speeds, "losses": losses, "memory_at_start": at_start}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -284,9 +301,9 @@ def child(args: argparse.Namespace) -> None:
     side = args.child.partition(":")[0]
     if side == "adapt":
         run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"{case.name}-{args.child.replace(':', '-')}-"))
-        out = run_adapt(case, args.device, base, init, run_dir, args.override)
+        out = run_adapt(case, args.device, base, init, run_dir, args.override, args.epochs, args.warmup_epochs)
     else:
-        out = run_loop(case, args.device, base, init, full=side == "full")
+        out = run_loop(case, args.device, base, init, full=side == "full", epochs=args.epochs, warmup=args.warmup_epochs)
     peak = peak_memory(args.device)
     out["peak_memory_mb"] = round(peak / 2**20, 1)
     out["training_memory_mb"] = round((peak - out.pop("memory_at_start")) / 2**20, 1)
@@ -296,17 +313,31 @@ def child(args: argparse.Namespace) -> None:
 # -- the parent: every side of every case, then the ratios --------------------------
 
 
-def run_side(case: Case, side: str, device: str, work: Path, overrides: list[str]) -> dict:
-    command = [sys.executable, __file__, "--child", side, "--case", case.name, "--device", device, "--work", str(work)]
+def run_side(case: Case, side: str, args: argparse.Namespace, work: Path, overrides: list[str]) -> dict:
+    command = [sys.executable, __file__, "--child", side, "--case", case.name, "--device", args.device, "--work", str(work), "--epochs", str(args.epochs), "--warmup-epochs", str(args.warmup_epochs)]
     for item in overrides:
         command += ["--override", item]
     started = time.perf_counter()
     done = subprocess.run(command, capture_output=True, text=True)
+    if args.logs:
+        Path(args.logs).mkdir(parents=True, exist_ok=True)
+        Path(args.logs, f"{case.name}-{side.replace(':', '-')}.log").write_text(done.stderr)
     if done.returncode != 0:
         return {"error": (done.stderr.strip().splitlines() or ["failed"])[-1], "seconds": round(time.perf_counter() - started, 1)}
     result = json.loads(done.stdout.strip().splitlines()[-1])
     result["seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def median_run(results: list[dict]) -> dict:
+    """The run with the median speed (its own figures, whole), and every run's speed."""
+    done = sorted((r for r in results if "samples_per_s" in r), key=lambda r: r["samples_per_s"])
+    if not done:
+        return results[-1]
+    chosen = dict(done[(len(done) - 1) // 2])
+    if len(results) > 1:
+        chosen["repeats_samples_per_s"] = [r.get("samples_per_s") for r in results]
+    return chosen
 
 
 def same_loss(a: dict, b: dict, tolerance: float) -> bool | None:
@@ -322,7 +353,11 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="NAME:KEY=VALUE[,KEY=VALUE]: an extra adapt side with train.* overrides")
     parser.add_argument("--variant-cases", nargs="*", help="cases that get the variants (default: all)")
     parser.add_argument("--no-full", action="store_true", help="skip the full fine-tuning side")
+    parser.add_argument("--epochs", type=int, help="epochs per side (default: 4 on CUDA, 2 on a CPU)")
+    parser.add_argument("--warmup-epochs", type=int, help="untimed epochs at the start (default: 2 on CUDA, 1 on a CPU)")
+    parser.add_argument("--repeats", type=int, default=1, help="run every side this many times, taking turns, and keep the median run")
     parser.add_argument("--out", help="also write the JSON object here (rewritten after each case)")
+    parser.add_argument("--logs", help="keep each side's stderr in this folder")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -332,6 +367,9 @@ def main() -> None:
 
     if args.device is None:
         args.device = "cuda" if torch.cuda.is_available() else "cpu"
+    cuda = args.device == "cuda"
+    args.epochs = args.epochs or (4 if cuda else 2)
+    args.warmup_epochs = min(args.epochs - 1, args.warmup_epochs if args.warmup_epochs is not None else (2 if cuda else 1))
     if args.child:
         child(args)
         return
@@ -342,7 +380,7 @@ def main() -> None:
     variants = [(v.partition(":")[0], v.partition(":")[2].split(",")) for v in args.variant]
     tolerance = 3e-2 if args.device == "cuda" else 1e-3
     work = Path(tempfile.mkdtemp(prefix="adapt-train-bench-"))
-    results: dict = {"device": args.device, "cases": {}}
+    results: dict = {"device": args.device, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "cases": {}}
     started = time.perf_counter()
     for case in cases:
         base = write_base(case, work)
@@ -352,7 +390,11 @@ def main() -> None:
             sides["full"] = []
         if not args.variant_cases or case.name in args.variant_cases:
             sides.update({f"adapt:{name}": overrides for name, overrides in variants})
-        figures = {side: run_side(case, side, args.device, work, overrides) for side, overrides in sides.items()}
+        runs: dict[str, list[dict]] = {side: [] for side in sides}
+        for _ in range(args.repeats):  # the sides take turns, so a machine's drift reaches them alike
+            for side, overrides in sides.items():
+                runs[side].append(run_side(case, side, args, work, overrides))
+        figures = {side: median_run(results) for side, results in runs.items()}
         peft = figures["peft"]
         row: dict = {"batch": case.batch, "steps_per_epoch": case.steps, "sides": figures}
         for side, fig in figures.items():

@@ -70,6 +70,8 @@ class FastConfig(_Section):
     compile: Switch = Field("auto", description="torch.compile the model for training (auto: on CUDA only)")
     cuda_graphs: Switch = Field("auto", description="with compile on CUDA, record CUDA graphs (reduce-overhead) (auto: yes)")
     channels_last: Switch = Field("auto", description="NHWC memory layout for convolutional models (auto: yes)")
+    cls_last_layer: Switch = Field("auto", description="sequence classifiers of the BERT family: compute the last layer for the [CLS] position only, the one the head reads (auto: on a CPU)")
+    pin_memory: Switch = Field("auto", description="collate batches into pinned host memory so the copy to the GPU does not stall the host (auto: on CUDA)")
 
 
 class TrainConfig(_Section):

@@ -284,7 +284,7 @@ class Trainer:
                 losses.extend(values)
 
             progress = self._progress(len(batches), epoch, initial=state["batch"])
-            for i, batch in self._loader(batches, state["batch"]):
+            for i, batch in self._loader(batches, state["batch"], fast):
                 batch = fast_path.channels_last_batch(to_device(batch, self.device), fast)
                 labels = batch.pop("labels")
                 fast_path.step_begins(fast)
@@ -358,16 +358,16 @@ class Trainer:
         load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
         return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict())
 
-    def _loader(self, batches: list[list[int]], start: int) -> Any:
+    def _loader(self, batches: list[list[int]], start: int, fast: fast_path.FastPath) -> Any:
         """``(index, collated batch)`` for the batches from ``start`` on; with
         ``train.workers`` the collating (tokenising, decoding images) runs in worker
-        processes, and on CUDA into pinned memory."""
+        processes. Batches land in pinned memory when the fast path asks for it."""
         remaining = batches[start:]
         if self.config.workers == 0:
-            return ((start + k, self.collate([self.train_set[j] for j in indices])) for k, indices in enumerate(remaining))
+            return ((start + k, fast_path.pinned(self.collate([self.train_set[j] for j in indices]), fast)) for k, indices in enumerate(remaining))
         from torch.utils.data import DataLoader
 
-        loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=fast.pin_memory)
         return enumerate(loader, start)
 
     def _interrupted(self, state: dict[str, Any], checkpoint_path: Path) -> None:

@@ -18,6 +18,14 @@ config, ``auto`` by default) are:
   Each new batch shape records a graph; text batches are padded to a multiple
   of 8 tokens, which keeps the shapes few.
 * ``channels_last``: NHWC memory layout for convolutional models.
+* ``cls_last_layer``: a BERT-family sequence classifier computes its last layer
+  for the [CLS] position only, the one its head reads (``adapt.cls_last_layer``,
+  which checks that the logits are unchanged before keeping it). ``auto``: on a
+  CPU, where it was measured; opt-in on CUDA until measured there.
+* ``pin_memory``: batches are collated into pinned (page-locked) host memory on
+  CUDA. A copy from ordinary memory makes the host wait until the GPU has finished
+  all queued work before it starts, so the host could never prepare a step while the
+  GPU runs the previous one; from pinned memory the copy is queued like a kernel.
 
 Skipping gradient work for frozen parts needs nothing here: frozen weights have
 ``requires_grad=False``, so autograd computes no weight gradient for them and
@@ -34,6 +42,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
+from adapt import cls_last_layer
 from adapt.config import FastConfig
 
 
@@ -44,14 +53,17 @@ class FastPath:
     attention: str | None = None
     compile: str | None = None
     channels_last: bool = False
+    cls_last_layer: bool = False
+    pin_memory: bool = False
+    notes: list[str] = field(default_factory=list)
     undo: list[Callable[[], None]] = field(default_factory=list)
 
     def describe(self) -> str:
-        parts = [f"attention {self.attention}" if self.attention else "", f"torch.compile ({self.compile})" if self.compile else "", "channels-last" if self.channels_last else ""]
-        return ", ".join(p for p in parts if p) or "off"
+        parts = [f"attention {self.attention}" if self.attention else "", f"torch.compile ({self.compile})" if self.compile else "", "channels-last" if self.channels_last else "", "last layer on [CLS] only" if self.cls_last_layer else "", "pinned batches" if self.pin_memory else ""]
+        return (", ".join(p for p in parts if p) or "off") + "".join(f"; {note}" for note in self.notes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"attention": self.attention, "compile": self.compile, "channels_last": self.channels_last}
+        return {"attention": self.attention, "compile": self.compile, "channels_last": self.channels_last, "cls_last_layer": self.cls_last_layer, "pin_memory": self.pin_memory, **({"notes": self.notes} if self.notes else {})}
 
     def restore(self) -> None:
         """Undo every change, newest first."""
@@ -62,6 +74,11 @@ class FastPath:
 def _transformers_model(model: nn.Module) -> nn.Module | None:
     """The outermost transformers model inside ``model`` (its attention can be switched)."""
     return next((m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")), None)
+
+
+def _can_pin() -> bool:
+    """Page-locked memory needs a CUDA driver (even when this run trains on the CPU)."""
+    return torch.cuda.is_available()
 
 
 def _is_convolutional(model: nn.Module) -> bool:
@@ -84,6 +101,17 @@ def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastP
         fast.channels_last = True
         fast.undo.append(lambda: model.to(memory_format=torch.contiguous_format))
 
+    if top is not None and (config.cls_last_layer is True or (config.cls_last_layer == "auto" and device.type == "cpu")):
+        undo, note = cls_last_layer.switch_on(top)
+        if undo is not None:
+            fast.cls_last_layer = True
+            fast.undo.append(undo)
+        elif note:
+            fast.notes.append(note)
+
+    if config.pin_memory is True or (config.pin_memory == "auto" and device.type == "cuda"):
+        fast.pin_memory = _can_pin()
+
     if config.compile is True or (config.compile == "auto" and device.type == "cuda"):
         graphs = device.type == "cuda" and config.cuda_graphs is not False
         fast.compile = "reduce-overhead" if graphs else "default"
@@ -99,6 +127,11 @@ def step_begins(fast: FastPath) -> None:
     """Tell CUDA graphs a new training step begins (the previous step's outputs may be overwritten)."""
     if fast.compile == "reduce-overhead":
         torch.compiler.cudagraph_mark_step_begin()
+
+
+def pinned(batch: dict[str, torch.Tensor], fast: FastPath) -> dict[str, torch.Tensor]:
+    """``batch`` in page-locked host memory (PyTorch's caching host allocator reuses the buffers)."""
+    return {k: v.pin_memory() for k, v in batch.items()} if fast.pin_memory else batch
 
 
 def channels_last_batch(batch: dict[str, torch.Tensor], fast: FastPath) -> dict[str, torch.Tensor]:

@@ -67,7 +67,8 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
         "backbone": {"name": "bert", "checkpoint": bert_dir, "options": {"max_length": 16}},
         "method": {"name": "lora", "options": {"r": 4, "alpha": 8}},
         "data": {"source": "csv", "path": str(text_csv(tmp_path))},
-        "train": {"epochs": 3, "batch_size": 16, "lr": 2e-2, "checkpoint_every": 3},
+        # 5 epochs: after 3, two of seven seeds (dropout's random stream) still sat at 65-80%
+        "train": {"epochs": 5, "batch_size": 16, "lr": 2e-2, "checkpoint_every": 3},
     }
     invoke(["run", str(write(tmp_path, config))])
     run = tmp_path / "runs" / "text"
@@ -81,9 +82,9 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     for name in ("adapter/adapter_model.safetensors", "adapter/adapter_config.json", "merged/config.json", "merged/model.safetensors", "metrics.jsonl", "training_curve.png", "report.md"):
         assert name in report["files"], name
     epochs = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if '"epoch"' in line and '"kind": "epoch"' in line]
-    assert [e["epoch"] for e in epochs] == [1, 2, 3]
-    assert report["training"]["best_epoch"] in (1, 2, 3)
-    assert report["training"]["fast_path"] == {"attention": "sdpa", "compile": None, "channels_last": False}
+    assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
+    assert report["training"]["best_epoch"] in (1, 2, 3, 4, 5)
+    assert report["training"]["fast_path"] == {"attention": "sdpa", "compile": None, "channels_last": False, "cls_last_layer": True, "pin_memory": False}
 
     metrics = json.loads(invoke(["eval", str(run)]).output)
     assert metrics["accuracy"] == pytest.approx(report["metrics"]["adapted"]["accuracy"])

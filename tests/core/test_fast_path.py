@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt import engine, fast_path
+from adapt import cls_last_layer, engine, fast_path
 from adapt.config import FastConfig, TrainConfig
 from adapt.engine import Trainer, TrainingError
 from adapt.host import make_host
@@ -56,6 +56,36 @@ def test_loader_workers_give_the_same_losses(tmp_path):
     inline, _ = train(tmp_path, "inline")
     workers, _ = train(tmp_path, "workers", workers=2)
     assert workers == inline
+
+
+def test_cls_only_last_layer_trains_like_the_full_layer_and_is_switched_back(tmp_path):
+    full, _ = train(tmp_path, "full", fast={"cls_last_layer": False})
+    cls_only, trainer = train(tmp_path, "cls")  # auto: on a CPU
+    assert cls_only == pytest.approx(full, rel=1e-5)
+    assert "forward" not in cls_last_layer.last_layer(trainer.built.model.model).__dict__  # merge and export see the full layer
+    fast = fast_path.prepare(trainer.built.model, FastConfig(), torch.device("cpu"))
+    assert "last layer on [CLS] only" in fast.describe() and fast.as_dict()["cls_last_layer"]
+    fast.restore()
+
+
+def test_pinned_batches_train_the_same_and_stay_off_without_cuda(tmp_path, monkeypatch):
+    """Pinning needs a CUDA driver, which this machine lacks: the driver is faked
+    (``fast_path._can_pin`` and ``Tensor.pin_memory``) to check that every
+    collated batch goes through ``pin_memory`` and that training is unchanged."""
+    assert not fast_path.prepare(torch.nn.Linear(2, 2), FastConfig(), torch.device("cpu")).pin_memory  # auto: CUDA only
+    plain, _ = train(tmp_path, "plain")
+    pinned_batches = []
+
+    def fake_pin(tensor: torch.Tensor) -> torch.Tensor:
+        pinned_batches.append(tensor.shape)
+        return tensor.clone()
+
+    monkeypatch.setattr(fast_path, "_can_pin", lambda: True)
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    pinned, trainer = train(tmp_path, "pinned", fast={"pin_memory": True})
+    assert pinned == plain
+    assert len(pinned_batches) == 2 * 3 * 4  # 2 epochs x 3 batches x (input_ids, attention_mask, token_type_ids, labels)
+    assert "pinned batches" in fast_path.prepare(torch.nn.Linear(2, 2), FastConfig(), torch.device("cuda")).describe()  # auto on CUDA
 
 
 def test_prepare_and_restore_on_a_cnn(host_with_tiny):
