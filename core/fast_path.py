@@ -1,9 +1,9 @@
 """The training fast path: speed-ups that leave the maths alone, each switchable.
 
 ``prepare`` puts a built, adapted model into its fastest training form and
-returns a ``runner`` (the module the training loop calls) and a ``restore``
-function that undoes every change, so that the merge and the export see the
-model exactly as the backbone built it. The choices (``train.fast`` in the
+returns a ``FastPath``: what is on (for the log and the report) and ``restore``,
+which undoes every change, so that the merge and the export see the model
+exactly as the backbone built it; ``compiled`` wraps the module the loop calls. The choices (``train.fast`` in the
 config, ``auto`` by default) are:
 
 * ``attention``: transformers' scaled-dot-product attention (flash / memory-
