@@ -6,7 +6,8 @@ position's query, attention row, output projection and feed-forward block is
 computed and then thrown away, and backpropagated as zeros. This computes them for
 [CLS] alone: keys and values still come from every position, so the logits and
 every gradient are those of the full layer (to float rounding). It saves about
-10/12 of one layer's work: some 7% of a BERT-base step, 14% of a 6-layer MiniLM's.
+10/12 of one layer's multiply-adds: by that count some 7% of a BERT-base step and
+14% of a 6-layer MiniLM's (measured: docs/benchmarks.md).
 
 The switch is an instance-level ``forward`` on the last layer (no module is
 replaced, so parameter names and checkpoints are unchanged), and it only stays on
