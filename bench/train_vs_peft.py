@@ -204,7 +204,7 @@ def timed_speed(epoch_speeds: list[float], warmup: int) -> float:
     return len(timed) / sum(1 / s for s in timed)
 
 
-def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overrides: list[str], epochs: int, warmup: int) -> dict:
+def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overrides: list[str], epochs: int) -> dict:
     import yaml
 
     from adapt.adapter_io import load_adapter
@@ -228,11 +228,10 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
     at_start = reset_peak_memory(device)
     result = trainer.fit()
     rows = [row for row in result.history if row["kind"] == "epoch"]
-    speeds = [row["samples_per_s"] for row in rows]
-    return {"samples_per_s": timed_speed(speeds, warmup), "epoch_samples_per_s": speeds, "losses": [row["train_loss"] for row in rows], "memory_at_start": at_start}
+    return {"epoch_samples_per_s": [row["samples_per_s"] for row in rows], "losses": [row["train_loss"] for row in rows], "memory_at_start": at_start}
 
 
-def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs: int, warmup: int) -> dict:
+def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs: int) -> dict:
     """The loop a PEFT user writes: PeftModel (or the plain model, for full fine-tuning), AdamW, autocast."""
     import torch
     import torch.nn.functional as F
@@ -288,7 +287,7 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs
         mean = float(torch.stack(total).mean())  # syncs
         speeds.append(len(examples) / (time.perf_counter() - tick))
         losses.append(mean)
-    return {"samples_per_s": timed_speed(speeds, warmup), "epoch_samples_per_s": speeds, "losses": losses, "memory_at_start": at_start}
+    return {"epoch_samples_per_s": speeds, "losses": losses, "memory_at_start": at_start}
 
 
 def child(args: argparse.Namespace) -> None:
@@ -301,9 +300,10 @@ def child(args: argparse.Namespace) -> None:
     side = args.child.partition(":")[0]
     if side == "adapt":
         run_dir = Path(tempfile.mkdtemp(dir=work, prefix=f"{case.name}-{args.child.replace(':', '-')}-"))
-        out = run_adapt(case, args.device, base, init, run_dir, args.override, args.epochs, args.warmup_epochs)
+        out = run_adapt(case, args.device, base, init, run_dir, args.override, args.epochs)
     else:
-        out = run_loop(case, args.device, base, init, full=side == "full", epochs=args.epochs, warmup=args.warmup_epochs)
+        out = run_loop(case, args.device, base, init, full=side == "full", epochs=args.epochs)
+    out["samples_per_s"] = timed_speed(out["epoch_samples_per_s"], args.warmup_epochs)
     peak = peak_memory(args.device)
     out["peak_memory_mb"] = round(peak / 2**20, 1)
     out["training_memory_mb"] = round((peak - out.pop("memory_at_start")) / 2**20, 1)
@@ -394,7 +394,7 @@ def main() -> None:
         for _ in range(args.repeats):  # the sides take turns, so a machine's drift reaches them alike
             for side, overrides in sides.items():
                 runs[side].append(run_side(case, side, args, work, overrides))
-        figures = {side: median_run(results) for side, results in runs.items()}
+        figures = {side: median_run(side_runs) for side, side_runs in runs.items()}
         peft = figures["peft"]
         row: dict = {"batch": case.batch, "steps_per_epoch": case.steps, "sides": figures}
         for side, fig in figures.items():

@@ -68,6 +68,9 @@ def switch_on(top: nn.Module) -> tuple[Callable[[], None] | None, str]:
     ids = torch.randint(0, min(int(top.config.vocab_size), 1000), (2, 12), generator=generator).to(device)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0  # one padded example, so the mask path is checked too
+    def undo() -> None:
+        layer.__dict__.pop("forward", None)  # the class's own forward again
+
     was_training = top.training
     top.eval()
     try:
@@ -82,6 +85,6 @@ def switch_on(top: nn.Module) -> tuple[Callable[[], None] | None, str]:
     finally:
         top.train(was_training)
     if not agrees:
-        layer.__dict__.pop("forward", None)
+        undo()
         return None, f"[CLS]-only last layer off: its self-check failed ({note})"
-    return lambda: layer.__dict__.pop("forward", None), ""
+    return undo, ""

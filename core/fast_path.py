@@ -3,8 +3,8 @@
 ``prepare`` puts a built, adapted model into its fastest training form and
 returns a ``FastPath``: what is on (for the log and the report) and ``restore``,
 which undoes every change, so that the merge and the export see the model
-exactly as the backbone built it; ``compiled`` wraps the module the loop calls. The choices (``train.fast`` in the
-config, ``auto`` by default) are:
+exactly as the backbone built it; ``compiled`` wraps the module the loop calls.
+The choices (``train.fast`` in the config, ``auto`` by default) are:
 
 * ``attention``: transformers' scaled-dot-product attention (flash / memory-
   efficient kernels) while training. The backbones build eager attention because
@@ -76,6 +76,11 @@ def _transformers_model(model: nn.Module) -> nn.Module | None:
     return next((m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")), None)
 
 
+def _on(switch: bool | str, auto: bool) -> bool:
+    """A ``train.fast`` switch: ``true``, ``false``, or ``auto`` (then: ``auto``)."""
+    return switch is True or (switch == "auto" and auto)
+
+
 def _can_pin() -> bool:
     """Page-locked memory needs a CUDA driver (even when this run trains on the CPU)."""
     return torch.cuda.is_available()
@@ -96,12 +101,12 @@ def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastP
             fast.undo.append(lambda: top.set_attn_implementation(before))
         fast.attention = "sdpa"
 
-    if config.channels_last is not False and _is_convolutional(model) and top is None:
+    if _on(config.channels_last, True) and _is_convolutional(model) and top is None:
         model.to(memory_format=torch.channels_last)
         fast.channels_last = True
         fast.undo.append(lambda: model.to(memory_format=torch.contiguous_format))
 
-    if top is not None and (config.cls_last_layer is True or (config.cls_last_layer == "auto" and device.type == "cpu")):
+    if top is not None and _on(config.cls_last_layer, device.type == "cpu"):
         undo, note = cls_last_layer.switch_on(top)
         if undo is not None:
             fast.cls_last_layer = True
@@ -109,11 +114,11 @@ def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastP
         elif note:
             fast.notes.append(note)
 
-    if config.pin_memory is True or (config.pin_memory == "auto" and device.type == "cuda"):
+    if _on(config.pin_memory, device.type == "cuda"):
         fast.pin_memory = _can_pin()
 
-    if config.compile is True or (config.compile == "auto" and device.type == "cuda"):
-        graphs = device.type == "cuda" and config.cuda_graphs is not False
+    if _on(config.compile, device.type == "cuda"):
+        graphs = device.type == "cuda" and _on(config.cuda_graphs, True)
         fast.compile = "reduce-overhead" if graphs else "default"
     return fast
 
