@@ -16,23 +16,52 @@ from typing import Any, Callable, Sequence
 import click
 
 from adapt import __version__
-from adapt.errors import AdaptError
+from adapt.errors import AdaptError, RunDirError
 from adapt.host import AUTOLOAD_ENV, Host, make_host
 
 EXIT_USER_ERROR = 2
 
 
+#: How the operating system words "no room for this write"; libraries that write in
+#: C or Rust (safetensors, ONNX, ONNX Runtime) pass these on as text, not as an OSError.
+DISK_FULL_TEXTS = ("No space left on device", "Disk quota exceeded", "File too large")
+
+
+def disk_full(exc: BaseException) -> AdaptError | None:
+    """One message for a write the disk refused, wherever it happened (ours, a
+    library's, a plugin's); None when the error has nothing to do with space."""
+    from adapt.rundir import DISK_FULL, DISK_FULL_HINT, NO_SPACE
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        text = next((t for t in DISK_FULL_TEXTS if t in str(current)), None)
+        if isinstance(current, OSError) and current.errno in DISK_FULL or text:
+            no_space = text in DISK_FULL_TEXTS[:2] if text else current.errno in NO_SPACE
+            reason = "no space left on the device" if no_space else f"the system refused a write ({text or current.strerror})"
+            where = getattr(current, "filename", None)
+            return AdaptError(f"{reason}{f' while writing {where}' if where else ''}; what adapt had finished before is intact (every file is written beside its place and renamed)", hint=DISK_FULL_HINT)
+        current = current.__cause__ or current.__context__
+    return None
+
+
 class AdaptGroup(click.Group):
-    """A click group that turns AdaptError into one clean message and exit code 2."""
+    """A click group that turns AdaptError (and a full disk) into one clean message and exit code 2."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
-        except AdaptError as exc:
-            if ctx.obj and ctx.obj.get("debug"):
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException, KeyboardInterrupt):
+            raise
+        except Exception as exc:
+            # A RunDirError already names the file; any other error caused by a full disk is
+            # reported as that, since a library's wording of it helps nobody.
+            error = exc if isinstance(exc, RunDirError) else disk_full(exc) or (exc if isinstance(exc, AdaptError) else None)
+            if error is None or (ctx.obj and ctx.obj.get("debug")):
                 raise
-            report_error(exc)
-            ctx.exit(exc.exit_code)
+            report_error(error)
+            ctx.exit(error.exit_code)
 
 
 def report_error(exc: AdaptError) -> None:
@@ -203,7 +232,7 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         every exported form, with file sizes and accuracy."""
         from adapt.report import latency_table, read_report
 
-        report = read_report(run_dir)
+        report = read_report(run_dir)  # a damaged report.json is named
         if not report.get("latency_ms"):
             raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
         click.echo(latency_table(report))
@@ -217,6 +246,7 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         """Predict labels with RUN_DIR's model for INPUTS: texts, sentences (NER,
         split on spaces) or image paths, by the run's task. One JSON line each."""
         if use_onnx:
+            from adapt.onnx_predict import PredictError
             from adapt.onnx_predict import predict as predict_onnx
             from adapt.report import read_report
 
@@ -225,8 +255,8 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
                 raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
             try:
                 rows = predict_onnx(model_file or run_dir / deployable, inputs)
-            except FileNotFoundError as exc:
-                raise AdaptError(str(exc)) from None
+            except PredictError as exc:
+                raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
         else:
             from adapt.pipeline import predict_command as predict
 

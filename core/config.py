@@ -9,22 +9,40 @@ given and what is allowed.
 
 from __future__ import annotations
 
+import codecs
 import difflib
+import reprlib
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictBool, ValidationError, model_validator
 
 from adapt.errors import ConfigError
 
 STARTER_CONFIG = "starter.yaml"
+#: A config expands to at most this many values (keys, items, scalars) and this
+#: depth: YAML aliases can make a few hundred bytes expand to billions ("billion laughs").
+MAX_VALUES = 20_000
+MAX_DEPTH = 40
+
+
+def _not_a_bool(value: Any) -> Any:
+    # pydantic's lax mode reads `epochs: true` as 1; a number key wants a number.
+    if isinstance(value, bool):
+        raise ValueError("a number is required, not true/false")
+    return value
+
+
+#: Integers and floats of the config: true/false are refused, and so are .inf and .nan (allow_inf_nan below).
+Int = Annotated[int, BeforeValidator(_not_a_bool)]
+Float = Annotated[float, BeforeValidator(_not_a_bool)]
 
 
 class _Section(BaseModel):
     # Unknown keys are errors, never silently ignored: a typo must not change a run.
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class BackboneConfig(_Section):
@@ -40,9 +58,9 @@ class MethodConfig(_Section):
 
 
 class SplitConfig(_Section):
-    val: float = Field(0.1, ge=0, lt=1, description="fraction of the data held out for validation")
-    test: float = Field(0.1, ge=0, lt=1, description="fraction of the data held out for testing")
-    seed: int = Field(0, description="seed of the shuffle before splitting")
+    val: Float = Field(0.1, ge=0, lt=1, description="fraction of the data held out for validation")
+    test: Float = Field(0.1, ge=0, lt=1, description="fraction of the data held out for testing")
+    seed: Int = Field(0, description="seed of the shuffle before splitting")
 
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
@@ -60,7 +78,7 @@ class DataConfig(_Section):
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 
 
-Switch = bool | Literal["auto"]
+Switch = StrictBool | Literal["auto"]
 
 
 class FastConfig(_Section):
@@ -75,32 +93,39 @@ class FastConfig(_Section):
 
 
 class TrainConfig(_Section):
-    epochs: int = Field(3, ge=1, description="passes over the training data")
-    batch_size: int = Field(16, ge=1, description="examples per step on each process")
-    lr: float = Field(5.0e-4, gt=0, description="peak learning rate")
+    epochs: Int = Field(3, ge=1, description="passes over the training data")
+    batch_size: Int = Field(16, ge=1, description="examples per step on each process")
+    lr: Float = Field(5.0e-4, gt=0, description="peak learning rate")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    seed: int = 0
-    grad_accum: int = Field(1, ge=1, description="batches per optimiser step")
-    max_grad_norm: float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
-    warmup: float = Field(0.06, ge=0, lt=1, description="fraction of the steps with a rising learning rate")
-    weight_decay: float = Field(0.01, ge=0)
-    patience: int = Field(0, ge=0, description="stop after this many epochs without a better validation metric; 0 never stops early")
-    checkpoint_every: int = Field(50, ge=0, description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only")
-    eval_batch_size: int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
-    workers: int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
+    seed: Int = 0
+    grad_accum: Int = Field(1, ge=1, description="batches per optimiser step")
+    max_grad_norm: Float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
+    warmup: Float = Field(0.06, ge=0, lt=1, description="fraction of the steps with a rising learning rate")
+    weight_decay: Float = Field(0.01, ge=0)
+    patience: Int = Field(0, ge=0, description="stop after this many epochs without a better validation metric; 0 never stops early")
+    checkpoint_every: Int = Field(50, ge=0, description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only")
+    eval_batch_size: Int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
+    workers: Int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
     fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
 
 
 class ExportConfig(_Section):
     formats: list[str] = Field(default_factory=lambda: ["onnx"], description="registered exporters to run after the merge")
     quantize: Literal["int8", "none"] = "int8"
-    mobile: bool = True
-    max_accuracy_drop: float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
-    parity_tolerance: float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
-    latency_runs: int = Field(30, ge=1, description="timed runs per form for the latency figures")
-    latency_batch: int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")
+    mobile: StrictBool = True
+    max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
+    parity_tolerance: Float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
+    latency_runs: Int = Field(30, ge=1, description="timed runs per form for the latency figures")
+    latency_batch: Int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options per exporter, e.g. {onnx: {opset: 17}}")
+
+
+class MergeConfig(_Section):
+    tolerance: Float = Field(
+        1e-4, gt=0,
+        description="largest max abs logit difference of the merged model from the adapted one, over max(1, largest logit); beyond it (or with NaN/Inf) the run fails",
+    )
 
 
 class RunConfig(_Section):
@@ -110,6 +135,7 @@ class RunConfig(_Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig
     train: TrainConfig = Field(default_factory=TrainConfig)
+    merge: MergeConfig = Field(default_factory=MergeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
     output_dir: str = "runs"
 
@@ -122,31 +148,99 @@ def starter_text() -> str:
     return resources.files("adapt").joinpath(STARTER_CONFIG).read_text(encoding="utf-8")
 
 
+#: Byte-order marks of encodings a config is sometimes saved in by mistake (longest first).
+_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a config file into a dict, with the line and column of any syntax error."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         raise ConfigError(f"config file not found: {path}", hint="check the path, or run `adapt init` to write a starter config") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc}") from None
-    return parse_yaml(text, str(path))
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    return parse_yaml(decode_config(raw, str(path)), str(path))
+
+
+def decode_config(raw: bytes, origin: str) -> str:
+    """The text of a config file, which must be UTF-8 (a UTF-8 byte-order mark is fine)."""
+    for bom, encoding in _BOMS:
+        if raw.startswith(bom):
+            raise ConfigError(f"{origin} is encoded as {encoding} (it starts with a {encoding} byte-order mark); a config must be UTF-8", hint="save it as UTF-8 (in most editors: Save As, encoding UTF-8)")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise ConfigError(f"{origin} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} cannot be decoded", hint="save it as UTF-8") from None
+
+
+class ConfigLoader(yaml.SafeLoader):
+    """``yaml.safe_load`` that refuses a key given twice in one mapping (YAML would keep the last silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, _ in node.value:
+            if isinstance(key_node, yaml.ScalarNode) and key_node.tag != "tag:yaml.org,2002:merge":
+                key = (key_node.tag, key_node.value)
+                line = key_node.start_mark.line + 1
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"key `{key_node.value}` is given twice, at line {seen[key]} and at line {line}", key_node.start_mark)
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML with :class:`ConfigLoader`, then check its expanded size."""
+    return yaml.load(text, Loader=ConfigLoader)  # noqa: S506 - ConfigLoader is a SafeLoader
+
+
+def check_size(data: Any, origin: str) -> None:
+    """Refuse data that expands beyond :data:`MAX_VALUES` values or :data:`MAX_DEPTH` levels.
+    Aliases are shared, not copied, by the YAML loader, so loading stays cheap; this
+    walk stops at the limit, so a "billion laughs" config is refused in bounded time."""
+    count, stack = 0, [(data, 0)]
+    while stack:
+        item, depth = stack.pop()
+        count += 1
+        if count > MAX_VALUES or depth > MAX_DEPTH:
+            what = f"more than {MAX_VALUES:,} values (a run config has a few dozen)" if count > MAX_VALUES else f"more than {MAX_DEPTH} levels of nesting (a run config has four)"
+            raise ConfigError(f"{origin} expands to {what}", hint="remove YAML aliases (*name) that repeat large parts, and self-references")
+        if isinstance(item, dict):
+            stack.extend((x, depth + 1) for pair in item.items() for x in pair)
+        elif isinstance(item, list):
+            stack.extend((x, depth + 1) for x in item)
 
 
 def parse_yaml(text: str, origin: str) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{origin} is not valid YAML{where}: {exc.problem}", hint="fix the syntax there (indentation, a missing colon or quote)") from None
+        twice = "given twice" in str(exc.problem)
+        raise ConfigError(f"{origin} is not valid YAML{where}: {exc.problem}", hint="keep one of the two" if twice else "fix the syntax there (indentation, a missing colon or quote)") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin} is not valid YAML: {exc}") from None
+        raise ConfigError(f"{origin} is not valid YAML: {_short(str(exc))}") from None
+    except RecursionError:
+        raise ConfigError(f"{origin} is nested too deeply to read", hint="a run config has a few levels; remove the nesting") from None
     if data is None:
         raise ConfigError(f"{origin} is empty", hint="run `adapt init` to write a starter config")
     if not isinstance(data, dict):
         raise ConfigError(f"{origin} must be a mapping of keys (task:, backbone:, ...), got a {type(data).__name__}")
+    check_size(data, origin)
     return data
+
+
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 80
+_REPR.maxlist = _REPR.maxdict = _REPR.maxtuple = 6
+_REPR.maxlevel = 3
+
+
+def _short(value: Any) -> str:
+    """A value as it can appear in an error message: at most a line."""
+    return _REPR.repr(value) if not isinstance(value, str) or len(value) > 80 else value
 
 
 def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -157,8 +251,8 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         if not sep or not all(p.strip() for p in parts):
             raise ConfigError(f"--set {item!r} is not of the form key.path=value", hint="for example --set train.epochs=5")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError:
+            value = load_yaml(raw) if raw.strip() else ""
+        except (yaml.YAMLError, RecursionError):
             value = raw
         node = data
         for depth, part in enumerate(parts[:-1]):
@@ -172,6 +266,7 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
 
 def validate_config(data: dict[str, Any]) -> RunConfig:
     """Check the shape of a config dict; every problem found is listed in one ConfigError."""
+    check_size(data, "the config")
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
@@ -200,7 +295,7 @@ def format_errors(exc: ValidationError, model: type[BaseModel], prefix: str = ""
         elif kind == "missing":
             line = f"missing key `{path}`" + _describe(model, loc)
         elif loc:
-            line = f"`{path}` = {error['input']!r}: {_lower_first(error['msg'])}"
+            line = f"`{path}` = {_REPR.repr(error['input'])}: {_lower_first(error['msg'])}"
         else:
             line = _lower_first(error["msg"])
         lines.append(line)
@@ -230,4 +325,5 @@ def _describe(model: type[BaseModel], loc: list[str]) -> str:
 
 
 def _lower_first(text: str) -> str:
+    text = text.removeprefix("Value error, ")  # pydantic's prefix for a validator's own message
     return text[:1].lower() + text[1:]

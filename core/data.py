@@ -111,4 +111,7 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
             encoded[name] = [task.encode(e, index) for e in examples]
         except DataError as exc:
             raise DataError(f"{name} split: {exc.message}", hint=exc.hint) from None
+    if len(label_names) < 2:
+        found = f"only the label {label_names[0]!r}" if label_names else "no labels"
+        raise DataError(f"the training data of data source {source.name!r} holds {found}: a classifier needs at least two", hint="check data.label_column (or the label folders), or add examples of the other classes")
     return Splits(encoded["train"], encoded["val"], encoded["test"], label_names, list(request.skipped))

@@ -46,6 +46,10 @@ class RunDirError(AdaptError):
     """The run directory is in a state the command cannot work with."""
 
 
+class MergeError(AdaptError):
+    """The merged model does not reproduce the adapted one: the method's merge is wrong."""
+
+
 class ExportError(AdaptError):
     """The model could not be exported, or the exported file does not reproduce it."""
 

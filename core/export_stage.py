@@ -12,6 +12,7 @@ CPU latency at batch 1 is measured next to PyTorch eager.
 
 from __future__ import annotations
 
+import math
 import shutil
 import statistics
 import time
@@ -81,9 +82,11 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 
 
 #: What the export stage writes into the report (besides the exported forms' metrics and parity).
-EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch")
+EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "rejected_export")
 #: Entries of ``metrics`` / ``parity`` that the merge stage writes; all others are exported forms'.
 MODEL_ENTRIES = ("adapted", "merged")
+#: Where an export that failed its parity check is kept for inspection (the previous export stays in place).
+REJECTED_DIR = "export.rejected"
 
 
 def forget_export(report: dict[str, Any]) -> None:
@@ -98,118 +101,170 @@ def forget_export(report: dict[str, Any]) -> None:
 def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str, Any], host: Any) -> None:
     """Export, verify, derive and time every configured format; fill ``report``.
 
-    A previous export's entries are dropped from ``report`` and the report is written
-    before the export folder is rewritten, so a run killed meanwhile leaves a report that
-    sends ``adapt predict --onnx`` to ``adapt export``, never to a half-written file, and
-    a re-export never keeps figures of forms it no longer makes.
+    The new export is written into a folder beside ``export/`` and swapped in whole
+    once every form has passed its checks, so a run killed meanwhile (or a full disk,
+    or a failed check) leaves the previous export and the report that names it as
+    they were. An export that fails its parity check is kept in ``export.rejected/``.
     ``merged`` is the merged model's test-split evaluation (logits kept), the reference."""
-    import numpy as np
-    import torch
-
     from adapt.errors import ExportError
-    from adapt.parity import compare
+    from adapt.report import write_report
+    from adapt.rundir import remove, staged_folder, swap_in
 
-    plan, built, cfg = session.plan, session.built, session.config.export
-    if not plan.exporters:
+    if not session.plan.exporters:
         return
     run_dir = session.run.path
     out = run_dir / EXPORT_DIR
-    from adapt.report import write_report
+    with staged_folder(out) as staging:
+        job = _ExportJob(session, merged_model, merged, staging)
+        try:
+            job.run()
+        except ExportError as exc:
+            remove(run_dir / REJECTED_DIR)
+            staging.rename(run_dir / REJECTED_DIR)
+            report["rejected_export"] = {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}
+            raise
+        forget_export(report)
+        write_report(run_dir, report)  # for the instant of the swap, the report names no export file
+        swap_in(staging, out)
+        remove(run_dir / REJECTED_DIR)
+    for key in ("metrics", "parity"):
+        report.setdefault(key, {}).update(job.new.pop(key))
+    report.update(job.new)
+    for path, kind in job.artifacts:
+        host.call("adapt_artifact_exported", run_dir=run_dir, path=out / path.relative_to(staging), kind=kind)
 
-    forget_export(report)
-    write_report(run_dir, report)
-    shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True)
-    threads = torch.get_num_threads()
-    io = plan.backbone.onnx_io(built)
-    batch_size = session.config.train.eval_batch_size or 2 * session.config.train.batch_size
-    task, labels = plan.task, session.label_names
 
-    def batches(examples: list) -> list[dict[str, Any]]:
-        return [session.collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
+class _ExportJob:
+    """One export into ``staging``: every form made, verified against the merged model,
+    scored and timed; the report entries collect in ``new`` with their final paths."""
 
-    test_batches = batches(session.splits.test)
-    val_batches = batches(session.splits.val) or test_batches
-    numpy_inputs = lambda batch: {n: batch[n].numpy() for n in io.input_names}  # noqa: E731
+    def __init__(self, session: Any, merged_model: Any, merged: Any, staging: Path) -> None:
+        import torch
 
-    def run_file(exporter: Any, path: Path, data: list[dict[str, Any]]) -> tuple[dict[str, float], list[torch.Tensor], list[Any]]:
-        runner = exporter.load(path, threads)
-        predictions, references, logits = [], [], []
+        self.session, self.merged_model, self.merged, self.staging = session, merged_model, merged, staging
+        self.plan, self.cfg = session.plan, session.config.export
+        self.threads = torch.get_num_threads()
+        self.io = self.plan.backbone.onnx_io(session.built)
+        batch_size = session.config.train.eval_batch_size or 2 * session.config.train.batch_size
+        self.test_batches = self._batches(session.splits.test, batch_size)
+        self.val_batches = self._batches(session.splits.val, batch_size) or self.test_batches
+        self.one = session.collate(session.splits.test[:1])
+        self.many = session.collate(session.splits.test[: self.cfg.latency_batch]) if self.cfg.latency_batch > 1 else None
+        self.new: dict[str, Any] = {"metrics": {}, "parity": {}, "forms": {}, "export": {}, "latency_ms": {}}
+        self.artifacts: list[tuple[Path, str]] = []
+
+    def _batches(self, examples: list, size: int) -> list[dict[str, Any]]:
+        return [self.session.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
+
+    def _feed(self, batch: dict[str, Any]) -> dict[str, Any]:
+        return {n: batch[n].numpy() for n in self.io.input_names}
+
+    def final_name(self, path: Path) -> str:
+        """A staged file's path relative to the run directory once export/ is swapped in."""
+        return (Path(EXPORT_DIR) / path.relative_to(self.staging)).as_posix()
+
+    def run_file(self, exporter: Any, path: Path, data: list[dict[str, Any]]) -> tuple[dict[str, float], list[Any], list[Any]]:
+        """The task's metrics, the logits and the predictions of an exported file on ``data``."""
+        import numpy as np
+        import torch
+
+        runner = exporter.load(path, self.threads)
+        task, predictions, references, logits = self.plan.task, [], [], []
         for batch in data:
-            out_logits = torch.from_numpy(np.asarray(runner(numpy_inputs(batch)), dtype=np.float32))
+            out_logits = torch.from_numpy(np.asarray(runner(self._feed(batch)), dtype=np.float32))
             pred, ref = task.decode(out_logits, batch["labels"])
             predictions += pred
             references += ref
             logits.append(out_logits)
-        return task.metrics(predictions, references, labels), logits, predictions
+        return task.metrics(predictions, references, self.session.label_names), logits, predictions
 
-    def latency_of(fn: Callable[[], Any]) -> dict[str, float]:
-        return {**measure(fn, cfg.latency_runs), "threads": threads}
+    def latency(self, fn: Callable[[], Any]) -> dict[str, float]:
+        return {**measure(fn, self.cfg.latency_runs), "threads": self.threads}
 
-    def time_runner(runner: Callable[[dict[str, Any]], Any], batch: dict[str, Any]) -> dict[str, float]:
-        feed = {n: batch[n].numpy() for n in io.input_names}
-        return latency_of(lambda: runner(feed))
+    def time_runner(self, runner: Callable[[dict[str, Any]], Any], batch: dict[str, Any]) -> dict[str, float]:
+        feed = self._feed(batch)
+        return self.latency(lambda: runner(feed))
 
-    one = session.collate(session.splits.test[:1])
-    one_inputs = {n: one[n] for n in io.input_names}
-    many = session.collate(session.splits.test[: cfg.latency_batch]) if cfg.latency_batch > 1 else None
-    merged_model.eval()
-    with torch.no_grad():
-        report.setdefault("latency_ms", {})["pytorch"] = latency_of(lambda: merged_model(**one_inputs))
-        if many is not None:
-            report["latency_ms_batch"] = {"batch": len(session.splits.test[: cfg.latency_batch]), "pytorch": latency_of(lambda: merged_model(**{n: many[n] for n in io.input_names}))}
+    def run(self) -> None:
+        import torch
 
-    save = getattr(plan.backbone, "save_preprocessing", None)
-    if callable(save):
+        model, names = self.merged_model.eval(), self.io.input_names
+        with torch.no_grad():
+            self.new["latency_ms"]["pytorch"] = self.latency(lambda: model(**{n: self.one[n] for n in names}))
+            if self.many is not None:
+                self.new["latency_ms_batch"] = {"batch": len(self.many["labels"]), "pytorch": self.latency(lambda: model(**{n: self.many[n] for n in names}))}
+        self.write_preprocessing()
+        for exporter in self.plan.exporters:
+            self.export_one(exporter)
+
+    def write_preprocessing(self) -> None:
+        """``preprocess.json`` and the standalone ``predict.py``, where the backbone can describe its preprocessing."""
+        save = getattr(self.plan.backbone, "save_preprocessing", None)
+        if not callable(save):
+            return
+        from adapt import onnx_predict
         from adapt.rundir import atomic_write_json
 
-        atomic_write_json(out / PREPROCESS_FILE, {**save(built, plan.backbone_options, out), "labels": labels, "task": session.config.task})
-        from adapt import onnx_predict
+        built, session = self.session.built, self.session
+        atomic_write_json(self.staging / PREPROCESS_FILE, {**save(built, self.plan.backbone_options, self.staging), "labels": session.label_names, "task": session.config.task})
+        shutil.copyfile(onnx_predict.__file__, self.staging / "predict.py")  # the standalone predictor a device runs
 
-        shutil.copyfile(onnx_predict.__file__, out / "predict.py")  # the standalone predictor a device runs
-    report["export"] = {}
-    for exporter in plan.exporters:
-        path = exporter.export(merged_model, plan.backbone.example_inputs(built, 2), io, out / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
-        host.call("adapt_artifact_exported", run_dir=run_dir, path=path, kind=exporter.name)
-        forms = [Form(exporter.name, path)]
-        details: dict[str, Any] = {}
-        deployable = path
+    def export_one(self, exporter: Any) -> None:
+        plan, built = self.plan, self.session.built
+        path = exporter.export(self.merged_model, plan.backbone.example_inputs(built, 2), self.io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
+        self.artifacts.append((path, exporter.name))
+        forms, details, deployable = [Form(exporter.name, path)], {}, path
         derive = getattr(exporter, "derive", None)
         if callable(derive):
-            def score(candidate: Path, exporter: Any = exporter) -> float:
-                return run_file(exporter, candidate, val_batches)[0].get(task.primary_metric, 0.0)
-
-            def file_latency(candidate: Path, exporter: Any = exporter) -> dict[str, float]:
-                return time_runner(exporter.load(candidate, threads), one)
-
-            calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in io.input_names} for e in session.splits.train[:400]]
-            hints = getattr(plan.backbone, "onnx_optimizer_options", None)
-            ctx = DeriveContext(out, hints(built) if callable(hints) else {}, cfg.quantize, cfg.mobile, cfg.max_accuracy_drop, calibration, score, file_latency, plan.exporter_options.get(exporter.name))
-            derived = derive(path, ctx)
+            derived = derive(path, self.derive_context(exporter))
             forms += derived.forms
             deployable = derived.deployable
             details = {"attempts": derived.attempts, "notes": derived.notes, **derived.info}
+        self.new["export"][exporter.name] = details
         for form in forms:
-            report.setdefault("forms", {})[form.name] = form.path.relative_to(run_dir).as_posix()
-            if not form.runnable:
-                continue
-            metrics, logits, predictions = run_file(exporter, form.path, test_batches)
-            parity = compare(merged.logits, logits, merged.predictions, predictions)
-            report.setdefault("metrics", {})[form.name] = {k: round(v, 6) for k, v in metrics.items()}
-            report.setdefault("parity", {})[form.name] = {"max_abs_diff": parity.max_abs_diff, "label_agreement": parity.label_agreement, "examples": parity.examples}
-            runner = exporter.load(form.path, threads)
-            report["latency_ms"][form.name] = time_runner(runner, one)
-            if many is not None:
-                report["latency_ms_batch"][form.name] = time_runner(runner, many)
-            if form.exact and parity.max_abs_diff > cfg.parity_tolerance:
-                report["export"][exporter.name] = details
-                raise ExportError(
-                    f"{form.path.name} does not reproduce the merged model: max abs difference {parity.max_abs_diff:.3g} > export.parity_tolerance {cfg.parity_tolerance}",
-                    hint="the file is kept for inspection; raise export.parity_tolerance only if that difference is acceptable",
-                )
-        report["export"][exporter.name] = details
-        report["deployable"] = deployable.relative_to(run_dir).as_posix()
-        session.say(f"export: {exporter.name}: " + ", ".join(f"{f.name} {_short(report['metrics'].get(f.name, {}), task.primary_metric)}" for f in forms if f.runnable) + f"; deployable {report['deployable']}")
+            self.new["forms"][form.name] = self.final_name(form.path)
+            if form.runnable:
+                self.verify(exporter, form)
+        self.new["deployable"] = self.final_name(deployable)
+        primary = plan.task.primary_metric
+        self.session.say(f"export: {exporter.name}: " + ", ".join(f"{f.name} {_short(self.new['metrics'].get(f.name, {}), primary)}" for f in forms if f.runnable) + f"; deployable {self.new['deployable']}")
+
+    def derive_context(self, exporter: Any) -> DeriveContext:
+        session, cfg, names = self.session, self.cfg, self.io.input_names
+
+        def score(candidate: Path) -> float:
+            return self.run_file(exporter, candidate, self.val_batches)[0].get(self.plan.task.primary_metric, 0.0)
+
+        def file_latency(candidate: Path) -> dict[str, float]:
+            return self.time_runner(exporter.load(candidate, self.threads), self.one)
+
+        calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
+        hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
+        model_info = hints(session.built) if callable(hints) else {}
+        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, cfg.max_accuracy_drop, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name))
+
+    def verify(self, exporter: Any, form: Form) -> None:
+        """Test metrics, parity with the merged model and latency of one form. An exact
+        form must match within ``export.parity_tolerance``; every form must hold finite logits."""
+        from adapt.errors import ExportError
+        from adapt.parity import compare, report_entry, verdict
+
+        metrics, logits, predictions = self.run_file(exporter, form.path, self.test_batches)
+        parity = compare(self.merged.logits, logits, self.merged.predictions, predictions)
+        bound = self.cfg.parity_tolerance if form.exact else None
+        problem = verdict(parity, bound, reference="the merged model", candidate=form.path.name)
+        self.new["metrics"][form.name] = {k: round(v, 6) if math.isfinite(v) else v for k, v in metrics.items()}
+        self.new["parity"][form.name] = report_entry(parity, bound, verified=not problem)
+        if problem:
+            owner = self.plan.owners.get(f"exporter {exporter.name}", "its plugin")
+            raise ExportError(
+                f"{form.path.name} (exporter {exporter.name!r}, {owner}) does not reproduce the merged model: {problem}",
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; raise export.parity_tolerance only if that difference is acceptable",
+            )
+        runner = exporter.load(form.path, self.threads)
+        self.new["latency_ms"][form.name] = self.time_runner(runner, self.one)
+        if self.many is not None:
+            self.new["latency_ms_batch"][form.name] = self.time_runner(runner, self.many)
 
 
 def _short(metrics: dict[str, float], primary: str) -> str:

@@ -8,12 +8,15 @@ passed to :func:`make_host`.
 
 from __future__ import annotations
 
+import contextvars
+import functools
 import importlib.metadata as metadata
+import inspect
 import os
 import sys
 import types
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 import pluggy
 
@@ -25,6 +28,9 @@ from adapt.registry import Registry
 DISTRIBUTION = "adapt-edge"
 #: Set to 1 to load only the built-in plugins (third-party entry points are ignored).
 AUTOLOAD_ENV = "ADAPT_DISABLE_PLUGIN_AUTOLOAD"
+
+#: The plugin whose hook implementation is running (for error messages and registry owners).
+_RUNNING: contextvars.ContextVar[str] = contextvars.ContextVar("adapt_running_plugin", default="")
 
 #: registration hook -> the host attribute holding its registry.
 REGISTRATION_HOOKS = {
@@ -81,6 +87,7 @@ class Host:
         try:
             self.pm.register(plugin, name=name)
             self.pm.check_pending()
+            self._attribute(plugin, name)
         except pluggy.PluginValidationError as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
@@ -158,37 +165,69 @@ class Host:
         for hook_name, attr in REGISTRATION_HOOKS.items():
             registry: Registry[Any] = Registry(attr[:-1].replace("_", " "))
             registry.broken_plugins = self.broken
-            for plugin_name, impl in self._impls(hook_name):
-                self._call_impl(hook_name, plugin_name, impl, {"register": lambda obj, p=plugin_name, r=registry: r.add(obj, p)})
+            self.call(hook_name, register=lambda obj, r=registry: r.add(obj, _RUNNING.get()))
             registries[attr] = registry
         return registries
 
     # -- calling hooks --------------------------------------------------
 
     def call(self, hook_name: str, **kwargs: Any) -> list[Any]:
-        """Call a hook on every plugin, oldest registration first; a plugin that
-        raises is named in the error."""
-        return [self._call_impl(hook_name, name, impl, kwargs) for name, impl in self._impls(hook_name)]
+        """Call a hook the way pluggy does (``tryfirst``/``trylast`` order, wrappers and
+        old-style hookwrappers around the rest); return the implementations' non-None
+        results. A plugin that raises is named in the error."""
+        return getattr(self.pm.hook, hook_name)(**kwargs)
 
-    def _impls(self, hook_name: str) -> Iterable[tuple[str, pluggy.HookImpl]]:
-        # pluggy keeps implementations last-registered-first; we call in registration order.
-        for impl in getattr(self.pm.hook, hook_name).get_hookimpls():
-            yield impl.plugin_name, impl
+    def _attribute(self, plugin: object, plugin_name: str) -> None:
+        """Wrap each hook implementation of ``plugin`` so that, while it runs, the host
+        knows which plugin is running (``register`` callbacks record it as the owner)
+        and an exception it raises becomes a PluginError naming it. pluggy still
+        decides the order and drives the wrappers."""
+        for caller in self.pm.get_hookcallers(plugin) or []:
+            for impl in caller.get_hookimpls():
+                if impl.plugin is plugin:
+                    impl.function = self._attributed(impl.function, plugin_name, caller.name)
 
-    def _call_impl(self, hook_name: str, plugin_name: str, impl: pluggy.HookImpl, kwargs: dict[str, Any]) -> Any:
-        # pluggy passes an implementation only the arguments it names; so do we.
-        args = {name: kwargs[name] for name in impl.argnames}
-        try:
-            return impl.function(**args)
-        except AdaptError:
-            raise
-        except Exception as exc:
-            info = self.plugins.get(plugin_name)
-            where = f" (package {info.package} {info.version})" if info and info.package else ""
-            raise PluginError(
-                f"plugin {plugin_name!r}{where} raised in {hook_name}: {type(exc).__name__}: {exc}",
-                hint=f"this is a bug in that plugin; report it to its authors, or set {AUTOLOAD_ENV}=1 to run without third-party plugins",
-            ) from exc
+    def _attributed(self, function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
+        if inspect.isgeneratorfunction(function):  # a wrapper: runs around the inner implementations
+
+            @functools.wraps(function)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                token = _RUNNING.set(plugin_name)
+                try:
+                    return (yield from function(*args, **kwargs))
+                except AdaptError:
+                    raise  # already names its plugin, or is a user error
+                except Exception as exc:
+                    raise self._failure(plugin_name, hook_name, exc) from exc
+                finally:
+                    _RUNNING.reset(token)
+
+            return wrapper
+
+        @functools.wraps(function)
+        def call(*args: Any, **kwargs: Any) -> Any:
+            token = _RUNNING.set(plugin_name)
+            try:
+                return function(*args, **kwargs)
+            except AdaptError:
+                raise
+            except Exception as exc:
+                raise self._failure(plugin_name, hook_name, exc) from exc
+            finally:
+                _RUNNING.reset(token)
+
+        return call
+
+    def _failure(self, plugin_name: str, hook_name: str, exc: Exception) -> PluginError:
+        return PluginError(
+            f"{self.describe(plugin_name)} raised in {hook_name}: {type(exc).__name__}: {exc}",
+            hint=f"this is a bug in that plugin; report it to its authors, or set {AUTOLOAD_ENV}=1 to run without third-party plugins",
+        )
+
+    def describe(self, plugin_name: str) -> str:
+        """``plugin 'lora' (package adapt-edge 0.1.0)``, for messages that blame a plugin."""
+        info = self.plugins.get(plugin_name)
+        return f"plugin {plugin_name!r}" + (f" (package {info.package} {info.version})" if info and info.package else "")
 
 
 def _module_of(plugin: object) -> str:

@@ -75,15 +75,24 @@ class MergeResult:
     model: torch.nn.Module
     folded: bool
     note: str = ""
+    #: None for an exact merge. A method whose merge is approximate by design sets the
+    #: largest difference it promises, in the units of ``merge.tolerance`` (max abs
+    #: logit difference over max(1, largest logit)); the gate then uses it and the
+    #: report says the merge is approximate.
+    tolerance: float | None = None
 
 
 @dataclass
 class Parity:
-    """How closely an exported file reproduces the PyTorch model."""
+    """How closely one form of the model (merged, an exported file) reproduces another."""
 
     max_abs_diff: float
     label_agreement: float
     examples: int
+    #: The reference's largest absolute logit (the scale a relative tolerance uses).
+    scale: float = 0.0
+    #: Which side holds NaN or Inf: "", "reference", "candidate" or "both".
+    nonfinite: str = ""
 
 
 @dataclass

@@ -22,6 +22,12 @@ from typing import Any, Sequence
 
 PREPROCESS_FILE = "preprocess.json"
 RESAMPLING = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
+#: What preprocess.json must hold, by kind of input.
+REQUIRED_KEYS = {"image": ("kind", "labels", "input_size", "mean", "std"), "text": ("kind", "labels", "tokenizer", "max_length"), "tokens": ("kind", "labels", "tokenizer", "max_length")}
+
+
+class PredictError(Exception):
+    """A problem with the model file, preprocess.json or an input: one line for the user."""
 
 
 def _softmax(logits: Any) -> Any:
@@ -39,8 +45,13 @@ def prepare_image(path: str, spec: dict[str, Any]) -> Any:
 
     _, height, width = spec["input_size"]
     scale = int(round(height / spec.get("crop_pct", 1.0)))
-    with Image.open(path) as opened:
-        image = opened.convert("RGB")
+    try:
+        with Image.open(path) as opened:
+            image = opened.convert("RGB")
+    except FileNotFoundError:
+        raise PredictError(f"input image not found: {path}") from None
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise PredictError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc})") from None
     w, h = image.size
     if w <= h:
         size = (scale, max(1, int(round(h * scale / w))))
@@ -54,19 +65,59 @@ def prepare_image(path: str, spec: dict[str, Any]) -> Any:
     return array.transpose(2, 0, 1)[None]
 
 
-def predict(model_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """Label predictions for texts, whitespace-split sentences (NER) or image paths."""
-    import numpy as np
+def read_spec(spec_path: Path) -> dict[str, Any]:
+    """preprocess.json, checked for the keys its kind of input needs."""
+    again = "export the run again (adapt export RUN_DIR) to write it"
+    try:
+        spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PredictError(f"no {PREPROCESS_FILE} beside the model ({spec_path}): {again}") from None
+    except (OSError, ValueError) as exc:
+        raise PredictError(f"{spec_path} is damaged ({exc}): {again}") from None
+    kind = spec.get("kind") if isinstance(spec, dict) else None
+    if kind not in REQUIRED_KEYS:
+        raise PredictError(f"{spec_path} names no known kind of input (kind: {kind!r}; expected one of {', '.join(REQUIRED_KEYS)}): {again}")
+    missing = [k for k in REQUIRED_KEYS[kind] if k not in spec]
+    if missing:
+        raise PredictError(f"{spec_path} lacks {', '.join(missing)}: {again}")
+    return spec
+
+
+def open_session(model_path: Path) -> Any:
+    """An ONNX Runtime CPU session, or a PredictError saying why the file is not a model."""
     import onnxruntime as ort
 
+    if not model_path.is_file():
+        raise PredictError(f"model file not found: {model_path}")
+    if model_path.stat().st_size == 0:
+        raise PredictError(f"{model_path} is empty, not an ONNX model: export the run again (adapt export RUN_DIR)")
+    try:
+        return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for bad files
+        first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
+        raise PredictError(f"{model_path} cannot be loaded as an ONNX model (truncated, damaged or another format): {first}") from None
+
+
+def predict(model_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """Label predictions for texts, whitespace-split sentences (NER) or image paths;
+    PredictError for a file or an input that cannot be used."""
     spec_path = model_path.parent / PREPROCESS_FILE
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
-    if not spec_path.exists():
-        raise FileNotFoundError(f"no {PREPROCESS_FILE} beside {model_path}: export the run again (adapt export RUN_DIR) to write it")
-    spec = json.loads(spec_path.read_text(encoding="utf-8"))
+    spec = read_spec(spec_path)
+    session = open_session(model_path)
+    try:
+        return _predict(session, spec, spec_path, inputs)
+    except PredictError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model that does not fit its preprocess.json fails in many ways
+        raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {str(exc).strip()[:300]}): use the model file exported beside it") from None
+
+
+def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
+    import numpy as np
+
     labels = spec["labels"]
-    session = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     wanted = [i.name for i in session.get_inputs()]
     results = []
     if spec["kind"] == "image":
@@ -104,7 +155,12 @@ def main(argv: Sequence[str]) -> int:
     if len(argv) < 2:
         print("usage: python predict.py MODEL.onnx INPUT [INPUT ...]  (texts, sentences or image paths)", file=sys.stderr)
         return 2
-    for row in predict(Path(argv[0]), argv[1:]):
+    try:
+        rows = predict(Path(argv[0]), argv[1:])
+    except PredictError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for row in rows:
         print(json.dumps(row))
     return 0
 

@@ -27,7 +27,7 @@ from adapt.host import Host
 from adapt.interfaces import IGNORE_INDEX, BuiltModel
 from adapt.plan import Plan, make_plan
 from adapt.report import plot_curve, read_report, write_report
-from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json, hold_lock
+from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json, check_target, hold_lock, require_run
 
 LABELS_FILE = "labels.json"
 MERGED_DIR = "merged"
@@ -83,20 +83,35 @@ class Session:
             click.echo(text)
 
 
-def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, dist: distributed.Dist | None = None) -> Session:
-    """Load the data and build and adapt the model, seeded by ``train.seed``."""
+def read_labels(run_dir: Path) -> list[str] | None:
+    """The label names saved with a run (None if it has none yet); a damaged file is named."""
+    saved = run_dir / LABELS_FILE
+    if not saved.exists():
+        return None
+    try:
+        labels = json.loads(saved.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise RunDirError(f"{saved} is damaged: {exc}", hint="it holds the run's label names; restore it from a copy, or train the run again (adapt run CONFIG --overwrite)") from None
+    if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
+        raise RunDirError(f"{saved} is damaged: it should hold a list of label names", hint="restore it from a copy, or train the run again (adapt run CONFIG --overwrite)")
+    return labels
+
+
+def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, fresh: bool = False, dist: distributed.Dist | None = None) -> Session:
+    """Load the data and build and adapt the model, seeded by ``train.seed``.
+    ``fresh``: a new run, so labels saved at ``run`` (by a run it will replace) are not compared."""
     from adapt.engine import seed_everything
 
     dist = dist or distributed.Dist()
     seed_everything(plan.config.train.seed)
     splits = load_data(plan) if need_data else None
-    saved = run.path / LABELS_FILE
+    saved = None if fresh else read_labels(run.path)
     if splits is not None:
         labels = splits.label_names
-        if saved.exists() and json.loads(saved.read_text(encoding="utf-8")) != labels:
-            raise DataError(f"the data's labels differ from those saved in {saved}", hint="the data changed since this run was made; start a new run")
-    elif saved.exists():
-        labels = json.loads(saved.read_text(encoding="utf-8"))
+        if saved is not None and saved != labels:
+            raise DataError(f"the data's labels differ from those saved in {run.path / LABELS_FILE}", hint="the data changed since this run was made; start a new run")
+    elif saved is not None:
+        labels = saved
     else:
         raise RunDirError(f"{run.path} has no {LABELS_FILE}", hint="is it a run directory made by `adapt run`?")
     seed_everything(plan.config.train.seed)
@@ -108,7 +123,7 @@ def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, dist: distribute
 
 def base_report(session: Session) -> dict[str, Any]:
     config, splits = session.config, session.splits
-    report = read_report(session.run.path)
+    report = read_report(session.run.path, damaged_ok=True)
     report.update(
         name=config.name,
         task=config.task,
@@ -184,15 +199,39 @@ def evaluate_and_merge(session: Session, report: dict[str, Any]) -> tuple[Any, A
     report.setdefault("metrics", {})
     report["metrics"]["adapted"] = _clean(adapted.metrics)
     report["metrics"]["merged"] = _clean(merged_eval.metrics)
-    report.setdefault("parity", {})["merged"] = {"max_abs_diff": parity.max_abs_diff, "label_agreement": parity.label_agreement, "examples": parity.examples}
     report["merge"] = "folded" if merged.folded else "inline"
     report["merge_note"] = merged.note
+    gate_merge(session, merged, parity, report)
     if merged.folded:
         report["params"]["merged_total"] = sum(p.numel() for p in merged.model.parameters())
     save_merged(merged.model, session.built, session.run.path / MERGED_DIR, folded=merged.folded)
     primary = plan.task.primary_metric
-    session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {report['merge']}, max abs diff {parity.max_abs_diff:.2e}, label agreement {parity.label_agreement:.2%}")
+    session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {report['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff {parity.max_abs_diff:.2e} (allowed {report['parity']['merged']['bound']:.1e}), label agreement {parity.label_agreement:.2%}")
     return merged, merged_eval
+
+
+def gate_merge(session: Session, merged: Any, parity: Any, report: dict[str, Any]) -> None:
+    """Fail the run unless the merged model reproduces the adapted one: every logit
+    finite, and the max abs difference within ``merge.tolerance`` (or the method's
+    declared bound) times max(1, largest logit). The report records the check either way."""
+    from adapt.errors import MergeError
+    from adapt.parity import report_entry, verdict
+
+    declared = getattr(merged, "tolerance", None)
+    tolerance = session.config.merge.tolerance if declared is None else declared
+    bound = tolerance * max(1.0, parity.scale)
+    problem = verdict(parity, bound, reference="the adapted model", candidate="the merged model")
+    report.setdefault("parity", {})["merged"] = report_entry(parity, bound, verified=not problem)
+    report["merge_check"] = {"tolerance": tolerance, "approximate": declared is not None, "logit_scale": parity.scale, "verified": not problem}
+    if not problem:
+        return
+    method = f"method {session.config.method.name!r} ({session.plan.owners.get('method', 'its plugin')})"
+    if parity.nonfinite == "reference":
+        raise MergeError(f"the merge cannot be checked: {problem} on the test split", hint="training produced a broken model; lower train.lr or use train.precision: fp32, and train again")
+    raise MergeError(
+        f"{method}: the merged model does not reproduce the adapted one: {problem} ({report['merge']} merge, {parity.examples} test examples); merged/ was not written",
+        hint="the merge of that method is wrong: report it to the plugin's authors. If the method is approximate by design it must say so (MergeResult.tolerance); raise merge.tolerance only if that difference is acceptable",
+    )
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
@@ -226,21 +265,43 @@ def save_merged(model: Any, built: BuiltModel, folder: Path, *, folded: bool) ->
 # -- commands -------------------------------------------------------------------
 
 
-def open_run_dir(config: RunConfig, *, overwrite: bool, resume: bool, dist: distributed.Dist) -> RunDir:
-    """The run directory for a new run, or the existing one to resume."""
+def check_resumable(config: RunConfig, path: Path) -> None:
+    """A run can be continued only with the config it was started with."""
+    before = load_config(path / CONFIG_FILE).model_dump(mode="json")
+    now = config.model_dump(mode="json")
+    changed = [k for k in _flat_keys(now) if _get(before, k) != _get(now, k)]
+    if changed:
+        raise RunDirError(f"cannot resume {path}: the config differs from the saved one at {', '.join(changed[:5])}", hint="resume with the same config (or `adapt train RUN_DIR`), or start over with --overwrite")
+
+
+def inputs_inside(config: RunConfig, path: Path) -> list[str]:
+    """Config keys whose files lie inside the run directory ``path`` (which --overwrite would replace)."""
+    from adapt.paths import is_package_path
+
+    root = path.resolve()
+    found = []
+    for key, value in (("data.path", config.data.path), ("backbone.checkpoint", config.backbone.checkpoint)):
+        if value and not is_package_path(value) and Path(value).expanduser().exists() and Path(value).expanduser().resolve().is_relative_to(root):
+            found.append(f"{key} ({value})")
+    return found
+
+
+def check_run_target(config: RunConfig, *, overwrite: bool, resume: bool) -> bool:
+    """Before anything is loaded or written: may this run use its directory? Returns
+    True when it starts afresh (False: it continues the run found there)."""
     path = config.run_dir()
-    saved = path / CONFIG_FILE
-    if resume and saved.exists():
-        before = load_config(saved).model_dump(mode="json")
-        now = config.model_dump(mode="json")
-        changed = [k for k in _flat_keys(now) if _get(before, k) != _get(now, k)]
-        if changed:
-            raise RunDirError(f"cannot resume {path}: the config differs from the saved one at {', '.join(changed[:5])}", hint="resume with the same config (or `adapt train RUN_DIR`), or start over with --overwrite")
-        return RunDir(path)
-    if dist.main:
-        RunDir.create(path, overwrite=overwrite)
-    distributed.barrier(dist)
-    return RunDir(path)
+    found = check_target(path)  # refuses links and folders adapt did not make
+    if found == "new":
+        return True
+    if resume and (path / CONFIG_FILE).exists():
+        check_resumable(config, path)
+        return False
+    if not overwrite:
+        raise RunDirError(f"run directory {path} already holds a run", hint="choose another name (--set name=...), continue it with --resume, or pass --overwrite to replace it")
+    inside = inputs_inside(config, path)
+    if inside:
+        raise RunDirError(f"{', '.join(inside)} lies inside {path}, which --overwrite would replace", hint="move the data or checkpoint out of the run directory, or give the new run another name (--set name=...)")
+    return True
 
 
 def _flat_keys(data: dict[str, Any], prefix: str = "") -> list[str]:
@@ -257,30 +318,43 @@ def _get(data: dict[str, Any], key: str) -> Any:
 
 
 def run_pipeline(plan: Plan, host: Host, *, overwrite: bool = False, resume: bool = False) -> Path:
-    """Run every stage of ``plan``; return the run directory (locked while this process writes it)."""
+    """Run every stage of ``plan``; return the run directory (locked while this process writes it).
+    An existing run is replaced only once the new run's data and model have loaded."""
     config = plan.config
     dist = distributed.from_environment()
+    fresh = check_run_target(config, overwrite=overwrite, resume=resume) if dist.main else not resume
     with hold_lock(config.run_dir()) if dist.main else contextlib.nullcontext():
-        return _run_stages(plan, host, dist, overwrite=overwrite, resume=resume)
+        return _run_stages(plan, host, dist, fresh=fresh, resume=resume)
 
 
-def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, overwrite: bool, resume: bool) -> Path:
+def _start_run(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool) -> Session:
+    """Load data and model (checking both), and only then make (or replace) the run directory."""
+    config = plan.config
+    path = config.run_dir()
+    session = prepare(plan, RunDir(path), fresh=fresh, dist=dist)
+    if dist.main:
+        if fresh:
+            run = RunDir.create(path, overwrite=True)  # check_run_target allowed it; deletes only what adapt wrote
+            if run.kept:
+                click.echo(f"overwrite: kept {len(run.kept)} item(s) adapt did not write: {', '.join(run.kept[:10])}")
+            session.run = run
+        session.run.write_config(config.model_dump(mode="json"))
+        atomic_write_json(path / LABELS_FILE, session.label_names)
+        host.call("adapt_run_started", run_dir=path, config=config.model_dump(mode="json"))
+        click.echo(f"run directory: {path}")
+    distributed.barrier(dist)
+    return session
+
+
+def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, resume: bool) -> Path:
     from adapt.engine import resolve_device
 
     config = plan.config
     distributed.init(dist, resolve_device(config.train.device).type)
     try:
-        run = open_run_dir(config, overwrite=overwrite, resume=resume, dist=dist)
-        resolved = config.model_dump(mode="json")
-        if dist.main:
-            run.write_config(resolved)
-            host.call("adapt_run_started", run_dir=run.path, config=resolved)
-            click.echo(f"run directory: {run.path}")
-        session = prepare(plan, run, dist=dist)
-        splits = session.splits
+        session = _start_run(plan, host, dist, fresh=fresh)
+        run, splits = session.run, session.splits
         assert splits is not None
-        if dist.main:
-            atomic_write_json(run.path / LABELS_FILE, splits.label_names)
         session.say(f"load: {config.data.source} -> " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()) + f"; {len(splits.label_names)} labels" + (f"; skipped {len(splits.skipped)} unreadable item(s), e.g. {splits.skipped[0]}" if splits.skipped else ""))
         if session.built.new_parameters:
             session.say(f"load: not in the checkpoint, so trained under every method: {summarise(session.built.new_parameters)}")
@@ -291,9 +365,9 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, overwrite: bo
             write_report(run.path, report)
         train_stage(session, host, report, resume=resume)
         if dist.main:
-            merged, merged_eval = evaluate_and_merge(session, report)
-            write_report(run.path, report)
             try:
+                merged, merged_eval = evaluate_and_merge(session, report)
+                write_report(run.path, report)
                 export_stage(session, merged.model, merged_eval, report, host)
             finally:
                 write_report(run.path, report)
@@ -304,19 +378,23 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, overwrite: bo
         distributed.shutdown(dist)
 
 
-def plan_from_run(run_dir: Path, host: Host) -> Plan:
+def plan_from_run(run_dir: Path, host: Host, *, writing: bool = False) -> Plan:
+    """The plan saved in a run directory. ``writing``: the command will write there,
+    so it must be a run adapt made (not a link, not someone else's folder)."""
+    if writing:
+        require_run(run_dir)
     saved = run_dir / CONFIG_FILE
     if not saved.exists():
         raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
     return make_plan(load_config(saved), host)
 
 
-def restore(run_dir: Path, host: Host, *, need_data: bool = True) -> Session:
+def restore(run_dir: Path, host: Host, *, need_data: bool = True, writing: bool = False) -> Session:
     """The run's adapted model with its best adapter loaded."""
     from adapt.adapter_io import load_adapter
     from adapt.engine import ADAPTER_DIR
 
-    plan = plan_from_run(run_dir, host)
+    plan = plan_from_run(run_dir, host, writing=writing)
     session = prepare(plan, RunDir(run_dir), need_data=need_data)
     adapter = run_dir / ADAPTER_DIR
     if not adapter.exists():
@@ -327,7 +405,7 @@ def restore(run_dir: Path, host: Host, *, need_data: bool = True) -> Session:
 
 def train_command(run_dir: Path, host: Host) -> Path:
     """Continue (or start) training of an existing run directory, then evaluate and merge."""
-    return run_pipeline(plan_from_run(run_dir, host), host, resume=True)
+    return run_pipeline(plan_from_run(run_dir, host, writing=True), host, resume=True)
 
 
 def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
@@ -343,25 +421,29 @@ def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
 
 
 def merge_command(run_dir: Path, host: Host) -> dict[str, Any]:
+    require_run(run_dir)
     with hold_lock(run_dir):
-        session = restore(run_dir, host)
+        session = restore(run_dir, host, writing=True)
         report = base_report(session)
-        evaluate_and_merge(session, report)
-        write_report(run_dir, report)
+        try:
+            evaluate_and_merge(session, report)
+        finally:
+            write_report(run_dir, report)
         return report
 
 
 def export_command(run_dir: Path, host: Host) -> dict[str, Any]:
     """Merge again and re-export with the run's saved config."""
+    require_run(run_dir)
     with hold_lock(run_dir):
         return _export(run_dir, host)
 
 
 def _export(run_dir: Path, host: Host) -> dict[str, Any]:
-    session = restore(run_dir, host)
+    session = restore(run_dir, host, writing=True)
     report = base_report(session)
-    merged, merged_eval = evaluate_and_merge(session, report)
     try:
+        merged, merged_eval = evaluate_and_merge(session, report)
         export_stage(session, merged.model, merged_eval, report, host)
     finally:
         write_report(run_dir, report)

@@ -8,7 +8,7 @@ has been imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
@@ -34,6 +34,9 @@ class Plan:
     method_options: Any
     data_options: Any
     exporter_options: dict[str, Any]
+    #: Who provides each plugin object the run uses, for messages that blame one:
+    #: {"method": "plugin 'lora' (package adapt-edge 0.1.0)", ...}.
+    owners: dict[str, str] = field(default_factory=dict)
 
     def data_request(self) -> DataRequest:
         data = self.config.data
@@ -89,6 +92,11 @@ def make_plan(config: RunConfig, host: Host) -> Plan:
         method_options=validate_options(method, "method", config.method.options, "method.options"),
         data_options=validate_options(source, "data source", config.data.options, "data.options"),
         exporter_options=_exporter_options(exporters, config.export.options),
+        owners={
+            "backbone": host.describe(host.backbones.owner(backbone.name)),
+            "method": host.describe(host.methods.owner(method.name)),
+            **{f"exporter {e.name}": host.describe(host.exporters.owner(e.name)) for e in exporters},
+        },
     )
 
 

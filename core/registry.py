@@ -33,8 +33,9 @@ class Registry(Generic[T]):
                 hint=f"give the {self.kind} object a `name` class attribute",
             )
         if name in self._objects:
+            first, second = sorted([self._owners[name], plugin])  # pluggy's call order is not the user's business
             raise PluginError(
-                f"{self.kind} {name!r} is registered twice: by plugin {self._owners[name]!r} and by plugin {plugin!r}",
+                f"{self.kind} {name!r} is registered twice: by plugin {first!r} and by plugin {second!r}",
                 hint="uninstall one of the two packages, or rename one of the two objects",
             )
         self._objects[name] = obj

@@ -22,14 +22,23 @@ REPORT_MD = "report.md"
 CURVE_PNG = "training_curve.png"
 
 
-def read_report(run_dir: Path) -> dict[str, Any]:
+def read_report(run_dir: Path, *, damaged_ok: bool = False) -> dict[str, Any]:
+    """``report.json`` of a run ({} before the first stage wrote it). A damaged file is
+    an error naming it, unless ``damaged_ok`` (a stage that writes the report anew)."""
+    from adapt.errors import RunDirError
+
     path = run_dir / REPORT_JSON
     if not path.exists():
         return {}
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except ValueError:
-        return {}
+        report = json.loads(path.read_text(encoding="utf-8"))
+        if not isinstance(report, dict):
+            raise ValueError("it does not hold a JSON object")
+        return report
+    except (OSError, ValueError) as exc:
+        if damaged_ok:
+            return {}
+        raise RunDirError(f"{path} is damaged ({exc})", hint=f"`adapt export {run_dir}` writes it again") from None
 
 
 def list_files(run_dir: Path) -> dict[str, int]:
@@ -37,7 +46,7 @@ def list_files(run_dir: Path) -> dict[str, int]:
     files = {}
     for path in sorted(run_dir.rglob("*")):
         rel = path.relative_to(run_dir)
-        if path.is_file() and rel.parts[0] != "checkpoints" and not path.name.startswith("."):
+        if path.is_file() and rel.parts[0] != "checkpoints" and not any(part.startswith(".") for part in rel.parts):
             files[rel.as_posix()] = path.stat().st_size
     return files
 
@@ -52,6 +61,14 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def _diff(value: Any, missing: str = "NaN/Inf") -> str:
+    return f"{value:.3g}" if isinstance(value, (int, float)) else missing
+
+
+def _verified(value: Any) -> str:
+    return {True: "yes", False: "**NO**"}.get(value, "")
 
 
 def render_markdown(report: dict[str, Any]) -> str:
@@ -78,8 +95,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {form} | " + " | ".join(_fmt(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()]
     parity = report.get("parity", {})
     if parity:
-        lines += ["", "## Parity (merged: against the adapted model; exported forms: against the merged model)", "", "| form | max abs diff of logits | label agreement |", "|---|---|---|"]
-        lines += [f"| {form} | {p.get('max_abs_diff', 0):.3g} | {p.get('label_agreement', 0):.2%} |" for form, p in parity.items()]
+        lines += ["", "## Parity (merged: against the adapted model; exported forms: against the merged model)", "", "| form | max abs diff of logits | allowed | label agreement | verified |", "|---|---|---|---|---|"]
+        lines += [f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | {p.get('label_agreement', 0):.2%} | {_verified(p.get('verified'))} |" for form, p in parity.items()]
     if report.get("latency_ms"):
         lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
     export = report.get("export", {})

@@ -4,6 +4,7 @@ used as the splits instead of a random one)."""
 
 from __future__ import annotations
 
+import contextlib
 import csv
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,21 @@ class CsvOptions(BaseModel):
     encoding: str = Field("utf-8-sig", description="text encoding of the files")
 
 
+@contextlib.contextmanager
+def long_fields() -> Any:
+    """Let the csv module read cells of any length (its default stops at 128 KiB);
+    a long article is cut to the backbone's max_length later anyway."""
+    previous = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Example]:
     text_col, label_col = request.text_column, request.label_column
     try:
-        with path.open(newline="", encoding=options.encoding) as handle:
+        with long_fields(), path.open(newline="", encoding=options.encoding) as handle:
             reader = csv.DictReader(handle, delimiter=options.delimiter)
             columns = reader.fieldnames or []
             if not columns:
@@ -41,13 +53,17 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
                 label = row.get(label_col)
                 if label is None or label.strip() == "":
                     raise DataError(f"{path}, line {reader.line_num}: the {label_col!r} column is empty", hint="give every row a label, or remove the row")
-                examples.append({"text": row.get(text_col) or "", "label": label.strip()})
+                text = row.get(text_col) or ""
+                if not text.strip():
+                    request.skip(f"{path}, line {reader.line_num}", f"the {text_col!r} column is empty")
+                    continue
+                examples.append({"text": text, "label": label.strip()})
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not valid {options.encoding} text (byte {exc.start})", hint="save the file as UTF-8, or set data.options.encoding") from None
     except csv.Error as exc:
         raise DataError(f"{path} is not a readable CSV file: {exc}") from None
     if not examples:
-        raise DataError(f"{path} holds no rows", hint="the file needs a header line and at least one row")
+        raise DataError(f"{path} holds no rows with text", hint="the file needs a header line and at least one row whose text is not empty")
     return examples
 
 

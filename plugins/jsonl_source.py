@@ -35,7 +35,11 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
         label = row[label_key]
         if label is None or str(label).strip() == "":
             raise DataError(f"{path}, line {number}: the {label_key!r} value is empty", hint="give every line a label, or remove the line")
-        examples.append({"text": str(row[text_key] or ""), "label": str(label).strip()})
+        text = str(row[text_key] or "")
+        if not text.strip():
+            request.skip(f"{path}, line {number}", f"the {text_key!r} value is empty")
+            continue
+        examples.append({"text": text, "label": str(label).strip()})
     if not examples:
         raise DataError(f"{path} holds no examples", hint="one JSON object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}")
     return examples

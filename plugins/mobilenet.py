@@ -55,13 +55,17 @@ def read_state_dict(path: Path, checkpoint: str) -> dict[str, torch.Tensor]:
     """Tensors of a weights file, never unpickling arbitrary objects."""
     import torch
 
+    from adapt.checkpoint import load_tensors
+
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             state = load_file(str(path))
         else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
+            state = load_tensors(path)
+    except CheckpointError:
+        raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise CheckpointError(f"cannot read checkpoint {checkpoint!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint="the file is corrupt, truncated or not a weights file; download or copy it again") from None
     for key in ("state_dict", "model", "model_state_dict"):

@@ -37,6 +37,9 @@ def read_label_folders(root: Path, request: DataRequest, options: TextFolderOpti
         except OSError as exc:
             request.skip(str(file), str(exc))
             continue
+        if not text.strip():
+            request.skip(str(file), "the file holds no text")
+            continue
         examples.append({"text": text.strip(), "label": label})
     if not examples:
         raise DataError(f"no {'/'.join(options.suffixes)} files under {root}", hint="set data.options.suffixes to the file suffixes used")

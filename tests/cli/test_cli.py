@@ -98,8 +98,9 @@ def test_run_refuses_an_existing_run_directory(tmp_path, tiny_config):
     marker.write_text("keep")
     result = invoke(["run", str(path)], plugins=[TinyPlugin()])
     assert result.exit_code == 2 and "already holds a run" in result.output and marker.exists()
-    assert invoke(["run", str(path), "--overwrite"], plugins=[TinyPlugin()]).exit_code == 0
-    assert not marker.exists()
+    result = invoke(["run", str(path), "--overwrite"], plugins=[TinyPlugin()])
+    assert result.exit_code == 0 and "kept 1 item(s) adapt did not write: mine.txt" in result.output
+    assert marker.read_text() == "keep"  # --overwrite replaces the run, never a user's file
 
 
 def test_dry_run_prints_the_resolved_config(tmp_path, tiny_config):

@@ -148,9 +148,10 @@ def test_export_parity_failure_is_a_clear_error_that_keeps_the_files(tmp_path, b
     assert result.exit_code == 2
     assert "does not reproduce the merged model: max abs difference" in result.output and "export.parity_tolerance" in result.output
     run = tmp_path / "runs" / "strict"
-    assert (run / "export" / "model.onnx").exists()
+    assert (run / "export.rejected" / "model.onnx").exists()  # kept for inspection, beside (never over) a previous export
     report = json.loads((run / "report.json").read_text())
-    assert report["metrics"]["merged"] and report["parity"]["onnx"]["max_abs_diff"] > 1e-12
+    rejected = report["rejected_export"]["parity"]["onnx"]
+    assert report["metrics"]["merged"] and rejected["max_abs_diff"] > 1e-12 and rejected["verified"] is False
 
 
 def test_token_classification_with_inline_adapters(tmp_path, bert_dir):

@@ -124,7 +124,9 @@ class SpyExporter:
     def export(self, model, inputs, io, path, options):
         from adapt.report import read_report
 
-        SpyExporter.seen.append(read_report(path.parent.parent).get("deployable"))
+        run = path.parent.parent
+        deployable = read_report(run).get("deployable")
+        SpyExporter.seen.append((deployable, (run / deployable).read_bytes() if deployable else None, path.parent.name))
         return self.onnx.export(model, inputs, io, path, None)
 
     def load(self, path, threads=None):
@@ -137,9 +139,10 @@ class SpyPlugin:
         register(SpyExporter())
 
 
-def test_while_exporting_the_report_names_no_export_file(tmp_path, tiny_config):
-    """`adapt export` replaces export/ in place: before it starts, report.json must stop
-    naming the old files, so a run killed meanwhile never points at a half-written file."""
+def test_while_exporting_the_previous_export_stays_usable(tmp_path, tiny_config):
+    """`adapt export` writes the new export beside export/ and swaps it in at the end:
+    while it works, report.json still names the previous files and they are intact,
+    so a run killed meanwhile leaves a usable export; afterwards no stale form is named."""
     tiny_config["export"] = {"formats": ["spy"], "mobile": False, "quantize": "none", "latency_runs": 2}
     assert run_cli("run", str(write_config(tmp_path, tiny_config)), plugins=[SpyPlugin()]).exit_code == 0
     run = tmp_path / "runs" / "tiny"
@@ -147,10 +150,13 @@ def test_while_exporting_the_report_names_no_export_file(tmp_path, tiny_config):
     report = json.loads((run / "report.json").read_text())
     report["metrics"]["onnx_int8"] = report["latency_ms"]["onnx_int8"] = {"accuracy": 0.5}  # a form an earlier export made
     (run / "report.json").write_text(json.dumps(report))
+    old = (run / "export" / "model.onnx").read_bytes()
     SpyExporter.seen.clear()
     result = run_cli("export", str(run), plugins=[SpyPlugin()])
     assert result.exit_code == 0, result.output
-    assert SpyExporter.seen == [None]
+    [(named, content, folder)] = SpyExporter.seen
+    assert named == "export/model.onnx" and content == old  # the previous export, named and whole
+    assert folder != "export" and folder.startswith(".export.")  # the new one is written beside it
     report = json.loads((run / "report.json").read_text())
     assert report["deployable"] == "export/model.onnx"
     assert "onnx_int8" not in report["metrics"] and "onnx_int8" not in report["latency_ms"]  # no stale figures
