@@ -162,7 +162,7 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
     @cli.command("run")
     @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
     @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
-    @click.option("--overwrite", is_flag=True, help="Delete an existing run directory of the same name first.")
+    @click.option("--overwrite", is_flag=True, help="Replace the run of the same name: once the new run's data and model have loaded, delete what adapt wrote there (other files are kept).")
     @click.option("--resume", is_flag=True, help="Continue the run directory of the same name from its last checkpoint (the config must be unchanged).")
     @click.option("--dry-run", is_flag=True, help="Validate the config against the installed plugins, print it resolved, and stop.")
     def run_command(config: Path | None, overrides: tuple[str, ...], overwrite: bool, resume: bool, dry_run: bool) -> None:

@@ -65,6 +65,8 @@ class TransformersTextBackbone:
     targets: dict[str, list[str]] = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
     #: Extra keyword arguments for AutoTokenizer (RoBERTa needs add_prefix_space for word-split input).
     tokenizer_kwargs: dict[str, Any] = {}
+    #: Position ids the model reserves before the first token (RoBERTa: padding_idx + 1 = 2).
+    position_offset: int = 0
 
     # -- building -----------------------------------------------------------
 
@@ -133,15 +135,24 @@ class TransformersTextBackbone:
 
     # -- data ---------------------------------------------------------------
 
+    def max_length(self, built: BuiltModel, options: Any) -> int:
+        """``backbone.options.max_length``, but never more tokens than the model has
+        positions for (a longer text would crash the model, not be truncated)."""
+        wanted = options.max_length if options else 128
+        positions = getattr(built.model.model.config, "max_position_embeddings", None)
+        return min(wanted, positions - self.position_offset) if positions else wanted
+
     def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
-        tokenizer, max_length = built.preprocessor, options.max_length if options else 128
+        tokenizer, max_length = built.preprocessor, self.max_length(built, options)
+        # padding to a multiple of 8 suits tensor cores; the tokenizer allows it only when max_length is one
+        multiple = 8 if max_length % 8 == 0 else None
         names = self.input_names
         import torch
 
         if built.task == "token-classification":
 
             def collate_tokens(examples: Sequence[Example]) -> Batch:
-                enc = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+                enc = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=multiple, return_tensors="pt")
                 batch = {k: enc[k] for k in names}
                 if examples and "tags" in examples[0]:
                     batch["labels"] = align_word_labels([enc.word_ids(i) for i in range(len(examples))], [e["tags"] for e in examples])
@@ -150,7 +161,7 @@ class TransformersTextBackbone:
             return collate_tokens
 
         def collate_text(examples: Sequence[Example]) -> Batch:
-            enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=8, return_tensors="pt")
+            enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=multiple, return_tensors="pt")
             batch = {k: enc[k] for k in names}
             if examples and "label" in examples[0]:
                 batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -182,7 +193,7 @@ class TransformersTextBackbone:
         return {
             "kind": "tokens" if built.task == "token-classification" else "text",
             "tokenizer": "tokenizer.json",
-            "max_length": options.max_length if options else 128,
+            "max_length": self.max_length(built, options),
             "input_names": list(self.input_names),
             "pad_id": built.preprocessor.pad_token_id or 0,
         }

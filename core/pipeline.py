@@ -399,6 +399,9 @@ def restore(run_dir: Path, host: Host, *, need_data: bool = True, writing: bool 
     adapter = run_dir / ADAPTER_DIR
     if not adapter.exists():
         raise CheckpointError(f"{run_dir} has no trained adapter yet ({adapter})", hint=f"train it first: adapt train {run_dir}")
+    trained = read_report(run_dir, damaged_ok=True).get("data", {}).get("labels")
+    if isinstance(trained, list) and trained != session.label_names:
+        raise RunDirError(f"{run_dir / LABELS_FILE} names {len(session.label_names)} labels, but the run was trained on {len(trained)} ({', '.join(map(str, trained[:5]))}{', ...' if len(trained) > 5 else ''}; report.json)", hint=f"{LABELS_FILE} was edited or damaged since training: restore it, or train the run again")
     load_adapter(plan.method, session.built, adapter)
     return session
 

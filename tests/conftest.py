@@ -6,6 +6,7 @@ through the same host, method and pipeline code as the built-in backbones.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 import pytest
@@ -92,3 +93,17 @@ def tiny_config() -> dict:
         "data": {"source": "digits"},
         "train": {"epochs": 1, "batch_size": 64},
     }
+
+
+def exported_tiny_run(folder: Path) -> Path:
+    """A finished run of the tiny CNN on digits with an ONNX export, made through the CLI."""
+    import yaml
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+
+    config = {"name": "tiny", "output_dir": str(folder / "runs"), "task": "image-classification", "backbone": {"name": "tiny-cnn"}, "data": {"source": "digits"}, "train": {"epochs": 1, "batch_size": 64}, "export": {"formats": ["onnx"], "quantize": "none", "mobile": False, "latency_runs": 2}}
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(make_cli(lambda: make_host([TinyPlugin()], autoload=False)), ["run", str(folder / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    return folder / "runs" / "tiny"

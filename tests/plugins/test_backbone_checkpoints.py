@@ -160,3 +160,17 @@ def test_a_timm_layout_safetensors_file_loads_by_name(tmp_path):
         torch.testing.assert_close(built.model.model.state_dict()[name], tensor)
     meta = json.dumps(built.preprocessor.data_config)
     assert '"input_size": [3, 32, 32]' in meta
+
+
+@pytest.mark.parametrize("backbone, checkpoint, positions", [(Bert, bert_checkpoint, 64), (Roberta, roberta_checkpoint, 78)], ids=["bert", "roberta"])
+def test_max_length_never_exceeds_the_models_positions(tmp_path, backbone, checkpoint, positions):
+    """A long text is cut to what the model has positions for (RoBERTa's start after
+    padding_idx), and a max_length that is not a multiple of 8 works too."""
+    built = backbone().build("text-classification", 2, checkpoint=str(checkpoint(tmp_path / "m")), arch=None, options=TextOptions())
+    long_text = [{"text": "obama visited paris " * 100, "label": 0}]
+    for wanted, expected in ((512, positions), (60, 60)):
+        batch = backbone().collator(built, TextOptions(max_length=wanted))(long_text)
+        assert batch["input_ids"].shape[1] == expected
+        batch.pop("labels")
+        with torch.no_grad():
+            assert torch.isfinite(built.model.eval()(**batch)).all()

@@ -23,7 +23,7 @@ from click.testing import CliRunner
 
 from adapt.cli import disk_full, make_cli
 from adapt.host import make_host
-from tests.conftest import TinyPlugin
+from tests.conftest import TinyPlugin, exported_tiny_run
 from tests.tiny import bert_checkpoint
 
 
@@ -58,11 +58,7 @@ def snapshot(folder: Path) -> dict[str, bytes]:
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("full")
-    config = {"name": "tiny", "output_dir": str(tmp / "runs"), "task": "image-classification", "backbone": {"name": "tiny-cnn"}, "data": {"source": "digits"}, "train": {"epochs": 1, "batch_size": 64}, "export": {"formats": ["onnx"], "quantize": "none", "mobile": False, "latency_runs": 2}}
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-    assert run_cli("run", str(tmp / "config.yaml")).exit_code == 0
-    return tmp / "runs" / "tiny"
+    return exported_tiny_run(tmp_path_factory.mktemp("finished"))
 
 
 @pytest.fixture

@@ -55,6 +55,28 @@ def test_nearly_valid_configs(data):
     must_be_clean(lambda: validate_config(data))
 
 
+def alias_config(anchors: list[tuple[int, int]], use: int) -> str:
+    """A config whose values are built from YAML anchors and aliases: each level ``i``
+    repeats an earlier level ``fanout`` times (a "billion laughs" when deep and wide)."""
+    lines = ["l0: &l0 [lol, lol]"]
+    for level, (earlier, fanout) in enumerate(anchors, 1):
+        lines.append(f"l{level}: &l{level} [{', '.join([f'*l{min(earlier, level - 1)}'] * fanout)}]")
+    lines.append(f"task: *l{min(use, len(anchors))}")
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(st.lists(st.tuples(st.integers(0, 12), st.integers(1, 12)), max_size=12), st.integers(0, 12))
+def test_configs_made_of_yaml_aliases(anchors, use):
+    """Whatever the aliases expand to, loading answers within a bounded time and memory:
+    a config, or a ConfigError when it expands past the limit."""
+    import time
+
+    start = time.perf_counter()
+    must_be_clean(lambda: validate_config(parse_yaml(alias_config(anchors, use), "config.yaml")))
+    assert time.perf_counter() - start < 5
+
+
 # -- the data sources ----------------------------------------------------------------
 
 SOURCES = {"csv": ("text-classification", "data.csv"), "jsonl": ("text-classification", "data.jsonl"), "conll": ("token-classification", "data.conll")}

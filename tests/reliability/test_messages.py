@@ -17,7 +17,7 @@ from click.testing import CliRunner
 
 from adapt.cli import make_cli
 from adapt.host import make_host
-from tests.conftest import TinyPlugin
+from tests.conftest import TinyPlugin, exported_tiny_run
 from tests.tiny import bert_checkpoint
 
 BOMB = "\n".join(["a: &a [lol, lol, lol, lol, lol, lol, lol, lol, lol]"] + [f"{c}: &{c} [{', '.join([f'*{p}'] * 9)}]" for p, c in zip("abcdefgh", "bcdefghi")]) + "\n"
@@ -35,7 +35,7 @@ def bert(tmp_path_factory) -> Path:
 def text_config(tmp: Path, bert: Path, rows: str | None = None) -> Path:
     rows = rows or "text,label\n" + "".join(f"{'the team won' if i % 2 else 'shares fell'} {i},{'sport' if i % 2 else 'money'}\n" for i in range(40))
     (tmp / "data.csv").write_text(rows)
-    config = {"name": "r", "output_dir": str(tmp / "runs"), "task": "text-classification", "backbone": {"name": "bert", "checkpoint": str(bert), "options": {"max_length": 32}}, "method": {"name": "lora"}, "data": {"source": "csv", "path": str(tmp / "data.csv")}, "train": {"epochs": 1, "batch_size": 8}, "export": {"formats": []}}
+    config = {"name": "r", "output_dir": str(tmp / "runs"), "task": "text-classification", "backbone": {"name": "bert", "checkpoint": str(bert)}, "method": {"name": "lora"}, "data": {"source": "csv", "path": str(tmp / "data.csv")}, "train": {"epochs": 1, "batch_size": 8}, "export": {"formats": []}}
     path = tmp / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -103,6 +103,8 @@ def test_rows_with_empty_text_are_skipped_and_counted(tmp_path, bert):
 
 
 def test_a_csv_cell_longer_than_the_csv_module_limit_is_read(tmp_path, bert):
+    """Read, and cut to what the model has positions for: the tiny BERT has 64, fewer
+    than the default max_length of 128, so an uncut text would crash it."""
     import csv
 
     long_text = "the team won " * (csv.field_size_limit() // 10)
@@ -114,11 +116,7 @@ def test_a_csv_cell_longer_than_the_csv_module_limit_is_read(tmp_path, bert):
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("finished")
-    config = {"name": "tiny", "output_dir": str(tmp / "runs"), "task": "image-classification", "backbone": {"name": "tiny-cnn"}, "data": {"source": "digits"}, "train": {"epochs": 1, "batch_size": 64}, "export": {"formats": ["onnx"], "quantize": "none", "mobile": False, "latency_runs": 2}}
-    (tmp / "config.yaml").write_text(yaml.safe_dump(config))
-    assert run_cli("run", str(tmp / "config.yaml")).exit_code == 0
-    return tmp / "runs" / "tiny"
+    return exported_tiny_run(tmp_path_factory.mktemp("finished"))
 
 
 @pytest.mark.parametrize("content", [b"{ not json", b"[1, 2]", b""], ids=["not JSON", "not an object", "empty"])
@@ -142,6 +140,8 @@ def test_damaged_labels_are_named(finished, tmp_path):
     Image.new("L", (8, 8)).save(tmp_path / "x.png")
     for args in (["predict", str(run), str(tmp_path / "x.png")], ["export", str(run)]):
         one_message(run_cli(*args), f"{run / 'labels.json'} is damaged")
+    (run / "labels.json").write_text('["0", "1", "2"]')  # valid JSON, but not the labels the adapter was trained on
+    one_message(run_cli("predict", str(run), str(tmp_path / "x.png")), "labels.json names 3 labels, but the run was trained on 10")
 
 
 class Payload:
