@@ -27,7 +27,7 @@ from adapt.host import Host
 from adapt.interfaces import IGNORE_INDEX, BuiltModel
 from adapt.plan import Plan, make_plan
 from adapt.report import plot_curve, read_report, write_report
-from adapt.rundir import CONFIG_FILE, RunDir, atomic_write_json, check_target, hold_lock, require_run
+from adapt.rundir import CONFIG_FILE, RunDir, already_a_run, atomic_write_json, check_target, hold_lock, require_run
 
 LABELS_FILE = "labels.json"
 MERGED_DIR = "merged"
@@ -297,7 +297,7 @@ def check_run_target(config: RunConfig, *, overwrite: bool, resume: bool) -> boo
         check_resumable(config, path)
         return False
     if not overwrite:
-        raise RunDirError(f"run directory {path} already holds a run", hint="choose another name (--set name=...), continue it with --resume, or pass --overwrite to replace it")
+        raise already_a_run(path)
     inside = inputs_inside(config, path)
     if inside:
         raise RunDirError(f"{', '.join(inside)} lies inside {path}, which --overwrite would replace", hint="move the data or checkpoint out of the run directory, or give the new run another name (--set name=...)")

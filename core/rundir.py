@@ -158,7 +158,7 @@ def check_target(path: Path) -> str:
         return "run"
     raise RunDirError(
         f"{path} is not a run directory made by adapt (it has no {MARKER_FILE}); adapt leaves it alone, with or without --overwrite",
-        hint="give the run another name (--set name=...) or another output_dir; a run made by adapt before version 0.2 has no marker: move or delete it yourself",
+        hint="give the run another name (--set name=...) or another output_dir; a run made by an older adapt (before run markers) has none: move or delete it yourself",
     )
 
 
@@ -270,6 +270,10 @@ def hold_lock(path: Path) -> Iterator[None]:
             _remove_created(path, created)
 
 
+def already_a_run(path: Path) -> RunDirError:
+    return RunDirError(f"run directory {path} already holds a run", hint="choose another name (--set name=...), continue it with --resume, or pass --overwrite to replace it")
+
+
 class RunDir:
     """``<output_dir>/<name>``: the resolved config, labels, weights, exports and the report."""
 
@@ -286,10 +290,7 @@ class RunDir:
         kept: list[str] = []
         if check_target(path) == "run":
             if not overwrite:
-                raise RunDirError(
-                    f"run directory {path} already holds a run",
-                    hint="choose another name (--set name=...), continue it with --resume, or pass --overwrite to replace it",
-                )
+                raise already_a_run(path)
             kept = clear_run(path)
         path.mkdir(parents=True, exist_ok=True)
         from adapt import __version__
