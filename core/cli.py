@@ -84,12 +84,15 @@ def plugin_rows(host: Host) -> list[dict[str, str]]:
     for attr, registry in host.registries().items():
         for name in registry.names():
             plugin = host.plugins.get(registry.owner(name))
+            obj = registry.get(name)
             rows.append({
                 "name": name,
                 "kind": registry.kind,
                 "plugin": registry.owner(name),
                 "package": plugin.package if plugin else "",
                 "version": plugin.version if plugin else "",
+                # backbones: the target families their models have; methods: those they adapt by default
+                "families": ", ".join(getattr(obj, "families", None) or getattr(obj, "default_families", None) or ()),
             })
     for name, info in host.plugins.items():
         if info.error:
@@ -139,7 +142,7 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
-        columns = ["name", "kind", "plugin", "package", "version"] + (["hooks", "module", "from"] if verbose else [])
+        columns = ["name", "kind", "plugin", "package", "version"] + (["families", "hooks", "module", "from"] if verbose else [])
         click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
         if host.broken:
             click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above.")
@@ -164,7 +167,7 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
     @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
     @click.option("--overwrite", is_flag=True, help="Replace the run of the same name: once the new run's data and model have loaded, delete what adapt wrote there (other files are kept).")
     @click.option("--resume", is_flag=True, help="Continue the run directory of the same name from its last checkpoint (the config must be unchanged).")
-    @click.option("--dry-run", is_flag=True, help="Validate the config against the installed plugins, print it resolved, and stop.")
+    @click.option("--dry-run", is_flag=True, help="Validate the config against the installed plugins, print it resolved, build the model and resolve the method's targets on it (listing what it trains), and stop. Writes nothing.")
     def run_command(config: Path | None, overrides: tuple[str, ...], overwrite: bool, resume: bool, dry_run: bool) -> None:
         """Run the job described by CONFIG (default: the built-in starter config,
         see `adapt init`): load, adapt, train, merge and export, writing
@@ -176,8 +179,12 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         if dry_run:
             import yaml
 
+            from adapt.pipeline import check_targets, summarise
+
             click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False).rstrip())
-            click.echo("config is valid.", err=True)
+            trainable = check_targets(plan)
+            click.echo(f"{plan.config.method.name} trains: {summarise(trainable)}", err=True)
+            click.echo("config is valid; the method's targets were resolved against the model.", err=True)
             return
         if overwrite and resume:
             raise AdaptError("--overwrite and --resume contradict each other", hint="pick one")

@@ -1,9 +1,17 @@
-"""Shared machinery for text backbones built on transformers' Auto classes.
+"""Text backbones built on transformers' Auto classes, for any encoder architecture.
 
-The ``bert`` and ``roberta`` plugins are small subclasses of
-:class:`TransformersTextBackbone`; a third-party plugin can add another
-encoder family (DistilBERT, DeBERTa, ...) the same way. transformers is only
-imported when a model is built.
+:class:`TransformersTextBackbone` takes any checkpoint whose architecture
+transformers maps to ``AutoModelForSequenceClassification`` /
+``AutoModelForTokenClassification`` (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA,
+DeBERTa-v2, XLM-RoBERTa, ...). It finds what it needs through the model's own
+API and config, never a fixed layout: the head is what the task model adds to
+``model.base_model``; the blocks are the longest list of identical layers; the
+target families come from the linear layers' shapes (adapt.families); the graph's
+inputs are the tokenizer's ``model_input_names``. The ``transformers`` plugin is
+this class; ``bert`` and ``roberta`` are subclasses that accept only their
+families. A subclass may override ``model_types``, ``input_names``,
+``position_offset``, ``find_head``, ``find_blocks`` and ``target_families``.
+transformers is only imported when a model is built.
 
 Models are built with eager attention: its ONNX export is the graph that ONNX
 Runtime's transformer optimiser recognises and fuses.
@@ -18,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt.errors import CheckpointError, ConfigError
+from adapt.families import TRANSFORMER_FAMILIES, find_blocks, transformer_families
 from adapt.interfaces import IGNORE_INDEX, Batch, BuiltModel, Example, OnnxIO
 from adapt.paths import resolve_checkpoint
 
@@ -26,6 +35,10 @@ if TYPE_CHECKING:
 
 #: A checkpoint providing less than this share of the model's tensors is refused.
 MIN_LOADED_FRACTION = 0.5
+#: Families whose position ids start after the padding id.
+ROBERTA_LIKE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer"}
+#: Encoders whose exported graph ONNX Runtime's BERT fusions recognise.
+BERT_SHAPED = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 
 
 class TextOptions(BaseModel):
@@ -53,20 +66,23 @@ class TransformersTextBackbone:
     """A text encoder family: sequence classification and token classification (NER)."""
 
     name = ""
-    #: ``config.model_type`` values this backbone accepts.
+    #: ``config.model_type`` values this backbone accepts; empty: any.
     model_types: tuple[str, ...] = ()
     tasks = ("text-classification", "token-classification")
+    #: Target families its models have (adapt.families), for ``adapt plugins --verbose``.
+    families = TRANSFORMER_FAMILIES
     options_schema = TextOptions
-    #: Inputs of the exported graph, in the order of ``LogitsOnly.forward``.
-    input_names: tuple[str, ...] = ("input_ids", "attention_mask")
-    #: Default target modules per method. LoRA: name suffixes. Adapters: positions
-    #: inside each layer, Houlsby order (after attention, then after the feed-forward
-    #: block); the Pfeiffer placement keeps the last.
-    targets: dict[str, list[str]] = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
+    #: Inputs of the exported graph, in the order of ``LogitsOnly.forward``; empty:
+    #: those of the tokenizer's ``model_input_names`` that LogitsOnly takes.
+    input_names: tuple[str, ...] = ()
+    #: The older per-method defaults (``default_targets``), kept for plugins written
+    #: against them; methods now get their ``default_families`` from ``BuiltModel.families``.
+    targets: dict[str, list[str]] = {}
     #: Extra keyword arguments for AutoTokenizer (RoBERTa needs add_prefix_space for word-split input).
     tokenizer_kwargs: dict[str, Any] = {}
-    #: Position ids the model reserves before the first token (RoBERTa: padding_idx + 1 = 2).
-    position_offset: int = 0
+    #: Position ids the model reserves before the first token; None: padding_idx + 1
+    #: for the RoBERTa family (whose positions start after the padding id), else 0.
+    position_offset: int | None = None
 
     # -- building -----------------------------------------------------------
 
@@ -82,27 +98,69 @@ class TransformersTextBackbone:
         auto = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
         with quiet_transformers():
             config = self._load(lambda: AutoConfig.from_pretrained(source, num_labels=num_labels), checkpoint)
-            if config.model_type not in self.model_types:
+            if self.model_types and config.model_type not in self.model_types:
                 raise CheckpointError(
                     f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects {' or '.join(self.model_types)}",
-                    hint="pick the backbone that matches the checkpoint (`adapt plugins` lists them)",
+                    hint="use backbone `transformers`, which takes any encoder architecture, or the backbone that matches the checkpoint (`adapt plugins` lists them)",
+                )
+            if type(config) not in auto._model_mapping:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build for {task} ({auto.__name__} has no class for it)",
+                    hint="pick a checkpoint of an encoder architecture (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA, DeBERTa, ...), or write a backbone plugin for this one (docs/plugins.md)",
                 )
             model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True), checkpoint)
-            tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, **self.tokenizer_kwargs), checkpoint)
+            tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, **self.tokenizer_options(config)), checkpoint)
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
-        prefix = model.base_model_prefix
-        layers = len(getattr(model, prefix).encoder.layer)
-        return BuiltModel(
-            model=LogitsOnly(model),
+        wrapped = LogitsOnly(model)
+        blocks = self.find_blocks(wrapped)
+        if not blocks:
+            raise CheckpointError(f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model", hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass TransformersTextBackbone and override find_blocks for this architecture")
+        built = BuiltModel(
+            model=wrapped,
             task=task,
             num_labels=num_labels,
-            head=("model.classifier",),
+            head=self.find_head(wrapped),
             new_parameters=tuple(f"model.{n}" for n in new),
-            blocks=tuple(f"model.{prefix}.encoder.layer.{i}" for i in range(layers)),
+            blocks=tuple(blocks),
             preprocessor=tokenizer,
         )
+        built.families = self.target_families(built)
+        return built
+
+    # -- override points: what a model is made of -------------------------------
+
+    def tokenizer_options(self, config: Any) -> dict[str, Any]:
+        """AutoTokenizer keyword arguments: byte-level BPE tokenizers (RoBERTa) need
+        ``add_prefix_space`` to take word-split input (NER)."""
+        if self.tokenizer_kwargs:
+            return dict(self.tokenizer_kwargs)
+        return {"add_prefix_space": True} if config.model_type in {"roberta", "longformer"} else {}
+
+    def find_head(self, wrapped: torch.nn.Module) -> tuple[str, ...]:
+        """The modules the task model adds around ``base_model`` that hold parameters
+        (BERT: classifier; DistilBERT: pre_classifier, classifier; DeBERTa: pooler, classifier)."""
+        model = wrapped.model
+        return tuple(f"model.{n}" for n, child in model.named_children() if n != model.base_model_prefix and any(True for _ in child.parameters()))
+
+    def find_blocks(self, wrapped: torch.nn.Module) -> list[str]:
+        """The encoder's layers, input side first (see adapt.families.find_blocks)."""
+        return find_blocks(wrapped)
+
+    def target_families(self, built: BuiltModel) -> dict[str, list[str]]:
+        """Family -> module names, from the blocks' linear layers (adapt.families)."""
+        return transformer_families(built.model, built.blocks)
+
+    def graph_inputs(self, built: BuiltModel) -> tuple[str, ...]:
+        """The exported graph's inputs, in LogitsOnly's order."""
+        if self.input_names:
+            return self.input_names
+        import inspect
+
+        known = getattr(built.preprocessor, "model_input_names", None) or ["input_ids", "attention_mask"]
+        accepted = inspect.signature(built.model.model.forward).parameters  # DistilBERT takes no token_type_ids
+        return tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in known and n in accepted)
 
     @staticmethod
     def _load(load: Callable[[], Any], checkpoint: str) -> Any:
@@ -139,14 +197,18 @@ class TransformersTextBackbone:
         """``backbone.options.max_length``, but never more tokens than the model has
         positions for (a longer text would crash the model, not be truncated)."""
         wanted = options.max_length if options else 128
-        positions = getattr(built.model.model.config, "max_position_embeddings", None)
-        return min(wanted, positions - self.position_offset) if positions else wanted
+        config = built.model.model.config
+        positions = getattr(config, "max_position_embeddings", None)
+        offset = self.position_offset
+        if offset is None:
+            offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in ROBERTA_LIKE else 0
+        return min(wanted, positions - offset) if positions else wanted
 
     def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
         tokenizer, max_length = built.preprocessor, self.max_length(built, options)
         # padding to a multiple of 8 suits tensor cores; the tokenizer allows it only when max_length is one
         multiple = 8 if max_length % 8 == 0 else None
-        names = self.input_names
+        names = self.graph_inputs(built)
         import torch
 
         if built.task == "token-classification":
@@ -175,14 +237,15 @@ class TransformersTextBackbone:
         generator = torch.Generator().manual_seed(0)
         vocab = built.model.model.config.vocab_size
         inputs = {"input_ids": torch.randint(3, vocab, (batch_size, 16), generator=generator), "attention_mask": torch.ones(batch_size, 16, dtype=torch.long)}
-        if "token_type_ids" in self.input_names:
+        if "token_type_ids" in self.graph_inputs(built):
             inputs["token_type_ids"] = torch.zeros(batch_size, 16, dtype=torch.long)
         return inputs
 
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
-        axes = {name: {0: "batch", 1: "sequence"} for name in self.input_names}
+        names = self.graph_inputs(built)
+        axes = {name: {0: "batch", 1: "sequence"} for name in names}
         axes["logits"] = {0: "batch", 1: "sequence"} if built.task == "token-classification" else {0: "batch"}
-        return OnnxIO(self.input_names, ("logits",), axes)
+        return OnnxIO(names, ("logits",), axes)
 
     def default_targets(self, method: str) -> list[str]:
         return list(self.targets.get(method, []))
@@ -194,13 +257,16 @@ class TransformersTextBackbone:
             "kind": "tokens" if built.task == "token-classification" else "text",
             "tokenizer": "tokenizer.json",
             "max_length": self.max_length(built, options),
-            "input_names": list(self.input_names),
+            "input_names": list(self.graph_inputs(built)),
             "pad_id": built.preprocessor.pad_token_id or 0,
         }
 
     def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:
-        """What ONNX Runtime's transformer optimiser needs to fuse attention in this graph."""
+        """What ONNX Runtime's transformer optimiser needs to fuse attention in this graph:
+        its BERT fusions fit the BERT-shaped encoders; others get the generic graph optimiser."""
         config = built.model.model.config
+        if config.model_type not in BERT_SHAPED:
+            return {}
         return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
 
 

@@ -52,6 +52,11 @@ class BuiltModel:
     blocks: tuple[str, ...] = ()
     #: Whatever the backbone needs again later (tokenizer, image transform, ...).
     preprocessor: Any = None
+    #: Target families of this model: family name -> full module names
+    #: (``{"attention-qv": ["model.bert.encoder.layer.0.attention.self.query", ...]}``).
+    #: Methods adapt these by default (``Method.default_families``) and
+    #: ``method.options.targets`` may name one. See adapt.families.
+    families: dict[str, list[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -158,7 +163,9 @@ class Backbone(Protocol):
         """Input/output names (in forward order) and dynamic batch/sequence axes."""
 
     def default_targets(self, method: str) -> list[str]:
-        """Module names (or suffixes) a method adapts when the config names none."""
+        """Optional, the older way: module names (or suffixes) a method adapts when the
+        config names none. A backbone that fills ``BuiltModel.families`` (and lists
+        their names in a ``families`` attribute) serves every method, a new one too."""
 
 
 @runtime_checkable
@@ -167,6 +174,10 @@ class Method(Protocol):
 
     name: str
     options_schema: type[BaseModel] | None
+    #: Optional: the target families this method adapts by default, e.g.
+    #: ("attention-qv", "pointwise-conv"); the modules of those the model has
+    #: arrive as ``default_targets``.
+    default_families: tuple[str, ...]
 
     def apply(self, built: BuiltModel, options: Any, default_targets: Sequence[str]) -> list[str]:
         """Change ``built.model`` in place; return the names of the parameters left trainable."""

@@ -57,9 +57,26 @@ def build_model(plan: Plan, num_labels: int) -> BuiltModel:
     return plan.backbone.build(plan.config.task, num_labels, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
 
 
+def default_targets(plan: Plan, built: BuiltModel) -> list[str]:
+    """The modules a method adapts when the config names none: those of the method's
+    default families the model has, else the backbone's older per-method list."""
+    from adapt.families import default_target_names
+
+    names = default_target_names(built.families, getattr(plan.method, "default_families", ()))
+    legacy = getattr(plan.backbone, "default_targets", None)
+    return names or (list(legacy(plan.method.name)) if callable(legacy) else [])
+
+
 def adapt_model(plan: Plan, built: BuiltModel) -> list[str]:
-    targets = plan.backbone.default_targets(plan.method.name)
-    return plan.method.apply(built, plan.method_options, targets)
+    return plan.method.apply(built, plan.method_options, default_targets(plan, built))
+
+
+def check_targets(plan: Plan) -> list[str]:
+    """For ``--dry-run``: build the model (two labels stand in for the data's) and apply
+    the method, so a target that matches nothing is an error now; return the
+    trainable parameter names."""
+    built = build_model(plan, 2)
+    return adapt_model(plan, built)
 
 
 @dataclass

@@ -1,15 +1,16 @@
 """Choosing the modules a method adapts.
 
-A target spec is either a string, a regular expression matched against the
-full module name, or a list whose entries match a module name exactly or as a
-dotted suffix (``query`` matches ``...attention.self.query``). When nothing
-matches, the error lists what could have been targeted.
+A target spec is a string, either a target family of the model
+(``attention-qv``, ``mlp``, ...: see adapt.families) or a regular expression
+matched against the full module name; or a list whose entries match a module
+name exactly or as a dotted suffix (``query`` matches ``...attention.self.query``).
+When nothing matches, the error lists what could have been targeted.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from torch import nn
 
@@ -22,9 +23,16 @@ def matches(name: str, spec: str | Sequence[str]) -> bool:
     return any(name == t or name.endswith("." + t) for t in spec)
 
 
-def find_targets(model: nn.Module, spec: str | Sequence[str], kinds: tuple[type[nn.Module], ...], *, exclude: Sequence[str] = (), key: str = "method.options.targets") -> list[str]:
-    """Names of the modules of ``kinds`` that ``spec`` selects, outside ``exclude`` (module-name prefixes)."""
-    if isinstance(spec, str):
+def find_targets(
+    model: nn.Module, spec: str | Sequence[str], kinds: tuple[type[nn.Module], ...], *,
+    exclude: Sequence[str] = (), key: str = "method.options.targets", families: Mapping[str, Sequence[str]] | None = None,
+) -> list[str]:
+    """Names of the modules of ``kinds`` that ``spec`` selects, outside ``exclude`` (module-name
+    prefixes). Pass ``families=built.families`` so that a family name selects its modules."""
+    families = families or {}
+    if isinstance(spec, str) and spec in families:
+        spec = list(families[spec])
+    elif isinstance(spec, str):
         try:
             re.compile(spec)
         except re.error as exc:
@@ -33,9 +41,10 @@ def find_targets(model: nn.Module, spec: str | Sequence[str], kinds: tuple[type[
     chosen = [n for n in candidates if matches(n, spec)]
     if not chosen:
         kinds_text = " / ".join(k.__name__ for k in kinds)
+        named = f"; its target families: {', '.join(families)}" if families else ""
         raise ConfigError(
-            f"`{key}` = {spec!r} matches no {kinds_text} module of this model; it has {len(candidates)}, named like: {describe_names(candidates)}",
-            hint="give names or name suffixes from that list (a list), or a regular expression over full names (a string)",
+            f"`{key}` = {spec!r} matches no {kinds_text} module of this model; it has {len(candidates)}, named like: {describe_names(candidates)}{named}",
+            hint="give a target family, names or name suffixes from that list (a list), or a regular expression over full names (a string)",
         )
     return chosen
 

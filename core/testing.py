@@ -81,8 +81,13 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     assert built.head and all(h in modules for h in built.head), f"head {built.head} names no module"
     assert all(b in modules for b in built.blocks), "a block names no module"
     assert all(p in params for p in built.new_parameters), "a new parameter names no parameter"
-    for method in methods:
-        for target in backbone.default_targets(method):
+    declared = set(getattr(backbone, "families", None) or ())
+    for family, names in built.families.items():
+        assert names and all(n in modules for n in names), f"target family {family!r} names no module of the model"
+        assert not declared or family in declared, f"family {family!r} is not in the backbone's `families` {sorted(declared)}"
+    legacy = getattr(backbone, "default_targets", None)
+    for method in methods if callable(legacy) else ():
+        for target in legacy(method):
             assert any(n == target or n.endswith("." + target) for n in modules), f"default {method} target {target!r} matches no module"
     return built
 

@@ -38,6 +38,8 @@ class AdapterOptions(BaseModel):
 class Adapters(SavesTrainedTensors):
     name = "adapters"
     options_schema = AdapterOptions
+    #: Pfeiffer uses mlp-output; Houlsby attention-output too (see _targets).
+    default_families = ("mlp-output", "attention-output")
 
     def apply(self, built: BuiltModel, options: AdapterOptions, default_targets: Sequence[str]) -> list[str]:
         from adapt.params import freeze_all_but
@@ -54,15 +56,20 @@ class Adapters(SavesTrainedTensors):
 
     @staticmethod
     def _targets(built: BuiltModel, options: AdapterOptions, default_targets: Sequence[str]) -> list[str]:
-        """Placement: the backbone's per-block positions (Houlsby order, feed-forward last), else each block's last projection."""
+        """Placement: the model's ``mlp-output`` family (Pfeiffer) and ``attention-output``
+        before it (Houlsby); else the backbone's older per-block positions; else each
+        block's last projection."""
         from torch import nn
 
         from adapt.targets import find_targets
 
         kinds = (nn.Linear, nn.Conv2d)
         if options.targets is not None:
-            return find_targets(built.model, options.targets, kinds, exclude=built.head)
+            return find_targets(built.model, options.targets, kinds, exclude=built.head, families=built.families)
         modules = dict(built.model.named_modules())
+        if "mlp-output" in built.families:
+            wanted = set(built.families["mlp-output"]) | (set(built.families.get("attention-output", ())) if options.placement == "houlsby" else set())
+            return [name for name in modules if name in wanted]
         names = []
         for block in built.blocks:
             if default_targets:

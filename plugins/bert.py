@@ -14,6 +14,7 @@ class Bert(TransformersTextBackbone):
     name = "bert"
     model_types = ("bert",)
     input_names = ("input_ids", "attention_mask", "token_type_ids")
+    targets = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
 
 
 @hookimpl

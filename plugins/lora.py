@@ -32,7 +32,7 @@ class LoRAOptions(BaseModel):
     r: int = Field(8, ge=1, le=4096, description="rank of the update (per group for grouped convolutions)")
     alpha: float = Field(16.0, gt=0, description="scale: the update is multiplied by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input during training")
-    targets: str | list[str] | None = Field(None, description="a regular expression over full module names, or a list of names / name suffixes; default: the backbone's")
+    targets: str | list[str] | None = Field(None, description="a target family of the backbone (attention-qv, attention, mlp, all-linear, pointwise-conv, ...), a regular expression over full module names, or a list of names / name suffixes; default: the families in default_families")
     rslora: bool = Field(False, description="rank-stabilised scaling: alpha / sqrt(r)")
 
 
@@ -54,6 +54,7 @@ def from_peft_name(name: str, prefix: str) -> str:
 class LoRA:
     name = "lora"
     options_schema = LoRAOptions
+    default_families = ("attention-qv", "pointwise-conv", "depthwise-conv")
 
     def apply(self, built: BuiltModel, options: LoRAOptions, default_targets: Sequence[str]) -> list[str]:
         from torch import nn
@@ -67,8 +68,8 @@ class LoRA:
             raise ConfigError("method 'lora' is already applied to this model", hint="build a fresh model before applying a method again")
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
-            raise ConfigError("method.options.targets is not set and the backbone names no default LoRA targets", hint="set method.options.targets to module names or a regular expression")
-        names = find_targets(model, spec, (nn.Linear, nn.Conv2d), exclude=built.head)
+            raise ConfigError(f"method.options.targets is not set and this model has none of LoRA's default target families ({', '.join(self.default_families)})", hint="set method.options.targets to a target family, module names or a regular expression" + (f"; this model's families: {', '.join(built.families)}" if built.families else ""))
+        names = find_targets(model, spec, (nn.Linear, nn.Conv2d), exclude=built.head, families=built.families)
         for name in names:
             replace_module(model, name, layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora))
         lora = [f"{n}.{p}" for n in names for p in ("lora_A", "lora_B")]

@@ -120,6 +120,8 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
 class MobileNet:
     name = "mobilenet"
     tasks = ("image-classification",)
+    #: Target families (adapt.families) of timm's mobile blocks.
+    families = ("pointwise-conv", "depthwise-conv")
     options_schema = MobileNetOptions
 
     def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
@@ -148,14 +150,17 @@ class MobileNet:
             model.load_state_dict(mapped, strict=False)
             new = [n for n, _ in model.named_parameters() if n not in mapped]
         preprocessor = self._preprocessor(model, options)
+        wrapped = PixelClassifier(model)
+        blocks = tuple(_blocks(model))
         return BuiltModel(
-            model=PixelClassifier(model),
+            model=wrapped,
             task=task,
             num_labels=num_labels,
             head=(f"model.{head}",),
             new_parameters=tuple(f"model.{n}" for n in new),
-            blocks=tuple(_blocks(model)),
+            blocks=blocks,
             preprocessor=preprocessor,
+            families=_families(wrapped, blocks),
         )
 
     @staticmethod
@@ -221,6 +226,20 @@ class MobileNet:
     def default_targets(self, method: str) -> list[str]:
         # pointwise (expand, project) and depthwise convolutions of every inverted-residual block
         return {"lora": ["conv_pw", "conv_dw", "conv_pwl"]}.get(method, [])
+
+
+#: timm's names for the convolutions of its mobile blocks (InvertedResidual, DepthwiseSeparable, EdgeResidual).
+POINTWISE, DEPTHWISE = ("conv_pw", "conv_pwl"), ("conv_dw",)
+
+
+def _families(model: torch.nn.Module, blocks: Sequence[str]) -> dict[str, list[str]]:
+    """Pointwise (expand, project) and depthwise convolutions of every block."""
+    inside = [n for n, _ in model.named_modules() if any(n.startswith(b + ".") for b in blocks)]
+    found = {
+        "pointwise-conv": [n for n in inside if n.rsplit(".", 1)[-1] in POINTWISE],
+        "depthwise-conv": [n for n in inside if n.rsplit(".", 1)[-1] in DEPTHWISE],
+    }
+    return {family: names for family, names in found.items() if names}
 
 
 def _blocks(model: torch.nn.Module) -> list[str]:

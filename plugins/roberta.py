@@ -15,6 +15,7 @@ class Roberta(TransformersTextBackbone):
     input_names = ("input_ids", "attention_mask")
     # word-split input (NER) needs the leading-space convention of RoBERTa's BPE
     tokenizer_kwargs = {"add_prefix_space": True}
+    targets = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
     position_offset = 2  # position ids start after padding_idx (1)
 
 

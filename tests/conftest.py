@@ -45,7 +45,8 @@ class TinyBackbone:
     def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
         torch.manual_seed(0)
         model = TinyCNN(num_labels)
-        return BuiltModel(model, task, num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"))
+        families = {"pointwise-conv": ["blocks.1.0"]}  # the 1x1 conv; what LoRA adapts by default
+        return BuiltModel(model, task, num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"), families=families)
 
     def collator(self, built: BuiltModel, options: Any):
         def collate(examples: Sequence[dict]) -> dict[str, torch.Tensor]:

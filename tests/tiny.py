@@ -41,3 +41,51 @@ def roberta_checkpoint(folder: Path, num_labels: int = 2, seed: int = 0) -> Path
     config = RobertaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80, pad_token_id=1, num_labels=num_labels)
     RobertaForSequenceClassification(config).save_pretrained(folder)
     return folder
+
+
+#: Tiny configs of encoder architectures for the generic ``transformers`` backbone:
+#: model_type -> (config overrides, tokenizer kind). Realistic switches are on
+#: (DeBERTa-v2 with relative attention, ALBERT and ELECTRA with a small embedding size).
+ENCODERS = {
+    "distilbert": ({"dim": 32, "n_layers": 2, "n_heads": 2, "hidden_dim": 64, "max_position_embeddings": 64}, "wordpiece"),
+    "albert": ({"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}, "wordpiece"),
+    "electra": ({"embedding_size": 16, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64}, "wordpiece"),
+    "deberta-v2": ({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 64, "relative_attention": True, "pos_att_type": ["p2c", "c2p"], "position_biased_input": False, "position_buckets": 16, "norm_rel_ebd": "layer_norm"}, "wordpiece"),
+    "xlm-roberta": ({"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "intermediate_size": 64, "max_position_embeddings": 80, "pad_token_id": 1}, "bpe"),
+}
+
+
+def encoder_checkpoint(folder: Path, model_type: str, num_labels: int = 2, seed: int = 0) -> Path:
+    """A tiny random checkpoint of ``model_type`` (a key of ENCODERS) with a tokenizer, saved to ``folder``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    overrides, kind = ENCODERS[model_type]
+    folder.mkdir(parents=True, exist_ok=True)
+    tokenizer = _bpe_tokenizer(folder) if kind == "bpe" else _wordpiece_tokenizer(folder)
+    torch.manual_seed(seed)
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), num_labels=num_labels, **overrides)
+    AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    return folder
+
+
+def _wordpiece_tokenizer(folder: Path):
+    from transformers import BertTokenizerFast
+
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
+    tokenizer = BertTokenizerFast(vocab=str(vocab))
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def _bpe_tokenizer(folder: Path):
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import RobertaTokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator([" ".join(WORDS)] * 4, vocab_size=300, min_frequency=1, special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.save_model(str(folder))
+    tokenizer = RobertaTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    tokenizer.save_pretrained(folder)
+    return tokenizer

@@ -103,6 +103,17 @@ def test_run_refuses_an_existing_run_directory(tmp_path, tiny_config):
     assert marker.read_text() == "keep"  # --overwrite replaces the run, never a user's file
 
 
+def test_dry_run_resolves_the_targets_against_the_model_before_any_run_directory(tmp_path, tiny_config):
+    tiny_config["method"] = {"name": "lora", "options": {"targets": "pointwise-conv"}}
+    result = invoke(["run", str(write_config(tmp_path, tiny_config)), "--dry-run"], plugins=[TinyPlugin()])
+    assert result.exit_code == 0, result.output
+    assert "lora trains: blocks.1.0 (lora_A, lora_B), head (weight, bias)" in result.stderr
+    tiny_config["method"] = {"name": "lora", "options": {"targets": ["no_such_layer"]}}
+    result = invoke(["run", str(write_config(tmp_path, tiny_config)), "--dry-run"], plugins=[TinyPlugin()])
+    assert result.exit_code == 2 and "matches no" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "runs").exists()
+
+
 def test_dry_run_prints_the_resolved_config(tmp_path, tiny_config):
     result = invoke(["run", str(write_config(tmp_path, tiny_config)), "--dry-run", "--set", "train.epochs=4"], plugins=[TinyPlugin()])
     assert result.exit_code == 0

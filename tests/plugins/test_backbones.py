@@ -12,7 +12,7 @@ from adapt.host import make_host
 from adapt.plan import validate_options
 from adapt.testing import check_backbone
 
-from tests.tiny import bert_checkpoint, roberta_checkpoint
+from tests.tiny import bert_checkpoint, encoder_checkpoint, roberta_checkpoint
 
 HOST = make_host()
 
@@ -25,6 +25,7 @@ def recipes(tmp_path_factory):
         "bert": (str(bert_checkpoint(root / "bert")), None, {"max_length": 32}),
         "roberta": (str(roberta_checkpoint(root / "roberta")), None, {"max_length": 32}),
         "mobilenet": (None, "mobilenetv3_small_050", {"image_size": 32}),
+        "transformers": (str(encoder_checkpoint(root / "distilbert", "distilbert")), None, {"max_length": 32}),
     }
 
 
@@ -50,4 +51,6 @@ def test_backbone_contract(name, task, recipes, tmp_path):
     garbage.write_bytes(b"\x00 this is not a checkpoint")
     built = check_backbone(backbone, task=task, examples=EXAMPLES[task], checkpoint=checkpoint, arch=arch, options=options, methods=HOST.methods.names(), bad_checkpoint=str(garbage))
     assert built.blocks, "every built-in backbone names its blocks"
-    assert backbone.default_targets("lora"), "every built-in backbone names default LoRA targets"
+    from adapt.families import default_target_names
+
+    assert default_target_names(built.families, HOST.methods.get("lora").default_families), "every built-in backbone has a family LoRA adapts by default"

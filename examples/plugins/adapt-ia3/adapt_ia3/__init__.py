@@ -32,12 +32,13 @@ from adapt.targets import find_targets, replace_module
 class IA3Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    targets: str | list[str] | None = Field(None, description="layers whose outputs are scaled: a regular expression, or names / name suffixes; default: the backbone's LoRA targets")
+    targets: str | list[str] | None = Field(None, description="layers whose outputs are scaled: a target family, a regular expression, or names / name suffixes; default: the families in default_families")
 
 
 class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the scales and the head)
     name = "ia3"
     options_schema = IA3Options
+    default_families = ("attention", "mlp-output", "pointwise-conv")
 
     def apply(self, built: BuiltModel, options: IA3Options, default_targets: Sequence[str]) -> list[str]:
         from torch import nn
@@ -47,7 +48,7 @@ class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the sca
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
             raise ConfigError("method 'ia3' needs target layers and the backbone names none", hint="set method.options.targets, e.g. [key, value, intermediate.dense]")
-        names = find_targets(built.model, spec, (nn.Linear, nn.Conv2d), exclude=built.head)
+        names = find_targets(built.model, spec, (nn.Linear, nn.Conv2d), exclude=built.head, families=built.families)
         for name in names:
             replace_module(built.model, name, Scaled(built.model.get_submodule(name)))
         return freeze_all_but(built.model, [*(f"{n}.scale" for n in names), *built.head, *built.new_parameters])
