@@ -179,11 +179,12 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         if dry_run:
             import yaml
 
-            from adapt.pipeline import check_targets, summarise
+            from adapt.pipeline import check_targets
+            from adapt.targets import describe_names
 
             click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False).rstrip())
-            trainable = check_targets(plan)
-            click.echo(f"{plan.config.method.name} trains: {summarise(trainable)}", err=True)
+            modules = list(dict.fromkeys(name.rpartition(".")[0] for name in check_targets(plan)))
+            click.echo(f"{plan.config.method.name} trains {len(modules)} module(s): {describe_names(modules)}", err=True)
             click.echo("config is valid; the method's targets were resolved against the model.", err=True)
             return
         if overwrite and resume:
