@@ -67,6 +67,9 @@ class DeriveContext:
     #: Batch-1 CPU latency of a file: {"median", "p90", "threads"} in milliseconds.
     latency: Callable[[Path], dict[str, float]]
     options: Any = None
+    #: What a deployed file should carry inside it (``adapt.labels``, ``adapt.task``,
+    #: ``adapt.preprocess``: JSON strings), for formats that hold metadata.
+    metadata: dict[str, str] = field(default_factory=dict)
 
 
 def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
@@ -123,6 +126,9 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
             staging.rename(run_dir / REJECTED_DIR)
             report["rejected_export"] = {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}
             raise
+        from adapt.report import model_card
+
+        (staging / "README.md").write_text(model_card({**report, **job.new, "metrics": {**report.get("metrics", {}), **job.new["metrics"]}, "parity": {**report.get("parity", {}), **job.new["parity"]}}, "export"), encoding="utf-8")
         forget_export(report)
         write_report(run_dir, report)  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
@@ -241,7 +247,19 @@ class _ExportJob:
         calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
         hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
         model_info = hints(session.built) if callable(hints) else {}
-        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, cfg.max_accuracy_drop, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name))
+        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, cfg.max_accuracy_drop, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name), self.metadata())
+
+    def metadata(self) -> dict[str, str]:
+        """Labels, task and preprocessing, as JSON strings to embed in deployed files."""
+        import json
+
+        from adapt import __version__
+
+        meta = {"adapt.labels": json.dumps(self.session.label_names), "adapt.task": self.session.config.task, "adapt.version": __version__}
+        spec = self.staging / PREPROCESS_FILE
+        if spec.exists():
+            meta["adapt.preprocess"] = spec.read_text(encoding="utf-8")
+        return meta
 
     def verify(self, exporter: Any, form: Form) -> None:
         """Test metrics, parity with the merged model and latency of one form. An exact

@@ -57,6 +57,10 @@ class BuiltModel:
     #: Methods adapt these by default (``Method.default_families``) and
     #: ``method.options.targets`` may name one. See adapt.families.
     families: dict[str, list[str]] = field(default_factory=dict)
+    #: Where the pretrained weights came from: an absolute local path or a hub id
+    #: (set by the host from ``backbone.checkpoint``; None without one). PEFT's
+    #: adapter_config.json names it as ``base_model_name_or_path``.
+    checkpoint: str | None = None
 
 
 @dataclass(frozen=True)

@@ -53,8 +53,14 @@ def load_data(plan: Plan) -> Splits:
 
 
 def build_model(plan: Plan, num_labels: int) -> BuiltModel:
+    from adapt.paths import resolve_checkpoint
+
     cfg = plan.config.backbone
-    return plan.backbone.build(plan.config.task, num_labels, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
+    built = plan.backbone.build(plan.config.task, num_labels, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
+    if cfg.checkpoint and built.checkpoint is None:
+        found = resolve_checkpoint(cfg.checkpoint)
+        built.checkpoint = str(Path(found).resolve()) if Path(found).exists() else found
+    return built
 
 
 def default_targets(plan: Plan, built: BuiltModel) -> list[str]:
@@ -145,6 +151,7 @@ def base_report(session: Session) -> dict[str, Any]:
         name=config.name,
         task=config.task,
         backbone=config.backbone.name,
+        arch=config.backbone.arch,
         method=config.method.name,
         params=count_parameters(session.built.model),
         new_parameters=list(session.built.new_parameters),
@@ -221,7 +228,9 @@ def evaluate_and_merge(session: Session, report: dict[str, Any]) -> tuple[Any, A
     gate_merge(session, merged, parity, report)
     if merged.folded:
         report["params"]["merged_total"] = sum(p.numel() for p in merged.model.parameters())
-    save_merged(merged.model, session.built, session.run.path / MERGED_DIR, folded=merged.folded)
+    from adapt.report import model_card
+
+    save_merged(merged.model, session, session.run.path / MERGED_DIR, folded=merged.folded, card=model_card(report, "merged"))
     primary = plan.task.primary_metric
     session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {report['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff {parity.max_abs_diff:.2e} (allowed {report['parity']['merged']['bound']:.1e}), label agreement {parity.label_agreement:.2%}")
     return merged, merged_eval
@@ -255,28 +264,45 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def save_merged(model: Any, built: BuiltModel, folder: Path, *, folded: bool) -> None:
-    """The merged model: a transformers folder (config, weights, tokenizer) when the
-    network is a transformers model and the method folded; else ``model.safetensors``
-    (the network's own tensor names when folded, adapt's when adapters stay inline).
-    The folder is swapped in whole, once written."""
+def save_merged(model: Any, session: Session, folder: Path, *, folded: bool, card: str = "") -> None:
+    """The merged model: a transformers folder (config with the run's label names,
+    weights, the tokenizer at the trained max length) when the network is a
+    transformers model and the method folded, so ``transformers.pipeline`` opens it;
+    else ``model.safetensors`` (the network's own tensor names when folded, adapt's
+    when adapters stay inline). With a model card (README.md). Swapped in whole."""
     from safetensors.torch import save
 
     from adapt.rundir import atomic_folder
 
     inner = getattr(model, "model", model)
     with atomic_folder(folder) as partial:
+        if card:
+            (partial / "README.md").write_text(card, encoding="utf-8")
         if folded and hasattr(inner, "save_pretrained"):
-            from adapt.hf_text import quiet_transformers
-
-            with quiet_transformers():
-                inner.save_pretrained(partial)
-            if hasattr(built.preprocessor, "save_pretrained"):
-                built.preprocessor.save_pretrained(partial)
+            _save_transformers(inner, session, partial)
             return
         source = inner if folded else model
         state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
         (partial / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
+
+
+def _save_transformers(inner: Any, session: Session, folder: Path) -> None:
+    from adapt.hf_text import quiet_transformers
+
+    labels = session.label_names
+    inner.config.id2label = dict(enumerate(labels))
+    inner.config.label2id = {name: i for i, name in enumerate(labels)}
+    tokenizer = session.built.preprocessor
+    with quiet_transformers():
+        inner.save_pretrained(folder)
+        if hasattr(tokenizer, "save_pretrained"):
+            tokenizer.save_pretrained(folder)
+    max_length = getattr(session.plan.backbone, "max_length", None)
+    settings = folder / "tokenizer_config.json"
+    if callable(max_length) and settings.exists():  # the length it was trained and exported at, not the checkpoint's 512
+        data = json.loads(settings.read_text(encoding="utf-8"))
+        data["model_max_length"] = max_length(session.built, session.plan.backbone_options)
+        settings.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
 # -- commands -------------------------------------------------------------------

@@ -171,3 +171,47 @@ def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Pa
     path = run_dir / CURVE_PNG
     atomic_write_bytes(path, buffer.getvalue())
     return path
+
+
+def model_card(report: dict[str, Any], kind: str) -> str:
+    """A model card (README.md) for ``merged/`` (``kind="merged"``) or ``export/``
+    (``kind="export"``), as Hugging Face model cards are: what the model is, what it
+    was trained on, its test metrics and parity with the form it came from, how to run it."""
+    from adapt import __version__
+
+    params, data, task = report.get("params", {}), report.get("data", {}), report.get("task", "")
+    labels = data.get("labels") or []
+    library = "onnxruntime" if kind == "export" else ("transformers" if task in ("text-classification", "token-classification") else "timm")
+    lines = [
+        "---", f"library_name: {library}", f"pipeline_tag: {task}", f"tags: [adapt, {report.get('method', '')}]", "---", "",
+        f"# {report.get('name', '')}: {report.get('backbone', '')} + {report.get('method', '')} ({task})", "",
+        f"Fine-tuned with adapt {__version__}: {params.get('trainable', 0):,} of {params.get('total', 0):,} parameters trained, then merged ({report.get('merge', '')}).",
+        f"Labels ({len(labels)}): {', '.join(map(str, labels[:20]))}{', ...' if len(labels) > 20 else ''}.", "",
+        "## Intended use", "",
+        f"{task} of inputs like its training data (data source `{data.get('source', '')}`, split sizes {data.get('sizes', {})}). "
+        "It was evaluated on that data's test split only; check it on your own data before relying on it.", "",
+    ]
+    forms = ["adapted", "merged"] if kind == "merged" else [f for f in report.get("metrics", {}) if f not in ("adapted",)]
+    metrics, parity = report.get("metrics", {}), report.get("parity", {})
+    names = sorted({k for f in forms for k in metrics.get(f, {})})
+    lines += ["## Test metrics and parity", "", "| form | " + " | ".join(names) + " | max abs diff | verified |", "|---" * (len(names) + 3) + "|"]
+    for form in forms:
+        check = parity.get(form, {})
+        lines.append(f"| {form} | " + " | ".join(_fmt(metrics.get(form, {}).get(k, "")) for k in names) + f" | {_diff(check.get('max_abs_diff'), '')} | {_verified(check.get('verified'))} |")
+    lines += ["", "## How to use", "", *_usage(report, kind, library), ""]
+    return "\n".join(lines)
+
+
+def _usage(report: dict[str, Any], kind: str, library: str) -> list[str]:
+    if kind == "export":
+        deployable = str(report.get("deployable", "model.onnx")).rpartition("/")[2]
+        return ["```bash", "pip install onnxruntime numpy pillow tokenizers", f'python predict.py {deployable} "an input"   # text, a sentence (NER) or an image path', "```", "",
+                "The `.onnx` files carry the labels and the preprocessing in their metadata (`adapt.labels`, `adapt.preprocess`)."]
+    if report.get("merge") == "inline":
+        return ["The method's modules stay inline (they cannot be folded), so `model.safetensors` is in adapt's layout:", "run it with `adapt predict RUN_DIR ...`, or deploy `export/`, which holds the one graph."]
+    if library == "transformers":
+        return ["```python", "from transformers import pipeline", f'classify = pipeline("{report.get("task", "")}", model="merged")', 'classify("an input")', "```"]
+    labels = len((report.get("data") or {}).get("labels") or []) or "N"
+    return ["```python", "import timm", f'model = timm.create_model("{report.get("arch") or "ARCH"}", pretrained=True, num_classes={labels},',
+            f'                          pretrained_cfg_overlay=dict(file="merged/model.safetensors", num_classes={labels}))', "```",
+            "(`num_classes` in the overlay too: else timm drops the trained head as not fitting ImageNet's 1000 classes.)"]

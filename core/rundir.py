@@ -109,8 +109,19 @@ def staged_folder(path: Path) -> Iterator[Path]:
         raise
 
 
+def _usual_permissions(folder: Path) -> None:
+    """Give every file in ``folder`` the permissions a new file gets here (0644 under the
+    usual umask): some writers (safetensors) create theirs readable by the owner only."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for item in folder.rglob("*"):
+        if item.is_file() and not item.is_symlink():
+            os.chmod(item, 0o666 & ~umask)
+
+
 def swap_in(staged: Path, path: Path) -> None:
     """Replace ``path`` (file, folder or link) by the complete folder ``staged``."""
+    _usual_permissions(staged)
     old = _beside(path, "old")
     remove(old)
     if path.exists() or path.is_symlink():

@@ -99,6 +99,8 @@ class OnnxExporter:
             passed = self._quantise(base, path, ctx, result)
             if passed is not None:
                 result.deployable = passed
+        for made in [path, *(f.path for f in result.forms if f.path.suffix == ".onnx")]:
+            stamp(made, ctx.metadata)
         if ctx.mobile:
             self._mobile(result.deployable, ctx, result)
         return result
@@ -208,6 +210,22 @@ class OnnxExporter:
         result.forms.append(Form("ort_mobile", ort_files[0], exact=False, runnable=False))
         result.info["mobile_from"] = path.name
         result.notes.append(f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build")
+
+
+def stamp(path: Path, metadata: dict[str, str]) -> None:
+    """Write ``metadata`` (labels, preprocessing) into the file's ``metadata_props``, so
+    an app on a device needs only the .onnx file (``session.get_modelmeta().custom_metadata_map``)."""
+    import onnx
+
+    if not metadata:
+        return
+    model = onnx.load(str(path))
+    kept = [p for p in model.metadata_props if p.key not in metadata]
+    del model.metadata_props[:]
+    model.metadata_props.extend(kept)
+    for key, value in metadata.items():
+        model.metadata_props.add(key=key, value=value)
+    onnx.save(model, str(path))
 
 
 def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

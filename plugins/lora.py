@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 #: PEFT wraps the model in ``base_model.model``; adapt's wrappers keep it in ``model``.
 PEFT_PREFIX = "base_model.model."
+#: adapt's task -> PEFT's task_type, for transformers models.
+PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
 WRAPPER_PREFIX = "model."
 
 
@@ -125,10 +127,12 @@ class LoRA:
                 rank_pattern[key] = module.r * groups
                 alpha_pattern[key] = module.alpha * (math.sqrt(groups) if module.rslora else groups)
         trained_modules = sorted({n.rpartition(".")[0].removeprefix(prefix) for n, p in built.model.named_parameters() if p.requires_grad and not n.endswith(("lora_A", "lora_B"))})
+        transformers_model = hasattr(getattr(built.model, "model", built.model), "config")
         return {
             "peft_type": "LORA",
-            "task_type": None,
-            "base_model_name_or_path": None,
+            # PEFT's AutoPeftModelFor* read these to rebuild the base model
+            "task_type": PEFT_TASK_TYPES.get(built.task) if transformers_model else None,
+            "base_model_name_or_path": built.checkpoint if transformers_model else None,
             "r": first.r,
             "lora_alpha": first.alpha,
             "lora_dropout": first.dropout,
