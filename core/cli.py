@@ -81,10 +81,10 @@ def format_table(rows: Sequence[Sequence[str]], header: Sequence[str]) -> str:
 def plugin_rows(host: Host) -> list[dict[str, str]]:
     """One row per registered object (and one per plugin that failed to load)."""
     rows = []
-    for attr, registry in host.registries().items():
+    for registry in host.registries().values():
         for name in registry.names():
             plugin = host.plugins.get(registry.owner(name))
-            obj = registry.get(name)
+            obj = registry.first(name)
             rows.append({
                 "name": name,
                 "kind": registry.kind,
@@ -94,9 +94,13 @@ def plugin_rows(host: Host) -> list[dict[str, str]]:
                 # backbones: the target families their models have; methods: those they adapt by default
                 "families": ", ".join(getattr(obj, "families", None) or getattr(obj, "default_families", None) or ()),
             })
+        for name, owners in registry.clashes.items():
+            for owner in owners[1:]:
+                plugin = host.plugins.get(owner)
+                rows.append({"name": name, "kind": f"{registry.kind} clash", "plugin": owner, "package": plugin.package if plugin else "", "version": plugin.version if plugin else "", "families": "", "error": registry.clash_error(name).message})
     for name, info in host.plugins.items():
         if info.error:
-            rows.append({"name": name, "kind": "error", "plugin": name, "package": info.package, "version": info.version, "error": info.error})
+            rows.append({"name": name, "kind": "error", "plugin": name, "package": info.package, "version": info.version, "families": "", "error": info.error})
     return rows
 
 
@@ -126,6 +130,10 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         for name, error in host.broken.items():
             click.secho(f"warning: plugin {name!r} failed to load and is skipped: {error}", fg="yellow", err=True)
 
+    def ctx_debug() -> bool:
+        ctx = click.get_current_context(silent=True)
+        return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+
     @cli.command("plugins")
     @click.option("--verbose", "-v", is_flag=True, help="Also show the hooks each plugin implements and where it was loaded from.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -145,7 +153,14 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         columns = ["name", "kind", "plugin", "package", "version"] + (["families", "hooks", "module", "from"] if verbose else [])
         click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
         if host.broken:
-            click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above.")
+            click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above" + ("." if ctx_debug() else " (adapt --debug plugins shows their tracebacks)."))
+            if ctx_debug():
+                for name, info in host.plugins.items():
+                    if info.error:
+                        click.echo(f"\n--- {name} ({info.module}) ---\n{info.traceback or info.error}", err=True)
+        for row in rows:
+            if row["kind"].endswith("clash"):
+                click.echo(f"\nclash: {row['error']}")
         if not verbose:
             click.echo(f"\nThird-party plugins are off when {AUTOLOAD_ENV}=1.")
 

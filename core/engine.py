@@ -270,18 +270,18 @@ class Trainer:
 
             def read_losses(batch_index: int) -> None:
                 """Bring the pending losses to the host (one sync) and stop at a non-finite one."""
-                if not pending:
+                if not pending:  # noqa: B023 - called within the same epoch
                     return
-                values = torch.stack(pending).tolist()
+                values = torch.stack(pending).tolist()  # noqa: B023 - called within the same epoch
                 first = batch_index - len(values) + 1
-                pending.clear()
+                pending.clear()  # noqa: B023 - called within the same epoch
                 for offset, value in enumerate(values):
                     if not math.isfinite(value):
                         raise TrainingError(
-                            f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",
+                            f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",  # noqa: B023 - called within the same epoch
                             hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir}` continues from it)",
                         )
-                losses.extend(values)
+                losses.extend(values)  # noqa: B023 - called within the same epoch
 
             progress = self._progress(len(batches), epoch, initial=state["batch"])
             for i, batch in self._loader(batches, state["batch"], fast):

@@ -16,7 +16,6 @@ import math
 import shutil
 import statistics
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,51 +24,8 @@ EXPORT_DIR = "export"
 PREPROCESS_FILE = "preprocess.json"
 
 
-@dataclass
-class Form:
-    """One file an exporter produced. ``exact``: must reproduce the merged model
-    within the parity tolerance (not so for int8); ``runnable``: the exporter's
-    ``load`` can run it here (a .ort file is for devices)."""
-
-    name: str
-    path: Path
-    exact: bool = True
-    runnable: bool = True
-
-
-@dataclass
-class Derived:
-    """What an exporter's ``derive`` made, and the file it recommends."""
-
-    deployable: Path
-    forms: list[Form] = field(default_factory=list)
-    attempts: list[dict[str, Any]] = field(default_factory=list)
-    notes: list[str] = field(default_factory=list)
-    info: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
-class DeriveContext:
-    """What an exporter may use to make and judge further forms."""
-
-    out_dir: Path
-    #: The backbone's ``onnx_optimizer_options(built)``, e.g. {"model_type": "bert",
-    #: "num_heads": 12, "hidden_size": 384} for ONNX Runtime's transformer optimiser;
-    #: empty for graphs it does not know.
-    model_info: dict[str, Any]
-    quantize: str
-    mobile: bool
-    max_accuracy_drop: float
-    #: Single-example model inputs from the training split, for calibration.
-    calibration: list[dict[str, Any]]
-    #: The task's primary metric of a file on the validation split.
-    score: Callable[[Path], float]
-    #: Batch-1 CPU latency of a file: {"median", "p90", "threads"} in milliseconds.
-    latency: Callable[[Path], dict[str, float]]
-    options: Any = None
-    #: What a deployed file should carry inside it (``adapt.labels``, ``adapt.task``,
-    #: ``adapt.preprocess``: JSON strings), for formats that hold metadata.
-    metadata: dict[str, str] = field(default_factory=dict)
+# The exporter's side of the contract lives with the other interfaces; these names stay importable here.
+from adapt.interfaces import Derived, DeriveContext, Form  # noqa: E402,F401
 
 
 def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
@@ -85,7 +41,7 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 
 
 #: What the export stage writes into the report (besides the exported forms' metrics and parity).
-EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "rejected_export")
+EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "rejected_export", "export_notes")
 #: Entries of ``metrics`` / ``parity`` that the merge stage writes; all others are exported forms'.
 MODEL_ENTRIES = ("adapted", "merged")
 #: Where an export that failed its parity check is kept for inspection (the previous export stays in place).
@@ -207,6 +163,9 @@ class _ExportJob:
         """``preprocess.json`` and the standalone ``predict.py``, where the backbone can describe its preprocessing."""
         save = getattr(self.plan.backbone, "save_preprocessing", None)
         if not callable(save):
+            note = f"backbone {self.plan.backbone.name!r} has no save_preprocessing, so export/ holds no preprocess.json and no standalone predict.py: a device must prepare inputs itself"
+            self.new.setdefault("export_notes", []).append(note)
+            self.session.say(f"export: note: {note}")
             return
         from adapt import onnx_predict
         from adapt.rundir import atomic_write_json

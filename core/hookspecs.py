@@ -61,6 +61,12 @@ def adapt_run_started(run_dir: Path, config: dict[str, Any]) -> None:
 
 
 @hookspec
+def adapt_run_finished(run_dir: Path, report: dict[str, Any], error: str | None) -> None:
+    """Called once when a run started with adapt_run_started ends: with the report
+    written so far, and ``error`` None on success or the message it failed with."""
+
+
+@hookspec
 def adapt_epoch_ended(run_dir: Path, epoch: int, metrics: dict[str, float]) -> None:
     """Called after each epoch's evaluation with that epoch's metrics."""
 

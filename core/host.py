@@ -53,6 +53,7 @@ class PluginInfo:
     source: str  # "entry point" or "inline"
     error: str | None = None
     path: str = ""  # the file the plugin's code was loaded from
+    traceback: str = ""  # of the import that failed, for `adapt --debug plugins`
 
 
 def autoload_enabled() -> bool:
@@ -91,10 +92,7 @@ class Host:
         except pluggy.PluginValidationError as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
-            raise PluginError(
-                f"plugin {name!r} does not fit the hook specification: {exc}",
-                hint="check the hook names and argument names against docs/plugins.md",
-            ) from None
+            raise PluginError(f"plugin {name!r} does not fit the hook specification: {exc}{_did_you_mean(str(exc))}", hint="check the hook names and argument names against docs/plugins.md") from None
         self.plugins[name] = PluginInfo(name, _module_of(plugin), package, version, source, path=_file_of(plugin))
         self._registries = None  # collect again on next use
 
@@ -119,8 +117,10 @@ class Host:
             try:
                 plugin = ep.load()
             except Exception as exc:  # noqa: BLE001 - any import failure is reported, not raised
+                import traceback
+
                 error = f"{type(exc).__name__}: {exc}"
-                self.plugins[ep.name] = PluginInfo(ep.name, ep.value, package, version, "entry point", error)
+                self.plugins[ep.name] = PluginInfo(ep.name, ep.value, package, version, "entry point", error, traceback="".join(traceback.format_exception(exc)))
                 continue
             self.register(plugin, ep.name, package=package, version=version, source="entry point")
 
@@ -165,6 +165,7 @@ class Host:
         for hook_name, attr in REGISTRATION_HOOKS.items():
             registry: Registry[Any] = Registry(attr[:-1].replace("_", " "))
             registry.broken_plugins = self.broken
+            registry.describe = self.describe
             self.call(hook_name, register=lambda obj, r=registry: r.add(obj, _RUNNING.get()))
             registries[attr] = registry
         return registries
@@ -228,6 +229,17 @@ class Host:
         """``plugin 'lora' (package adapt-edge 0.1.0)``, for messages that blame a plugin."""
         info = self.plugins.get(plugin_name)
         return f"plugin {plugin_name!r}" + (f" (package {info.package} {info.version})" if info and info.package else "")
+
+
+def _did_you_mean(error: str) -> str:
+    """`` (did you mean 'adapt_register_methods'?)`` for an unknown hook name in pluggy's error."""
+    import difflib
+    import re
+
+    unknown = re.search(r"unknown hook '([^']+)'", error)
+    hooks = [n for n in dir(hookspecs) if n.startswith("adapt_")]
+    close = difflib.get_close_matches(unknown.group(1), hooks, n=1) if unknown else []
+    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _module_of(plugin: object) -> str:

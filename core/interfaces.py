@@ -166,6 +166,14 @@ class Backbone(Protocol):
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
         """Input/output names (in forward order) and dynamic batch/sequence axes."""
 
+    # Optional members (a backbone may leave them out):
+    #   families: tuple[str, ...] -- the target families its models have (adapt.families)
+    #   save_preprocessing(built, options, folder) -> dict -- writes what a device needs
+    #       (tokenizer.json, ...) into ``folder`` and returns preprocess.json's content
+    #       (``kind``: text | tokens | image, and its keys, see adapt.onnx_predict);
+    #       without it the export has no predict.py and preprocess.json (the report says so)
+    #   onnx_optimizer_options(built) -> dict -- DeriveContext.model_info for the exporter
+
     def default_targets(self, method: str) -> list[str]:
         """Optional, the older way: module names (or suffixes) a method adapts when the
         config names none. A backbone that fills ``BuiltModel.families`` (and lists
@@ -195,16 +203,65 @@ class Method(Protocol):
     def merge(self, built: BuiltModel) -> MergeResult:
         """Fold the method into the backbone in fp32, or keep it inline and say so."""
 
+    # Optional: adapter_config(built) -> dict, saved as adapter_config.json beside the
+    # adapter weights (LoRA writes PEFT's format there).
+
+
+@dataclass
+class Form:
+    """One file an exporter produced. ``exact``: must reproduce the merged model
+    within the parity tolerance (not so for int8); ``runnable``: the exporter's
+    ``load`` can run it here (a .ort file is for devices)."""
+
+    name: str
+    path: Path
+    exact: bool = True
+    runnable: bool = True
+
+
+@dataclass
+class Derived:
+    """What an exporter's ``derive`` made, and the file it recommends."""
+
+    deployable: Path
+    forms: list[Form] = field(default_factory=list)
+    attempts: list[dict[str, Any]] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class DeriveContext:
+    """What an exporter may use to make and judge further forms."""
+
+    out_dir: Path
+    #: The backbone's ``onnx_optimizer_options(built)``, e.g. {"model_type": "bert",
+    #: "num_heads": 12, "hidden_size": 384} for ONNX Runtime's transformer optimiser;
+    #: empty for graphs it does not know.
+    model_info: dict[str, Any]
+    quantize: str
+    mobile: bool
+    max_accuracy_drop: float
+    #: Single-example model inputs from the training split, for calibration.
+    calibration: list[dict[str, Any]]
+    #: The task's primary metric of a file on the validation split.
+    score: Callable[[Path], float]
+    #: Batch-1 CPU latency of a file: {"median", "p90", "threads"} in milliseconds.
+    latency: Callable[[Path], dict[str, float]]
+    options: Any = None
+    #: What a deployed file should carry inside it (``adapt.labels``, ``adapt.task``,
+    #: ``adapt.preprocess``: JSON strings), for formats that hold metadata.
+    metadata: dict[str, str] = field(default_factory=dict)
+
 
 @runtime_checkable
 class Exporter(Protocol):
     """Writes a merged model to a deployable file and runs that file, so adapt can
     check it against PyTorch (parity and the task's metrics on the test split).
 
-    Optional: ``derive(path, ctx: adapt.export_stage.DeriveContext) -> Derived``
-    makes further forms of the file (optimised, quantised, mobile) and names the
-    one to deploy; ``ctx`` lets it score a candidate on the validation split and
-    time it.
+    Optional: ``derive(path, ctx: DeriveContext) -> Derived`` makes further forms
+    of the file (optimised, quantised, mobile) and names the one to deploy; ``ctx``
+    lets it score a candidate on the validation split and time it.
     """
 
     name: str

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import click
 
@@ -389,6 +389,20 @@ def _start_run(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool) -
     return session
 
 
+@contextlib.contextmanager
+def _finishing(session: Session, host: Host, report: dict[str, Any]) -> Iterator[None]:
+    """Call adapt_run_finished once the stages end, with the error they ended with (if any)."""
+    error: str | None = None
+    try:
+        yield
+    except BaseException as exc:
+        error = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+        raise
+    finally:
+        if session.dist.main:
+            host.call("adapt_run_finished", run_dir=session.run.path, report=report, error=error)
+
+
 def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, resume: bool) -> Path:
     from adapt.engine import resolve_device
 
@@ -404,17 +418,18 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
         report = base_report(session)
         params = report["params"]
         session.say(f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})")
-        if dist.main:
-            write_report(run.path, report)
-        train_stage(session, host, report, resume=resume)
-        if dist.main:
-            try:
-                merged, merged_eval = evaluate_and_merge(session, report)
+        with _finishing(session, host, report):
+            if dist.main:
                 write_report(run.path, report)
-                export_stage(session, merged.model, merged_eval, report, host)
-            finally:
-                write_report(run.path, report)
-            session.say(f"report: {run.path / 'report.md'}")
+            train_stage(session, host, report, resume=resume)
+            if dist.main:
+                try:
+                    merged, merged_eval = evaluate_and_merge(session, report)
+                    write_report(run.path, report)
+                    export_stage(session, merged.model, merged_eval, report, host)
+                finally:
+                    write_report(run.path, report)
+                session.say(f"report: {run.path / 'report.md'}")
         distributed.barrier(dist)
         return run.path
     finally:

@@ -1,14 +1,15 @@
 """Name -> object registries, one per kind of plugin object.
 
-A name is owned by exactly one plugin: registering it twice is an error that
-names both plugins, never a silent overwrite. Asking for a name nobody
-registered is an error that lists what is available.
+A name is owned by exactly one plugin: registering it twice is never a silent
+overwrite. The clash is recorded (``adapt plugins`` lists it) and using that name
+is an error that names both plugins with their packages and versions. Asking for
+a name nobody registered is an error that lists what is available.
 """
 
 from __future__ import annotations
 
 import difflib
-from typing import Generic, Iterator, TypeVar
+from typing import Callable, Generic, Iterator, TypeVar
 
 from adapt.errors import PluginError
 
@@ -24,6 +25,10 @@ class Registry(Generic[T]):
         self._owners: dict[str, str] = {}
         #: Plugins that failed to load; mentioned when a name is not found.
         self.broken_plugins: dict[str, str] = {}
+        #: Names registered by more than one plugin -> those plugins (registration order).
+        self.clashes: dict[str, list[str]] = {}
+        #: How to name a plugin in messages (the host's: with its package and version).
+        self.describe: Callable[[str], str] = lambda plugin: f"plugin {plugin!r}"
 
     def add(self, obj: T, plugin: str) -> None:
         name = getattr(obj, "name", None)
@@ -33,19 +38,26 @@ class Registry(Generic[T]):
                 hint=f"give the {self.kind} object a `name` class attribute",
             )
         if name in self._objects:
-            first, second = sorted([self._owners[name], plugin])  # pluggy's call order is not the user's business
-            raise PluginError(
-                f"{self.kind} {name!r} is registered twice: by plugin {first!r} and by plugin {second!r}",
-                hint="uninstall one of the two packages, or rename one of the two objects",
-            )
+            self.clashes.setdefault(name, [self._owners[name]]).append(plugin)
+            return
         self._objects[name] = obj
         self._owners[name] = plugin
 
+    def clash_error(self, name: str) -> PluginError:
+        owners = " and by ".join(self.describe(p) for p in sorted(self.clashes[name]))  # pluggy's call order is not the user's business
+        return PluginError(f"{self.kind} {name!r} is registered twice: by {owners}", hint="uninstall one of the two packages, or rename one of the two objects")
+
     def get(self, name: str) -> T:
+        if name in self.clashes:
+            raise self.clash_error(name)
         try:
             return self._objects[name]
         except KeyError:
             raise PluginError(self._unknown_message(name), hint=self._unknown_hint(name)) from None
+
+    def first(self, name: str) -> T:
+        """The object first registered under ``name``, clash or not (for listings)."""
+        return self._objects[name]
 
     def owner(self, name: str) -> str:
         return self._owners[name]

@@ -117,6 +117,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {name} | {size:,} |" for name, size in files.items()]
     if report.get("deployable"):
         lines += ["", f"Deployable: `{report['deployable']}`"]
+    for note in report.get("export_notes") or []:
+        lines.append(f"- export: {note}")
     if (report.get("notes") or []):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"

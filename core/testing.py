@@ -97,6 +97,9 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     (and, when folded, the base architecture and parameter count); round-trip the adapter.
     With ``bad_options`` (say, targets that match nothing), check applying them gives a
     clear error."""
+    schema = getattr(method, "options_schema", None)
+    if options is None and schema is not None:
+        options = schema()  # the method's defaults, as a config without options gives it
     if bad_options is not None:
         _check_user_error(lambda: method.apply(build(), bad_options, list(default_targets)), f"applying {method.name} with {bad_options!r}")
     base = build()

@@ -78,4 +78,4 @@ def test_a_wrapper_sees_registrations_and_raising_plugins_are_named():
     host = make_host([Counter()], autoload=False)
     assert "freeze" in host.methods and host.methods.owner("freeze") == "freeze" and wrapped == ["methods"]
     with pytest.raises(PluginError, match=r"plugin 'Broken' raised in adapt_register_tasks: RuntimeError: wrapper broke"):
-        make_host([Broken()], autoload=False).tasks
+        make_host([Broken()], autoload=False).registries()

@@ -81,14 +81,25 @@ def test_each_host_is_fresh():
 def test_duplicate_name_names_both_plugins():
     host = make_host([MethodPlugin("twin", "first-pkg"), MethodPlugin("twin", "second-pkg")], autoload=False, builtins=False)
     with pytest.raises(PluginError) as info:
-        host.methods
+        host.methods.get("twin")
     assert "'twin'" in info.value.message and "first-pkg" in info.value.message and "second-pkg" in info.value.message
 
 
-def test_duplicate_of_a_builtin_names_the_builtin():
+def test_duplicate_of_a_builtin_names_the_builtin_and_its_package():
     host = make_host([MethodPlugin("freeze", "impostor")], autoload=False)
-    with pytest.raises(PluginError, match=r"method 'freeze' is registered twice: by plugin 'freeze' and by plugin 'impostor'"):
-        host.methods
+    with pytest.raises(PluginError, match=r"method 'freeze' is registered twice: by plugin 'freeze' \(package adapt-edge [^)]+\) and by plugin 'impostor'"):
+        host.methods.get("freeze")
+    assert host.methods.get("lora").name == "lora"  # the clash spoils only its own name
+
+
+def test_a_clash_is_listed_by_adapt_plugins_instead_of_breaking_it():
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+
+    result = CliRunner().invoke(make_cli(lambda: make_host([MethodPlugin("freeze", "impostor")], autoload=False)), ["plugins"])
+    assert result.exit_code == 0, result.output
+    assert "clash" in result.output and "impostor" in result.output and "lora" in result.output
 
 
 def test_unknown_name_lists_what_is_available_and_suggests():
@@ -117,7 +128,7 @@ def test_plugin_whose_hook_raises_is_named():
 
     host = make_host([Broken()], autoload=False, builtins=False)
     with pytest.raises(PluginError, match=r"plugin 'Broken' raised in adapt_register_methods: RuntimeError: boom"):
-        host.methods
+        host.registries()  # collecting them calls the registration hooks
 
 
 def test_lifecycle_hooks_receive_only_the_arguments_they_name(tmp_path):
@@ -199,3 +210,57 @@ def test_plugin_that_fails_to_import_is_reported_by_name(on_sys_path):
     with pytest.raises(PluginError) as info:
         host.methods.get("whatever")
     assert "adapt-broken" in info.value.hint
+
+
+def test_debug_plugins_shows_the_traceback_of_a_plugin_that_failed_to_import(on_sys_path):
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+
+    make_distribution(on_sys_path, "adapt-broken", "thirdparty_broken", "import not_a_module_anywhere\n")
+    plain = CliRunner().invoke(make_cli(lambda: make_host(autoload=True)), ["plugins"])
+    assert plain.exit_code == 0 and "adapt --debug plugins shows their tracebacks" in plain.output and "Traceback" not in plain.output
+    debug = CliRunner().invoke(make_cli(lambda: make_host(autoload=True)), ["--debug", "plugins"])
+    assert debug.exit_code == 0 and "Traceback (most recent call last)" in debug.output and "thirdparty_broken.py" in debug.output
+
+
+def test_a_misspelled_hook_name_gets_a_suggestion():
+    class Typo:
+        @hookimpl
+        def adapt_register_method(self, register):
+            pass
+
+    with pytest.raises(PluginError, match=r"unknown hook 'adapt_register_method'.*\(did you mean 'adapt_register_methods'\?\)"):
+        make_host([Typo()], autoload=False)
+
+
+def test_run_finished_is_called_once_with_the_report_or_the_error(tmp_path, tiny_config):
+    """adapt_run_finished pairs with adapt_run_started, on success and on failure."""
+    import yaml
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+    from tests.conftest import TinyPlugin
+
+    finished = []
+
+    class Tracker:
+        @hookimpl
+        def adapt_run_finished(self, run_dir, report, error):
+            finished.append((run_dir.name, "metrics" in report, error))
+
+    tiny_config.update(output_dir=str(tmp_path / "runs"), export={"formats": []})
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(tiny_config))
+    cli = lambda: make_cli(lambda: make_host([TinyPlugin(), Tracker()], autoload=False))  # noqa: E731
+    assert CliRunner().invoke(cli(), ["run", str(tmp_path / "c.yaml")]).exit_code == 0
+    assert finished == [("tiny", True, None)]
+
+    class FailingLogger:
+        @hookimpl
+        def adapt_epoch_ended(self, epoch):
+            raise RuntimeError("tracker offline")
+
+    failing = make_cli(lambda: make_host([TinyPlugin(), Tracker(), FailingLogger()], autoload=False))
+    result = CliRunner().invoke(failing, ["run", str(tmp_path / "c.yaml"), "--overwrite"])
+    assert result.exit_code == 2, result.output
+    assert len(finished) == 2 and finished[1][0] == "tiny" and "tracker offline" in finished[1][2]

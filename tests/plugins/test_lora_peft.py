@@ -40,7 +40,7 @@ def peft_bert(bert_dir, options):
 def randomise_lora(built):
     torch.manual_seed(1)
     with torch.no_grad():
-        for name, param in built.model.named_parameters():
+        for param in built.model.parameters():
             if param.requires_grad:
                 param.normal_(0, 0.2)
 

@@ -18,7 +18,7 @@ from PIL import Image
 from adapt.cli import make_cli
 from adapt.host import make_host
 from tests.conftest import TinyPlugin
-from tests.tiny import bert_checkpoint, roberta_checkpoint
+from tests.tiny import bert_checkpoint
 
 
 def run_cli(*args: str):

@@ -130,4 +130,4 @@ def test_text_and_image_folders(files):
                 (Path(folder) / label).mkdir(exist_ok=True)
                 (Path(folder) / label / f"{i}{suffix}").write_bytes(content)
             request = DataRequest(task_name, Path(folder), options=validate_options(source, "data", {}, "data.options"))
-            must_be_clean(lambda: load_splits(source, request, task, SplitConfig()))
+            must_be_clean(lambda: load_splits(source, request, task, SplitConfig()))  # noqa: B023 - called at once

@@ -171,3 +171,11 @@ def test_a_training_checkpoint_with_pickled_code_is_refused(tmp_path):
     with pytest.raises(CheckpointError, match="contains pickled Python code") as caught:
         load_checkpoint(path)
     assert "weights_only=False" not in str(caught.value)
+
+
+def test_an_export_without_preprocessing_says_so(finished):
+    """The tiny test backbone has no save_preprocessing: the export cannot ship predict.py, and the report says why."""
+    report = json.loads((finished / "report.json").read_text())
+    assert any("has no save_preprocessing" in note for note in report["export_notes"])
+    assert not (finished / "export" / "predict.py").exists()
+    assert "- export: backbone 'tiny-cnn' has no save_preprocessing" in (finished / "report.md").read_text()
