@@ -130,10 +130,21 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         for name, error in host.broken.items():
             click.secho(f"warning: plugin {name!r} failed to load and is skipped: {error}", fg="yellow", err=True)
 
-    def ctx_debug() -> bool:
-        ctx = click.get_current_context(silent=True)
-        return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+    _add_plugin_commands(cli, host)
+    _add_run_command(cli, host)
+    _add_run_dir_commands(cli, host)
+    host.call("adapt_register_commands", cli=cli)
+    return cli
 
+
+def _debugging() -> bool:
+    """Whether the command line asked for --debug."""
+    ctx = click.get_current_context(silent=True)
+    return bool(ctx and ctx.find_root().obj and ctx.find_root().obj.get("debug"))
+
+
+def _add_plugin_commands(cli: click.Group, host: Host) -> None:
+    """`adapt plugins` and `adapt init`."""
     @cli.command("plugins")
     @click.option("--verbose", "-v", is_flag=True, help="Also show the hooks each plugin implements and where it was loaded from.")
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -153,8 +164,8 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         columns = ["name", "kind", "plugin", "package", "version"] + (["families", "hooks", "module", "from"] if verbose else [])
         click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
         if host.broken:
-            click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above" + ("." if ctx_debug() else " (adapt --debug plugins shows their tracebacks)."))
-            if ctx_debug():
+            click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above" + ("." if _debugging() else " (adapt --debug plugins shows their tracebacks)."))
+            if _debugging():
                 for name, info in host.plugins.items():
                     if info.error:
                         click.echo(f"\n--- {name} ({info.module}) ---\n{info.traceback or info.error}", err=True)
@@ -177,6 +188,9 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
         atomic_write_text(path, starter_text())
         click.echo(f"wrote {path}; edit it, then run: adapt run {path}")
 
+
+def _add_run_command(cli: click.Group, host: Host) -> None:
+    """`adapt run`."""
     @cli.command("run")
     @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
     @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
@@ -208,6 +222,9 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
 
         run_pipeline(plan, host, overwrite=overwrite, resume=resume)
 
+
+def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
+    """The commands that work on a run directory: train, eval, merge, export, bench, predict."""
     run_dir_argument = click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
 
     @cli.command("train")
@@ -260,6 +277,11 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
             raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
         click.echo(latency_table(report))
 
+    _add_predict_command(cli, host, run_dir_argument)
+
+
+def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
+    """`adapt predict`, with PyTorch or with ONNX Runtime alone."""
     @cli.command("predict")
     @run_dir_argument
     @click.argument("inputs", nargs=-1, required=True)
@@ -286,9 +308,6 @@ def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
             rows = predict(run_dir, host, inputs)
         for row in rows:
             click.echo(json.dumps(row))
-
-    host.call("adapt_register_commands", cli=cli)
-    return cli
 
 
 def main(argv: Sequence[str] | None = None) -> None:
