@@ -109,6 +109,11 @@ class TrainConfig(_Section):
     workers: Int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
     fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
 
+    @property
+    def eval_batch(self) -> int:
+        """The batch size of every evaluation (validation, test, export checks): the one rule."""
+        return self.eval_batch_size or 2 * self.batch_size
+
 
 class ExportConfig(_Section):
     formats: list[str] = Field(default_factory=lambda: ["onnx"], description="registered exporters to run after the merge")

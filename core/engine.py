@@ -328,7 +328,7 @@ class Trainer:
             train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
             throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
 
-            val = evaluate(model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch_size or 2 * cfg.batch_size, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
+            val = evaluate(model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
             metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
             score = val.metrics.get(primary)
             improved = score is None or state["best_metric"] is None or score > state["best_metric"]

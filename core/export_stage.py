@@ -107,7 +107,7 @@ class _ExportJob:
         self.plan, self.cfg = session.plan, session.config.export
         self.threads = torch.get_num_threads()
         self.io = self.plan.backbone.onnx_io(session.built)
-        batch_size = session.config.train.eval_batch_size or 2 * session.config.train.batch_size
+        batch_size = session.config.train.eval_batch
         self.test_batches = self._batches(session.splits.test, batch_size)
         self.val_batches = self._batches(session.splits.val, batch_size) or self.test_batches
         self.one = session.collate(session.splits.test[:1])

@@ -16,13 +16,16 @@ import os
 import sys
 import types
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable
 
 import pluggy
 
 from adapt import hookspecs
 from adapt.errors import AdaptError, PluginError
 from adapt.registry import Registry
+
+if TYPE_CHECKING:
+    from adapt.interfaces import Backbone, DataSource, Exporter, Method, Task
 
 #: The distribution that ships the built-in plugins.
 DISTRIBUTION = "adapt-edge"
@@ -132,23 +135,23 @@ class Host:
     # -- registries -----------------------------------------------------
 
     @property
-    def backbones(self) -> Registry[Any]:
+    def backbones(self) -> Registry[Backbone]:
         return self._registry("backbones")
 
     @property
-    def methods(self) -> Registry[Any]:
+    def methods(self) -> Registry[Method]:
         return self._registry("methods")
 
     @property
-    def exporters(self) -> Registry[Any]:
+    def exporters(self) -> Registry[Exporter]:
         return self._registry("exporters")
 
     @property
-    def data_sources(self) -> Registry[Any]:
+    def data_sources(self) -> Registry[DataSource]:
         return self._registry("data_sources")
 
     @property
-    def tasks(self) -> Registry[Any]:
+    def tasks(self) -> Registry[Task]:
         return self._registry("tasks")
 
     def registries(self) -> dict[str, Registry[Any]]:

@@ -213,7 +213,7 @@ def evaluate_and_merge(session: Session, report: dict[str, Any]) -> tuple[Any, A
     assert session.splits is not None
     plan, config = session.plan, session.config
     test = session.splits.test
-    batch_size = config.train.eval_batch_size or 2 * config.train.batch_size
+    batch_size = config.train.eval_batch
     device = torch.device("cpu")  # merge and its check run in fp32 on the CPU, whatever training used
     session.built.model.to(device)
     adapted = evaluate(session.built.model, test, session.collate, plan.task, session.label_names, batch_size=batch_size, device=device, keep_logits=True)
@@ -477,7 +477,7 @@ def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
 
     config = session.config
     examples = getattr(session.splits, split)
-    result = evaluate(session.built.model, examples, session.collate, session.plan.task, session.label_names, batch_size=config.train.eval_batch_size or 2 * config.train.batch_size, device=torch.device("cpu"))
+    result = evaluate(session.built.model, examples, session.collate, session.plan.task, session.label_names, batch_size=config.train.eval_batch, device=torch.device("cpu"))
     return _clean(result.metrics)
 
 

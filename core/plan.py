@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from adapt.config import RunConfig, format_errors
 from adapt.errors import AdaptError, ConfigError
 from adapt.host import Host
-from adapt.interfaces import DataRequest
+from adapt.interfaces import Backbone, DataRequest, DataSource, Exporter, Method, Task
 from adapt.paths import resolve_path
 
 
@@ -25,11 +25,11 @@ class Plan:
     """The config plus the plugin objects and validated options it names."""
 
     config: RunConfig
-    task: Any
-    backbone: Any
-    method: Any
-    source: Any
-    exporters: list[Any]
+    task: Task
+    backbone: Backbone
+    method: Method
+    source: DataSource
+    exporters: list[Exporter]
     backbone_options: Any
     method_options: Any
     data_options: Any
