@@ -49,6 +49,21 @@ def sync_interval(device: torch.device) -> int:
     return 1 if device.type == "cpu" else SYNC_EVERY
 
 
+@dataclass
+class _Loop:
+    """The moving parts of one training run, shared by the steps of Trainer._fit."""
+
+    runner: nn.Module
+    optimiser: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    #: epoch, batch, step, best_metric, best_epoch, bad_epochs, seconds: what a checkpoint saves
+    state: dict[str, Any]
+    checkpoint_path: Path
+    losses: list[float] = field(default_factory=list)
+    pending: list[torch.Tensor] = field(default_factory=list)
+
+
 class TrainingError(AdaptError):
     """Training cannot go on (a NaN loss, ...); the last good checkpoint is kept."""
 
@@ -218,8 +233,25 @@ class Trainer:
             fast.restore()  # the merge and the export see the model as the backbone built it
 
     def _fit(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath, resume: bool) -> TrainResult:
-        cfg, dist = self.config, self.dist
+        cfg = self.config
         self._say(f"train: fast path: {fast.describe()}")
+        loop = self._loop(model, params, fast)
+        self._restore(model, loop, resume)
+        started = time.perf_counter() - loop.state["seconds"]
+        stopped_early = False
+        for epoch in range(loop.state["epoch"], cfg.epochs):
+            losses, seen, tick = self._train_epoch(model, params, loop, epoch, fast, started)
+            if self._end_epoch(model, loop, epoch, losses, seen, tick, started):
+                stopped_early = True
+                break
+        distributed.barrier(self.dist)
+        load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
+        state = loop.state
+        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict())
+
+    def _loop(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath) -> _Loop:
+        """The runner (DDP-wrapped, compiled), optimiser, schedule, grad scaler and a fresh state."""
+        cfg, dist = self.config, self.dist
         runner: nn.Module = model
         if dist.active:
             from torch.nn.parallel import DistributedDataParallel
@@ -231,132 +263,143 @@ class Trainer:
         steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
         scheduler = self._scheduler(optimiser, steps_per_epoch * cfg.epochs)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-
         state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
-        checkpoint_path = self.run_dir / CHECKPOINT
-        if resume and checkpoint_path.exists():
-            saved = load_checkpoint(checkpoint_path)
+        return _Loop(runner, optimiser, scheduler, scaler, state, self.run_dir / CHECKPOINT)
+
+    def _restore(self, model: nn.Module, loop: _Loop, resume: bool) -> None:
+        """Continue from the last checkpoint (resume), or start a fresh metrics file."""
+        if resume and loop.checkpoint_path.exists():
+            saved = load_checkpoint(loop.checkpoint_path)
             from adapt.params import load_parameters
 
             load_parameters(model, {k: v for k, v in saved["trainable"].items()})
-            optimiser.load_state_dict(saved["optimiser"])
-            scheduler.load_state_dict(saved["scheduler"])
-            scaler.load_state_dict(saved["scaler"])
-            state.update(saved["state"])
+            loop.optimiser.load_state_dict(saved["optimiser"])
+            loop.scheduler.load_state_dict(saved["scheduler"])
+            loop.scaler.load_state_dict(saved["scaler"])
+            loop.state.update(saved["state"])
             self.log = list(saved["log"])
             set_rng_state(saved["rng"])
             self._rewrite_log()
-            self._say(f"train: resuming at epoch {state['epoch'] + 1}, step {state['step']}")
-        elif dist.main:
+            self._say(f"train: resuming at epoch {loop.state['epoch'] + 1}, step {loop.state['step']}")
+        elif self.dist.main:
             (self.run_dir / METRICS_FILE).unlink(missing_ok=True)
 
-        def checkpoint() -> None:
-            if dist.main:
-                trainable = {n: t.cpu() for n, t in trainable_state(model).items()}
-                save_checkpoint(checkpoint_path, {"trainable": trainable, "optimiser": optimiser.state_dict(), "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "state": dict(state), "log": self.log})
-            distributed.barrier(dist)
+    def _checkpoint(self, model: nn.Module, loop: _Loop) -> None:
+        if self.dist.main:
+            trainable = {n: t.cpu() for n, t in trainable_state(model).items()}
+            save_checkpoint(loop.checkpoint_path, {"trainable": trainable, "optimiser": loop.optimiser.state_dict(), "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(), "state": dict(loop.state), "log": self.log})
+        distributed.barrier(self.dist)
 
-        primary = self.task.primary_metric
-        started = time.perf_counter() - state["seconds"]
-        stopped_early = False
-        for epoch in range(state["epoch"], cfg.epochs):
-            batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist)
-            runner.train()
-            freeze_frozen_norms(model)
-            losses: list[float] = []
-            pending: list[torch.Tensor] = []  # losses still on the device
-            seen, tick = 0, time.perf_counter()
-            sync_every = sync_interval(self.device)
+    def _read_losses(self, loop: _Loop, epoch: int, batch_index: int) -> None:
+        """Bring the pending losses to the host (one sync) and stop at a non-finite one."""
+        if not loop.pending:
+            return
+        values = torch.stack(loop.pending).tolist()
+        first = batch_index - len(values) + 1
+        loop.pending.clear()
+        for offset, value in enumerate(values):
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",
+                    hint=f"lower train.lr (now {self.config.lr}) or use train.precision: fp32; the last good checkpoint is {loop.checkpoint_path} (`adapt train {self.run_dir}` continues from it)",
+                )
+        loop.losses.extend(values)
 
-            def read_losses(batch_index: int) -> None:
-                """Bring the pending losses to the host (one sync) and stop at a non-finite one."""
-                if not pending:  # noqa: B023 - called within the same epoch
-                    return
-                values = torch.stack(pending).tolist()  # noqa: B023 - called within the same epoch
-                first = batch_index - len(values) + 1
-                pending.clear()  # noqa: B023 - called within the same epoch
-                for offset, value in enumerate(values):
-                    if not math.isfinite(value):
-                        raise TrainingError(
-                            f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",  # noqa: B023 - called within the same epoch
-                            hint=f"lower train.lr (now {cfg.lr}) or use train.precision: fp32; the last good checkpoint is {checkpoint_path} (`adapt train {self.run_dir}` continues from it)",
-                        )
-                losses.extend(values)  # noqa: B023 - called within the same epoch
-
-            progress = self._progress(len(batches), epoch, initial=state["batch"])
-            for i, batch in self._loader(batches, state["batch"], fast):
-                batch = fast_path.channels_last_batch(to_device(batch, self.device), fast)
-                labels = batch.pop("labels")
-                fast_path.step_begins(fast)
-                with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
-                    loss = self.task.loss(runner(**batch).float(), labels)
-                scaler.scale(loss / cfg.grad_accum).backward()
-                pending.append(loss.detach())
-                seen += len(batches[i])
-                if progress is not None:
-                    progress.update(1)
-                last = i == len(batches) - 1
-                if (i + 1) % cfg.grad_accum == 0 or last:
-                    if cfg.max_grad_norm > 0:
-                        scaler.unscale_(optimiser)
-                        torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                    scaler.step(optimiser)
-                    scaler.update()
-                    optimiser.zero_grad(set_to_none=True)
-                    scheduler.step()
-                    state["step"] += 1
-                    state["batch"] = i + 1
-                    due = bool(cfg.checkpoint_every) and state["step"] % cfg.checkpoint_every == 0 and not last
-                    stop = self._stop_asked() and not last  # Ctrl-C: checkpoint here, then stop
-                    if due or stop or state["step"] % sync_every == 0:
-                        read_losses(i)
-                        if progress is not None and losses:
-                            progress.set_postfix(loss=f"{losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
-                    if due or stop:
-                        row = {"kind": "step", "epoch": epoch + 1, "step": state["step"], "loss": losses[-1], "lr": scheduler.get_last_lr()[0]}
-                        if due:
-                            self.log.append(row)
-                        state["seconds"] = time.perf_counter() - started
-                        checkpoint()
-                        if due:
-                            self._append(row)  # after the checkpoint: the file never runs ahead of it
-                    if stop:
-                        self._interrupted(state, checkpoint_path)
-            read_losses(len(batches) - 1)
+    def _train_epoch(self, model: nn.Module, params: list[nn.Parameter], loop: _Loop, epoch: int, fast: fast_path.FastPath, started: float) -> tuple[list[float], int, float]:
+        """One pass over the training batches from where the state says; returns the
+        losses, the examples seen and when the pass began."""
+        cfg, dist, state = self.config, self.dist, loop.state
+        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist)
+        loop.runner.train()
+        freeze_frozen_norms(model)
+        loop.losses, loop.pending = [], []  # pending: losses still on the device
+        seen, tick = 0, time.perf_counter()
+        sync_every = sync_interval(self.device)
+        progress = self._progress(len(batches), epoch, initial=state["batch"])
+        for i, batch in self._loader(batches, state["batch"], fast):
+            batch = fast_path.channels_last_batch(to_device(batch, self.device), fast)
+            labels = batch.pop("labels")
+            fast_path.step_begins(fast)
+            with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype is not None):
+                loss = self.task.loss(loop.runner(**batch).float(), labels)
+            loop.scaler.scale(loss / cfg.grad_accum).backward()
+            loop.pending.append(loss.detach())
+            seen += len(batches[i])
             if progress is not None:
-                progress.close()
-            train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
-            throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
+                progress.update(1)
+            last = i == len(batches) - 1
+            if (i + 1) % cfg.grad_accum == 0 or last:
+                self._step(params, loop, i)
+                due = bool(cfg.checkpoint_every) and state["step"] % cfg.checkpoint_every == 0 and not last
+                stop = self._stop_asked() and not last  # Ctrl-C: checkpoint here, then stop
+                if due or stop or state["step"] % sync_every == 0:
+                    self._read_losses(loop, epoch, i)
+                    if progress is not None and loop.losses:
+                        progress.set_postfix(loss=f"{loop.losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
+                if due or stop:
+                    self._mid_epoch_checkpoint(model, loop, epoch, due, started)
+                if stop:
+                    self._interrupted(state, loop.checkpoint_path)
+        self._read_losses(loop, epoch, len(batches) - 1)
+        if progress is not None:
+            progress.close()
+        return loop.losses, seen, tick
 
-            val = evaluate(model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
-            metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
-            score = val.metrics.get(primary)
-            improved = score is None or state["best_metric"] is None or score > state["best_metric"]
-            state.update(epoch=epoch + 1, batch=0)
-            if improved:
-                state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
-                if dist.main:
-                    save_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)
-            else:
-                state["bad_epochs"] += 1
-            row = {"kind": "epoch", "epoch": epoch + 1, "step": state["step"], **metrics, "best": improved}
+    def _step(self, params: list[nn.Parameter], loop: _Loop, batch_index: int) -> None:
+        """One optimiser step (clipping, the scaler, the schedule) after batch ``batch_index``."""
+        cfg = self.config
+        if cfg.max_grad_norm > 0:
+            loop.scaler.unscale_(loop.optimiser)
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+        loop.scaler.step(loop.optimiser)
+        loop.scaler.update()
+        loop.optimiser.zero_grad(set_to_none=True)
+        loop.scheduler.step()
+        loop.state["step"] += 1
+        loop.state["batch"] = batch_index + 1
+
+    def _mid_epoch_checkpoint(self, model: nn.Module, loop: _Loop, epoch: int, due: bool, started: float) -> None:
+        """A periodic (``due``) or Ctrl-C checkpoint inside an epoch; a periodic one is logged."""
+        row = {"kind": "step", "epoch": epoch + 1, "step": loop.state["step"], "loss": loop.losses[-1], "lr": loop.scheduler.get_last_lr()[0]}
+        if due:
             self.log.append(row)
-            shown = {k: v for k, v in metrics.items() if k not in ("val_examples", "samples_per_s")}
-            self._say(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f", {throughput:.1f} samples/s" + (" (best)" if improved else ""))
-            if self.on_epoch and dist.main:
-                self.on_epoch(epoch + 1, metrics)
-            state["seconds"] = time.perf_counter() - started
-            checkpoint()
-            self._append(row)
-            if self._stop_asked() and epoch + 1 < cfg.epochs:
-                self._interrupted(state, checkpoint_path)
-            if cfg.patience and state["bad_epochs"] >= cfg.patience:
-                stopped_early = True
-                self._say(f"train: no better {primary} for {cfg.patience} epochs; stopping early")
-                break
-        distributed.barrier(dist)
-        load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
-        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict())
+        loop.state["seconds"] = time.perf_counter() - started
+        self._checkpoint(model, loop)
+        if due:
+            self._append(row)  # after the checkpoint: the file never runs ahead of it
+
+    def _end_epoch(self, model: nn.Module, loop: _Loop, epoch: int, losses: list[float], seen: int, tick: float, started: float) -> bool:
+        """Validate, keep the best adapter, log, checkpoint; True when training should stop early."""
+        cfg, dist, state = self.config, self.dist, loop.state
+        train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
+        throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
+        val = evaluate(model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
+        metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
+        primary = self.task.primary_metric
+        score = val.metrics.get(primary)
+        improved = score is None or state["best_metric"] is None or score > state["best_metric"]
+        state.update(epoch=epoch + 1, batch=0)
+        if improved:
+            state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)
+            if dist.main:
+                save_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)
+        else:
+            state["bad_epochs"] += 1
+        row = {"kind": "epoch", "epoch": epoch + 1, "step": state["step"], **metrics, "best": improved}
+        self.log.append(row)
+        shown = {k: v for k, v in metrics.items() if k not in ("val_examples", "samples_per_s")}
+        self._say(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f", {throughput:.1f} samples/s" + (" (best)" if improved else ""))
+        if self.on_epoch and dist.main:
+            self.on_epoch(epoch + 1, metrics)
+        state["seconds"] = time.perf_counter() - started
+        self._checkpoint(model, loop)
+        self._append(row)
+        if self._stop_asked() and epoch + 1 < cfg.epochs:
+            self._interrupted(state, loop.checkpoint_path)
+        if cfg.patience and state["bad_epochs"] >= cfg.patience:
+            self._say(f"train: no better {primary} for {cfg.patience} epochs; stopping early")
+            return True
+        return False
 
     def _loader(self, batches: list[list[int]], start: int, fast: fast_path.FastPath) -> Any:
         """``(index, collated batch)`` for the batches from ``start`` on; with
