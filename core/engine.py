@@ -186,6 +186,9 @@ class TrainResult:
     steps: int
     seconds: float
     fast_path: dict[str, Any] = field(default_factory=dict)
+    #: Where and in what precision it trained (``cuda:0``, ``bf16``; ``fp32`` without autocast).
+    device: str = "cpu"
+    precision: str = "fp32"
 
 
 class Trainer:
@@ -247,7 +250,8 @@ class Trainer:
         distributed.barrier(self.dist)
         load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
         state = loop.state
-        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict())
+        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict(), str(self.device), precision)
 
     def _loop(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath) -> _Loop:
         """The runner (DDP-wrapped, compiled), optimiser, schedule, grad scaler and a fresh state."""

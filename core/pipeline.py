@@ -165,7 +165,7 @@ def base_report(session: Session) -> dict[str, Any]:
 
 
 def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume: bool) -> None:
-    from adapt.engine import Trainer, resolve_device, resolve_precision
+    from adapt.engine import Trainer
 
     assert session.splits is not None
     config = session.config
@@ -183,8 +183,6 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
         dist=session.dist,
     )
     result = trainer.fit(resume=resume)
-    device = resolve_device(config.train.device)
-    precision = resolve_precision(config.train.precision, device)
     report["training"] = {
         "best_epoch": result.best_epoch,
         "best_val": result.best_metric,
@@ -192,8 +190,8 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
         "steps": result.steps,
         "seconds": round(result.seconds, 2),
         "stopped_early": result.stopped_early,
-        "device": str(device),
-        "precision": str(precision).replace("torch.", "") if precision else "fp32",
+        "device": result.device,
+        "precision": result.precision,
         "processes": session.dist.world,
         "fast_path": result.fast_path,
     }

@@ -10,7 +10,7 @@ When nothing matches, the error lists what could have been targeted.
 from __future__ import annotations
 
 import re
-from typing import Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import nn
 
@@ -61,3 +61,26 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = model.get_submodule(parent_name) if parent_name else model
     setattr(parent, child, new)
+
+
+def swap_modules(built: Any, spec: str | Sequence[str], kinds: tuple[type[nn.Module], ...], wrap: Callable[[nn.Module], nn.Module], *, trained: Sequence[str], key: str = "method.options.targets") -> list[str]:
+    """What a module-replacing method's ``apply`` does: find the targets (a family, a
+    regex or names, see :func:`find_targets`), replace each by ``wrap(module)``, and
+    leave trainable only the wrappers' parameters named ``trained`` (``["scale"]``:
+    ``<target>.scale``), the head and the new parameters. Returns the trainable names."""
+    from adapt.params import freeze_all_but
+
+    names = find_targets(built.model, spec, kinds, exclude=built.head, key=key, families=built.families)
+    for name in names:
+        replace_module(built.model, name, wrap(built.model.get_submodule(name)))
+    return freeze_all_but(built.model, [*(f"{n}.{p}" for n in names for p in trained), *built.head, *built.new_parameters])
+
+
+def fold_modules(model: nn.Module, kind: type[nn.Module], fold: Callable[[Any], nn.Module]) -> int:
+    """What a module-replacing method's ``merge`` does on its (deep-copied) model:
+    replace every ``kind`` wrapper by ``fold(wrapper)``, a plain layer with the method
+    folded into its weights. Returns how many were folded."""
+    found = [(name, module) for name, module in model.named_modules() if isinstance(module, kind)]
+    for name, module in found:
+        replace_module(model, name, fold(module))
+    return len(found)

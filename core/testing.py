@@ -1,11 +1,15 @@
 """Test helpers for plugin authors: a host with inline plugins, and conformance
 checks that run the same contract the built-in plugins pass.
 
-    from adapt.testing import make_test_host, check_backbone, check_method
+    from adapt.testing import check_method, make_test_host, tiny_image_batch, tiny_image_model
 
     def test_my_method():
         host = make_test_host(MyPlugin())
-        check_method(host.methods.get("scale"), build=lambda: tiny_built_model(), batch=some_batch)
+        check_method(host.methods.get("scale"), build=tiny_image_model, batch=tiny_image_batch())
+
+``tiny_image_model`` / ``tiny_text_model`` are small real models (a CNN with
+depthwise and pointwise convolutions; a 2-layer BERT with its tokenizer, written
+to a folder) with their target families, built in a blink and never downloaded.
 
 Each check raises AssertionError with a message saying which part of the
 contract failed. They import torch, so import this module in tests only.
@@ -100,6 +104,10 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     schema = getattr(method, "options_schema", None)
     if options is None and schema is not None:
         options = schema()  # the method's defaults, as a config without options gives it
+    if not default_targets:
+        from adapt.families import default_target_names
+
+        default_targets = default_target_names(build().families, getattr(method, "default_families", ()))
     if bad_options is not None:
         _check_user_error(lambda: method.apply(build(), bad_options, list(default_targets)), f"applying {method.name} with {bad_options!r}")
     base = build()
@@ -169,3 +177,66 @@ def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]
             missing = [f for f in FIELDS.get(request.task, ()) if f not in example]
             assert not missing, f"an example of split {name} lacks {missing}"
     return splits
+
+
+class TinyCNN(torch.nn.Module):
+    """stem -> depthwise block -> pointwise block -> pooled linear head, on RGB images of any size."""
+
+    def __init__(self, num_labels: int = 3, width: int = 8) -> None:
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU()),
+        )
+        self.head = nn.Linear(width, num_labels)
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.head(self.blocks(self.stem(pixel_values)).mean(dim=(2, 3)))
+
+
+def tiny_image_model(num_labels: int = 3) -> BuiltModel:
+    """A seeded :class:`TinyCNN` as a backbone would build it: head, blocks and target families."""
+    torch.manual_seed(0)
+    families = {"depthwise-conv": ["blocks.0.0"], "pointwise-conv": ["blocks.1.0"]}
+    return BuiltModel(TinyCNN(num_labels), "image-classification", num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"), families=families)
+
+
+def tiny_image_batch(size: int = 6, num_labels: int = 3, pixels: int = 8) -> Batch:
+    """Random images and labels for :func:`tiny_image_model`."""
+    generator = torch.Generator().manual_seed(1)
+    return {"pixel_values": torch.randn(size, 3, pixels, pixels, generator=generator), "labels": torch.arange(size) % num_labels}
+
+
+TINY_WORDS = "the a of to in is was on for with at by and or not this that team won match shares fell market obama visited paris".split()
+
+
+def tiny_text_checkpoint(folder: Path, num_labels: int = 2) -> Path:
+    """Write a seeded 2-layer BERT (hidden size 32) with a WordPiece tokenizer to ``folder``:
+    a real checkpoint that ``backbone: {name: transformers, checkpoint: FOLDER}`` loads."""
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
+    BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    return folder
+
+
+def tiny_text_model(folder: Path, num_labels: int = 2, task: str = "text-classification") -> BuiltModel:
+    """:func:`tiny_text_checkpoint` built by the generic transformers backbone (layers, head, families found)."""
+    from adapt.hf_text import TextOptions, TransformersTextBackbone
+
+    checkpoint = folder if (folder / "config.json").exists() else tiny_text_checkpoint(folder, num_labels)
+    return TransformersTextBackbone().build(task, num_labels, checkpoint=str(checkpoint), arch=None, options=TextOptions(max_length=32))
+
+
+def tiny_text_batch(built: BuiltModel, texts: Sequence[str] = ("the team won the match", "shares fell on the market")) -> Batch:
+    """Tokenised ``texts`` with labels 0, 1, ..., for :func:`tiny_text_model`."""
+    from adapt.hf_text import TextOptions, TransformersTextBackbone
+
+    return TransformersTextBackbone().collator(built, TextOptions(max_length=32))([{"text": t, "label": i % built.num_labels} for i, t in enumerate(texts)])

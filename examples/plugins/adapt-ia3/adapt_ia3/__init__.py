@@ -25,8 +25,8 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import ConfigError
 from adapt.interfaces import BuiltModel, MergeResult
-from adapt.params import SavesTrainedTensors, freeze_all_but
-from adapt.targets import find_targets, replace_module
+from adapt.params import SavesTrainedTensors
+from adapt.targets import fold_modules, swap_modules
 
 
 class IA3Options(BaseModel):
@@ -48,18 +48,13 @@ class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the sca
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
             raise ConfigError("method 'ia3' needs target layers and the backbone names none", hint="set method.options.targets, e.g. [key, value, intermediate.dense]")
-        names = find_targets(built.model, spec, (nn.Linear, nn.Conv2d), exclude=built.head, families=built.families)
-        for name in names:
-            replace_module(built.model, name, Scaled(built.model.get_submodule(name)))
-        return freeze_all_but(built.model, [*(f"{n}.scale" for n in names), *built.head, *built.new_parameters])
+        return swap_modules(built, spec, (nn.Linear, nn.Conv2d), Scaled, trained=["scale"])
 
     def merge(self, built: BuiltModel) -> MergeResult:
         from adapt_ia3.layers import Scaled
 
         model = copy.deepcopy(built.model).float().eval()
-        for name, module in list(model.named_modules()):
-            if isinstance(module, Scaled):
-                replace_module(model, name, module.folded())
+        fold_modules(model, Scaled, Scaled.folded)
         model.requires_grad_(False)
         return MergeResult(model, folded=True, note="(IA)^3 scales folded into the weights and biases")
 
