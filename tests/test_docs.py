@@ -67,3 +67,63 @@ def test_every_cli_command_is_documented():
     docs = (ROOT / "docs" / "cli.md").read_text()
     for name in make_cli(lambda: make_host(autoload=False)).commands:
         assert f"`adapt {name}" in docs, f"docs/cli.md lacks `adapt {name}`"
+
+
+# -- the walkthrough's plugins, run exactly as docs/plugins.md shows them ----------------
+
+
+def doc_example(title: str):
+    """The python block after ``<!-- example: TITLE -->`` in docs/plugins.md, as a module."""
+    import re
+    import types
+
+    docs = (ROOT / "docs" / "plugins.md").read_text()
+    code = re.search(rf"<!-- example: {re.escape(title)} -->\n```python\n(.*?)```", docs, re.S).group(1)
+    module = types.ModuleType(f"doc_example_{title.replace(' ', '_')}")
+    exec(compile(code, f"docs/plugins.md ({title})", "exec"), module.__dict__)  # noqa: S102 - our own docs
+    return module
+
+
+def test_the_walkthrough_backbone_meets_the_contract_and_runs(tmp_path):
+    import json
+
+    import numpy as np
+    import yaml
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+    from adapt.testing import check_backbone, make_test_host
+
+    plugin = doc_example("backbone")
+    host = make_test_host(plugin)
+    examples = [{"image": np.full((8, 8), 200, np.uint8), "label": 2}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}]
+    built = check_backbone(host.backbones.get("tv-mobilenet"), task="image-classification", examples=examples, methods=host.methods.names())
+    assert built.families["depthwise-conv"] and built.families["pointwise-conv"]
+    config = {"name": "doc", "output_dir": str(tmp_path / "runs"), "task": "image-classification", "backbone": {"name": "tv-mobilenet"}, "method": {"name": "lora"}, "data": {"source": "digits"}, "train": {"epochs": 1, "batch_size": 64}, "export": {"quantize": "none", "mobile": False, "latency_runs": 2}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(make_cli(lambda: make_test_host(plugin)), ["run", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "runs" / "doc" / "report.json").read_text())
+    assert report["merge"] == "folded" and report["parity"]["merged"]["verified"] and report["parity"]["onnx"]["verified"]
+
+
+def test_the_walkthrough_method_meets_the_contract(tmp_path):
+    from adapt.testing import check_method, make_test_host, tiny_image_batch, tiny_image_model
+
+    method = make_test_host(doc_example("method")).methods.get("scale")
+    schema = method.options_schema
+    merged = check_method(method, build=tiny_image_model, batch=tiny_image_batch(), tmp_path=tmp_path, bad_options=schema(targets=["no_such_layer"]))
+    assert merged.folded
+    check_method(method, build=tiny_image_model, batch=tiny_image_batch(), options=schema(targets="depthwise-conv"))
+
+
+def test_the_walkthrough_data_source_meets_the_contract(tmp_path):
+    from adapt.interfaces import DataRequest
+    from adapt.testing import check_data_source, make_test_host
+
+    source = make_test_host(doc_example("data source")).data_sources.get("tsv")
+    (tmp_path / "train.tsv").write_text("text\tlabel\nthe team won\tsport\n\tsport\nshares fell\tmoney\n")
+    (tmp_path / "test.tsv").write_text("text\tlabel\nthe match\tsport\n")
+    request = DataRequest("text-classification", tmp_path)
+    splits = check_data_source(source, request)
+    assert [len(splits[s]) for s in ("train", "test")] == [2, 1] and request.skipped == [f"{tmp_path / 'train.tsv'}, line 3: empty text"]
