@@ -68,7 +68,10 @@ def test_merged_opens_in_a_transformers_pipeline_with_the_runs_labels(text_run):
 def test_exported_files_carry_labels_and_preprocessing(text_run):
     import onnxruntime as ort
 
+    from adapt.report_schema import Report
+
     report = json.loads((text_run / "report.json").read_text())
+    Report.model_validate(report)
     for form in ("onnx", "onnx_optimized", "onnx_int8"):
         meta = ort.InferenceSession(str(text_run / report["forms"][form]), providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map
         assert json.loads(meta["adapt.labels"]) == ["money", "sport"] and meta["adapt.task"] == "text-classification"

@@ -14,6 +14,7 @@ from click.testing import CliRunner
 
 from adapt.cli import make_cli
 from adapt.host import make_host
+from adapt.report_schema import Report
 from tests.tiny import ENCODERS, encoder_checkpoint
 
 ROWS = "text,label\n" + "".join(f"{'the team won the match' if i % 2 else 'shares fell in the market'} {i},{'sport' if i % 2 else 'money'}\n" for i in range(48))
@@ -37,7 +38,9 @@ def run(tmp_path: Path, checkpoint: Path, method: dict, task: str = "text-classi
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(tmp_path / "config.yaml")])
     assert result.exit_code == 0, result.output
-    return json.loads((tmp_path / "runs" / "r" / "report.json").read_text())
+    report = json.loads((tmp_path / "runs" / "r" / "report.json").read_text())
+    Report.model_validate(report)  # the documented schema holds for every architecture and method
+    return report
 
 
 @pytest.mark.parametrize("method", list(METHODS))

@@ -19,6 +19,7 @@ from adapt.cli import make_cli
 from adapt.host import make_host
 from adapt.interfaces import MergeResult, Parity
 from adapt.parity import compare, verdict
+from adapt.report_schema import Report
 from tests.conftest import TinyPlugin
 
 
@@ -67,7 +68,10 @@ def run(tmp_path: Path, tiny_config: dict, method: str, **merge) -> tuple:
     path.write_text(yaml.safe_dump(tiny_config))
     result = CliRunner().invoke(make_cli(lambda: make_host([TinyPlugin(), ShiftedPlugin()], autoload=False)), ["run", str(path)])
     report_path = tmp_path / "runs" / "tiny" / "report.json"
-    return result, json.loads(report_path.read_text()) if report_path.exists() else {}
+    report = json.loads(report_path.read_text()) if report_path.exists() else {}
+    if report:
+        Report.model_validate(report)  # failed runs' reports keep the schema too
+    return result, report
 
 
 def test_a_wrong_folded_merge_fails_the_run_and_names_the_plugin(tmp_path, tiny_config):
@@ -155,3 +159,4 @@ def test_nan_in_an_exported_form_fails_the_export_and_keeps_the_previous_one(tmp
     report = json.loads((run_dir / "report.json").read_text())
     assert "deployable" not in report and report["parity"]["merged"]["verified"] is True
     assert report["rejected_export"]["parity"]["nan-onnx"]["verified"] is False
+    Report.model_validate(report)

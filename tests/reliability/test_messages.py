@@ -175,7 +175,10 @@ def test_a_training_checkpoint_with_pickled_code_is_refused(tmp_path):
 
 def test_an_export_without_preprocessing_says_so(finished):
     """The tiny test backbone has no save_preprocessing: the export cannot ship predict.py, and the report says why."""
+    from adapt.report_schema import Report
+
     report = json.loads((finished / "report.json").read_text())
+    Report.model_validate(report)
     assert any("has no save_preprocessing" in note for note in report["export_notes"])
     assert not (finished / "export" / "predict.py").exists()
     assert "- export: backbone 'tiny-cnn' has no save_preprocessing" in (finished / "report.md").read_text()

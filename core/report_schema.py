@@ -1,0 +1,102 @@
+"""The schema of ``report.json``, for the tools that read a run (and for adapt's own tests).
+
+Every key a stage writes is declared here with its type; sections a stage has not
+reached yet are absent (None). Other tools can validate a report with
+``Report.model_validate_json(text)`` or take the JSON schema from
+``Report.model_json_schema()``. Unknown keys are refused, so a key that a stage
+starts writing must be added here first (a test validates the reports of real runs).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Params(_Strict):
+    trainable: int
+    total: int
+    merged_total: int | None = None
+
+
+class Data(_Strict):
+    source: str
+    sizes: dict[str, int]
+    labels: list[str]
+    skipped: list[str]
+
+
+class Training(_Strict):
+    best_epoch: int
+    best_val: float | None
+    epochs_run: int
+    steps: int
+    seconds: float
+    stopped_early: bool
+    device: str
+    precision: Literal["fp32", "bf16", "fp16"]
+    processes: int
+    fast_path: dict[str, Any]
+
+
+class Check(_Strict):
+    """One form's parity against the form it came from; ``max_abs_diff`` is None when a logit is NaN/Inf."""
+
+    max_abs_diff: float | None
+    label_agreement: float
+    examples: int
+    bound: float | None
+    verified: bool
+
+
+class MergeCheck(_Strict):
+    tolerance: float
+    approximate: bool
+    logit_scale: float
+    verified: bool
+
+
+class Latency(_Strict):
+    median: float
+    p90: float
+    threads: int
+
+
+class RejectedExport(_Strict):
+    folder: str
+    error: str
+    parity: dict[str, Check]
+
+
+class Report(_Strict):
+    name: str
+    task: str
+    backbone: str
+    arch: str | None = None
+    method: str
+    params: Params
+    new_parameters: list[str]
+    data: Data | None = None
+    files: dict[str, int]
+    training: Training | None = None
+    #: form -> the task's metrics on the test split (accuracy, macro_f1; f1, precision, recall for NER)
+    metrics: dict[str, dict[str, float]] | None = None
+    merge: Literal["folded", "inline"] | None = None
+    merge_note: str | None = None
+    merge_check: MergeCheck | None = None
+    parity: dict[str, Check] | None = None
+    #: form -> its file, relative to the run directory
+    forms: dict[str, str] | None = None
+    #: exporter -> what its derive step reports (attempts, notes, fusions, ...): free-form per exporter
+    export: dict[str, dict[str, Any]] | None = None
+    latency_ms: dict[str, Latency] | None = None
+    latency_ms_batch: dict[str, Any] | None = None
+    deployable: str | None = None
+    export_notes: list[str] | None = None
+    rejected_export: RejectedExport | None = None
+    notes: list[str] | None = None
