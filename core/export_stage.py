@@ -57,6 +57,17 @@ def forget_export(report: dict[str, Any]) -> None:
             report[key] = {k: v for k, v in report[key].items() if k in MODEL_ENTRIES}
 
 
+def with_export(report: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """A copy of ``report`` with the previous export's entries replaced by ``new``'s (its
+    forms join the merge stage's ``metrics`` and ``parity``)."""
+    merged = dict(report)
+    forget_export(merged)
+    merged.update({k: v for k, v in new.items() if k not in ("metrics", "parity")})
+    for key in ("metrics", "parity"):
+        merged[key] = {**(merged.get(key) or {}), **new.get(key, {})}
+    return merged
+
+
 def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str, Any], host: Any) -> None:
     """Export, verify, derive and time every configured format; fill ``report``.
 
@@ -66,7 +77,7 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
     they were. An export that fails its parity check is kept in ``export.rejected/``.
     ``merged`` is the merged model's test-split evaluation (logits kept), the reference."""
     from adapt.errors import ExportError
-    from adapt.report import write_report
+    from adapt.report import model_card, write_report
     from adapt.rundir import remove, staged_folder, swap_in
 
     if not session.plan.exporters:
@@ -82,16 +93,14 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
             staging.rename(run_dir / REJECTED_DIR)
             report["rejected_export"] = {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}
             raise
-        from adapt.report import model_card
-
-        (staging / "README.md").write_text(model_card({**report, **job.new, "metrics": {**report.get("metrics", {}), **job.new["metrics"]}, "parity": {**report.get("parity", {}), **job.new["parity"]}}, "export"), encoding="utf-8")
+        exported = with_export(report, job.new)
+        (staging / "README.md").write_text(model_card(exported, "export"), encoding="utf-8")
         forget_export(report)
         write_report(run_dir, report)  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
         remove(run_dir / REJECTED_DIR)
-    for key in ("metrics", "parity"):
-        report.setdefault(key, {}).update(job.new.pop(key))
-    report.update(job.new)
+    report.clear()
+    report.update(exported)
     for path, kind in job.artifacts:
         host.call("adapt_artifact_exported", run_dir=run_dir, path=out / path.relative_to(staging), kind=kind)
 

@@ -37,6 +37,9 @@ if TYPE_CHECKING:
 MIN_LOADED_FRACTION = 0.5
 #: Families whose position ids start after the padding id.
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer"}
+#: The older per-method defaults of the BERT-shaped backbones (``default_targets``):
+#: LoRA name suffixes; adapter positions inside each layer, Houlsby order.
+BERT_LAYOUT_TARGETS = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
 #: Encoders whose exported graph ONNX Runtime's BERT fusions recognise.
 BERT_SHAPED = {"bert", "roberta", "xlm-roberta", "camembert", "electra"}
 

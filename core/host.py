@@ -8,6 +8,7 @@ passed to :func:`make_host`.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import functools
 import importlib.metadata as metadata
@@ -16,7 +17,7 @@ import os
 import sys
 import types
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import pluggy
 
@@ -196,31 +197,31 @@ class Host:
 
             @functools.wraps(function)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                token = _RUNNING.set(plugin_name)
-                try:
+                with self._running(plugin_name, hook_name):
                     return (yield from function(*args, **kwargs))
-                except AdaptError:
-                    raise  # already names its plugin, or is a user error
-                except Exception as exc:
-                    raise self._failure(plugin_name, hook_name, exc) from exc
-                finally:
-                    _RUNNING.reset(token)
 
             return wrapper
 
         @functools.wraps(function)
         def call(*args: Any, **kwargs: Any) -> Any:
-            token = _RUNNING.set(plugin_name)
-            try:
+            with self._running(plugin_name, hook_name):
                 return function(*args, **kwargs)
-            except AdaptError:
-                raise
-            except Exception as exc:
-                raise self._failure(plugin_name, hook_name, exc) from exc
-            finally:
-                _RUNNING.reset(token)
 
         return call
+
+    @contextlib.contextmanager
+    def _running(self, plugin_name: str, hook_name: str) -> Iterator[None]:
+        """While a plugin's implementation runs: who is running, and its errors named.
+        An AdaptError passes as it is (a user error, or an inner plugin already named)."""
+        token = _RUNNING.set(plugin_name)
+        try:
+            yield
+        except AdaptError:
+            raise
+        except Exception as exc:
+            raise self._failure(plugin_name, hook_name, exc) from exc
+        finally:
+            _RUNNING.reset(token)
 
     def _failure(self, plugin_name: str, hook_name: str, exc: Exception) -> PluginError:
         return PluginError(

@@ -322,7 +322,8 @@ def inputs_inside(config: RunConfig, path: Path) -> list[str]:
     root = path.resolve()
     found = []
     for key, value in (("data.path", config.data.path), ("backbone.checkpoint", config.backbone.checkpoint)):
-        if value and not is_package_path(value) and Path(value).expanduser().exists() and Path(value).expanduser().resolve().is_relative_to(root):
+        local = Path(value).expanduser() if value and not is_package_path(value) else None
+        if local is not None and local.exists() and local.resolve().is_relative_to(root):
             found.append(f"{key} ({value})")
     return found
 

@@ -180,12 +180,13 @@ def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]
 
 
 class TinyCNN(torch.nn.Module):
-    """stem -> depthwise block -> pointwise block -> pooled linear head, on RGB images of any size."""
+    """stem -> depthwise block -> pointwise block -> pooled linear head, on images of any size
+    (``channels``: 3 for RGB, 1 for grey)."""
 
-    def __init__(self, num_labels: int = 3, width: int = 8) -> None:
+    def __init__(self, num_labels: int = 3, width: int = 8, channels: int = 3) -> None:
         super().__init__()
         nn = torch.nn
-        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.stem = nn.Conv2d(channels, width, 3, padding=1)
         self.blocks = nn.Sequential(
             nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU()),
             nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU()),
@@ -212,17 +213,23 @@ def tiny_image_batch(size: int = 6, num_labels: int = 3, pixels: int = 8) -> Bat
 TINY_WORDS = "the a of to in is was on for with at by and or not this that team won match shares fell market obama visited paris".split()
 
 
-def tiny_text_checkpoint(folder: Path, num_labels: int = 2) -> Path:
+def write_wordpiece_vocab(folder: Path, words: Sequence[str] = TINY_WORDS) -> Path:
+    """A WordPiece ``vocab.txt`` of BERT's special tokens, ``words``, letters and their ``##`` pieces."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
+    return vocab
+
+
+def tiny_text_checkpoint(folder: Path, num_labels: int = 2, *, words: Sequence[str] = TINY_WORDS, dropout: float = 0.1, seed: int = 0) -> Path:
     """Write a seeded 2-layer BERT (hidden size 32) with a WordPiece tokenizer to ``folder``:
     a real checkpoint that ``backbone: {name: transformers, checkpoint: FOLDER}`` loads."""
     from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *TINY_WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
+    vocab = write_wordpiece_vocab(folder, words)
     BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels)
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 

@@ -7,14 +7,14 @@ from __future__ import annotations
 from typing import Any
 
 from adapt import hookimpl
-from adapt.hf_text import TransformersTextBackbone
+from adapt.hf_text import BERT_LAYOUT_TARGETS, TransformersTextBackbone
 
 
 class Bert(TransformersTextBackbone):
     name = "bert"
     model_types = ("bert",)
     input_names = ("input_ids", "attention_mask", "token_type_ids")
-    targets = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
+    targets = BERT_LAYOUT_TARGETS
 
 
 @hookimpl

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from adapt import hookimpl
-from adapt.hf_text import TransformersTextBackbone
+from adapt.hf_text import BERT_LAYOUT_TARGETS, TransformersTextBackbone
 
 
 class Roberta(TransformersTextBackbone):
@@ -15,7 +15,7 @@ class Roberta(TransformersTextBackbone):
     input_names = ("input_ids", "attention_mask")
     # word-split input (NER) needs the leading-space convention of RoBERTa's BPE
     tokenizer_kwargs = {"add_prefix_space": True}
-    targets = {"lora": ["query", "value"], "adapters": ["attention.output.dense", "output.dense"]}
+    targets = BERT_LAYOUT_TARGETS
     position_offset = 2  # position ids start after padding_idx (1)
 
 

@@ -11,28 +11,11 @@ from typing import Any, Sequence
 
 import pytest
 import torch
-from torch import nn
 
 from adapt import hookimpl
 from adapt.host import Host, make_host
 from adapt.interfaces import BuiltModel, OnnxIO
-
-
-class TinyCNN(nn.Module):
-    """stem -> two conv blocks -> pooled linear head; works on any square grey image."""
-
-    def __init__(self, num_labels: int, width: int = 8) -> None:
-        super().__init__()
-        self.stem = nn.Conv2d(1, width, 3, padding=1)
-        self.blocks = nn.Sequential(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1, groups=width), nn.BatchNorm2d(width), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU()),
-        )
-        self.head = nn.Linear(width, num_labels)
-
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        x = self.blocks(self.stem(pixel_values))
-        return self.head(x.mean(dim=(2, 3)))
+from adapt.testing import TinyCNN
 
 
 class TinyBackbone:
@@ -44,7 +27,7 @@ class TinyBackbone:
 
     def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
         torch.manual_seed(0)
-        model = TinyCNN(num_labels)
+        model = TinyCNN(num_labels, channels=1)  # the digits are grey
         families = {"pointwise-conv": ["blocks.1.0"]}  # the 1x1 conv; what LoRA adapts by default
         return BuiltModel(model, task, num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"), families=families)
 

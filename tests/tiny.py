@@ -13,17 +13,9 @@ WORDS = "the a an of to in is was on for with at by from and or but not this tha
 
 
 def bert_checkpoint(folder: Path, num_labels: int = 2, dropout: float = 0.1, seed: int = 0) -> Path:
-    import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from adapt.testing import tiny_text_checkpoint
 
-    torch.manual_seed(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
-    BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
-    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
+    return tiny_text_checkpoint(folder, num_labels, words=WORDS, dropout=dropout, seed=seed)
 
 
 def roberta_checkpoint(folder: Path, num_labels: int = 2, seed: int = 0) -> Path:
@@ -72,9 +64,9 @@ def encoder_checkpoint(folder: Path, model_type: str, num_labels: int = 2, seed:
 def _wordpiece_tokenizer(folder: Path):
     from transformers import BertTokenizerFast
 
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(vocab))
+    from adapt.testing import write_wordpiece_vocab
+
+    tokenizer = BertTokenizerFast(vocab=str(write_wordpiece_vocab(folder, WORDS)))
     tokenizer.save_pretrained(folder)
     return tokenizer
 

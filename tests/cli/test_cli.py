@@ -47,6 +47,14 @@ def test_plugins_json_and_verbose():
     assert "adapt_register_methods" in verbose and "adapt.plugins.freeze" in verbose
 
 
+def test_plugins_lists_target_families():
+    rows = {r["name"]: r for r in json.loads(invoke(["plugins", "--json"]).output)}
+    assert rows["transformers"]["families"] == "attention, attention-qv, attention-output, mlp, mlp-output, all-linear"
+    assert rows["mobilenet"]["families"] == "pointwise-conv, depthwise-conv"
+    assert rows["lora"]["families"] == "attention-qv, pointwise-conv, depthwise-conv"  # what it adapts by default
+    assert "FAMILIES" in invoke(["plugins", "--verbose"]).output
+
+
 def test_a_plugin_adds_a_subcommand():
     class Commands:
         @hookimpl

@@ -7,6 +7,7 @@ import os
 import random
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -73,6 +74,13 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     invoke(["run", str(write(tmp_path, config))])
     run = tmp_path / "runs" / "text"
     report = json.loads((run / "report.json").read_text())
+    check_trained_and_merged(run, report)
+    check_eval_merge_predict(run, report)
+    check_export(run, report)
+    check_the_export_alone(tmp_path, run, report)
+
+
+def check_trained_and_merged(run: Path, report: dict) -> None:
     assert report["merge"] == "folded"
     assert report["parity"]["merged"]["label_agreement"] == 1.0 and report["parity"]["merged"]["max_abs_diff"] < 1e-4
     assert report["metrics"]["adapted"]["accuracy"] == report["metrics"]["merged"]["accuracy"]
@@ -86,6 +94,8 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     assert report["training"]["best_epoch"] in (1, 2, 3, 4, 5)
     assert report["training"]["fast_path"] == {"attention": "sdpa", "compile": None, "channels_last": False, "cls_last_layer": True, "pin_memory": False}
 
+
+def check_eval_merge_predict(run: Path, report: dict) -> None:
     metrics = json.loads(invoke(["eval", str(run)]).output)
     assert metrics["accuracy"] == pytest.approx(report["metrics"]["adapted"]["accuracy"])
     (run / "merged" / "model.safetensors").unlink()
@@ -94,7 +104,9 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     rows = [json.loads(line) for line in invoke(["predict", str(run), "team won the match", "market shares fell rose"]).output.splitlines()]
     assert [r["label"] for r in rows] == ["sport", "market"]
 
-    # the export stage ran with the default export settings
+
+def check_export(run: Path, report: dict) -> None:
+    """The export stage ran with the default export settings; the deployable file answers without torch."""
     for form in ("onnx", "onnx_optimized", "onnx_int8"):
         assert form in report["metrics"] and form in report["latency_ms"] and report["latency_ms"][form]["threads"] >= 1
     assert report["parity"]["onnx"]["max_abs_diff"] <= 1e-4 and report["parity"]["onnx"]["label_agreement"] == 1.0
@@ -114,7 +126,9 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     assert done.returncode == 0, done.stderr
     assert [json.loads(line)["label"] for line in done.stdout.splitlines()] == ["sport", "market"]
 
-    # the export folder alone: its predict.py with torch, transformers and adapt unimportable
+
+def check_the_export_alone(tmp_path: Path, run: Path, report: dict) -> None:
+    """The export folder alone: its predict.py with torch, transformers and adapt unimportable; the .ort file; a re-export."""
     blocker = "import sys\nfor name in ('torch', 'transformers', 'adapt', 'timm'):\n    sys.modules[name] = None\n"
     (tmp_path / "sitecustomize.py").write_text(blocker)
     folder = run / "export"
