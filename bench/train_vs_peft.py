@@ -93,11 +93,11 @@ def write_base(case: Case, work: Path) -> Path:
     folder.mkdir(parents=True)
     torch.manual_seed(0)
     if case.kind == "text":
-        from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+        from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
         vocab = folder / "vocab.txt"
         vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *(f"w{i}" for i in range(200))]) + "\n")
-        BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
+        BertTokenizer(vocab=str(vocab)).save_pretrained(folder)
         config = BertConfig(num_labels=NUM_LABELS, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, **TEXT_SHAPES[case.model])
         BertForSequenceClassification(config).save_pretrained(folder)
     else:

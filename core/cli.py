@@ -37,9 +37,10 @@ def disk_full(exc: BaseException) -> AdaptError | None:
     while current is not None and id(current) not in seen:
         seen.add(id(current))
         text = next((t for t in DISK_FULL_TEXTS if t in str(current)), None)
-        if isinstance(current, OSError) and current.errno in DISK_FULL or text:
-            no_space = text in DISK_FULL_TEXTS[:2] if text else current.errno in NO_SPACE
-            reason = "no space left on the device" if no_space else f"the system refused a write ({text or current.strerror})"
+        errno, strerror = (current.errno, current.strerror) if isinstance(current, OSError) else (None, None)
+        if errno in DISK_FULL or text:
+            no_space = text in DISK_FULL_TEXTS[:2] if text else errno in NO_SPACE
+            reason = "no space left on the device" if no_space else f"the system refused a write ({text or strerror})"
             where = getattr(current, "filename", None)
             return AdaptError(f"{reason}{f' while writing {where}' if where else ''}; what adapt had finished before is intact (every file is written beside its place and renamed)", hint=DISK_FULL_HINT)
         current = current.__cause__ or current.__context__
@@ -299,7 +300,7 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
             if model_file is None and not deployable:
                 raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
             try:
-                rows = predict_onnx(model_file or run_dir / deployable, inputs)
+                rows = predict_onnx(model_file if model_file is not None else run_dir / str(deployable), inputs)
             except PredictError as exc:
                 raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
         else:

@@ -19,7 +19,7 @@ does not fit fails the check and trains the full layer instead.
 from __future__ import annotations
 
 import types
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +41,9 @@ def last_layer(top: nn.Module) -> nn.Module | None:
     return layer if all(hasattr(layer, name) for name in ("attention", "intermediate", "output")) else None
 
 
-def _cls_only_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: object, **kwargs: object) -> torch.Tensor:
-    """The layer's output at position 0 only, shape (batch, 1, hidden)."""
+def _cls_only_forward(layer: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: object, **kwargs: object) -> torch.Tensor:
+    """The layer's output at position 0 only, shape (batch, 1, hidden). ``layer`` is a
+    transformers BertLayer-shaped module (typed Any: its parts are found by name)."""
     self_attention = layer.attention.self
     batch, length, _ = hidden_states.shape
     heads, size = self_attention.num_attention_heads, self_attention.attention_head_size
@@ -58,7 +59,7 @@ def _cls_only_forward(layer: nn.Module, hidden_states: torch.Tensor, attention_m
     return layer.output(layer.intermediate(attended), attended)
 
 
-def switch_on(top: nn.Module) -> tuple[Callable[[], None] | None, str]:
+def switch_on(top: Any) -> tuple[Callable[[], None] | None, str]:
     """Switch ``top``'s last layer to [CLS]-only; return (undo, note), undo None when it stays off."""
     layer = last_layer(top)
     if layer is None:

@@ -47,8 +47,8 @@ def label_folder_files(root: Path, suffixes: Sequence[str], layout: str) -> list
     folders = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
     if not folders:
         raise DataError(f"{root} has no label folders", hint=f"arrange the data as {layout}")
-    suffixes = {s.lower() for s in suffixes}
-    return [(file, folder.name) for folder in folders for file in sorted(folder.rglob("*")) if file.is_file() and file.suffix.lower() in suffixes]
+    wanted = {s.lower() for s in suffixes}
+    return [(file, folder.name) for folder in folders for file in sorted(folder.rglob("*")) if file.is_file() and file.suffix.lower() in wanted]
 
 
 def read_split_folders(path: Path | None, read: Callable[[Path], list[Example]], layout: str) -> dict[str, list[Example]]:

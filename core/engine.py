@@ -23,7 +23,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence, cast
 
 import torch
 from torch import nn
@@ -250,7 +250,8 @@ class Trainer:
         distributed.barrier(self.dist)
         load_adapter(self.method, self.built, self.run_dir / ADAPTER_DIR)  # the best epoch's weights
         state = loop.state
-        precision = {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(self.dtype, "fp32")
+        names: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
+        precision = names.get(self.dtype, "fp32")
         return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict(), str(self.device), precision)
 
     def _loop(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath) -> _Loop:
@@ -412,9 +413,9 @@ class Trainer:
         remaining = batches[start:]
         if self.config.workers == 0:
             return ((start + k, fast_path.pinned(self.collate([self.train_set[j] for j in indices]), fast)) for k, indices in enumerate(remaining))
-        from torch.utils.data import DataLoader
+        from torch.utils.data import DataLoader, Dataset
 
-        loader = DataLoader(self.train_set, batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=fast.pin_memory)
+        loader: DataLoader[Example] = DataLoader(cast("Dataset[Example]", self.train_set), batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=fast.pin_memory)
         return enumerate(loader, start)
 
     def _interrupted(self, state: dict[str, Any], checkpoint_path: Path) -> None:

@@ -162,8 +162,9 @@ class _ExportJob:
         model, names = self.merged_model.eval(), self.io.input_names
         with torch.no_grad():
             self.new["latency_ms"]["pytorch"] = self.latency(lambda: model(**{n: self.one[n] for n in names}))
-            if self.many is not None:
-                self.new["latency_ms_batch"] = {"batch": len(self.many["labels"]), "pytorch": self.latency(lambda: model(**{n: self.many[n] for n in names}))}
+            many = self.many
+            if many is not None:
+                self.new["latency_ms_batch"] = {"batch": len(many["labels"]), "pytorch": self.latency(lambda: model(**{n: many[n] for n in names}))}
         self.write_preprocessing()
         for exporter in self.plan.exporters:
             self.export_one(exporter)

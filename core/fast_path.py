@@ -37,13 +37,16 @@ weight gradient.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, cast
 
 import torch
 from torch import nn
 
 from adapt import cls_last_layer
 from adapt.config import FastConfig
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 
 @dataclass
@@ -71,9 +74,10 @@ class FastPath:
             self.undo.pop()()
 
 
-def _transformers_model(model: nn.Module) -> nn.Module | None:
+def _transformers_model(model: nn.Module) -> PreTrainedModel | None:
     """The outermost transformers model inside ``model`` (its attention can be switched)."""
-    return next((m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")), None)
+    found = next((m for m in model.modules() if hasattr(m, "set_attn_implementation") and hasattr(m, "config")), None)
+    return cast("PreTrainedModel | None", found)
 
 
 def _on(switch: bool | str, auto: bool) -> bool:
@@ -104,7 +108,7 @@ def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastP
     if _on(config.channels_last, True) and _is_convolutional(model) and top is None:
         model.to(memory_format=torch.channels_last)
         fast.channels_last = True
-        fast.undo.append(lambda: model.to(memory_format=torch.contiguous_format))
+        fast.undo.append(lambda: _contiguous(model))
 
     if top is not None and _on(config.cls_last_layer, device.type == "cpu"):
         undo, note = cls_last_layer.switch_on(top)
@@ -123,9 +127,13 @@ def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastP
     return fast
 
 
+def _contiguous(model: nn.Module) -> None:
+    model.to(memory_format=torch.contiguous_format)
+
+
 def compiled(runner: nn.Module, fast: FastPath) -> nn.Module:
     """``runner`` (the model, or its DistributedDataParallel wrapper) under torch.compile if asked."""
-    return torch.compile(runner, mode=fast.compile) if fast.compile else runner
+    return cast(nn.Module, torch.compile(runner, mode=fast.compile)) if fast.compile else runner
 
 
 def step_begins(fast: FastPath) -> None:

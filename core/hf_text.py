@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -32,6 +32,12 @@ from adapt.paths import resolve_checkpoint
 
 if TYPE_CHECKING:
     import torch
+    from transformers import PreTrainedModel
+
+def inner_model(wrapped: torch.nn.Module) -> PreTrainedModel:
+    """The transformers model inside the ``LogitsOnly`` wrapper a text backbone builds."""
+    return cast("PreTrainedModel", wrapped.model)
+
 
 #: A checkpoint providing less than this share of the model's tensors is refused.
 MIN_LOADED_FRACTION = 0.5
@@ -144,7 +150,7 @@ class TransformersTextBackbone:
     def find_head(self, wrapped: torch.nn.Module) -> tuple[str, ...]:
         """The modules the task model adds around ``base_model`` that hold parameters
         (BERT: classifier; DistilBERT: pre_classifier, classifier; DeBERTa: pooler, classifier)."""
-        model = wrapped.model
+        model = inner_model(wrapped)
         return tuple(f"model.{n}" for n, child in model.named_children() if n != model.base_model_prefix and any(True for _ in child.parameters()))
 
     def find_blocks(self, wrapped: torch.nn.Module) -> list[str]:
@@ -162,7 +168,7 @@ class TransformersTextBackbone:
         import inspect
 
         known = getattr(built.preprocessor, "model_input_names", None) or ["input_ids", "attention_mask"]
-        accepted = inspect.signature(built.model.model.forward).parameters  # DistilBERT takes no token_type_ids
+        accepted = inspect.signature(inner_model(built.model).forward).parameters  # DistilBERT takes no token_type_ids
         return tuple(n for n in ("input_ids", "attention_mask", "token_type_ids") if n in known and n in accepted)
 
     @staticmethod
@@ -200,7 +206,7 @@ class TransformersTextBackbone:
         """``backbone.options.max_length``, but never more tokens than the model has
         positions for (a longer text would crash the model, not be truncated)."""
         wanted = options.max_length if options else 128
-        config = built.model.model.config
+        config = inner_model(built.model).config
         positions = getattr(config, "max_position_embeddings", None)
         offset = self.position_offset
         if offset is None:
@@ -238,7 +244,7 @@ class TransformersTextBackbone:
         import torch
 
         generator = torch.Generator().manual_seed(0)
-        vocab = built.model.model.config.vocab_size
+        vocab = inner_model(built.model).config.vocab_size
         inputs = {"input_ids": torch.randint(3, vocab, (batch_size, 16), generator=generator), "attention_mask": torch.ones(batch_size, 16, dtype=torch.long)}
         if "token_type_ids" in self.graph_inputs(built):
             inputs["token_type_ids"] = torch.zeros(batch_size, 16, dtype=torch.long)
@@ -267,7 +273,7 @@ class TransformersTextBackbone:
     def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:
         """What ONNX Runtime's transformer optimiser needs to fuse attention in this graph:
         its BERT fusions fit the BERT-shaped encoders; others get the generic graph optimiser."""
-        config = built.model.model.config
+        config = inner_model(built.model).config
         if config.model_type not in BERT_SHAPED:
             return {}
         return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}

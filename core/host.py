@@ -190,7 +190,9 @@ class Host:
         for caller in self.pm.get_hookcallers(plugin) or []:
             for impl in caller.get_hookimpls():
                 if impl.plugin is plugin:
-                    impl.function = self._attributed(impl.function, plugin_name, caller.name)
+                    # HookImpl.function is typed Final; pluggy reads it on every call, so replacing it
+                    # is how a wrapper sees each call (tests/core/test_hook_calling.py checks this holds)
+                    impl.function = self._attributed(impl.function, plugin_name, caller.name)  # type: ignore[misc]
 
     def _attributed(self, function: Callable[..., Any], plugin_name: str, hook_name: str) -> Callable[..., Any]:
         if inspect.isgeneratorfunction(function):  # a wrapper: runs around the inner implementations

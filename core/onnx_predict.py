@@ -61,8 +61,8 @@ def prepare_image(path: str, spec: dict[str, Any]) -> Any:
     left, top = (image.width - width) // 2, (image.height - height) // 2
     image = image.crop((left, top, left + width, top + height))
     array = np.asarray(image, dtype=np.float32) / 255.0
-    array = (array - np.array(spec["mean"], dtype=np.float32)) / np.array(spec["std"], dtype=np.float32)
-    return array.transpose(2, 0, 1)[None]
+    normalised = (array - np.array(spec["mean"], dtype=np.float32)) / np.array(spec["std"], dtype=np.float32)
+    return normalised.transpose(2, 0, 1)[None]
 
 
 def read_spec(spec_path: Path) -> dict[str, Any]:

@@ -164,6 +164,10 @@ def base_report(session: Session) -> dict[str, Any]:
 # -- stages ---------------------------------------------------------------------
 
 
+def _epoch_ended(host: Host, run_dir: Path, epoch: int, metrics: dict[str, float]) -> None:
+    host.call("adapt_epoch_ended", run_dir=run_dir, epoch=epoch, metrics=metrics)
+
+
 def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume: bool) -> None:
     from adapt.engine import Trainer
 
@@ -179,7 +183,7 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
         label_names=session.label_names,
         config=config.train,
         run_dir=session.run.path,
-        on_epoch=lambda epoch, metrics: host.call("adapt_epoch_ended", run_dir=session.run.path, epoch=epoch, metrics=metrics),
+        on_epoch=lambda epoch, metrics: _epoch_ended(host, session.run.path, epoch, metrics),
         dist=session.dist,
     )
     result = trainer.fit(resume=resume)
@@ -516,6 +520,7 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str]) -> list[di
 
     session = restore(run_dir, host, need_data=False)
     task = session.config.task
+    examples: list[dict[str, Any]]
     if task == "text-classification":
         examples = [{"text": text, "label": 0} for text in inputs]
     elif task == "token-classification":
@@ -523,7 +528,7 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str]) -> list[di
     else:
         examples = [{"image": Path(path), "label": 0} for path in inputs]
     model = session.built.model.eval()
-    results = []
+    results: list[dict[str, Any]] = []
     with torch.no_grad():
         for example, source in zip(examples, inputs):
             batch = session.collate([example])

@@ -12,6 +12,7 @@ exported forms), ``parity`` (``merged``, exported forms: ``max_abs_diff``,
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -155,16 +156,16 @@ def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Pa
     x = [r["epoch"] for r in epochs]
     left.plot(x, [r["train_loss"] for r in epochs], "o-", color="tab:blue", label="train loss")
     if any("val_loss" in r for r in epochs):
-        left.plot(x, [r.get("val_loss") for r in epochs], "o--", color="tab:cyan", label="val loss")
+        left.plot(x, [r.get("val_loss", math.nan) for r in epochs], "o--", color="tab:cyan", label="val loss")
     left.set_xlabel("epoch")
     left.set_ylabel("loss")
     right = left.twinx()
     key = f"val_{primary}"
     if any(key in r for r in epochs):
-        right.plot(x, [r.get(key) for r in epochs], "s-", color="tab:orange", label=f"val {primary}")
+        right.plot(x, [r.get(key, math.nan) for r in epochs], "s-", color="tab:orange", label=f"val {primary}")
         right.set_ylabel(primary)
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
-    left.legend(handles, [h.get_label() for h in handles], loc="center right")
+    left.legend(handles, [str(h.get_label()) for h in handles], loc="center right")
     left.set_title("training curve")
     fig.tight_layout()
     buffer = io.BytesIO()

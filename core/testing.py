@@ -90,7 +90,9 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
         assert names and all(n in modules for n in names), f"target family {family!r} names no module of the model"
         assert not declared or family in declared, f"family {family!r} is not in the backbone's `families` {sorted(declared)}"
     legacy = getattr(backbone, "default_targets", None)
-    for method in methods if callable(legacy) else ():
+    if not callable(legacy):
+        return built
+    for method in methods:
         for target in legacy(method):
             assert any(n == target or n.endswith("." + target) for n in modules), f"default {method} target {target!r} matches no module"
     return built
@@ -224,12 +226,13 @@ def write_wordpiece_vocab(folder: Path, words: Sequence[str] = TINY_WORDS) -> Pa
 def tiny_text_checkpoint(folder: Path, num_labels: int = 2, *, words: Sequence[str] = TINY_WORDS, dropout: float = 0.1, seed: int = 0) -> Path:
     """Write a seeded 2-layer BERT (hidden size 32) with a WordPiece tokenizer to ``folder``:
     a real checkpoint that ``backbone: {name: transformers, checkpoint: FOLDER}`` loads."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
+    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
     vocab = write_wordpiece_vocab(folder, words)
-    BertTokenizerFast(vocab=str(vocab)).save_pretrained(folder)
+    BertTokenizer(vocab=str(vocab)).save_pretrained(folder)
     torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, num_labels=num_labels, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    config.num_labels = num_labels
     BertForSequenceClassification(config).save_pretrained(folder)
     return folder
 

@@ -27,6 +27,8 @@ class Bottleneck(nn.Module):
     def __init__(self, channels: int, reduction: int, activation: str, conv: bool) -> None:
         super().__init__()
         hidden = max(1, channels // reduction)
+        self.down: nn.Conv2d | nn.Linear
+        self.up: nn.Conv2d | nn.Linear
         if conv:
             self.down = nn.Conv2d(channels, hidden, 1, bias=False)
             self.up = nn.Conv2d(hidden, channels, 1, bias=False)
@@ -46,7 +48,7 @@ class Bottleneck(nn.Module):
         down, up = self.down.weight.flatten(1), self.up.weight.flatten(1)
         m = torch.eye(down.shape[1], dtype=down.dtype, device=down.device) + up @ down
         c = torch.zeros(m.shape[0], dtype=m.dtype, device=m.device)
-        if self.down.bias is not None:
+        if self.down.bias is not None and self.up.bias is not None:
             c = up @ self.down.bias + self.up.bias
         return m, c
 
@@ -58,7 +60,7 @@ class AdapterAfter(nn.Module):
         super().__init__()
         self.base_layer = base
         conv = isinstance(base, nn.Conv2d)
-        channels = base.out_channels if conv else base.out_features
+        channels = base.out_channels if isinstance(base, nn.Conv2d) else base.out_features
         weight = base.weight
         self.adapter = Bottleneck(channels, reduction, activation, conv).to(dtype=weight.dtype, device=weight.device)
 

@@ -13,7 +13,7 @@ projection they follow (see ``_adapter_layers``).
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING, Any, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Sequence, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -24,6 +24,7 @@ from adapt.params import SavesTrainedTensors
 
 if TYPE_CHECKING:
     import torch
+    from torch import nn
 
 
 class AdapterOptions(BaseModel):
@@ -51,7 +52,8 @@ class Adapters(SavesTrainedTensors):
             raise ConfigError("method 'adapters' is already applied to this model", hint="build a fresh model before applying a method again")
         names = self._targets(built, options, default_targets)
         for name in names:
-            replace_module(model, name, layers.AdapterAfter(model.get_submodule(name), options.reduction, options.activation))
+            base = cast("nn.Linear | nn.Conv2d", model.get_submodule(name))  # _targets keeps only these kinds
+            replace_module(model, name, layers.AdapterAfter(base, options.reduction, options.activation))
         return freeze_all_but(model, [*(f"{n}.adapter" for n in names), *built.head, *built.new_parameters])
 
     @staticmethod

@@ -27,7 +27,9 @@ def read_conll(path: Path, options: ConllOptions) -> list[Example]:
         lines = path.read_text(encoding=options.encoding).splitlines()
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not valid {options.encoding} text (byte {exc.start})", hint="save it as UTF-8 or set data.options.encoding") from None
-    sentences, tokens, tags = [], [], []
+    sentences: list[Example] = []
+    tokens: list[str] = []
+    tags: list[str] = []
     for number, line in enumerate([*lines, ""], 1):
         if not line.strip() or line.startswith("-DOCSTART-"):
             if tokens:

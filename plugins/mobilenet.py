@@ -57,6 +57,7 @@ def read_state_dict(path: Path, checkpoint: str) -> dict[str, torch.Tensor]:
 
     from adapt.checkpoint import load_tensors
 
+    state: Any
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -129,8 +130,8 @@ class MobileNet:
 
         from adapt.wrappers import PixelClassifier
 
-        hub = bool(checkpoint) and (checkpoint in HUB_CHECKPOINTS or checkpoint.startswith(HUB_PREFIX))
-        name = checkpoint if hub and checkpoint.startswith(HUB_PREFIX) else arch
+        hub = checkpoint is not None and (checkpoint in HUB_CHECKPOINTS or checkpoint.startswith(HUB_PREFIX))
+        name = checkpoint if checkpoint is not None and hub and checkpoint.startswith(HUB_PREFIX) else arch
         if not name:
             raise ConfigError("backbone 'mobilenet' needs backbone.arch, the timm model name", hint="for example arch: mobilenetv2_100 (or mobilenetv3_small_100, mobilenetv3_large_100, tf_efficientnet_lite0)")
         if not name.startswith(HUB_PREFIX) and not timm.is_model(name):
@@ -140,7 +141,7 @@ class MobileNet:
             model = timm.create_model(name, pretrained=hub, num_classes=num_labels)
         except Exception as exc:  # noqa: BLE001 - hub and download failures vary
             raise CheckpointError(f"cannot load timm weights for {name!r}: {type(exc).__name__}: {exc}", hint="timm's pretrained weights need a model hub; use a local weights file instead") from None
-        head = model.pretrained_cfg.get("classifier", "classifier")
+        head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
         new: list[str] = [n for n, _ in model.named_parameters() if n.startswith(head + ".")]
         if checkpoint and not hub:
             path = Path(resolve_checkpoint(checkpoint))

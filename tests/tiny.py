@@ -62,11 +62,11 @@ def encoder_checkpoint(folder: Path, model_type: str, num_labels: int = 2, seed:
 
 
 def _wordpiece_tokenizer(folder: Path):
-    from transformers import BertTokenizerFast
+    from transformers import BertTokenizer
 
     from adapt.testing import write_wordpiece_vocab
 
-    tokenizer = BertTokenizerFast(vocab=str(write_wordpiece_vocab(folder, WORDS)))
+    tokenizer = BertTokenizer(vocab=str(write_wordpiece_vocab(folder, WORDS)))
     tokenizer.save_pretrained(folder)
     return tokenizer
 
