@@ -11,14 +11,17 @@ from __future__ import annotations
 
 
 class AdaptError(Exception):
-    """A problem the user can fix; ``hint`` says how."""
+    """A problem the user can fix; ``hint`` says how. A stage that fails after it
+    measured something (a merge check, an export's parity) puts its report section
+    in ``report``, so the run's report records why it stopped."""
 
     exit_code = 2
 
-    def __init__(self, message: str, hint: str | None = None) -> None:
+    def __init__(self, message: str, hint: str | None = None, *, report: dict | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        self.report = report
 
     def __str__(self) -> str:
         if self.hint:

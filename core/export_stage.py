@@ -60,16 +60,17 @@ def forget_export(report: dict[str, Any]) -> None:
 def with_export(report: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
     """A copy of ``report`` with the previous export's entries replaced by ``new``'s (its
     forms join the merge stage's ``metrics`` and ``parity``)."""
+    from adapt.report import add_section
+
     merged = dict(report)
     forget_export(merged)
-    merged.update({k: v for k, v in new.items() if k not in ("metrics", "parity")})
-    for key in ("metrics", "parity"):
-        merged[key] = {**(merged.get(key) or {}), **new.get(key, {})}
+    add_section(merged, new)
     return merged
 
 
-def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str, Any], host: Any) -> None:
-    """Export, verify, derive and time every configured format; fill ``report``.
+def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str, Any], host: Any) -> dict[str, Any]:
+    """Export, verify, derive and time every configured format; return the report's
+    export section (``report``, the run's report so far, is read, never changed).
 
     The new export is written into a folder beside ``export/`` and swapped in whole
     once every form has passed its checks, so a run killed meanwhile (or a full disk,
@@ -81,7 +82,7 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
     from adapt.rundir import remove, staged_folder, swap_in
 
     if not session.plan.exporters:
-        return
+        return {}
     run_dir = session.run.path
     out = run_dir / EXPORT_DIR
     with staged_folder(out) as staging:
@@ -91,18 +92,15 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         except ExportError as exc:
             remove(run_dir / REJECTED_DIR)
             staging.rename(run_dir / REJECTED_DIR)
-            report["rejected_export"] = {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}
+            exc.report = {"rejected_export": {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}}
             raise
-        exported = with_export(report, job.new)
-        (staging / "README.md").write_text(model_card(exported, "export"), encoding="utf-8")
-        forget_export(report)
-        write_report(run_dir, report)  # for the instant of the swap, the report names no export file
+        (staging / "README.md").write_text(model_card(with_export(report, job.new), "export"), encoding="utf-8")
+        write_report(run_dir, with_export(report, {}))  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
         remove(run_dir / REJECTED_DIR)
-    report.clear()
-    report.update(exported)
     for path, kind in job.artifacts:
         host.call("adapt_artifact_exported", run_dir=run_dir, path=out / path.relative_to(staging), kind=kind)
+    return job.new
 
 
 class _ExportJob:

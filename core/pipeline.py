@@ -5,6 +5,12 @@ export (where exporters are configured) -> report. ``adapt train``, ``eval``,
 ``merge`` and ``predict`` run single stages against an existing run directory:
 they rebuild the model from the saved config and load the saved adapter, so a
 run can be stopped, inspected and continued.
+
+Each stage returns its section of report.json (``train_stage`` -> ``training``,
+``merge_stage`` -> metrics, parity, merge check; ``export_stage`` -> the export's
+entries); a stage that fails after measuring carries its section on the error
+(``AdaptError.report``). Only the orchestrating functions here add sections to the
+run's report (``add_section``) and write it.
 """
 
 from __future__ import annotations
@@ -22,11 +28,11 @@ from adapt import distributed
 from adapt.config import RunConfig, load_config
 from adapt.data import Splits, load_splits
 from adapt.export_stage import export_stage
-from adapt.errors import CheckpointError, DataError, RunDirError
+from adapt.errors import AdaptError, CheckpointError, DataError, MergeError, RunDirError
 from adapt.host import Host
 from adapt.interfaces import IGNORE_INDEX, BuiltModel
 from adapt.plan import Plan, make_plan
-from adapt.report import plot_curve, read_report, write_report
+from adapt.report import add_section, plot_curve, read_report, write_report
 from adapt.rundir import CONFIG_FILE, RunDir, already_a_run, atomic_write_json, check_target, hold_lock, require_run
 
 LABELS_FILE = "labels.json"
@@ -168,7 +174,8 @@ def _epoch_ended(host: Host, run_dir: Path, epoch: int, metrics: dict[str, float
     host.call("adapt_epoch_ended", run_dir=run_dir, epoch=epoch, metrics=metrics)
 
 
-def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume: bool) -> None:
+def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]:
+    """Train (or resume) the adapted model; the report's ``training`` section."""
     from adapt.engine import Trainer
 
     assert session.splits is not None
@@ -187,7 +194,7 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
         dist=session.dist,
     )
     result = trainer.fit(resume=resume)
-    report["training"] = {
+    section = {
         "best_epoch": result.best_epoch,
         "best_val": result.best_metric,
         "epochs_run": sum(1 for r in result.history if r.get("kind") == "epoch"),
@@ -202,64 +209,109 @@ def train_stage(session: Session, host: Host, report: dict[str, Any], *, resume:
     if session.dist.main:
         plot_curve(session.run.path, result.history, session.plan.task.primary_metric)
         host.call("adapt_artifact_exported", run_dir=session.run.path, path=session.run.path / "adapter", kind="adapter")
+    return {"training": section}
 
 
-def evaluate_and_merge(session: Session, report: dict[str, Any]) -> tuple[Any, Any]:
-    """Test metrics of the adapted and merged models, their parity, and the merged model on disk.
-    Returns the merge result and the merged model's test evaluation (logits kept)."""
+@dataclass
+class Merged:
+    """The merge stage's outcome: the merge, the merged model's test evaluation (logits
+    kept: the export's reference) and the report section (metrics, parity, merge check)."""
+
+    result: Any
+    evaluation: Any
+    section: dict[str, Any]
+
+
+def merge_stage(session: Session) -> Merged:
+    """Test the adapted and the merged model and gate their parity (a MergeError,
+    carrying the section, when the merge does not reproduce the adapted model)."""
     import torch
 
     from adapt.engine import evaluate
     from adapt.parity import compare
 
     assert session.splits is not None
-    plan, config = session.plan, session.config
-    test = session.splits.test
-    batch_size = config.train.eval_batch
+    plan, config, test = session.plan, session.config, session.splits.test
     device = torch.device("cpu")  # merge and its check run in fp32 on the CPU, whatever training used
     session.built.model.to(device)
-    adapted = evaluate(session.built.model, test, session.collate, plan.task, session.label_names, batch_size=batch_size, device=device, keep_logits=True)
+
+    def run(model: Any) -> Any:
+        return evaluate(model, test, session.collate, plan.task, session.label_names, batch_size=config.train.eval_batch, device=device, keep_logits=True)
+
+    adapted = run(session.built.model)
     merged = plan.method.merge(session.built)
-    merged_eval = evaluate(merged.model, test, session.collate, plan.task, session.label_names, batch_size=batch_size, device=device, keep_logits=True)
+    merged_eval = run(merged.model)
     parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions)
-    report.setdefault("metrics", {})
-    report["metrics"]["adapted"] = _clean(adapted.metrics)
-    report["metrics"]["merged"] = _clean(merged_eval.metrics)
-    report["merge"] = "folded" if merged.folded else "inline"
-    report["merge_note"] = merged.note
-    gate_merge(session, merged, parity, report)
+    section: dict[str, Any] = {"metrics": {"adapted": _clean(adapted.metrics), "merged": _clean(merged_eval.metrics)}, "merge": "folded" if merged.folded else "inline", "merge_note": merged.note}
     if merged.folded:
-        report["params"]["merged_total"] = sum(p.numel() for p in merged.model.parameters())
-    from adapt.report import model_card
-
-    save_merged(merged.model, session, session.run.path / MERGED_DIR, folded=merged.folded, card=model_card(report, "merged"))
+        section["params"] = {"merged_total": sum(p.numel() for p in merged.model.parameters())}
+    gate, failure = gate_merge(session, merged, parity)
+    section.update(gate)
+    if failure is not None:
+        failure.report = section
+        raise failure
     primary = plan.task.primary_metric
-    session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {report['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff {parity.max_abs_diff:.2e} (allowed {report['parity']['merged']['bound']:.1e}), label agreement {parity.label_agreement:.2%}")
-    return merged, merged_eval
+    session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {section['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff {parity.max_abs_diff:.2e} (allowed {gate['parity']['merged']['bound']:.1e}), label agreement {parity.label_agreement:.2%}")
+    return Merged(merged, merged_eval, section)
 
 
-def gate_merge(session: Session, merged: Any, parity: Any, report: dict[str, Any]) -> None:
-    """Fail the run unless the merged model reproduces the adapted one: every logit
-    finite, and the max abs difference within ``merge.tolerance`` (or the method's
-    declared bound) times max(1, largest logit). The report records the check either way."""
-    from adapt.errors import MergeError
+def gate_merge(session: Session, merged: Any, parity: Any) -> tuple[dict[str, Any], MergeError | None]:
+    """Whether the merged model reproduces the adapted one: every logit finite, and the
+    max abs difference within ``merge.tolerance`` (or the method's declared bound) times
+    max(1, largest logit). Returns the check's report entries, and the error to stop with."""
     from adapt.parity import report_entry, verdict
 
     declared = getattr(merged, "tolerance", None)
     tolerance = session.config.merge.tolerance if declared is None else declared
     bound = tolerance * max(1.0, parity.scale)
     problem = verdict(parity, bound, reference="the adapted model", candidate="the merged model")
-    report.setdefault("parity", {})["merged"] = report_entry(parity, bound, verified=not problem)
-    report["merge_check"] = {"tolerance": tolerance, "approximate": declared is not None, "logit_scale": parity.scale, "verified": not problem}
+    entries = {
+        "parity": {"merged": report_entry(parity, bound, verified=not problem)},
+        "merge_check": {"tolerance": tolerance, "approximate": declared is not None, "logit_scale": parity.scale, "verified": not problem},
+    }
     if not problem:
-        return
+        return entries, None
     method = f"method {session.config.method.name!r} ({session.plan.owners.get('method', 'its plugin')})"
     if parity.nonfinite == "reference":
-        raise MergeError(f"the merge cannot be checked: {problem} on the test split", hint="training produced a broken model; lower train.lr or use train.precision: fp32, and train again")
-    raise MergeError(
-        f"{method}: the merged model does not reproduce the adapted one: {problem} ({report['merge']} merge, {parity.examples} test examples); merged/ was not written",
+        return entries, MergeError(f"the merge cannot be checked: {problem} on the test split", hint="training produced a broken model; lower train.lr or use train.precision: fp32, and train again")
+    return entries, MergeError(
+        f"{method}: the merged model does not reproduce the adapted one: {problem} ({'folded' if merged.folded else 'inline'} merge, {parity.examples} test examples); merged/ was not written",
         hint="the merge of that method is wrong: report it to the plugin's authors. If the method is approximate by design it must say so (MergeResult.tolerance); raise merge.tolerance only if that difference is acceptable",
     )
+
+
+@contextlib.contextmanager
+def recording(report: dict[str, Any]) -> Iterator[None]:
+    """Add the section a failing stage carries (AdaptError.report) to ``report``."""
+    try:
+        yield
+    except AdaptError as exc:
+        if exc.report:
+            add_section(report, exc.report)
+        raise
+
+
+def merge_and_save(session: Session, report: dict[str, Any]) -> Merged:
+    """The merge stage, its section added to ``report``, and merged/ written (with its card)."""
+    from adapt.report import model_card
+
+    with recording(report):
+        merged = merge_stage(session)
+    add_section(report, merged.section)
+    save_merged(merged.result.model, session, session.run.path / MERGED_DIR, folded=merged.result.folded, card=model_card(report, "merged"))
+    return merged
+
+
+def export_and_record(session: Session, merged: Merged, report: dict[str, Any], host: Host) -> None:
+    """The export stage; its section replaces the previous export's in ``report``."""
+    from adapt.export_stage import with_export
+
+    with recording(report):
+        section = export_stage(session, merged.result.model, merged.evaluation, report, host)
+    if section:
+        exported = with_export(report, section)
+        report.clear()
+        report.update(exported)
 
 
 def _clean(metrics: dict[str, float]) -> dict[str, float]:
@@ -424,12 +476,12 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
         with _finishing(session, host, report):
             if dist.main:
                 write_report(run.path, report)
-            train_stage(session, host, report, resume=resume)
+            add_section(report, train_stage(session, host, resume=resume))
             if dist.main:
                 try:
-                    merged, merged_eval = evaluate_and_merge(session, report)
+                    merged = merge_and_save(session, report)
                     write_report(run.path, report)
-                    export_stage(session, merged.model, merged_eval, report, host)
+                    export_and_record(session, merged, report, host)
                 finally:
                     write_report(run.path, report)
                 session.say(f"report: {run.path / 'report.md'}")
@@ -490,7 +542,7 @@ def merge_command(run_dir: Path, host: Host) -> dict[str, Any]:
         session = restore(run_dir, host, writing=True)
         report = base_report(session)
         try:
-            evaluate_and_merge(session, report)
+            merge_and_save(session, report)
         finally:
             write_report(run_dir, report)
         return report
@@ -507,8 +559,7 @@ def _export(run_dir: Path, host: Host) -> dict[str, Any]:
     session = restore(run_dir, host, writing=True)
     report = base_report(session)
     try:
-        merged, merged_eval = evaluate_and_merge(session, report)
-        export_stage(session, merged.model, merged_eval, report, host)
+        export_and_record(session, merge_and_save(session, report), report, host)
     finally:
         write_report(run_dir, report)
     return report

@@ -52,6 +52,16 @@ def list_files(run_dir: Path) -> dict[str, int]:
     return files
 
 
+def add_section(report: dict[str, Any], section: dict[str, Any]) -> None:
+    """Add a stage's ``section`` to ``report``; entries of a key both hold as a dict
+    (``metrics``, ``parity``, ``params``) are merged, not replaced."""
+    for key, value in section.items():
+        if isinstance(value, dict) and isinstance(report.get(key), dict):
+            report[key] = {**report[key], **value}
+        else:
+            report[key] = value
+
+
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     report["files"] = list_files(run_dir)
     atomic_write_json(run_dir / REPORT_JSON, report)
