@@ -4,9 +4,9 @@ A backbone names the families its models have (``families``, for ``adapt plugins
 --verbose``) and resolves them on a built model (``BuiltModel.families``: family
 -> full module names). A method names the families it adapts by default
 (``default_families``); ``method.options.targets`` may name a family too.
-:func:`transformer_families` finds them in any transformer encoder from the
-shapes of its linear layers, so no layout (``encoder.layer``, ``q_lin``, ...) is
-assumed.
+:func:`transformer_families` finds them in any transformer (encoder or decoder)
+from the names and shapes of its linear layers, so no layout (``encoder.layer``,
+``q_lin``, ``c_attn``, ...) is assumed.
 """
 
 from __future__ import annotations
@@ -28,38 +28,70 @@ FAMILIES = {
     "depthwise-conv": "the depthwise convolutions of the blocks",
 }
 TRANSFORMER_FAMILIES = ("attention", "attention-qv", "attention-output", "mlp", "mlp-output", "all-linear")
-#: Last name parts of query and value projections across architectures (BERT, DistilBERT, DeBERTa, Llama-style).
-QUERY_VALUE = {"query", "value", "q", "v", "q_lin", "v_lin", "q_proj", "v_proj", "query_proj", "value_proj"}
+#: Last name parts of query and value projections across architectures (BERT, DistilBERT,
+#: DeBERTa, Llama-style), and of fused query-key-value projections (GPT-2 ``c_attn``).
+QUERY_VALUE = {"query", "value", "q", "v", "q_lin", "v_lin", "q_proj", "v_proj", "query_proj", "value_proj", "c_attn", "qkv", "query_key_value", "Wqkv"}
+
+
+#: Parts of a module path inside a block that mark self-attention (BERT ``attention``,
+#: GPT-2 ``attn``, Llama ``self_attn``); a block with none falls back to the shape rule.
+ATTENTION_MARKS = ("attn", "attention")
+
+
+def linear_kinds() -> tuple[type[nn.Module], ...]:
+    """The linear layer types: ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2's
+    projections, the same map with its weight stored (in, out))."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    return (nn.Linear, Conv1D)
+
+
+def linear_features(module: nn.Module) -> tuple[int, int] | None:
+    """``(in, out)`` of a linear layer (either kind), None for anything else."""
+    from torch import nn
+    from transformers.pytorch_utils import Conv1D
+
+    if isinstance(module, nn.Linear):
+        return module.in_features, module.out_features
+    if isinstance(module, Conv1D):
+        return int(module.nx), int(module.nf)  # weight stored (in, out)
+    return None
+
+
+def _is_attention(path: str) -> bool:
+    return any(mark in part.lower() for part in path.split(".") for mark in ATTENTION_MARKS)
 
 
 def transformer_families(model: nn.Module, blocks: Sequence[str]) -> dict[str, list[str]]:
-    """The families of a transformer's blocks, from the linear layers' shapes: inside a
-    block, a square layer (hidden -> hidden) belongs to attention and the last of them
-    is its output projection; the others (to or from the feed-forward width) are the
-    MLP, and the last one back to hidden is its output projection."""
-    from torch import nn
-
+    """The families of a transformer's blocks (encoders and decoders alike). Inside a block,
+    a linear layer under a module named like attention (``attention``, ``attn``,
+    ``self_attn``) is attention, and the last of them its output projection; where no
+    module is so named, the square layers (hidden -> hidden) are. The other layers are
+    the MLP, and the last one back to the hidden size is its output projection."""
     found: dict[str, list[str]] = {name: [] for name in TRANSFORMER_FAMILIES}
     for block in blocks:
-        linears = [(f"{block}.{n}", m) for n, m in model.get_submodule(block).named_modules() if isinstance(m, nn.Linear)]
+        linears = [(f"{block}.{n}", n, shape) for n, m in model.get_submodule(block).named_modules() if (shape := linear_features(m)) is not None]
         if not linears:
             continue
-        hidden = linears[-1][1].out_features
-        square = [n for n, m in linears if m.in_features == hidden and m.out_features == hidden]
-        mlp = [n for n, m in linears if n not in square]
-        found["all-linear"] += [n for n, _ in linears]
-        found["attention"] += square
-        found["attention-qv"] += [n for n in square if n.rsplit(".", 1)[-1] in QUERY_VALUE]
-        found["attention-output"] += square[-1:]
-        found["mlp"] += mlp
-        found["mlp-output"] += [n for n, m in linears if n in mlp and m.out_features == hidden][-1:]
+        hidden = linears[-1][2][1]
+        named = [full for full, inner, _ in linears if _is_attention(inner)]
+        attention = named or [full for full, _, (i, o) in linears if i == hidden and o == hidden]
+        mlp = [(full, shape) for full, _, shape in linears if full not in attention]
+        found["all-linear"] += [full for full, _, _ in linears]
+        found["attention"] += attention
+        found["attention-qv"] += [n for n in attention if n.rsplit(".", 1)[-1] in QUERY_VALUE]
+        found["attention-output"] += attention[-1:]
+        found["mlp"] += [n for n, _ in mlp]
+        found["mlp-output"] += [n for n, (_, o) in mlp if o == hidden][-1:]
     return {name: names for name, names in found.items() if names}
 
 
 def find_blocks(model: nn.Module) -> list[str]:
     """The repeated blocks of a network: the longest ``ModuleList`` whose entries are all
     of one class and hold linear layers (BERT's ``encoder.layer``, DistilBERT's
-    ``transformer.layer``, ALBERT's shared ``albert_layers``), input side first."""
+    ``transformer.layer``, ALBERT's shared ``albert_layers``, GPT-2's ``h``, Llama's
+    ``layers``), input side first."""
     from torch import nn
 
     best: tuple[int, int, str] | None = None
@@ -67,7 +99,7 @@ def find_blocks(model: nn.Module) -> list[str]:
         if not isinstance(module, nn.ModuleList) or not len(module):
             continue
         kinds = {type(child) for child in module}
-        if len(kinds) != 1 or not any(isinstance(m, nn.Linear) for m in module[0].modules()):
+        if len(kinds) != 1 or not any(linear_features(m) for m in module[0].modules()):
             continue
         score = (len(module), name.count("."), name)
         if best is None or score[:2] > best[:2]:

@@ -115,10 +115,11 @@ class TransformersTextBackbone:
             if type(config) not in auto._model_mapping:
                 raise CheckpointError(
                     f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build for {task} ({auto.__name__} has no class for it)",
-                    hint="pick a checkpoint of an encoder architecture (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA, DeBERTa, ...), or write a backbone plugin for this one (docs/plugins.md)",
+                    hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, ...), or write a backbone plugin for this one (docs/plugins.md)",
                 )
-            model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True), checkpoint)
             tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, **self.tokenizer_options(config)), checkpoint)
+            set_padding(tokenizer, config)
+            model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True), checkpoint)
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
@@ -184,9 +185,10 @@ class TransformersTextBackbone:
 
     @staticmethod
     def _new_parameters(model: Any, info: dict[str, Any], checkpoint: str) -> list[str]:
-        """Parameters the checkpoint did not provide; refuse a checkpoint that does not fit."""
+        """Parameters the checkpoint did not provide; refuse a checkpoint that does not fit
+        (only the task head, outside the base model, may differ: another label count)."""
         for key, found, expected in sorted(info.get("mismatched_keys", ()), key=lambda m: m[0]):
-            if not key.startswith("classifier."):
+            if key.startswith(model.base_model_prefix + "."):
                 raise CheckpointError(
                     f"checkpoint {checkpoint!r} does not fit the architecture: tensor {key!r} has shape {tuple(found)}, the model expects {tuple(expected)}",
                     hint="the checkpoint's config.json and its weights disagree; re-save the checkpoint",
@@ -277,6 +279,18 @@ class TransformersTextBackbone:
         if config.model_type not in BERT_SHAPED:
             return {}
         return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
+
+
+def set_padding(tokenizer: Any, config: Any) -> None:
+    """Decoders (GPT-2, Llama) ship without a padding token: pad with end-of-text, as
+    transformers' own examples do, and tell the model, whose sequence classifier pools
+    the last token that is not padding."""
+    if tokenizer.pad_token is None:
+        if tokenizer.eos_token is None:
+            raise CheckpointError("the checkpoint's tokenizer has neither a padding nor an end-of-text token", hint="add a pad_token to its tokenizer_config.json / special_tokens_map.json")
+        tokenizer.pad_token = tokenizer.eos_token
+    if getattr(config, "pad_token_id", None) is None:
+        config.pad_token_id = tokenizer.pad_token_id
 
 
 def align_word_labels(word_ids: Sequence[Sequence[int | None]], tags: Sequence[Sequence[int]]) -> torch.Tensor:

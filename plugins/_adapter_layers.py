@@ -17,6 +17,10 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers.pytorch_utils import Conv1D
+
+#: The layers an adapter can follow.
+LinearOrConv = nn.Linear | Conv1D | nn.Conv2d
 
 ACTIVATIONS = {"relu": nn.ReLU, "gelu": nn.GELU, "silu": nn.SiLU, "tanh": nn.Tanh, "none": nn.Identity}
 
@@ -56,11 +60,11 @@ class Bottleneck(nn.Module):
 class AdapterAfter(nn.Module):
     """Runs ``base_layer`` and then a bottleneck adapter on its output."""
 
-    def __init__(self, base: nn.Linear | nn.Conv2d, reduction: int, activation: str) -> None:
+    def __init__(self, base: LinearOrConv, reduction: int, activation: str) -> None:
         super().__init__()
         self.base_layer = base
         conv = isinstance(base, nn.Conv2d)
-        channels = base.out_channels if isinstance(base, nn.Conv2d) else base.out_features
+        channels = base.out_channels if isinstance(base, nn.Conv2d) else base.out_features if isinstance(base, nn.Linear) else base.nf
         weight = base.weight
         self.adapter = Bottleneck(channels, reduction, activation, conv).to(dtype=weight.dtype, device=weight.device)
 
@@ -77,12 +81,16 @@ def fold(layer: AdapterAfter) -> nn.Module:
     if not layer.foldable():
         raise ValueError("only an adapter with activation 'none' after a non-grouped layer folds")
     base = layer.base_layer.float()
+    weight, bias = base.weight, base.bias
+    assert isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor))
     with torch.no_grad():
         m, c = (t.double() for t in layer.adapter.double().affine())  # one rounding, at the end
-        weight = base.weight
-        base.weight.copy_((m @ weight.double().flatten(1)).reshape(weight.shape))
-        if base.bias is not None:
-            base.bias.copy_(m @ base.bias.double() + c)
+        if isinstance(base, Conv1D):  # x W + b with W (in, out): the adapter maps W to W M^T
+            weight.copy_(weight.double() @ m.T)
+        else:
+            weight.copy_((m @ weight.double().flatten(1)).reshape(weight.shape))
+        if bias is not None:
+            bias.copy_(m @ bias.double() + c)
         elif c.abs().max() > 0:
             raise ValueError("a bias-free layer cannot absorb an adapter bias")
     return base

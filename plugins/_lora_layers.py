@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call
+from transformers.pytorch_utils import Conv1D
 
 
 def scaling(r: int, alpha: float, rslora: bool) -> float:
@@ -40,24 +41,39 @@ def scaling(r: int, alpha: float, rslora: bool) -> float:
 class LoRALinear(nn.Module):
     """``base_layer(x) + s * B A dropout(x)`` around a frozen ``nn.Linear``."""
 
-    def __init__(self, base: nn.Linear, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
+    #: The base weight is stored (in, out), as in transformers' Conv1D (PEFT: fan_in_fan_out).
+    fan_in_fan_out = False
+
+    def __init__(self, base: nn.Module, r: int, alpha: float, dropout: float = 0.0, rslora: bool = False) -> None:
         super().__init__()
         self.base_layer = base
         self.r, self.alpha, self.rslora, self.dropout = r, alpha, rslora, dropout
         self.scaling = scaling(r, alpha, rslora)
         self.lora_dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         weight = base.weight
-        self.lora_A = nn.Parameter(torch.empty(r, base.in_features, dtype=weight.dtype, device=weight.device))
-        self.lora_B = nn.Parameter(torch.zeros(base.out_features, r, dtype=weight.dtype, device=weight.device))
+        assert isinstance(weight, torch.Tensor)
+        out_features, in_features = weight.shape[::-1] if self.fan_in_fan_out else weight.shape
+        self.lora_A = nn.Parameter(torch.empty(r, in_features, dtype=weight.dtype, device=weight.device))
+        self.lora_B = nn.Parameter(torch.zeros(out_features, r, dtype=weight.dtype, device=weight.device))
         nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))  # as nn.Linear and PEFT
 
     def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The update in the base weight's own layout."""
         a, b = self.lora_A.to(dtype or self.lora_A.dtype), self.lora_B.to(dtype or self.lora_B.dtype)
-        return (b @ a) * self.scaling
+        delta = (b @ a) * self.scaling
+        return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         update = F.linear(F.linear(self.lora_dropout(x), self.lora_A), self.lora_B)
         return self.base_layer(x) + update * self.scaling
+
+
+class LoRAConv1D(LoRALinear):
+    """LoRA around transformers' ``Conv1D`` (GPT-2's projections: ``x W + b`` with ``W``
+    stored (in, out)). The factors have LoRALinear's (and PEFT's) shapes; the update
+    folds into the weight transposed."""
+
+    fan_in_fan_out = True
 
 
 class LoRAConv2d(nn.Module):
@@ -117,19 +133,21 @@ class LoRAConv2d(nn.Module):
 
 
 #: The layer types LoRA can adapt (subclasses included) and the LoRA layer for each.
-LORA_LAYERS = {nn.Linear: LoRALinear, nn.Conv2d: LoRAConv2d}
+LORA_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: LoRALinear, Conv1D: LoRAConv1D, nn.Conv2d: LoRAConv2d}
 
 
 def wrap(module: nn.Module, r: int, alpha: float, dropout: float, rslora: bool) -> nn.Module:
     for kind, layer in LORA_LAYERS.items():
         if isinstance(module, kind):
             return layer(module, r, alpha, dropout, rslora)
-    raise TypeError(f"LoRA supports nn.Linear and nn.Conv2d, not {type(module).__name__}")
+    raise TypeError(f"LoRA supports nn.Linear, transformers' Conv1D and nn.Conv2d, not {type(module).__name__}")
 
 
 def fold(layer: LoRALinear | LoRAConv2d) -> nn.Module:
     """The base layer with the update folded into its weight, in fp32."""
     base = layer.base_layer.float()
+    weight = base.weight
+    assert isinstance(weight, torch.Tensor)
     with torch.no_grad():
-        base.weight.copy_(base.weight.double() + layer.delta_weight(torch.float64))  # one rounding, at the end
+        weight.copy_(weight.double() + layer.delta_weight(torch.float64))  # one rounding, at the end
     return base

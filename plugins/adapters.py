@@ -24,7 +24,6 @@ from adapt.params import SavesTrainedTensors
 
 if TYPE_CHECKING:
     import torch
-    from torch import nn
 
 
 class AdapterOptions(BaseModel):
@@ -52,7 +51,7 @@ class Adapters(SavesTrainedTensors):
             raise ConfigError("method 'adapters' is already applied to this model", hint="build a fresh model before applying a method again")
         names = self._targets(built, options, default_targets)
         for name in names:
-            base = cast("nn.Linear | nn.Conv2d", model.get_submodule(name))  # _targets keeps only these kinds
+            base = cast("layers.LinearOrConv", model.get_submodule(name))  # _targets keeps only these kinds
             replace_module(model, name, layers.AdapterAfter(base, options.reduction, options.activation))
         return freeze_all_but(model, [*(f"{n}.adapter" for n in names), *built.head, *built.new_parameters])
 
@@ -63,9 +62,10 @@ class Adapters(SavesTrainedTensors):
         block's last projection."""
         from torch import nn
 
+        from adapt.families import linear_kinds
         from adapt.targets import find_targets
 
-        kinds = (nn.Linear, nn.Conv2d)
+        kinds = (*linear_kinds(), nn.Conv2d)
         if options.targets is not None:
             return find_targets(built.model, options.targets, kinds, exclude=built.head, families=built.families)
         modules = dict(built.model.named_modules())

@@ -1,6 +1,6 @@
-"""``lora``: low-rank adaptation of ``nn.Linear`` and ``nn.Conv2d`` layers, grouped
-and depthwise convolutions included, with an exact merge (see ``_lora_layers``
-for the maths).
+"""``lora``: low-rank adaptation of ``nn.Linear``, transformers' ``Conv1D`` (GPT-2)
+and ``nn.Conv2d`` layers, grouped and depthwise convolutions included, with an
+exact merge (see ``_lora_layers`` for the maths).
 
 Adapters are saved in PEFT's layout and key names (``adapter_config.json`` +
 ``adapter_model.safetensors``), so they move between adapt and PEFT.
@@ -59,7 +59,6 @@ class LoRA:
     default_families = ("attention-qv", "pointwise-conv", "depthwise-conv")
 
     def apply(self, built: BuiltModel, options: LoRAOptions, default_targets: Sequence[str]) -> list[str]:
-        from torch import nn
 
         from adapt.plugins import _lora_layers as layers
         from adapt.params import freeze_all_but
@@ -71,7 +70,7 @@ class LoRA:
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
             raise ConfigError(f"method.options.targets is not set and this model has none of LoRA's default target families ({', '.join(self.default_families)})", hint="set method.options.targets to a target family, module names or a regular expression" + (f"; this model's families: {', '.join(built.families)}" if built.families else ""))
-        names = find_targets(model, spec, (nn.Linear, nn.Conv2d), exclude=built.head, families=built.families)
+        names = find_targets(model, spec, tuple(layers.LORA_LAYERS), exclude=built.head, families=built.families)
         for name in names:
             replace_module(model, name, layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora))
         lora = [f"{n}.{p}" for n in names for p in ("lora_A", "lora_B")]
@@ -142,7 +141,7 @@ class LoRA:
             "rank_pattern": rank_pattern,
             "alpha_pattern": alpha_pattern,
             "bias": "none",
-            "fan_in_fan_out": False,
+            "fan_in_fan_out": any(isinstance(m, layers.LoRAConv1D) for m in modules.values()),
             "init_lora_weights": True,
             "inference_mode": True,
             "use_dora": False,

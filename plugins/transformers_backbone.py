@@ -1,6 +1,6 @@
-"""``transformers``: any encoder that transformers' Auto classes can build for
-sequence or token classification (BERT, RoBERTa, DistilBERT, ALBERT, ELECTRA,
-DeBERTa-v2, XLM-RoBERTa, MiniLM, ...), with no code per architecture: layers,
+"""``transformers``: any architecture that transformers' Auto classes can build for
+sequence or token classification (encoders: BERT, RoBERTa, DistilBERT, ALBERT,
+ELECTRA, DeBERTa-v2, XLM-RoBERTa, MiniLM; decoders: GPT-2, Llama, ...), with no code per architecture: layers,
 head, target families and graph inputs are found through the model's own API
 (adapt.hf_text). Checkpoints: a hub id, a local folder, or ``pkg:<module>/<path>``."""
 

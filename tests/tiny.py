@@ -81,3 +81,44 @@ def _bpe_tokenizer(folder: Path):
     tokenizer = RobertaTokenizerFast(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
     tokenizer.save_pretrained(folder)
     return tokenizer
+
+
+#: Tiny configs of decoder architectures: GPT-2 (Conv1D projections, fused c_attn) and
+#: Llama (RMSNorm, rotary positions, grouped-query attention: 4 query heads, 2 key/value heads).
+DECODERS = {
+    "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
+    "llama": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": False},
+}
+
+
+def decoder_tokenizer(folder: Path, texts: list[str] | None = None):
+    """A byte-level BPE trained here on ``texts`` (default: the test words), saved as
+    GPT-2's tokenizer: end-of-text ``<|endoftext|>`` and no padding token, as GPT-2 ships."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Tokenizer
+
+    folder.mkdir(parents=True, exist_ok=True)
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts or [" ".join(WORDS)] * 4, vocab_size=400, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.save_model(str(folder))
+    tokenizer = GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt"))
+    tokenizer.save_pretrained(folder)
+    return tokenizer
+
+
+def decoder_checkpoint(folder: Path, model_type: str, *, causal_lm: bool = False, num_labels: int = 2, seed: int = 0, texts: list[str] | None = None) -> Path:
+    """A tiny random decoder (a key of DECODERS) with its tokenizer, saved to ``folder``:
+    a causal LM, or a sequence classifier over ``num_labels``."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification
+
+    tokenizer = decoder_tokenizer(folder, texts)
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    config = AutoConfig.for_model(model_type, vocab_size=len(tokenizer), bos_token_id=eos, eos_token_id=eos, **DECODERS[model_type])
+    if causal_lm:
+        AutoModelForCausalLM.from_config(config).save_pretrained(folder)
+    else:
+        config.num_labels = num_labels
+        AutoModelForSequenceClassification.from_config(config).save_pretrained(folder)
+    return folder

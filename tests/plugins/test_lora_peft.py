@@ -142,3 +142,45 @@ def test_conv2d_lora_matches_peft_both_ways(tmp_path):
     fresh.model.eval()
     with torch.no_grad():
         assert (fresh.model(x) - peft_model(x)).abs().max().item() <= 1e-5
+
+
+@pytest.fixture(scope="module")
+def gpt2_dir(tmp_path_factory):
+    from tests.tiny import decoder_checkpoint
+
+    return str(decoder_checkpoint(tmp_path_factory.mktemp("gpt2") / "gpt2", "gpt2", num_labels=3))
+
+
+def gpt2_inputs():
+    torch.manual_seed(2)
+    return {"input_ids": torch.randint(5, 300, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
+
+
+def test_gpt2_conv1d_lora_moves_between_adapt_and_peft_with_equal_outputs(gpt2_dir, tmp_path):
+    """GPT-2's projections are transformers' Conv1D (weight stored (in, out)): adapt's adapter
+    loads into PEFT (fan_in_fan_out) with equal outputs, and PEFT's own merge agrees with adapt's fold."""
+    from transformers import AutoModelForSequenceClassification
+
+    from adapt.plugins.transformers_backbone import Transformers
+
+    built = Transformers().build("text-classification", 3, checkpoint=gpt2_dir, arch=None, options=TextOptions())
+    lora = LoRA()
+    lora.apply(built, LoRAOptions(r=4, alpha=8), built.families["attention-qv"])
+    randomise_lora(built)
+    save_file(lora.adapter_state(built), tmp_path / "adapter_model.safetensors")
+    config = lora.adapter_config(built)
+    assert config["fan_in_fan_out"] is True and config["target_modules"] == ["transformer.h.0.attn.c_attn", "transformer.h.1.attn.c_attn"]
+    (tmp_path / "adapter_config.json").write_text(json.dumps(config))
+
+    base = AutoModelForSequenceClassification.from_pretrained(gpt2_dir, num_labels=3, attn_implementation="eager")
+    base.config.pad_token_id = built.preprocessor.pad_token_id
+    peft_model = PeftModel.from_pretrained(base, tmp_path).eval()
+    built.model.eval()
+    batch = gpt2_inputs()
+    with torch.no_grad():
+        ours, theirs = built.model(**batch), peft_model(**batch).logits
+        assert (ours - theirs).abs().max().item() <= 1e-5
+        folded = lora.merge(built).model.eval()(**batch)
+        peft_merged = peft_model.merge_and_unload()(**batch).logits
+    assert (folded - peft_merged).abs().max().item() <= 1e-5
+    assert (folded - ours).abs().max().item() <= 1e-5

@@ -161,7 +161,7 @@ def test_unmatched_targets_list_what_could_be_targeted(bert_dir):
     lora = HOST.methods.get("lora")
     with pytest.raises(ConfigError) as info:
         lora.apply(built, validate_options(lora, "m", {"targets": ["qkv"]}, "m"), [])
-    assert "`method.options.targets` = ['qkv'] matches no Linear / Conv2d module" in info.value.message
+    assert "`method.options.targets` = ['qkv'] matches no Linear / Conv1D / Conv2d module" in info.value.message
     assert "query" in info.value.message and "dense" in info.value.message
     with pytest.raises(ConfigError, match="not a valid regular expression"):
         lora.apply(built, validate_options(lora, "m", {"targets": "(query"}, "m"), [])

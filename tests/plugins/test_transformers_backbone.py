@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from adapt.cli import make_cli
 from adapt.host import make_host
 from adapt.report_schema import Report
-from tests.tiny import ENCODERS, encoder_checkpoint
+from tests.tiny import DECODERS, ENCODERS, decoder_checkpoint, encoder_checkpoint
 
 ROWS = "text,label\n" + "".join(f"{'the team won the match' if i % 2 else 'shares fell in the market'} {i},{'sport' if i % 2 else 'money'}\n" for i in range(48))
 METHODS = {"lora": {"name": "lora"}, "adapters": {"name": "adapters", "options": {"placement": "houlsby", "reduction": 4}}}
@@ -24,7 +24,8 @@ METHODS = {"lora": {"name": "lora"}, "adapters": {"name": "adapters", "options":
 @pytest.fixture(scope="module")
 def checkpoints(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("encoders")
-    return {model_type: encoder_checkpoint(root / model_type, model_type) for model_type in ENCODERS}
+    encoders = {model_type: encoder_checkpoint(root / model_type, model_type) for model_type in ENCODERS}
+    return {**encoders, **{model_type: decoder_checkpoint(root / model_type, model_type) for model_type in DECODERS}}
 
 
 def run(tmp_path: Path, checkpoint: Path, method: dict, task: str = "text-classification") -> dict:
@@ -53,6 +54,24 @@ def test_any_encoder_runs_end_to_end(tmp_path, checkpoints, model_type, method):
     assert 0 < report["params"]["trainable"] < report["params"]["total"]
 
 
+@pytest.mark.parametrize("method", list(METHODS))
+@pytest.mark.parametrize("model_type", list(DECODERS))
+def test_decoder_classifiers_run_end_to_end(tmp_path, checkpoints, model_type, method):
+    """GPT-2 (Conv1D projections: LoRA and the adapter fold handle the transposed weight)
+    and Llama (grouped-query attention) as sequence classifiers: the last real token
+    pooled, padding with end-of-text since neither tokenizer has a padding token."""
+    report = run(tmp_path, checkpoints[model_type], METHODS[method])
+    assert report["merge"] == ("folded" if method == "lora" else "inline")
+    for form in ("merged", "onnx"):
+        assert report["parity"][form]["verified"] is True and report["parity"][form]["label_agreement"] == 1.0, (form, report["parity"][form])
+    adapter = tmp_path / "runs" / "r" / "adapter" / "adapter_config.json"
+    if method == "lora":
+        config = json.loads(adapter.read_text())
+        assert config["fan_in_fan_out"] is (model_type == "gpt2")
+        expected = {"gpt2": [f"transformer.h.{i}.attn.c_attn" for i in range(2)], "llama": [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qv"]}
+        assert config["target_modules"] == expected[model_type]  # attention-qv: GPT-2's fused projection, Llama's q and v
+
+
 @pytest.mark.parametrize("model_type", ["distilbert", "deberta-v2"])
 def test_token_classification_on_other_encoders(tmp_path, checkpoints, model_type):
     report = run(tmp_path, checkpoints[model_type], METHODS["lora"], task="token-classification")
@@ -63,7 +82,7 @@ def test_lora_defaults_to_the_query_and_value_projections_of_any_layout(checkpoi
     from adapt.hf_text import TextOptions
     from adapt.plugins.transformers_backbone import Transformers
 
-    expected = {"distilbert": ("q_lin", "v_lin"), "albert": ("query", "value"), "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "xlm-roberta": ("query", "value")}
+    expected = {"distilbert": ("q_lin", "v_lin"), "albert": ("query", "value"), "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "xlm-roberta": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj")}
     for model_type, path in checkpoints.items():
         built = Transformers().build("text-classification", 2, checkpoint=str(path), arch=None, options=TextOptions())
         assert sorted({n.rsplit(".", 1)[-1] for n in built.families["attention-qv"]}) == sorted(expected[model_type]), model_type
