@@ -74,6 +74,8 @@ class DataConfig(_Section):
     path: str | None = Field(None, description="file or folder, or pkg:<module>/<path>; some sources need none")
     text_column: str = Field("text", description="column holding the text, for table-like sources")
     label_column: str = Field("label", description="column holding the label, for table-like sources")
+    prompt_column: str = Field("prompt", description="text-generation: column holding the prompt (the loss is on the completion only)")
+    completion_column: str = Field("completion", description="text-generation: column holding the completion of the prompt")
     split: SplitConfig = Field(default_factory=SplitConfig, description="used where the data has no split of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 
@@ -120,6 +122,7 @@ class ExportConfig(_Section):
     quantize: Literal["int8", "none"] = "int8"
     mobile: StrictBool = True
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
+    max_perplexity_increase: Float = Field(0.05, ge=0, description="text-generation: largest relative increase of validation perplexity a quantised model may have and still be recommended")
     parity_tolerance: Float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
     latency_runs: Int = Field(30, ge=1, description="timed runs per form for the latency figures")
     latency_batch: Int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")

@@ -18,6 +18,32 @@ from adapt.errors import DataError
 from adapt.interfaces import SPLITS, DataRequest, Example
 
 
+def generation_example(row: dict[str, Any], request: DataRequest, where: str) -> Example | None:
+    """A text-generation example from one row of a table-like source: a ``messages`` list
+    (chat), a prompt/completion pair (``data.prompt_column`` / ``completion_column``),
+    or plain text (``data.text_column``). None (recorded as skipped) when it is empty."""
+    if isinstance(row.get("messages"), list):
+        messages = row["messages"]
+        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
+            raise DataError(f"{where}: `messages` must be a list of {{\"role\": ..., \"content\": ...}} objects", hint="chat data: one conversation per row, the last message the assistant's answer to learn")
+        if not messages or messages[-1]["role"] != "assistant":
+            raise DataError(f"{where}: the last message of a conversation must be the assistant's (the completion to learn)", hint="end each conversation with {\"role\": \"assistant\", ...}")
+        return {"messages": messages}
+    prompt, completion = row.get(request.prompt_column), row.get(request.completion_column)
+    if prompt is not None or completion is not None:
+        if not str(completion or "").strip():
+            request.skip(where, f"the {request.completion_column!r} value is empty")
+            return None
+        return {"prompt": str(prompt or ""), "completion": str(completion)}
+    if request.text_column not in row:
+        raise DataError(f"{where}: no {request.text_column!r}, {request.prompt_column!r}/{request.completion_column!r} or `messages`; it has: {', '.join(row) or '(none)'}", hint="set data.text_column, or data.prompt_column and data.completion_column, to the names used in the file")
+    text = str(row[request.text_column] or "")
+    if not text.strip():
+        request.skip(where, f"the {request.text_column!r} value is empty")
+        return None
+    return {"text": text}
+
+
 #: File stems that name a split, for sources that read ``train.<ext>`` beside ``test.<ext>``.
 SPLIT_STEMS = {"train": ("train",), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
 
@@ -111,7 +137,7 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
             encoded[name] = [task.encode(e, index) for e in examples]
         except DataError as exc:
             raise DataError(f"{name} split: {exc.message}", hint=exc.hint) from None
-    if len(label_names) < 2:
+    if len(label_names) < 2 and getattr(task, "labelled", True):
         found = f"only the label {label_names[0]!r}" if label_names else "no labels"
         raise DataError(f"the training data of data source {source.name!r} holds {found}: a classifier needs at least two", hint="check data.label_column (or the label folders), or add examples of the other classes")
     return Splits(encoded["train"], encoded["val"], encoded["test"], label_names, list(request.skipped))

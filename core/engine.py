@@ -382,7 +382,8 @@ class Trainer:
         metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
         primary = self.task.primary_metric
         score = val.metrics.get(primary)
-        improved = score is None or state["best_metric"] is None or score > state["best_metric"]
+        better = (lambda a, b: a < b) if getattr(self.task, "lower_is_better", False) else (lambda a, b: a > b)
+        improved = score is None or state["best_metric"] is None or better(score, state["best_metric"])
         state.update(epoch=epoch + 1, batch=0)
         if improved:
             state.update(best_metric=score, best_epoch=epoch + 1, bad_epochs=0)

@@ -205,8 +205,11 @@ class _ExportJob:
     def derive_context(self, exporter: Any) -> DeriveContext:
         session, cfg, names = self.session, self.cfg, self.io.input_names
 
+        lower_is_better = getattr(self.plan.task, "lower_is_better", False)
+
         def score(candidate: Path) -> float:
-            return self.run_file(exporter, candidate, self.val_batches)[0].get(self.plan.task.primary_metric, 0.0)
+            value = self.run_file(exporter, candidate, self.val_batches)[0].get(self.plan.task.primary_metric, math.nan)
+            return -math.log(max(value, 1e-300)) if lower_is_better else value  # see DeriveContext.score
 
         def file_latency(candidate: Path) -> dict[str, float]:
             return self.time_runner(exporter.load(candidate, self.threads), self.one)
@@ -214,7 +217,8 @@ class _ExportJob:
         calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
         hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
         model_info = hints(session.built) if callable(hints) else {}
-        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, cfg.max_accuracy_drop, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name), self.metadata())
+        budget = math.log1p(cfg.max_perplexity_increase) if lower_is_better else cfg.max_accuracy_drop
+        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name), self.metadata())
 
     def metadata(self) -> dict[str, str]:
         """Labels, task and preprocessing, as JSON strings to embed in deployed files."""

@@ -77,7 +77,7 @@ class TransformersTextBackbone:
     name = ""
     #: ``config.model_type`` values this backbone accepts; empty: any.
     model_types: tuple[str, ...] = ()
-    tasks = ("text-classification", "token-classification")
+    tasks = ("text-classification", "token-classification", "text-generation")
     #: Target families its models have (adapt.families), for ``adapt plugins --verbose``.
     families = TRANSFORMER_FAMILIES
     options_schema = TextOptions
@@ -102,11 +102,13 @@ class TransformersTextBackbone:
             raise ConfigError(f"backbone.arch is not used by backbone {self.name!r} (the checkpoint's config.json names the architecture)", hint="remove backbone.arch")
         source = resolve_checkpoint(checkpoint)
         from adapt.wrappers import LogitsOnly
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-        auto = AutoModelForTokenClassification if task == "token-classification" else AutoModelForSequenceClassification
+        autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM}
+        auto = autos.get(task, AutoModelForSequenceClassification)
+        labels = {} if task == "text-generation" else {"num_labels": num_labels}
         with quiet_transformers():
-            config = self._load(lambda: AutoConfig.from_pretrained(source, num_labels=num_labels), checkpoint)
+            config = self._load(lambda: AutoConfig.from_pretrained(source, **labels), checkpoint)
             if self.model_types and config.model_type not in self.model_types:
                 raise CheckpointError(
                     f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects {' or '.join(self.model_types)}",
@@ -118,6 +120,11 @@ class TransformersTextBackbone:
                     hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, ...), or write a backbone plugin for this one (docs/plugins.md)",
                 )
             tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, **self.tokenizer_options(config)), checkpoint)
+            if task == "text-generation":
+                from adapt.causal_lm import check_tokenizer
+
+                check_tokenizer(tokenizer, checkpoint)
+                config.use_cache = False  # training and scoring see whole sequences; generation asks for the cache itself
             set_padding(tokenizer, config)
             model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True), checkpoint)
         if task == "token-classification" and not tokenizer.is_fast:
@@ -150,9 +157,11 @@ class TransformersTextBackbone:
 
     def find_head(self, wrapped: torch.nn.Module) -> tuple[str, ...]:
         """The modules the task model adds around ``base_model`` that hold parameters
-        (BERT: classifier; DistilBERT: pre_classifier, classifier; DeBERTa: pooler, classifier)."""
+        (BERT: classifier; DistilBERT: pre_classifier, classifier; DeBERTa: pooler, classifier).
+        A language model's output layer (``lm_head``) is pretrained, not new: not a head."""
         model = inner_model(wrapped)
-        return tuple(f"model.{n}" for n, child in model.named_children() if n != model.base_model_prefix and any(True for _ in child.parameters()))
+        output = model.get_output_embeddings()
+        return tuple(f"model.{n}" for n, child in model.named_children() if n != model.base_model_prefix and child is not output and any(True for _ in child.parameters()))
 
     def find_blocks(self, wrapped: torch.nn.Module) -> list[str]:
         """The encoder's layers, input side first (see adapt.families.find_blocks)."""
@@ -222,6 +231,10 @@ class TransformersTextBackbone:
         names = self.graph_inputs(built)
         import torch
 
+        if built.task == "text-generation":
+            from adapt import causal_lm
+
+            return causal_lm.collator(tokenizer, max_length)
         if built.task == "token-classification":
 
             def collate_tokens(examples: Sequence[Example]) -> Batch:
@@ -255,7 +268,7 @@ class TransformersTextBackbone:
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
         names = self.graph_inputs(built)
         axes = {name: {0: "batch", 1: "sequence"} for name in names}
-        axes["logits"] = {0: "batch", 1: "sequence"} if built.task == "token-classification" else {0: "batch"}
+        axes["logits"] = {0: "batch", 1: "sequence"} if built.task in ("token-classification", "text-generation") else {0: "batch"}
         return OnnxIO(names, ("logits",), axes)
 
     def default_targets(self, method: str) -> list[str]:
@@ -265,11 +278,12 @@ class TransformersTextBackbone:
         """The tokenizer as ``tokenizer.json`` and its settings, for inference without torch."""
         built.preprocessor.backend_tokenizer.save(str(folder / "tokenizer.json"))
         return {
-            "kind": "tokens" if built.task == "token-classification" else "text",
+            "kind": {"token-classification": "tokens", "text-generation": "generation"}.get(built.task, "text"),
             "tokenizer": "tokenizer.json",
             "max_length": self.max_length(built, options),
             "input_names": list(self.graph_inputs(built)),
             "pad_id": built.preprocessor.pad_token_id or 0,
+            **({"eos_id": built.preprocessor.eos_token_id, "bos_id": built.preprocessor.bos_token_id if getattr(built.preprocessor, "add_bos_token", False) else None} if built.task == "text-generation" else {}),
         }
 
     def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:
@@ -277,7 +291,7 @@ class TransformersTextBackbone:
         its BERT fusions fit the BERT-shaped encoders; others get the generic graph optimiser."""
         config = inner_model(built.model).config
         if config.model_type not in BERT_SHAPED:
-            return {}
+            return {"quantization": "dynamic"}
         return {"model_type": "bert", "num_heads": config.num_attention_heads, "hidden_size": config.hidden_size}
 
 

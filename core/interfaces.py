@@ -112,6 +112,9 @@ class DataRequest:
     path: Path | None
     text_column: str = "text"
     label_column: str = "label"
+    #: text-generation: the columns of prompt/completion pairs (else ``text_column``, or a ``messages`` column).
+    prompt_column: str = "prompt"
+    completion_column: str = "completion"
     options: Any = None
     #: Items the source left out (a file that is not valid text, a corrupt image), with why.
     skipped: list[str] = field(default_factory=list)
@@ -128,6 +131,10 @@ class Task(Protocol):
     name: str
     #: The metric used to pick the best checkpoint and gate quantisation ("accuracy", "f1").
     primary_metric: str
+    # Optional members (read with getattr, so older task plugins need not declare them):
+    #: ``labelled = False``: examples carry no label (text-generation); ``label_names``
+    #: returns [] and the model is built with ``num_labels`` 0.
+    #: ``lower_is_better = True``: the primary metric improves downwards (perplexity).
 
     def label_names(self, examples: Sequence[Example]) -> list[str]:
         """The sorted label names found in ``examples``; raises DataError on a malformed example."""
@@ -237,14 +244,18 @@ class DeriveContext:
     out_dir: Path
     #: The backbone's ``onnx_optimizer_options(built)``, e.g. {"model_type": "bert",
     #: "num_heads": 12, "hidden_size": 384} for ONNX Runtime's transformer optimiser;
-    #: empty for graphs it does not know.
+    #: {"quantization": "dynamic"} where weight-only (dynamic) int8 suits the graph
+    #: (transformers); empty for graphs it does not know.
     model_info: dict[str, Any]
     quantize: str
     mobile: bool
+    #: The largest drop of ``score`` a quantised file may have and still be recommended.
     max_accuracy_drop: float
     #: Single-example model inputs from the training split, for calibration.
     calibration: list[dict[str, Any]]
-    #: The task's primary metric of a file on the validation split.
+    #: A file's score on the validation split, higher is better: the task's primary
+    #: metric, or for a lower-is-better one (perplexity) its negative logarithm, so that
+    #: ``max_accuracy_drop`` = log(1 + export.max_perplexity_increase) bounds the relative increase.
     score: Callable[[Path], float]
     #: Batch-1 CPU latency of a file: {"median", "p90", "threads"} in milliseconds.
     latency: Callable[[Path], dict[str, float]]

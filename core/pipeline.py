@@ -344,8 +344,11 @@ def _save_transformers(inner: Any, session: Session, folder: Path) -> None:
     from adapt.hf_text import quiet_transformers
 
     labels = session.label_names
-    inner.config.id2label = dict(enumerate(labels))
-    inner.config.label2id = {name: i for i, name in enumerate(labels)}
+    if labels:
+        inner.config.id2label = dict(enumerate(labels))
+        inner.config.label2id = {name: i for i, name in enumerate(labels)}
+    if session.config.task == "text-generation":
+        inner.config.use_cache = True  # the merged model generates
     tokenizer = session.built.preprocessor
     with quiet_transformers():
         inner.save_pretrained(folder)

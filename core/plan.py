@@ -41,7 +41,10 @@ class Plan:
     def data_request(self) -> DataRequest:
         data = self.config.data
         path = resolve_path(data.path, what="data.path") if data.path else None
-        return DataRequest(task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column, options=self.data_options)
+        return DataRequest(
+            task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column,
+            prompt_column=data.prompt_column, completion_column=data.completion_column, options=self.data_options,
+        )
 
 
 def _lookup(registry: Any, name: str, key: str) -> Any:

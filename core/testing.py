@@ -82,7 +82,8 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     assert all(axes.get(0) == "batch" for axes in io.dynamic_axes.values()), "axis 0 must be the dynamic batch axis"
     modules = dict(built.model.named_modules())
     params = dict(built.model.named_parameters())
-    assert built.head and all(h in modules for h in built.head), f"head {built.head} names no module"
+    assert built.head or not built.num_labels, "a classifier's head (the modules its task adds) must be named"
+    assert all(h in modules for h in built.head), f"head {built.head} names no module"
     assert all(b in modules for b in built.blocks), "a block names no module"
     assert all(p in params for p in built.new_parameters), "a new parameter names no parameter"
     declared = set(getattr(backbone, "families", None) or ())

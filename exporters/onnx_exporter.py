@@ -160,14 +160,14 @@ class OnnxExporter:
                 break
         base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
         if passed is None:
-            result.notes.append(f"no int8 attempt stayed within max_accuracy_drop {ctx.max_accuracy_drop}: the int8 file is kept but not recommended")
+            result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for text-generation): the int8 file is kept but not recommended")
         return passed
 
     def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> list[tuple[str, Callable[[Path], None]]]:
         import onnx
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
-        if ctx.model_info.get("model_type"):
+        if ctx.model_info.get("model_type") or ctx.model_info.get("quantization") == "dynamic":
             def dynamic(exclude: list[str]) -> Callable[[Path], None]:
                 return lambda out: _quietly(quantize_dynamic,str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 

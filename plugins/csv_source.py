@@ -13,8 +13,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.data import split_files
+from adapt.data import generation_example, split_files
 from adapt.interfaces import DataRequest, Example
+
+GENERATION = "text-generation"
 
 class CsvOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -42,6 +44,8 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
             columns = reader.fieldnames or []
             if not columns:
                 raise DataError(f"{path} is empty", hint="the file needs a header line (with the text and label columns) and at least one row")
+            if request.task == GENERATION:
+                return _generation_rows(path, reader, request)
             missing = [c for c in (text_col, label_col) if c not in columns]
             if missing:
                 raise DataError(
@@ -67,9 +71,16 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
     return examples
 
 
+def _generation_rows(path: Path, reader: csv.DictReader, request: DataRequest) -> list[Example]:
+    examples = [e for row in reader if (e := generation_example(dict(row), request, f"{path}, line {reader.line_num}")) is not None]
+    if not examples:
+        raise DataError(f"{path} holds no rows with text", hint="the file needs a header line and at least one row whose text (or completion) is not empty")
+    return examples
+
+
 class CsvSource:
     name = "csv"
-    tasks = ("text-classification",)
+    tasks = ("text-classification", GENERATION)
     options_schema = CsvOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

@@ -1,5 +1,6 @@
 """``jsonl``: labelled text, one JSON object per line, from a file or from a folder
-holding ``train.jsonl`` (and optionally val and test files, used as the splits)."""
+holding ``train.jsonl`` (and optionally val and test files, used as the splits).
+For text-generation: plain text, prompt/completion pairs, or chat ``messages``."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
-from adapt.data import split_files
+from adapt.data import generation_example, split_files
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, Example
+
+GENERATION = "text-generation"
 
 
 def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
@@ -29,6 +32,11 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})", hint="one JSON object per line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        if request.task == GENERATION:
+            example = generation_example(row, request, f"{path}, line {number}")
+            if example is not None:
+                examples.append(example)
+            continue
         missing = [k for k in (text_key, label_key) if k not in row]
         if missing:
             raise DataError(f"{path}, line {number}: no {missing[0]!r} key; it has: {', '.join(row) or '(none)'}", hint="set data.text_column and data.label_column to the keys used in the file")
@@ -47,7 +55,7 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
 
 class JsonlSource:
     name = "jsonl"
-    tasks = ("text-classification",)
+    tasks = ("text-classification", GENERATION)
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
