@@ -71,7 +71,8 @@ def collator(tokenizer: Any, max_length: int) -> Callable[[Sequence[Example]], B
             input_ids[row, : len(ids)] = torch.tensor(ids)
             attention[row, : len(ids)] = 1
             labels[row, prompt_length : len(ids)] = torch.tensor(ids[prompt_length:])
-        return {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        positions = torch.arange(width).expand(len(encoded), width).clone()
+        return {"input_ids": input_ids, "attention_mask": attention, "position_ids": positions, "labels": labels}
 
     return collate
 
@@ -84,7 +85,86 @@ def check_tokenizer(tokenizer: Any, checkpoint: str) -> None:
         raise CheckpointError(f"checkpoint {checkpoint!r}: its tokenizer has no end-of-text token, which text-generation needs to learn where to stop", hint="set eos_token in its tokenizer_config.json / special_tokens_map.json")
 
 
-def as_tensor(ids: Sequence[int]) -> torch.Tensor:
+# -- the cached decoder graph -----------------------------------------------------
+
+#: Graph names of the cache, as ONNX Runtime GenAI and Optimum name them.
+PAST = "past_key_values.{layer}.{kind}"
+PRESENT = "present.{layer}.{kind}"
+
+
+def cache_shapes(inner: torch.nn.Module) -> list[tuple[int, int]]:
+    """``(heads, head_dim)`` of every cache tensor (key then value, layer by layer), read
+    off the model's own cache after one token, so no config field names are assumed."""
     import torch
 
-    return torch.tensor([list(ids)], dtype=torch.long)
+    device = next(inner.parameters()).device
+    with torch.no_grad():
+        out = inner(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=True)
+    return [(int(t.shape[1]), int(t.shape[3])) for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+
+
+def cache_names(shapes: Sequence[tuple[int, int]], pattern: str) -> list[str]:
+    return [pattern.format(layer=i // 2, kind="key" if i % 2 == 0 else "value") for i in range(len(shapes))]
+
+
+def graph_io(shapes: Sequence[tuple[int, int]]) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, dict[int, str]]]:
+    """Inputs, outputs and dynamic axes of the cached decoder graph."""
+    past, present = cache_names(shapes, PAST), cache_names(shapes, PRESENT)
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    axes.update({name: {0: "batch", 2: "past"} for name in past})
+    axes.update({name: {0: "batch", 2: "total"} for name in present})
+    return ("input_ids", "attention_mask", "position_ids", *past), ("logits", *present), axes
+
+
+def example_inputs(shapes: Sequence[tuple[int, int]], vocab: int, batch_size: int = 2, new: int = 4, past: int = 3) -> Batch:
+    """Inputs to trace the cached graph with: ``new`` tokens after ``past`` cached ones
+    (a non-empty cache, so the trace keeps the concatenation; length 0 runs the same graph)."""
+    import torch
+
+    generator = torch.Generator().manual_seed(0)
+    inputs: Batch = {
+        "input_ids": torch.randint(3, vocab, (batch_size, new), generator=generator),
+        "attention_mask": torch.ones(batch_size, past + new, dtype=torch.long),
+        "position_ids": torch.arange(past, past + new).expand(batch_size, new).clone(),
+    }
+    for name, (heads, dim) in zip(cache_names(shapes, PAST), shapes):
+        inputs[name] = torch.randn(batch_size, heads, past, dim, generator=generator)
+    return inputs
+
+
+# -- generation, checked --------------------------------------------------------------
+
+#: New tokens each test prompt is continued by when an export's generation is checked.
+CHECK_TOKENS = 32
+
+
+def check_prompts(tokenizer: Any, examples: Sequence[Example], max_length: int) -> list[list[int]]:
+    """The prompt tokens of test examples (for plain text, its first half), each short
+    enough to leave room for :data:`CHECK_TOKENS` new ones within ``max_length``."""
+    room = max(1, max_length - CHECK_TOKENS)
+    prompts = []
+    for example in examples:
+        prompt, completion = split_example(tokenizer, example)
+        ids = prompt_ids(tokenizer, prompt)
+        if not ids:
+            text = tokenizer(completion, add_special_tokens=False)["input_ids"]
+            ids = text[: max(1, len(text) // 2)]
+        prompts.append(ids[-room:])
+    return prompts
+
+
+def greedy_reference(inner: torch.nn.Module, prompt: Sequence[int], eos_id: int, pad_id: int, max_new_tokens: int = CHECK_TOKENS) -> list[int]:
+    """Greedy continuation by transformers' own ``generate`` (KV cache on), without the end token."""
+    import torch
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([list(prompt)], dtype=torch.long)
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
+    with torch.no_grad():
+        new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, len(prompt) :].tolist()  # type: ignore[operator]
+    return new[: new.index(eos_id)] if eos_id in new else new
+
+
+def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:
+    """The share of prompts whose continuations are identical."""
+    return sum(1 for a, b in zip(reference, candidate) if list(a) == list(b)) / len(reference) if reference else 1.0

@@ -120,13 +120,19 @@ class _ExportJob:
         self.one = session.collate(session.splits.test[:1])
         self.many = session.collate(session.splits.test[: self.cfg.latency_batch]) if self.cfg.latency_batch > 1 else None
         self.new: dict[str, Any] = {"metrics": {}, "parity": {}, "forms": {}, "export": {}, "latency_ms": {}}
+        from adapt import causal_lm
+        from adapt.generation_check import GenerationCheck
+
+        self.generation = GenerationCheck(session, merged_model) if session.config.task == causal_lm.TASK else None
         self.artifacts: list[tuple[Path, str]] = []
 
     def _batches(self, examples: list, size: int) -> list[dict[str, Any]]:
         return [self.session.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
 
     def _feed(self, batch: dict[str, Any]) -> dict[str, Any]:
-        return {n: batch[n].numpy() for n in self.io.input_names}
+        """The graph's inputs that a batch holds (a cached decoder's cache is not in a
+        batch: its runner feeds an empty one, which makes the step a whole-prompt pass)."""
+        return {n: batch[n].numpy() for n in self.io.input_names if n in batch}
 
     def final_name(self, path: Path) -> str:
         """A staged file's path relative to the run directory once export/ is swapped in."""
@@ -159,10 +165,10 @@ class _ExportJob:
 
         model, names = self.merged_model.eval(), self.io.input_names
         with torch.no_grad():
-            self.new["latency_ms"]["pytorch"] = self.latency(lambda: model(**{n: self.one[n] for n in names}))
+            self.new["latency_ms"]["pytorch"] = self.latency(lambda: model(**{n: self.one[n] for n in names if n in self.one}))
             many = self.many
             if many is not None:
-                self.new["latency_ms_batch"] = {"batch": len(many["labels"]), "pytorch": self.latency(lambda: model(**{n: many[n] for n in names}))}
+                self.new["latency_ms_batch"] = {"batch": len(many["labels"]), "pytorch": self.latency(lambda: model(**{n: many[n] for n in names if n in many}))}
         self.write_preprocessing()
         for exporter in self.plan.exporters:
             self.export_one(exporter)
@@ -254,6 +260,26 @@ class _ExportJob:
         self.new["latency_ms"][form.name] = self.time_runner(runner, self.one)
         if self.many is not None:
             self.new["latency_ms_batch"][form.name] = self.time_runner(runner, self.many)
+        if self.generation is not None and form.path.suffix == ".onnx":
+            self.verify_generation(exporter, form)
+
+    def verify_generation(self, exporter: Any, form: Form) -> None:
+        """text-generation: the file's greedy continuations of the test prompts, through its
+        KV cache, against the merged model's (adapt.generation_check); exact forms must agree."""
+        from adapt.causal_lm import CHECK_TOKENS
+        from adapt.errors import ExportError
+
+        assert self.generation is not None
+        share, rate = self.generation.run(form.path)
+        self.new["parity"][form.name]["generation_agreement"] = share
+        self.new["latency_ms"][form.name]["tokens_per_s"] = rate
+        self.new["latency_ms"]["pytorch"]["tokens_per_s"] = self.generation.reference_tokens_per_s
+        if form.exact and share < 1:
+            self.new["parity"][form.name]["verified"] = False
+            raise ExportError(
+                f"{form.path.name} (exporter {exporter.name!r}) generates other tokens than the merged model: {share:.0%} of {len(self.generation.prompts)} test prompts continue identically (greedy, {CHECK_TOKENS} new tokens, KV cache)",
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; its cache inputs or position ids do not match the model's",
+            )
 
 
 def _short(metrics: dict[str, float], primary: str) -> str:

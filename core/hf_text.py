@@ -130,7 +130,12 @@ class TransformersTextBackbone:
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
-        wrapped = LogitsOnly(model)
+        if task == "text-generation":
+            from adapt.wrappers import CausalLMWithCache
+
+            wrapped: torch.nn.Module = CausalLMWithCache(model)
+        else:
+            wrapped = LogitsOnly(model)
         blocks = self.find_blocks(wrapped)
         if not blocks:
             raise CheckpointError(f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model", hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass TransformersTextBackbone and override find_blocks for this architecture")
@@ -172,9 +177,14 @@ class TransformersTextBackbone:
         return transformer_families(built.model, built.blocks)
 
     def graph_inputs(self, built: BuiltModel) -> tuple[str, ...]:
-        """The exported graph's inputs, in LogitsOnly's order."""
+        """The exported graph's inputs, in LogitsOnly's order (a causal LM's: the cached
+        decoder's, adapt.causal_lm.graph_io)."""
         if self.input_names:
             return self.input_names
+        if built.task == "text-generation":
+            from adapt import causal_lm
+
+            return causal_lm.graph_io(causal_lm.cache_shapes(inner_model(built.model)))[0]
         import inspect
 
         known = getattr(built.preprocessor, "model_input_names", None) or ["input_ids", "attention_mask"]
@@ -258,14 +268,23 @@ class TransformersTextBackbone:
     def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> Batch:
         import torch
 
-        generator = torch.Generator().manual_seed(0)
         vocab = inner_model(built.model).config.vocab_size
+        if built.task == "text-generation":
+            from adapt import causal_lm
+
+            return causal_lm.example_inputs(causal_lm.cache_shapes(inner_model(built.model)), vocab, batch_size)
+        generator = torch.Generator().manual_seed(0)
         inputs = {"input_ids": torch.randint(3, vocab, (batch_size, 16), generator=generator), "attention_mask": torch.ones(batch_size, 16, dtype=torch.long)}
         if "token_type_ids" in self.graph_inputs(built):
             inputs["token_type_ids"] = torch.zeros(batch_size, 16, dtype=torch.long)
         return inputs
 
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
+        if built.task == "text-generation":
+            from adapt import causal_lm
+
+            inputs, outputs, axes = causal_lm.graph_io(causal_lm.cache_shapes(inner_model(built.model)))
+            return OnnxIO(inputs, outputs, axes)
         names = self.graph_inputs(built)
         axes = {name: {0: "batch", 1: "sequence"} for name in names}
         axes["logits"] = {0: "batch", 1: "sequence"} if built.task in ("token-classification", "text-generation") else {0: "batch"}

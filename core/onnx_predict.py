@@ -6,6 +6,11 @@ into every export directory as ``predict.py``, so the folder is all a device nee
 
     python predict.py model.int8.onnx "some text" "another text"
     python predict.py model.onnx photo1.jpg photo2.jpg
+    python predict.py model.onnx "a prompt" --max-new-tokens 64 --temperature 0.7 --top-p 0.9
+
+A text-generation export is a decoder with a key/value cache (``past_key_values.*``
+in, ``present.*`` out): :func:`generate_ids` runs its loop, the prompt once and
+then one token per step.
 
 ``preprocess.json`` beside the model (written by the export stage from the
 backbone) says how raw inputs become the graph's inputs: the ``tokenizer.json``
@@ -23,7 +28,14 @@ from typing import Any, Sequence
 PREPROCESS_FILE = "preprocess.json"
 RESAMPLING = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
 #: What preprocess.json must hold, by kind of input.
-REQUIRED_KEYS = {"image": ("kind", "labels", "input_size", "mean", "std"), "text": ("kind", "labels", "tokenizer", "max_length"), "tokens": ("kind", "labels", "tokenizer", "max_length")}
+REQUIRED_KEYS = {
+    "image": ("kind", "labels", "input_size", "mean", "std"),
+    "text": ("kind", "labels", "tokenizer", "max_length"),
+    "tokens": ("kind", "labels", "tokenizer", "max_length"),
+    "generation": ("kind", "tokenizer", "max_length", "eos_id"),
+}
+#: Generation settings and their defaults (greedy, 64 new tokens).
+SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "stop": ()}
 
 
 class PredictError(Exception):
@@ -65,6 +77,47 @@ def prepare_image(path: str, spec: dict[str, Any]) -> Any:
     return normalised.transpose(2, 0, 1)[None]
 
 
+def next_token(logits: Any, rng: Any, temperature: float, top_k: int, top_p: float) -> int:
+    """The next token from one position's logits: greedy at temperature 0, else sampled
+    from the temperature-scaled distribution, cut to the ``top_k`` most likely tokens
+    and to the smallest set holding ``top_p`` of the probability."""
+    import numpy as np
+
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    probs = _softmax(np.asarray(logits, dtype=np.float64) / temperature)
+    order = np.argsort(-probs)
+    keep = order[:top_k] if top_k > 0 else order
+    cumulative = np.cumsum(probs[keep])
+    keep = keep[: int(np.searchsorted(cumulative, top_p) + 1)] if top_p < 1 else keep
+    return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
+
+
+def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: Any) -> list[int]:
+    """New token ids after ``prompt`` from a cached decoder graph, until the end-of-text
+    token (not returned) or ``max_new_tokens``; ``settings`` as :data:`SAMPLING`."""
+    import numpy as np
+
+    options = {**SAMPLING, **settings}
+    rng = np.random.default_rng(options["seed"])
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    cache = {n: np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), dtype=np.float32) for n, i in inputs.items() if n.startswith("past_key_values.")}
+    step, done, new = np.array([list(prompt) or [eos_id]], dtype=np.int64), 0, []
+    for _ in range(options["max_new_tokens"]):
+        length = step.shape[1]
+        feed = {"input_ids": step, "attention_mask": np.ones((1, done + length), dtype=np.int64), "position_ids": np.arange(done, done + length, dtype=np.int64)[None], **cache}
+        result = dict(zip(outputs, session.run(None, {n: feed[n] for n in inputs})))
+        token = next_token(result["logits"][0, -1], rng, options["temperature"], options["top_k"], options["top_p"])
+        if token == eos_id:
+            break
+        new.append(token)
+        done += length
+        cache = {n: result["present" + n[len("past_key_values"):]] for n in cache}
+        step = np.array([[token]], dtype=np.int64)
+    return new
+
+
 def read_spec(spec_path: Path) -> dict[str, Any]:
     """preprocess.json, checked for the keys its kind of input needs."""
     again = "export the run again (adapt export RUN_DIR) to write it"
@@ -98,15 +151,18 @@ def open_session(model_path: Path) -> Any:
         raise PredictError(f"{model_path} cannot be loaded as an ONNX model (truncated, damaged or another format): {first}") from None
 
 
-def predict(model_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """Label predictions for texts, whitespace-split sentences (NER) or image paths;
-    PredictError for a file or an input that cannot be used."""
+def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[dict[str, Any]]:
+    """Label predictions for texts, whitespace-split sentences (NER) or image paths, or
+    generated text for prompts (``settings`` as :data:`SAMPLING`); PredictError for a
+    file or an input that cannot be used."""
     spec_path = model_path.parent / PREPROCESS_FILE
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
     spec = read_spec(spec_path)
     session = open_session(model_path)
     try:
+        if spec["kind"] == "generation":
+            return _generate(session, spec, spec_path, inputs, settings)
         return _predict(session, spec, spec_path, inputs)
     except PredictError:
         raise
@@ -151,12 +207,44 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     return results
 
 
+def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(spec_path.parent / spec["tokenizer"]))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    stops = [s for s in settings.get("stop", ()) if s]
+    results = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
+        if spec.get("bos_id") is not None:
+            ids = [spec["bos_id"], *ids]
+        text = tokenizer.decode(generate_ids(session, ids, spec["eos_id"], **settings))
+        cut = min((text.find(s) for s in stops if s in text), default=len(text))
+        results.append({"input": prompt, "generated": text[:cut]})
+    return results
+
+
+def parse_arguments(argv: Sequence[str]) -> Any:
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="predict.py", description="Predict with an exported model (labels for texts, sentences or images; text for prompts).")
+    parser.add_argument("model", type=Path, help="the .onnx file")
+    parser.add_argument("inputs", nargs="+", help="texts, whitespace-tokenised sentences, image paths, or prompts")
+    parser.add_argument("--max-new-tokens", type=int, default=SAMPLING["max_new_tokens"], help="generation: most tokens to add")
+    parser.add_argument("--temperature", type=float, default=SAMPLING["temperature"], help="generation: 0 is greedy; higher samples more freely")
+    parser.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="generation: sample among the k most likely tokens (0: all)")
+    parser.add_argument("--top-p", type=float, default=SAMPLING["top_p"], help="generation: sample within this much probability mass")
+    parser.add_argument("--seed", type=int, default=SAMPLING["seed"], help="generation: random seed of the sampling")
+    parser.add_argument("--stop", action="append", default=[], help="generation: cut the text at this string (repeatable)")
+    return parser.parse_args(argv)
+
+
 def main(argv: Sequence[str]) -> int:
-    if len(argv) < 2:
-        print("usage: python predict.py MODEL.onnx INPUT [INPUT ...]  (texts, sentences or image paths)", file=sys.stderr)
-        return 2
+    args = parse_arguments(argv)
+    settings = {k: getattr(args, k) for k in SAMPLING}
     try:
-        rows = predict(Path(argv[0]), argv[1:])
+        rows = predict(args.model, args.inputs, **settings)
     except PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -52,6 +52,9 @@ class Check(_Strict):
     examples: int
     bound: float | None
     verified: bool
+    #: text-generation: the share of test prompts whose greedy continuation (up to 32 new
+    #: tokens, KV cache in use) is token-identical to the merged model's.
+    generation_agreement: float | None = None
 
 
 class MergeCheck(_Strict):
@@ -65,6 +68,8 @@ class Latency(_Strict):
     median: float
     p90: float
     threads: int
+    #: text-generation: new tokens per second of greedy generation with the KV cache (batch 1).
+    tokens_per_s: float | None = None
 
 
 class RejectedExport(_Strict):

@@ -32,3 +32,27 @@ class PixelClassifier(nn.Module):
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values)
+
+
+class CausalLMWithCache(nn.Module):
+    """A transformers causal LM whose forward returns the logits alone, or, given the
+    key/value cache of earlier tokens (``past``: key and value per layer, each
+    (batch, heads, past_length, head_dim)), the logits and the cache extended by the
+    new tokens. Exported with a cache, one graph serves both the prompt (past length 0)
+    and each further token (a one-token input), so a token costs one step, not the prefix."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *past: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not past:
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+        from transformers import DynamicCache
+
+        cache = DynamicCache(config=self.model.config)
+        for layer in range(len(past) // 2):
+            cache.update(past[2 * layer], past[2 * layer + 1], layer)
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
+        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        return (out.logits, *present)

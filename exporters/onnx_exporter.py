@@ -81,9 +81,11 @@ class OnnxExporter:
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
         kinds = {i.name: i.type for i in session.get_inputs()}
+        shapes = {i.name: i.shape for i in session.get_inputs()}
 
         def run(feed: dict[str, np.ndarray]) -> np.ndarray:
-            arrays = {n: np.asarray(feed[n], dtype=np.int64 if "int64" in kinds[n] else np.float32) for n in names}
+            batch = len(next(iter(feed.values())))
+            arrays = {n: np.asarray(feed[n], dtype=np.int64 if "int64" in kinds[n] else np.float32) if n in feed else _empty_cache(shapes[n], batch, n) for n in names}
             return session.run(None, arrays)[0]
 
         return run
@@ -210,6 +212,16 @@ class OnnxExporter:
         result.forms.append(Form("ort_mobile", ort_files[0], exact=False, runnable=False))
         result.info["mobile_from"] = path.name
         result.notes.append(f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build")
+
+
+def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
+    """A length-0 cache for a cached decoder's ``past_key_values.*`` input (batch, heads,
+    0, head_dim): fed so, the graph runs on the whole input as a prompt."""
+    import numpy as np
+
+    if not name.startswith("past_key_values.") or len(shape) != 4:
+        raise ExportError(f"the ONNX graph needs input {name!r}, which the batches do not hold", hint="the backbone's onnx_io names inputs its collator does not make")
+    return np.zeros((batch, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
 
 
 def stamp(path: Path, metadata: dict[str, str]) -> None:
