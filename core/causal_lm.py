@@ -100,7 +100,21 @@ def cache_shapes(inner: torch.nn.Module) -> list[tuple[int, int]]:
     device = next(inner.parameters()).device
     with torch.no_grad():
         out = inner(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=True)
-    return [(int(t.shape[1]), int(t.shape[3])) for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+    return [(int(t.shape[1]), int(t.shape[3])) for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
+
+
+def cache_argument(model: torch.nn.Module) -> str:
+    """The forward argument that takes the cache: ``cache`` in recent transformers
+    releases, ``past_key_values`` before."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def cache_of(output: Any) -> Any:
+    """The cache a forward returned (``cache``, or ``past_key_values`` in older releases)."""
+    cache = output.get("cache") if hasattr(output, "get") else None
+    return cache if cache is not None else output.past_key_values
 
 
 def cache_names(shapes: Sequence[tuple[int, int]], pattern: str) -> list[str]:
@@ -168,3 +182,22 @@ def greedy_reference(inner: torch.nn.Module, prompt: Sequence[int], eos_id: int,
 def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:
     """The share of prompts whose continuations are identical."""
     return sum(1 for a, b in zip(reference, candidate) if list(a) == list(b)) / len(reference) if reference else 1.0
+
+
+def generate_text(inner: torch.nn.Module, tokenizer: Any, prompt: str, settings: dict[str, Any]) -> str:
+    """A prompt's continuation by transformers' ``generate`` (KV cache on): greedy at
+    temperature 0, else sampled with ``top_k`` / ``top_p`` and ``seed``; cut at ``stop`` strings."""
+    import torch
+    from transformers import GenerationConfig
+
+    ids = torch.tensor([prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id]], dtype=torch.long)
+    temperature = float(settings.get("temperature", 0.0))
+    sampling = {"do_sample": True, "temperature": temperature, "top_k": int(settings.get("top_k", 0)), "top_p": float(settings.get("top_p", 1.0))} if temperature > 0 else {"do_sample": False}
+    config = GenerationConfig(max_new_tokens=int(settings.get("max_new_tokens", 64)), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+    torch.manual_seed(int(settings.get("seed", 0)))
+    inner.eval()
+    with torch.no_grad():
+        new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist()  # type: ignore[operator]
+    text = tokenizer.decode(new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new)
+    stops = [s for s in settings.get("stop", ()) if s]
+    return text[: min((text.find(s) for s in stops if s in text), default=len(text))]

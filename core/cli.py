@@ -288,9 +288,16 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
     @click.argument("inputs", nargs=-1, required=True)
     @click.option("--onnx", "use_onnx", is_flag=True, help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.")
     @click.option("--model", "model_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="With --onnx: this exported file instead of the deployable one.")
-    def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None) -> None:
-        """Predict labels with RUN_DIR's model for INPUTS: texts, sentences (NER,
-        split on spaces) or image paths, by the run's task. One JSON line each."""
+    @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True, help="text-generation: most tokens to add to each prompt.")
+    @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="text-generation: 0 is greedy; higher samples more freely.")
+    @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="text-generation: sample among the k most likely tokens (0: all).")
+    @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="text-generation: sample within this much probability mass.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="text-generation: random seed of the sampling.")
+    @click.option("--stop", multiple=True, help="text-generation: cut the generated text at this string (repeatable).")
+    def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any) -> None:
+        """Predict with RUN_DIR's model for INPUTS: labels for texts, sentences (NER,
+        split on spaces) or image paths, or continuations of prompts (text-generation),
+        by the run's task. One JSON line each."""
         if use_onnx:
             from adapt.onnx_predict import PredictError
             from adapt.onnx_predict import predict as predict_onnx
@@ -300,13 +307,13 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
             if model_file is None and not deployable:
                 raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
             try:
-                rows = predict_onnx(model_file if model_file is not None else run_dir / str(deployable), inputs)
+                rows = predict_onnx(model_file if model_file is not None else run_dir / str(deployable), inputs, **settings)
             except PredictError as exc:
                 raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
         else:
             from adapt.pipeline import predict_command as predict
 
-            rows = predict(run_dir, host, inputs)
+            rows = predict(run_dir, host, inputs, settings)
         for row in rows:
             click.echo(json.dumps(row))
 

@@ -568,12 +568,18 @@ def _export(run_dir: Path, host: Host) -> dict[str, Any]:
     return report
 
 
-def predict_command(run_dir: Path, host: Host, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """Label predictions (with probabilities) for texts, whitespace-tokenised sentences or image paths."""
+def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """Label predictions (with probabilities) for texts, whitespace-tokenised sentences or
+    image paths; continuations of prompts for text-generation (``settings``: see adapt.causal_lm.generate_text)."""
     import torch
 
     session = restore(run_dir, host, need_data=False)
     task = session.config.task
+    if task == "text-generation":
+        from adapt import causal_lm
+        from adapt.hf_text import inner_model
+
+        return [{"input": prompt, "generated": causal_lm.generate_text(inner_model(session.built.model), session.built.preprocessor, prompt, settings or {})} for prompt in inputs]
     examples: list[dict[str, Any]]
     if task == "text-classification":
         examples = [{"text": text, "label": 0} for text in inputs]

@@ -50,9 +50,11 @@ class CausalLMWithCache(nn.Module):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
         from transformers import DynamicCache
 
-        cache = DynamicCache(config=self.model.config)
+        from adapt.causal_lm import cache_argument, cache_of
+
+        cache = DynamicCache(config=getattr(self.model, "config", None))
         for layer in range(len(past) // 2):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, past_key_values=cache, use_cache=True)
-        present = [t for layer in out.past_key_values.layers for t in (layer.keys, layer.values)]
+        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **{cache_argument(self.model): cache})
+        present = [t for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)
