@@ -72,14 +72,23 @@ class AdapterAfter(nn.Module):
         return self.adapter(self.base_layer(x))
 
     def foldable(self) -> bool:
-        groups = getattr(self.base_layer, "groups", 1)
-        return self.adapter.activation == "none" and groups == 1
+        return not self.why_inline()
+
+    def why_inline(self) -> str:
+        """Why this adapter cannot fold into its layer ("" when it can)."""
+        if self.adapter.activation != "none":
+            return f"activation {self.adapter.activation!r} is not linear"
+        if getattr(self.base_layer, "groups", 1) != 1:
+            return "the layer is a grouped convolution"
+        if getattr(self.base_layer, "bias", None) is None and self.adapter.down.bias is not None:
+            return "the layer has no bias to take the adapter's (Llama-style projections)"
+        return ""
 
 
 def fold(layer: AdapterAfter) -> nn.Module:
     """The base layer with the (affine) adapter folded in, in fp32."""
     if not layer.foldable():
-        raise ValueError("only an adapter with activation 'none' after a non-grouped layer folds")
+        raise ValueError(f"this adapter cannot fold: {layer.why_inline()}")
     base = layer.base_layer.float()
     weight, bias = base.weight, base.bias
     assert isinstance(weight, torch.Tensor) and (bias is None or isinstance(bias, torch.Tensor))

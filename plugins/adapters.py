@@ -102,8 +102,8 @@ class Adapters(SavesTrainedTensors):
                 replace_module(model, name, layers.fold(module))
         model.requires_grad_(False)
         if inline:
-            activation = adapters[inline[0]].adapter.activation
-            return MergeResult(model, folded=False, note=f"{len(inline)} adapters kept inline: activation {activation!r} is not linear, so they cannot be folded into the weights")
+            reason = adapters[inline[0]].why_inline()
+            return MergeResult(model, folded=False, note=f"{len(inline)} adapters kept inline: {reason}, so they cannot be folded into the weights")
         return MergeResult(model, folded=True, note=f"{len(adapters)} linear adapters folded into the projections they follow")
 
 
