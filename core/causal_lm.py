@@ -99,7 +99,8 @@ def cache_shapes(inner: torch.nn.Module) -> list[tuple[int, int]]:
 
     device = next(inner.parameters()).device
     with torch.no_grad():
-        out = inner(input_ids=torch.zeros((1, 1), dtype=torch.long, device=device), use_cache=True)
+        one = torch.ones((1, 1), dtype=torch.long, device=device)
+        out = inner(input_ids=one, attention_mask=one, use_cache=True)
     return [(int(t.shape[1]), int(t.shape[3])) for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
 
 

@@ -77,7 +77,7 @@ class TransformersTextBackbone:
     name = ""
     #: ``config.model_type`` values this backbone accepts; empty: any.
     model_types: tuple[str, ...] = ()
-    tasks = ("text-classification", "token-classification", "text-generation")
+    tasks: tuple[str, ...] = ("text-classification", "token-classification", "text-generation")
     #: Target families its models have (adapt.families), for ``adapt plugins --verbose``.
     families = TRANSFORMER_FAMILIES
     options_schema = TextOptions
@@ -142,7 +142,7 @@ class TransformersTextBackbone:
         built = BuiltModel(
             model=wrapped,
             task=task,
-            num_labels=num_labels,
+            num_labels=0 if task == "text-generation" else num_labels,
             head=self.find_head(wrapped),
             new_parameters=tuple(f"model.{n}" for n in new),
             blocks=tuple(blocks),

@@ -34,10 +34,15 @@ def make_test_host(*plugins: object, builtins: bool = True) -> Host:
     return make_host(plugins, autoload=False, builtins=builtins)
 
 
-def _logits_shape_ok(logits: torch.Tensor, batch: Batch, task: str, labels: int) -> bool:
+def _logits_shape_ok(output: torch.Tensor | tuple[torch.Tensor, ...], batch: Batch, task: str, labels: int) -> bool:
+    """(batch, labels), (batch, tokens, labels) for token classification, or (batch,
+    tokens, vocabulary) for text generation; a cached decoder's logits come first."""
+    logits = output[0] if isinstance(output, tuple) else output
     first = next(iter(batch.values()))
     if task == "token-classification":
         return tuple(logits.shape) == (first.shape[0], first.shape[1], labels)
+    if task == "text-generation":
+        return logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(first.shape[:2])
     return tuple(logits.shape) == (first.shape[0], labels)
 
 
@@ -75,8 +80,11 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     assert _logits_shape_ok(logits, batch, task, num_labels), f"collated batch gives logits of shape {tuple(logits.shape)}"
     assert tuple(labels.shape) == tuple(logits.shape[:-1]), "labels do not line up with the logits"
     io = backbone.onnx_io(built)
-    parameters = list(inspect.signature(built.model.forward).parameters)
-    assert parameters[: len(io.input_names)] == list(io.input_names), f"ONNX inputs {io.input_names} are not the first forward parameters {parameters}"
+    signature = inspect.signature(built.model.forward).parameters
+    named = [n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in signature.values())  # a cached decoder's *past
+    shown = io.input_names[: len(named)] if variadic else io.input_names
+    assert named[: len(shown)] == list(shown), f"ONNX inputs {io.input_names} are not the first forward parameters {named}"
     assert list(io.input_names) == list(inputs), "example_inputs must be keyed by the ONNX input names, in order"
     assert set(io.dynamic_axes) == set(io.input_names) | set(io.output_names), "every input and output needs dynamic axes"
     assert all(axes.get(0) == "batch" for axes in io.dynamic_axes.values()), "axis 0 must be the dynamic batch axis"

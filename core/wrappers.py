@@ -39,13 +39,16 @@ class CausalLMWithCache(nn.Module):
     key/value cache of earlier tokens (``past``: key and value per layer, each
     (batch, heads, past_length, head_dim)), the logits and the cache extended by the
     new tokens. Exported with a cache, one graph serves both the prompt (past length 0)
-    and each further token (a one-token input), so a token costs one step, not the prefix."""
+    and each further token (a one-token input), so a token costs one step, not the prefix.
+    The cache comes positionally (as the ONNX exporter passes it) or by its graph names
+    (``past_key_values.0.key=...``, as ``model(**example_inputs)`` passes it)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *past: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *past: torch.Tensor, **named_past: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        past = past or tuple(named_past.values())
         if not past:
             return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
         from transformers import DynamicCache

@@ -13,6 +13,7 @@ from adapt.hf_text import BERT_LAYOUT_TARGETS, TransformersTextBackbone
 class Bert(TransformersTextBackbone):
     name = "bert"
     model_types = ("bert",)
+    tasks = ("text-classification", "token-classification")
     input_names = ("input_ids", "attention_mask", "token_type_ids")
     targets = BERT_LAYOUT_TARGETS
 

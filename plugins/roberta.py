@@ -12,6 +12,7 @@ from adapt.hf_text import BERT_LAYOUT_TARGETS, TransformersTextBackbone
 class Roberta(TransformersTextBackbone):
     name = "roberta"
     model_types = ("roberta", "xlm-roberta")
+    tasks = ("text-classification", "token-classification")
     input_names = ("input_ids", "attention_mask")
     # word-split input (NER) needs the leading-space convention of RoBERTa's BPE
     tokenizer_kwargs = {"add_prefix_space": True}

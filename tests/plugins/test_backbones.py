@@ -12,20 +12,21 @@ from adapt.host import make_host
 from adapt.plan import validate_options
 from adapt.testing import check_backbone
 
-from tests.tiny import bert_checkpoint, encoder_checkpoint, roberta_checkpoint
+from tests.tiny import bert_checkpoint, decoder_checkpoint, encoder_checkpoint, roberta_checkpoint
 
 HOST = make_host()
 
 
 @pytest.fixture(scope="session")
 def recipes(tmp_path_factory):
-    """backbone name -> (checkpoint, arch, options) of a tiny model."""
+    """backbone name (or "name/task" where a task needs another model) -> (checkpoint, arch, options) of a tiny model."""
     root = tmp_path_factory.mktemp("tiny")
     return {
         "bert": (str(bert_checkpoint(root / "bert")), None, {"max_length": 32}),
         "roberta": (str(roberta_checkpoint(root / "roberta")), None, {"max_length": 32}),
         "mobilenet": (None, "mobilenetv3_small_050", {"image_size": 32}),
         "transformers": (str(encoder_checkpoint(root / "distilbert", "distilbert")), None, {"max_length": 32}),
+        "transformers/text-generation": (str(decoder_checkpoint(root / "gpt2", "gpt2", causal_lm=True)), None, {"max_length": 32}),
     }
 
 
@@ -33,6 +34,7 @@ EXAMPLES = {
     "text-classification": [{"text": "obama visited paris", "label": 1}, {"text": "the market fell", "label": 0}],
     "token-classification": [{"tokens": ["obama", "visited", "paris"], "tags": [1, 0, 2]}, {"tokens": ["shares", "rose"], "tags": [0, 0]}],
     "image-classification": [{"image": np.full((8, 8), 200, np.uint8), "label": 2}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}],
+    "text-generation": [{"prompt": "obama visited", "completion": " paris"}, {"text": "the market fell"}],
 }
 
 CASES = [(name, task) for name in HOST.backbones.names() for task in HOST.backbones.get(name).tasks]
@@ -45,7 +47,7 @@ def test_every_backbone_has_a_recipe(recipes):
 @pytest.mark.parametrize("name, task", CASES, ids=[f"{n}-{t}" for n, t in CASES])
 def test_backbone_contract(name, task, recipes, tmp_path):
     backbone = HOST.backbones.get(name)
-    checkpoint, arch, raw = recipes[name]
+    checkpoint, arch, raw = recipes.get(f"{name}/{task}", recipes[name])
     options = validate_options(backbone, "backbone", raw, "backbone.options")
     garbage = tmp_path / "not-weights.safetensors"
     garbage.write_bytes(b"\x00 this is not a checkpoint")
