@@ -1,7 +1,11 @@
 """``text-folder``: one folder of text files per label (``<label>/*.txt``), or
 ``train/<label>/...`` beside ``test/<label>/...`` (and optionally ``val/``) when
 the data comes split. A file that is not valid text is skipped and counted in
-the report rather than stopping the run (the BBC News data has one)."""
+the report rather than stopping the run (the BBC News data has one).
+
+For text-generation the label folders only hold the texts: each file is learnt
+whole, or, with ``prompt_lines: N``, its first N lines are the prompt and the rest
+the completion (BBC News: the headline as prompt, the article as completion)."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ class TextFolderOptions(BaseModel):
 
     suffixes: list[str] = Field([".txt"], min_length=1, description="file suffixes to read")
     encoding: str = Field("utf-8", description="text encoding; files that fail to decode are skipped")
+    prompt_lines: int = Field(0, ge=0, description="text-generation: the first N non-empty lines of a file are its prompt, the rest its completion (0: the whole file is learnt)")
 
 
 LAYOUT = "<data.path>/<label>/<file>.txt, or train/ and test/ folders of those"
@@ -40,15 +45,22 @@ def read_label_folders(root: Path, request: DataRequest, options: TextFolderOpti
         if not text.strip():
             request.skip(str(file), "the file holds no text")
             continue
-        examples.append({"text": text.strip(), "label": label})
+        examples.append(_generation_example(text, options.prompt_lines) if request.task == "text-generation" else {"text": text.strip(), "label": label})
     if not examples:
         raise DataError(f"no {'/'.join(options.suffixes)} files under {root}", hint="set data.options.suffixes to the file suffixes used")
     return examples
 
 
+def _generation_example(text: str, prompt_lines: int) -> Example:
+    if not prompt_lines:
+        return {"text": text.strip()}
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return {"prompt": "\n".join(lines[:prompt_lines]) + "\n", "completion": " ".join(lines[prompt_lines:]) or lines[-1]}
+
+
 class TextFolderSource:
     name = "text-folder"
-    tasks = ("text-classification",)
+    tasks = ("text-classification", "text-generation")
     options_schema = TextFolderOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
