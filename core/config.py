@@ -119,7 +119,7 @@ class TrainConfig(_Section):
 
 class ExportConfig(_Section):
     formats: list[str] = Field(default_factory=lambda: ["onnx"], description="registered exporters to run after the merge")
-    quantize: Literal["int8", "none"] = "int8"
+    quantize: Literal["int8", "int4", "all", "none"] = Field("int8", description="int8 (dynamic for transformers, static for CNNs), int4 (weight-only, for MatMul weights: transformers), all (both), or none")
     mobile: StrictBool = True
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
     max_perplexity_increase: Float = Field(0.05, ge=0, description="text-generation: largest relative increase of validation perplexity a quantised model may have and still be recommended")

@@ -3,6 +3,8 @@ int8 quantisation behind an accuracy gate, and the ``.ort`` mobile format.
 
 * Export: ``torch.onnx.export`` (TorchScript exporter, opset 17 by default) with
   dynamic batch (and sequence) axes, then ``onnx.checker`` with full checks.
+  transformers' Conv1D layers (GPT-2) are exported as the equal Linear (a MatMul).
+  A text-generation model exports as one decoder with a key/value cache.
 * Optimise: transformers go through ONNX Runtime's transformer optimiser, which
   fuses attention, layer norm and GELU in the eager-attention graph the text
   backbones export; CNNs through ONNX Runtime's offline graph optimisation.
@@ -12,6 +14,9 @@ int8 quantisation behind an accuracy gate, and the ``.ort`` mobile format.
   the known remedies are tried in turn (more calibration data; keeping the
   sensitive layers, the first convolution, depthwise convolutions and the head, in
   fp32). If none passes, the int8 file is kept but not recommended.
+* int4 (``export.quantize: int4`` or ``all``): weight-only 4-bit MatMul weights and
+  embeddings (MatMulNBits, GatherBlockQuantized), gated the same way; of the
+  quantised files within the budget, the smallest is recommended.
 * Mobile: the recommended file in ONNX Runtime's ``.ort`` format, with the
   operator config for a reduced-size build and the mobile usability check.
 """
@@ -55,7 +60,7 @@ class OnnxExporter:
 
         opset = options.opset if options else 17
         path.parent.mkdir(parents=True, exist_ok=True)
-        model = model.eval()
+        model = conv1d_as_linear(model).eval()
         args = tuple(inputs[name] for name in io.input_names)
         try:
             with warnings.catch_warnings(), torch.no_grad():
@@ -97,10 +102,14 @@ class OnnxExporter:
         optimised = self._optimise(path, ctx, result)
         base = optimised or path
         result.deployable = base
-        if ctx.quantize == "int8":
-            passed = self._quantise(base, path, ctx, result)
-            if passed is not None:
-                result.deployable = passed
+        passed = []
+        if ctx.quantize in ("int8", "all"):
+            passed.append(self._quantise(base, path, ctx, result))
+        if ctx.quantize in ("int4", "all"):
+            passed.append(self._quantise_int4(path, ctx, result))
+        kept = [p for p in passed if p is not None]
+        if kept:  # of the quantised files within the budget, the smallest
+            result.deployable = min(kept, key=lambda p: p.stat().st_size)
         for made in [path, *(f.path for f in result.forms if f.path.suffix == ".onnx")]:
             stamp(made, ctx.metadata)
         if ctx.mobile:
@@ -165,6 +174,36 @@ class OnnxExporter:
             result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for text-generation): the int8 file is kept but not recommended")
         return passed
 
+    def _quantise_int4(self, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
+        """4-bit weight-only quantisation of the MatMul weights and the embedding tables
+        (ONNX Runtime's MatMulNBits and GatherBlockQuantized, blocks of 32, int8 compute),
+        scored against the fp32 file within the same budget. The quantised embedding needs
+        opset 21, so the graph is converted to it first."""
+        import logging
+
+        import onnx
+        from onnx import version_converter
+        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+        out = plain.with_name("model.int4.onnx")
+        label = "int4 weight-only (MatMulNBits + GatherBlockQuantized, block 32)"
+        try:
+            logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+            graph = version_converter.convert_version(onnx.load(str(plain)), 21)
+            quantizer = MatMulNBitsQuantizer(graph, block_size=32, is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+            _quietly(quantizer.process)
+            quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+        except Exception as exc:  # noqa: BLE001 - record it; the other forms stand
+            result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
+            return None
+        baseline, score = ctx.score(plain), ctx.score(out)
+        ok = baseline - score <= ctx.max_accuracy_drop
+        result.attempts.append({"attempt": label, "file": out.name, "val_score": score, "val_drop": baseline - score, "passed": ok, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size})
+        result.forms.append(Form("onnx_int4", out, exact=False))
+        if not ok:
+            result.notes.append(f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept but not recommended")
+        return out if ok else None
+
     def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> list[tuple[str, Callable[[Path], None]]]:
         import onnx
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
@@ -212,6 +251,32 @@ class OnnxExporter:
         result.forms.append(Form("ort_mobile", ort_files[0], exact=False, runnable=False))
         result.info["mobile_from"] = path.name
         result.notes.append(f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build")
+
+
+def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, or a copy of it in which transformers' Conv1D layers (GPT-2) are
+    ``nn.Linear`` layers: the same map (``x W + b`` is ``x (W^T)^T + b``), which exports as
+    a MatMul that ONNX Runtime's int8 and int4 quantisers take, where Conv1D exports as Gemm."""
+    import copy
+
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from adapt.targets import replace_module
+
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        old = model.get_submodule(name)
+        assert isinstance(old, Conv1D)
+        linear = torch.nn.Linear(old.nx, old.nf, dtype=old.weight.dtype, device=old.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(old.weight.T)
+            linear.bias.copy_(old.bias)
+        replace_module(model, name, linear)
+    return model
 
 
 def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
