@@ -26,8 +26,10 @@ PEFT; and ``same_loss``: both sides' epoch losses agree (relative 1e-3 in fp32,
 
 Cases: BERT-base shape, LoRA r=8 on query/value, batch 32 and 128; MiniLM shape
 (6 layers, 384 wide), batch 32; MobileNetV3-Large at 224, LoRA r=8 on the pointwise
-convolutions, batch 128. On CUDA when present; otherwise on the CPU with batch 8
-and a few steps, so that the whole script takes a few minutes on 2 cores.
+convolutions, batch 128; causal LMs (text-generation, every token learnt): GPT-2
+small (LoRA on the fused Conv1D ``c_attn``) and a SmolLM-135M-shaped Llama (LoRA on
+q_proj/v_proj), batch 8 at 512 tokens. On CUDA when present; otherwise on the CPU
+with batch 8 (128 tokens) and a few steps, so the script takes minutes on 2 cores.
 
 Usage: python bench/train_vs_peft.py [--device cpu|cuda] [--cases NAME ...] [--epochs N]
        [--variant NAME:KEY=VALUE[,KEY=VALUE] ...] [--variant-cases NAME ...] [--out FILE]
@@ -60,23 +62,30 @@ NUM_LABELS = 4
 LR = 1e-3
 SEQ = 128
 IMAGE = 224
-PEFT_TARGETS = {"text": ["query", "value"], "image": r".*\.(conv_pw|conv_pwl)$"}
+PEFT_TARGETS = {"text": ["query", "value"], "image": r".*\.(conv_pw|conv_pwl)$", "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
 
 
 @dataclass(frozen=True)
 class Case:
     name: str
-    model: str  # bert-base | minilm | mobilenetv3
+    model: str  # bert-base | minilm | mobilenetv3 | gpt2 | llama
     batch: int
     steps: int  # optimiser steps per epoch
+    seq: int = SEQ  # tokens per text example
 
     @property
     def kind(self) -> str:
-        return "image" if self.model == "mobilenetv3" else "text"
+        return "image" if self.model == "mobilenetv3" else "lm" if self.model in DECODER_SHAPES else "text"
 
 
-CUDA_CASES = [Case("bert_base_b32", "bert-base", 32, 120), Case("mobilenetv3_large_b128", "mobilenetv3", 128, 30), Case("bert_base_b128", "bert-base", 128, 30), Case("minilm_b32", "minilm", 32, 120)]
-CPU_CASES = [Case("bert_base_b8", "bert-base", 8, 5), Case("minilm_b8", "minilm", 8, 16), Case("mobilenetv3_large_b8", "mobilenetv3", 8, 12)]
+CUDA_CASES = [Case("bert_base_b32", "bert-base", 32, 120), Case("mobilenetv3_large_b128", "mobilenetv3", 128, 30), Case("bert_base_b128", "bert-base", 128, 30), Case("minilm_b32", "minilm", 32, 120), Case("gpt2_b8_seq512", "gpt2", 8, 60, 512), Case("llama_b8_seq512", "llama", 8, 60, 512)]
+CPU_CASES = [Case("bert_base_b8", "bert-base", 8, 5), Case("minilm_b8", "minilm", 8, 16), Case("mobilenetv3_large_b8", "mobilenetv3", 8, 12), Case("gpt2_b8", "gpt2", 8, 5), Case("llama_b8", "llama", 8, 5)]
+#: Causal LM shapes (text-generation, LoRA on attention-qv): GPT-2 small (Conv1D projections)
+#: and a Llama-family model the size of SmolLM-135M (grouped-query attention, SwiGLU).
+DECODER_SHAPES = {
+    "gpt2": dict(n_embd=768, n_layer=12, n_head=12, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
+    "llama": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),
+}
 TEXT_SHAPES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072), "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)}
 
 
@@ -92,7 +101,9 @@ def write_base(case: Case, work: Path) -> Path:
         return folder
     folder.mkdir(parents=True)
     torch.manual_seed(0)
-    if case.kind == "text":
+    if case.kind == "lm":
+        _write_decoder(case.model, folder)
+    elif case.kind == "text":
         from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
 
         vocab = folder / "vocab.txt"
@@ -109,6 +120,17 @@ def write_base(case: Case, work: Path) -> Path:
     return folder
 
 
+def _write_decoder(model: str, folder: Path) -> None:
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import AutoConfig, AutoModelForCausalLM, GPT2Tokenizer
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(["the team won the match and shares fell"] * 4, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.save_model(str(folder))
+    GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")).save_pretrained(folder)
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(model, **DECODER_SHAPES[model])).save_pretrained(folder)
+
+
 def adapt_model(case: Case, base: Path):  # noqa: ANN201 - (host, built, method) of adapt's own plugins
     """Build the case's model and LoRA through adapt's real plugins (the ``adapt`` entry points)."""
     from adapt.host import make_host
@@ -116,7 +138,11 @@ def adapt_model(case: Case, base: Path):  # noqa: ANN201 - (host, built, method)
 
     host = make_host()
     method = host.methods.get("lora")
-    if case.kind == "text":
+    if case.kind == "lm":
+        backbone = host.backbones.get("transformers")
+        built = backbone.build("text-generation", 0, checkpoint=str(base), arch=None, options=validate_options(backbone, "b", {"max_length": case.seq}, "b"))
+        targets = PEFT_TARGETS[case.model]
+    elif case.kind == "text":
         backbone = host.backbones.get("bert")
         built = backbone.build("text-classification", NUM_LABELS, checkpoint=str(base), arch=None, options=validate_options(backbone, "b", {}, "b"))
         targets = ["query", "value"]
@@ -152,11 +178,15 @@ def batches_for(case: Case):  # noqa: ANN201 - (examples, collate): the same dat
 
     generator = torch.Generator().manual_seed(2)
     n = case.batch * case.steps
-    if case.kind == "text":
+    if case.kind == "lm":  # every token learnt, as plain text under text-generation
+        ids = torch.randint(5, 290, (n, case.seq), generator=generator)
+        data = {"input_ids": ids, "attention_mask": torch.ones(n, case.seq, dtype=torch.long), "position_ids": torch.arange(case.seq).expand(n, case.seq).clone(), "labels": ids.clone()}
+    elif case.kind == "text":
         data = {"input_ids": torch.randint(5, 30000, (n, SEQ), generator=generator), "attention_mask": torch.ones(n, SEQ, dtype=torch.long), "token_type_ids": torch.zeros(n, SEQ, dtype=torch.long)}
     else:
         data = {"pixel_values": torch.randn(n, 3, IMAGE, IMAGE, generator=generator)}
-    data["labels"] = torch.randint(0, NUM_LABELS, (n,), generator=generator)
+    if "labels" not in data:
+        data["labels"] = torch.randint(0, NUM_LABELS, (n,), generator=generator)
 
     def collate(examples: list[dict]) -> dict:
         index = torch.tensor([e["i"] for e in examples])
@@ -222,7 +252,7 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
         for part in parents:
             node = node.setdefault(part, {})
         node[leaf] = yaml.safe_load(value)
-    task = host.tasks.get("image-classification" if case.kind == "image" else "text-classification")
+    task = host.tasks.get({"image": "image-classification", "lm": "text-generation"}.get(case.kind, "text-classification"))
     built.model.to(device)  # as the PEFT side, the model is on the device before memory is measured
     trainer = Trainer(built=built, method=method, task=task, collate=collate, train=examples, val=[], label_names=[str(i) for i in range(NUM_LABELS)], config=TrainConfig(**settings), run_dir=work)
     at_start = reset_peak_memory(device)
@@ -240,7 +270,14 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs
     from adapt.distributed import Dist
     from adapt.engine import epoch_batches
 
-    if case.kind == "text":
+    loss_of = lambda logits, labels: F.cross_entropy(logits.float(), labels)  # noqa: E731
+    if case.kind == "lm":
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(base, use_cache=False)  # transformers' default attention (SDPA)
+        forward = lambda batch: model(**batch).logits  # noqa: E731
+        loss_of = lambda logits, labels: F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())  # noqa: E731
+    elif case.kind == "text":
         from transformers import AutoModelForSequenceClassification
 
         model = AutoModelForSequenceClassification.from_pretrained(base)  # transformers' default attention (SDPA)
@@ -277,7 +314,7 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs
             batch = {k: v.to(device, non_blocking=True) for k, v in collate([examples[i] for i in indices]).items()}
             labels = batch.pop("labels")
             with torch.autocast(device, dtype=dtype, enabled=dtype is not None):
-                loss = F.cross_entropy(forward(batch).float(), labels)
+                loss = loss_of(forward(batch), labels)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimiser.step()
