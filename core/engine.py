@@ -177,6 +177,15 @@ def evaluate(model: nn.Module, examples: Sequence[Example], collate: Callable, t
     return Evaluation(metrics, logits_kept, predictions)
 
 
+def nothing_trainable(built: BuiltModel) -> ConfigError:
+    """The error for a method that left no parameter to train."""
+    headless = not built.head and not built.new_parameters
+    return ConfigError(
+        "the method left no parameter trainable" + (" (this model has no new task head: a language model's output layer is pretrained)" if headless else ""),
+        hint="with method freeze, set method.options.last_blocks to train the last N blocks, or use lora / adapters" if headless else "check method.options",
+    )
+
+
 @dataclass
 class TrainResult:
     history: list[dict[str, Any]]
@@ -227,7 +236,7 @@ class Trainer:
         model = self.built.model.to(self.device)
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
-            raise ConfigError("the method left no parameter trainable", hint="check method.options")
+            raise nothing_trainable(self.built)
         fast = fast_path.prepare(model, self.config.fast, self.device)
         try:
             with stop_on_interrupt(not self.dist.active) as self._stop_asked:

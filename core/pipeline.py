@@ -80,7 +80,13 @@ def default_targets(plan: Plan, built: BuiltModel) -> list[str]:
 
 
 def adapt_model(plan: Plan, built: BuiltModel) -> list[str]:
-    return plan.method.apply(built, plan.method_options, default_targets(plan, built))
+    """Apply the method; an error now (before any run directory) if it trains nothing."""
+    from adapt.engine import nothing_trainable
+
+    trained = plan.method.apply(built, plan.method_options, default_targets(plan, built))
+    if not any(p.requires_grad for p in built.model.parameters()):
+        raise nothing_trainable(built)
+    return trained
 
 
 def check_targets(plan: Plan) -> list[str]:

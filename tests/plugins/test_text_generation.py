@@ -29,7 +29,7 @@ PAIRS = [{"prompt": t.rsplit(" ", 2)[0], "completion": " " + " ".join(t.rsplit("
 @pytest.fixture(scope="module")
 def lms(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("lms")
-    return {t: decoder_checkpoint(root / t, t, causal_lm=True, texts=TEXTS) for t in ("gpt2", "llama")}
+    return {t: decoder_checkpoint(root / t, t, causal_lm=True, texts=TEXTS) for t in ("gpt2", "llama", "qwen2")}
 
 
 def tokenizer(path: Path):
@@ -93,6 +93,7 @@ def test_exact_match_counts_examples_whose_every_target_is_the_greedy_token():
 
 
 def run(tmp_path: Path, checkpoint: Path, method: dict, *, rows: list[dict], quantize: str = "none", epochs: int = 2) -> tuple[Path, dict]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
         "name": "lm", "output_dir": str(tmp_path / "runs"), "task": "text-generation",
@@ -176,6 +177,20 @@ def test_adapters_after_bias_free_projections_stay_inline_and_say_why(lms):
     ids = torch.randint(3, 200, (2, 9))
     with torch.no_grad():
         assert torch.allclose(merged.model.eval()(input_ids=ids), built.model.eval()(input_ids=ids), atol=1e-5)
+
+
+def test_qwen2_freeze_of_the_last_block_generates_and_a_freeze_that_trains_nothing_is_refused_first(tmp_path, lms):
+    """A causal LM has no new head, so plain `freeze` would train nothing: refused before any
+    run directory exists, with the fix; `last_blocks: 1` trains the last block."""
+    run_dir, report = run(tmp_path / "a", lms["qwen2"], {"name": "freeze", "options": {"last_blocks": 1}}, rows=PAIRS, epochs=1)
+    assert report["parity"]["onnx"]["generation_agreement"] == 1.0 and 0 < report["params"]["trainable"] < report["params"]["total"]
+    (tmp_path / "b").mkdir()
+    (tmp_path / "b" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
+    config = {"name": "f", "output_dir": str(tmp_path / "b" / "runs"), "task": "text-generation", "backbone": {"name": "transformers", "checkpoint": str(lms["qwen2"])}, "method": {"name": "freeze"}, "data": {"source": "jsonl", "path": str(tmp_path / "b" / "data.jsonl")}}
+    (tmp_path / "b" / "c.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(tmp_path / "b" / "c.yaml")])
+    assert result.exit_code == 2 and "no new task head" in result.output and "last_blocks" in result.output, result.output
+    assert not (tmp_path / "b" / "runs").exists()
 
 
 def test_chat_messages_need_a_chat_template(tmp_path, lms):

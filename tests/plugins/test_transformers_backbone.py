@@ -68,7 +68,8 @@ def test_decoder_classifiers_run_end_to_end(tmp_path, checkpoints, model_type, m
     if method == "lora":
         config = json.loads(adapter.read_text())
         assert config["fan_in_fan_out"] is (model_type == "gpt2")
-        expected = {"gpt2": [f"transformer.h.{i}.attn.c_attn" for i in range(2)], "llama": [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qv"]}
+        llama_layout = [f"model.layers.{i}.self_attn.{p}_proj" for i in range(2) for p in "qv"]
+        expected = {"gpt2": [f"transformer.h.{i}.attn.c_attn" for i in range(2)], "llama": llama_layout, "qwen2": llama_layout}
         assert config["target_modules"] == expected[model_type]  # attention-qv: GPT-2's fused projection, Llama's q and v
 
 
@@ -82,7 +83,7 @@ def test_lora_defaults_to_the_query_and_value_projections_of_any_layout(checkpoi
     from adapt.hf_text import TextOptions
     from adapt.plugins.transformers_backbone import Transformers
 
-    expected = {"distilbert": ("q_lin", "v_lin"), "albert": ("query", "value"), "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "xlm-roberta": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj")}
+    expected = {"distilbert": ("q_lin", "v_lin"), "albert": ("query", "value"), "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "xlm-roberta": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj")}
     for model_type, path in checkpoints.items():
         built = Transformers().build("text-classification", 2, checkpoint=str(path), arch=None, options=TextOptions())
         assert sorted({n.rsplit(".", 1)[-1] for n in built.families["attention-qv"]}) == sorted(expected[model_type]), model_type
