@@ -109,6 +109,7 @@ class TrainConfig(_Section):
     checkpoint_every: Int = Field(50, ge=0, description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only")
     eval_batch_size: Int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
     workers: Int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
+    group_by_length: StrictBool = Field(False, description="batch examples of similar length together (less padding: faster on texts of uneven length)")
     fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
 
     @property

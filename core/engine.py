@@ -122,13 +122,36 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
     return torch.bfloat16 if name == "bf16" else torch.float16
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: distributed.Dist) -> list[list[int]]:
-    """This process's batches for one epoch: a seeded permutation, sharded across processes."""
-    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed * 1000 + epoch)).tolist()
+#: Length grouping sorts windows of this many batches (as transformers' LengthGroupedSampler).
+GROUP_WINDOW = 50
+
+
+def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: distributed.Dist, lengths: Sequence[int] | None = None) -> list[list[int]]:
+    """This process's batches for one epoch: a seeded permutation, sharded across processes.
+    With ``lengths``, examples of similar length share a batch (less padding): each window
+    of :data:`GROUP_WINDOW` batches of the permutation is sorted by length, then the
+    batches are shuffled, so the data order stays random from batch to batch."""
+    generator = torch.Generator().manual_seed(seed * 1000 + epoch)
+    order = torch.randperm(n, generator=generator).tolist()
     if dist.active:
         order += order[: (-len(order)) % dist.world]  # every process gets the same number of examples
         order = order[dist.rank :: dist.world]
-    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    if lengths is None:
+        return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    window = GROUP_WINDOW * batch_size
+    grouped = [i for start in range(0, len(order), window) for i in sorted(order[start : start + window], key=lambda i: -lengths[i])]
+    batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+
+
+def example_length(example: Example) -> int:
+    """A cheap stand-in for an example's token count: the characters of its text fields
+    (text, prompt and completion, chat messages) or its number of words."""
+    if "tokens" in example:
+        return len(example["tokens"])
+    if "messages" in example:
+        return sum(len(str(m.get("content", ""))) for m in example["messages"])
+    return sum(len(str(example.get(key) or "")) for key in ("text", "prompt", "completion"))
 
 
 def to_device(batch: dict[str, torch.Tensor], device: torch.device) -> dict[str, torch.Tensor]:
@@ -207,6 +230,7 @@ class Trainer:
         self.built, self.method, self.task, self.collate = built, method, task, collate
         self.train_set, self.val_set, self.label_names = list(train), list(val), list(label_names)
         self.config, self.run_dir, self.on_epoch = config, run_dir, on_epoch
+        self.lengths = [example_length(e) for e in self.train_set] if config.group_by_length else None
         self.dist = dist or distributed.Dist()
         self.device = resolve_device(config.device)
         if self.device.type == "cuda" and self.dist.active:
@@ -273,7 +297,7 @@ class Trainer:
             runner = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         runner = fast_path.compiled(runner, fast)
         optimiser = self._optimiser(params)
-        per_epoch = len(epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, 0, dist))
+        per_epoch = len(epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, 0, dist, self.lengths))
         steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
         scheduler = self._scheduler(optimiser, steps_per_epoch * cfg.epochs)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
@@ -323,7 +347,7 @@ class Trainer:
         """One pass over the training batches from where the state says; returns the
         losses, the examples seen and when the pass began."""
         cfg, dist, state = self.config, self.dist, loop.state
-        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist)
+        batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist, self.lengths)
         loop.runner.train()
         freeze_frozen_norms(model)
         loop.losses, loop.pending = [], []  # pending: losses still on the device

@@ -99,7 +99,7 @@ def run(tmp_path: Path, checkpoint: Path, method: dict, *, rows: list[dict], qua
         "name": "lm", "output_dir": str(tmp_path / "runs"), "task": "text-generation",
         "backbone": {"name": "transformers", "checkpoint": str(checkpoint), "options": {"max_length": 48}},
         "method": method, "data": {"source": "jsonl", "path": str(tmp_path / "data.jsonl")},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3}, "export": {"quantize": quantize, "mobile": False, "latency_runs": 2},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "group_by_length": True}, "export": {"quantize": quantize, "mobile": False, "latency_runs": 2},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(tmp_path / "config.yaml")])
