@@ -261,14 +261,9 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
     return {"epoch_samples_per_s": [row["samples_per_s"] for row in rows], "losses": [row["train_loss"] for row in rows], "memory_at_start": at_start}
 
 
-def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs: int) -> dict:
-    """The loop a PEFT user writes: PeftModel (or the plain model, for full fine-tuning), AdamW, autocast."""
-    import torch
+def loop_model(case: Case, base: Path, init: Path, full: bool):  # noqa: ANN201 - (model, forward, loss)
+    """The PEFT side's model as a PEFT user loads it, its forward and its loss."""
     import torch.nn.functional as F
-    from transformers import get_linear_schedule_with_warmup
-
-    from adapt.distributed import Dist
-    from adapt.engine import epoch_batches
 
     loss_of = lambda logits, labels: F.cross_entropy(logits.float(), labels)  # noqa: E731
     if case.kind == "lm":
@@ -293,6 +288,18 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs
         from peft import PeftModel
 
         model = PeftModel.from_pretrained(model, str(init), is_trainable=True)
+    return model, forward, loss_of
+
+
+def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs: int) -> dict:
+    """The loop a PEFT user writes: PeftModel (or the plain model, for full fine-tuning), AdamW, autocast."""
+    import torch
+    from transformers import get_linear_schedule_with_warmup
+
+    from adapt.distributed import Dist
+    from adapt.engine import epoch_batches
+
+    model, forward, loss_of = loop_model(case, base, init, full)
     model.to(device).train()
     if case.kind == "image":  # frozen BatchNorms keep their statistics, as adapt does, or the two would compute different things
         for module in model.modules():
