@@ -92,14 +92,14 @@ def test_exact_match_counts_examples_whose_every_target_is_the_greedy_token():
     assert metrics["exact_match"] == 0.5 and metrics["token_accuracy"] == 0.75 and math.isclose(metrics["perplexity"], math.exp(1.2 / 4))
 
 
-def run(tmp_path: Path, checkpoint: Path, method: dict, *, rows: list[dict], quantize: str = "none", epochs: int = 2) -> tuple[Path, dict]:
+def run(tmp_path: Path, checkpoint: Path, method: dict, *, rows: list[dict], quantize: str = "none", epochs: int = 2, mobile: bool = False) -> tuple[Path, dict]:
     tmp_path.mkdir(parents=True, exist_ok=True)
     (tmp_path / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     config = {
         "name": "lm", "output_dir": str(tmp_path / "runs"), "task": "text-generation",
         "backbone": {"name": "transformers", "checkpoint": str(checkpoint), "options": {"max_length": 48}},
         "method": method, "data": {"source": "jsonl", "path": str(tmp_path / "data.jsonl")},
-        "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "group_by_length": True}, "export": {"quantize": quantize, "mobile": False, "latency_runs": 2},
+        "train": {"epochs": epochs, "batch_size": 8, "lr": 3e-3, "group_by_length": True}, "export": {"quantize": quantize, "mobile": mobile, "latency_runs": 2},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(tmp_path / "config.yaml")])
@@ -113,7 +113,7 @@ def run(tmp_path: Path, checkpoint: Path, method: dict, *, rows: list[dict], qua
 def test_gpt2_adapters_generation_end_to_end_with_the_cached_decoder_int8_and_int4(tmp_path, lms):
     """Linear adapters after GPT-2's Conv1D projections fold (their bias goes into the layer's);
     the export quantises to int8 and int4, each gated on relative validation perplexity."""
-    run_dir, report = run(tmp_path, lms["gpt2"], {"name": "adapters", "options": {"placement": "houlsby", "reduction": 4, "activation": "none"}}, rows=PAIRS, quantize="all")
+    run_dir, report = run(tmp_path, lms["gpt2"], {"name": "adapters", "options": {"placement": "houlsby", "reduction": 4, "activation": "none"}}, rows=PAIRS, quantize="all", mobile=True)
     assert report["merge"] == "folded" and report["parity"]["merged"]["verified"] is True
     for form in ("adapted", "merged", "onnx", "onnx_int8"):
         assert report["metrics"][form]["perplexity"] > 1, form
@@ -134,6 +134,7 @@ def test_gpt2_adapters_generation_end_to_end_with_the_cached_decoder_int8_and_in
         assert report["deployable"] == f"export/{min(passing, key=lambda p: p.stat().st_size).name}"
     int4_ops = {n.op_type for n in __import__("onnx").load(str(run_dir / "export" / "model.int4.onnx")).graph.node}
     assert {"MatMulNBits", "GatherBlockQuantized"} <= int4_ops
+    assert (run_dir / report["forms"]["ort_mobile"]).is_file()  # the deployable decoder in ONNX Runtime Mobile's format
 
 
 def test_llama_lora_generation_and_every_way_to_predict_agrees(tmp_path, lms):
