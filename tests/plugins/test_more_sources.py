@@ -108,8 +108,13 @@ def source_recipes(root):
         (root / "txt" / label / "1.txt").write_text(label)
         (root / "img" / label).mkdir(parents=True)
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "img" / label / "1.png")
+    from adapt.detection_set import make_detection_set
+
+    make_detection_set(root / "det", images=3, size=64)
     host = make_host(autoload=False)
     raw = {
+        "coco": ("object-detection", root / "det"),
+        "yolo": ("object-detection", root / "det"),
         "csv": ("text-classification", root / "t.csv"),
         "jsonl": ("text-classification", root / "t.jsonl"),
         "conll": ("token-classification", root / "t.txt"),
