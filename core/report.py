@@ -18,6 +18,8 @@ from typing import Any
 
 from adapt.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 
+#: The metric the latency table shows, by task (others: accuracy).
+PRIMARY_METRICS = {"token-classification": "f1", "text-generation": "perplexity", "object-detection": "map50"}
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVE_PNG = "training_curve.png"
@@ -136,17 +138,20 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def latency_table(report: dict[str, Any]) -> str:
-    """Markdown table: each form's batch-1 latency (and ratio to PyTorch), size and primary metric."""
+    """Markdown table: each form's batch-1 latency (and ratio to PyTorch), size and primary
+    metric; for text-generation also its greedy generation speed (new tokens per second)."""
     latency, metrics, files = report.get("latency_ms", {}), report.get("metrics", {}), report.get("files", {})
     base = latency.get("pytorch", {}).get("median")
-    primary = "f1" if report.get("task") == "token-classification" else "accuracy"
-    rows = ["| form | median ms | p90 ms | vs PyTorch | threads | bytes | test " + primary + " |", "|---|---|---|---|---|---|---|"]
+    primary = PRIMARY_METRICS.get(str(report.get("task")), "accuracy")
+    generation = any("tokens_per_s" in v for v in latency.values())
+    rows = ["| form | median ms | p90 ms | vs PyTorch | threads | bytes | test " + primary + (" | tokens/s |" if generation else " |"), "|---|---|---|---|---|---|---|" + ("---|" if generation else "")]
     forms = report.get("forms", {})
     for form, v in latency.items():
         ratio = f"{v['median'] / base:.2f}x" if base else ""
         size = files.get(forms.get(form, ""), "")
         metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
-        rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {ratio} | {v.get('threads', '')} | {size} | {_fmt(metric)} |")
+        speed = f" {_fmt(v.get('tokens_per_s', ''))} |" if generation else ""
+        rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {ratio} | {v.get('threads', '')} | {size} | {_fmt(metric)} |{speed}")
     return "\n".join(rows)
 
 
