@@ -73,10 +73,15 @@ def _overlap(a: Sequence[float], b: Sequence[float]) -> float:
 
 def make_detection_set(out: Path, images: int = 300, size: int = 160, seed: int = 0, most: int = 3) -> Path:
     """Write ``images`` images of ``size`` x ``size`` pixels with their boxes to ``out``,
-    in COCO and YOLO form (see the module's docstring). The same arguments give the same files."""
+    in COCO and YOLO form (see the module's docstring). The same arguments give the same files.
+    ``out`` must be new or empty: the set never writes over files that are already there."""
     import numpy as np
     from PIL import Image
 
+    from adapt.errors import DataError
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DataError(f"{out} already exists and is not an empty folder; the detection set is written only into a new or empty one", hint="give a new folder")
     rng = np.random.default_rng(seed)
     backgrounds, (digits, targets) = _backgrounds(), _digits()
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -106,7 +111,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 32 <= args.size <= 427:
         parser.error("--size must be between 32 and 427 (the photographs are 427 pixels high)")
-    make_detection_set(args.out, args.images, args.size, args.seed)
+    from adapt.errors import AdaptError
+
+    try:
+        make_detection_set(args.out, args.images, args.size, args.seed)
+    except AdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     print(f"wrote {args.images} images to {args.out}")
     return 0
 

@@ -42,6 +42,17 @@ def test_the_set_is_deterministic_and_real_photographs_show_through(dataset, tmp
     assert len(coco["images"]) == 12 and 12 <= len(coco["annotations"]) <= 36 and [c["name"] for c in coco["categories"]] == NAMES
 
 
+def test_the_set_never_writes_into_a_folder_that_holds_anything(tmp_path):
+    from adapt.detection_set import main
+
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "annotations.json").write_text("my own annotations")
+    with pytest.raises(DataError, match="not an empty folder"):
+        make_detection_set(tmp_path / "mine", images=2, size=64)
+    assert main([str(tmp_path / "mine"), "--images", "2"]) == 2
+    assert (tmp_path / "mine" / "annotations.json").read_text() == "my own annotations" and sorted(p.name for p in (tmp_path / "mine").iterdir()) == ["annotations.json"]
+
+
 def test_coco_and_yolo_give_the_same_boxes_and_labels(dataset):
     coco, coco_skipped = read(CocoSource(), dataset)
     yolo, yolo_skipped = read(YoloSource(), dataset)
