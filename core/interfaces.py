@@ -263,6 +263,9 @@ class DeriveContext:
     #: What a deployed file should carry inside it (``adapt.labels``, ``adapt.task``,
     #: ``adapt.preprocess``: JSON strings), for formats that hold metadata.
     metadata: dict[str, str] = field(default_factory=dict)
+    #: The device family the export is for (``export.target``): "x86", "arm", or "auto"
+    #: (the machine exporting); a quantiser may measure formats on it where they match.
+    target: str = "auto"
 
 
 @runtime_checkable

@@ -23,6 +23,7 @@ int8 quantisation behind an accuracy gate, and the ``.ort`` mobile format.
 
 from __future__ import annotations
 
+import platform
 import subprocess
 import sys
 import warnings
@@ -147,7 +148,9 @@ class OnnxExporter:
 
     def _quantise(self, base: Path, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
         """Try int8 and its remedies in turn; return the first file within the accuracy budget."""
-        attempts = self._attempts(base, plain, ctx)
+        attempts, choice = self._attempts(base, plain, ctx)
+        if choice:
+            result.info["int8_activations"] = choice
         baseline = ctx.score(base)
         passed = None
         for number, (label, make) in enumerate(attempts, 1):
@@ -204,7 +207,8 @@ class OnnxExporter:
             result.notes.append(f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept but not recommended")
         return out if ok else None
 
-    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> list[tuple[str, Callable[[Path], None]]]:
+    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> tuple[list[tuple[str, Callable[[Path], None]]], dict[str, Any]]:
+        """The int8 attempts in the order they are tried, and (static int8) how its activation type was chosen."""
         import onnx
         from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
 
@@ -212,27 +216,33 @@ class OnnxExporter:
             def dynamic(exclude: list[str]) -> Callable[[Path], None]:
                 return lambda out: _quietly(quantize_dynamic,str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
-            return [("dynamic int8", dynamic([])), ("dynamic int8, head in fp32", dynamic(_head_nodes(base)))]
+            return [("dynamic int8", dynamic([])), ("dynamic int8, head in fp32", dynamic(_head_nodes(base)))], {}
 
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
         prepared = plain.with_name("model.preprocessed.onnx")
 
-        def static(examples: int, keep_sensitive_in_fp32: bool) -> Callable[[Path], None]:
+        activations = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        chosen = {"activation": "int8"}
+
+        def static(examples: int, keep_sensitive_in_fp32: bool, activation: str | None = None) -> Callable[[Path], None]:
             def make(out: Path) -> None:
                 if not prepared.exists():
                     quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)
                 exclude = shape_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
-                _quietly(quantize_static, str(prepared), str(out), _Reader(ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+                kind = activations[activation or chosen["activation"]]
+                _quietly(quantize_static, str(prepared), str(out), _Reader(ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
 
             return make
 
         n = ctx.options.calibration_examples if ctx.options else 100
+        choice = _choose_activations(static(n, False, "int8"), static(n, False, "uint8"), plain, ctx)
+        chosen["activation"] = choice["chosen"]
         return [
-            (f"static QDQ per-channel, {n} calibration inputs", static(n, False)),
+            (f"static QDQ per-channel ({choice['chosen']} activations), {n} calibration inputs", static(n, False)),
             (f"more calibration data ({2 * n} inputs)", static(2 * n, False)),
             (f"{2 * n} inputs, first conv, depthwise convs and head in fp32", static(2 * n, True)),
-        ]
+        ], choice
 
     def _mobile(self, path: Path, ctx: DeriveContext, result: Derived) -> None:
         folder = ctx.out_dir / "mobile"
@@ -287,6 +297,38 @@ def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
     if not name.startswith("past_key_values.") or len(shape) != 4:
         raise ExportError(f"the ONNX graph needs input {name!r}, which the batches do not hold", hint="the backbone's onnx_io names inputs its collator does not make")
     return np.zeros((batch, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
+
+
+def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path], None], plain: Path, ctx: DeriveContext) -> dict[str, Any]:
+    """S8S8 or U8S8 activations for static int8 (weights int8 per channel either way):
+    ONNX Runtime's int8 kernels differ by instruction set, and on some x86 CPUs only
+    U8S8 is faster than fp32 at all. Where the export is for this machine's CPU family,
+    both are made and timed at batch 1 and the faster is used (the report's
+    ``export.onnx.int8_activations`` says which and why); for another family (an ARM
+    phone from an x86 build machine), S8S8, ONNX Runtime's usual QDQ choice there, unmeasured."""
+    arch = platform.machine().lower()
+    machine = "arm" if arch.startswith(("arm", "aarch")) else "x86"
+    target = machine if ctx.target == "auto" else ctx.target
+    if target != machine:
+        return {"chosen": "int8", "target": target, "why": f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there"}
+    timings = {}
+    for name, make in (("int8", signed), ("uint8", unsigned)):
+        out = plain.with_name(f"model.{name}-activations.onnx")
+        make(out)
+        timings[name] = ctx.latency(out)["median"]
+        out.unlink()
+    chosen = min(timings, key=lambda k: timings[k])
+    return {"chosen": chosen, "target": target, "latency_ms": timings, "cpu_flags": cpu_flags(), "why": f"the faster at batch 1 on this {machine} CPU"}
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD flags that ONNX Runtime's int8 kernels depend on (Linux; [] elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    words = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
+    return sorted(w for w in words if w.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve", "i8mm")) or "vnni" in w or w == "dotprod")
 
 
 def stamp(path: Path, metadata: dict[str, str]) -> None:

@@ -174,3 +174,34 @@ def test_static_int8_leaves_the_shape_arithmetic_of_same_padding_exact(tmp_path)
     quantised = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     pads = {n.input[1] for n in quantised.node if n.op_type == "Pad"}
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in pads for n in quantised.node), "a Pad's pads come through a DequantizeLinear"
+
+
+@pytest.mark.parametrize("target", ["auto", "arm"])
+def test_static_int8_activation_type_is_measured_for_this_cpu_and_stated_for_another(tmp_path, target):
+    """U8S8 or S8S8: both are timed where the export is for this machine's CPU family and
+    the faster is used; for another family (arm from this x86 machine) S8S8, unmeasured."""
+    import platform
+
+    backbone, built = build("mobilenet", "")
+    path = ONNX.export(built.model.eval(), backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    rng = np.random.default_rng(0)
+    calibration = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    timed = {}
+
+    def latency(candidate: Path) -> dict:  # scripted timings: U8S8 twice as fast as S8S8
+        timed[candidate.name] = 2.0 if candidate.name == "model.int8-activations.onnx" else 1.0
+        return {"median": timed[candidate.name], "p90": timed[candidate.name], "threads": 1}
+
+    ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, calibration, lambda p: 1.0, latency, validate_options(ONNX, "e", {"calibration_examples": 4}, "e"), target=target)
+    derived = ONNX.derive(path, ctx)
+    choice = derived.info["int8_activations"]
+    here = "arm" if platform.machine().lower().startswith(("arm", "aarch")) else "x86"
+    if target == "auto" or target == here:
+        assert choice["chosen"] == "uint8" and choice["latency_ms"] == {"int8": 2.0, "uint8": 1.0} and isinstance(choice["cpu_flags"], list)
+        assert {"model.int8-activations.onnx", "model.uint8-activations.onnx"} <= set(timed) and not (tmp_path / "model.uint8-activations.onnx").exists()
+    else:
+        assert choice["chosen"] == "int8" and "not measured" in choice["why"] and "model.uint8-activations.onnx" not in timed
+    assert f"({choice['chosen']} activations)" in derived.attempts[0]["attempt"]
+    quantised = onnx.load(str(tmp_path / "model.int8.onnx")).graph
+    zero_points = {t.data_type for t in quantised.initializer if t.name.endswith("zero_point")}
+    assert (onnx.TensorProto.UINT8 in zero_points) == (choice["chosen"] == "uint8"), zero_points  # weights stay int8; activations say the type
