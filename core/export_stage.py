@@ -224,7 +224,7 @@ class _ExportJob:
         hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
         model_info = hints(session.built) if callable(hints) else {}
         budget = math.log1p(cfg.max_perplexity_increase) if lower_is_better else cfg.max_accuracy_drop
-        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name), self.metadata(), cfg.target)
+        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name), self.metadata(), cfg.target, cfg.prefer)
 
     def metadata(self) -> dict[str, str]:
         """Labels, task and preprocessing, as JSON strings to embed in deployed files."""

@@ -266,6 +266,9 @@ class DeriveContext:
     #: The device family the export is for (``export.target``): "x86", "arm", or "auto"
     #: (the machine exporting); a quantiser may measure formats on it where they match.
     target: str = "auto"
+    #: ``export.prefer``: "size" deploys the smallest quantised file within the accuracy
+    #: budget; "speed" the fastest file at batch 1 among those and the fp32 one.
+    prefer: str = "size"
 
 
 @runtime_checkable

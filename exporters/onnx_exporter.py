@@ -28,7 +28,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -48,6 +48,7 @@ class OnnxOptions(BaseModel):
 
     opset: int = Field(17, ge=14, le=23, description="ONNX opset version")
     calibration_examples: int = Field(100, ge=1, description="training inputs used to calibrate static int8 (CNNs); a remedy doubles it")
+    calibration_method: Literal["minmax", "percentile", "entropy"] = Field("minmax", description="how static int8 sets activation ranges from the calibration inputs (ONNX Runtime's CalibrationMethod)")
 
 
 class OnnxExporter:
@@ -111,6 +112,8 @@ class OnnxExporter:
         kept = [p for p in passed if p is not None]
         if kept:  # of the quantised files within the budget, the smallest
             result.deployable = min(kept, key=lambda p: p.stat().st_size)
+        if ctx.prefer == "speed" and kept:
+            result.deployable = _fastest([base, *kept], ctx, result)
         for made in [path, *(f.path for f in result.forms if f.path.suffix == ".onnx")]:
             stamp(made, ctx.metadata)
         if ctx.mobile:
@@ -210,7 +213,7 @@ class OnnxExporter:
     def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> tuple[list[tuple[str, Callable[[Path], None]]], dict[str, Any]]:
         """The int8 attempts in the order they are tried, and (static int8) how its activation type was chosen."""
         import onnx
-        from onnxruntime.quantization import QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
 
         if ctx.model_info.get("model_type") or ctx.model_info.get("quantization") == "dynamic":
             def dynamic(exclude: list[str]) -> Callable[[Path], None]:
@@ -231,15 +234,17 @@ class OnnxExporter:
                     quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)
                 exclude = shape_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
                 kind = activations[activation or chosen["activation"]]
-                _quietly(quantize_static, str(prepared), str(out), _Reader(ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude)
+                _quietly(quantize_static, str(prepared), str(out), _Reader(ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=method)
 
             return make
 
         n = ctx.options.calibration_examples if ctx.options else 100
+        method_name = ctx.options.calibration_method if ctx.options else "minmax"
+        method = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method_name]
         choice = _choose_activations(static(n, False, "int8"), static(n, False, "uint8"), plain, ctx)
         chosen["activation"] = choice["chosen"]
         return [
-            (f"static QDQ per-channel ({choice['chosen']} activations), {n} calibration inputs", static(n, False)),
+            (f"static QDQ per-channel ({choice['chosen']} activations, {method_name} ranges), {n} calibration inputs", static(n, False)),
             (f"more calibration data ({2 * n} inputs)", static(2 * n, False)),
             (f"{2 * n} inputs, first conv, depthwise convs and head in fp32", static(2 * n, True)),
         ], choice
@@ -297,6 +302,16 @@ def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
     if not name.startswith("past_key_values.") or len(shape) != 4:
         raise ExportError(f"the ONNX graph needs input {name!r}, which the batches do not hold", hint="the backbone's onnx_io names inputs its collator does not make")
     return np.zeros((batch, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
+
+
+def _fastest(files: list[Path], ctx: DeriveContext, result: Derived) -> Path:
+    """``export.prefer: speed``: the file that runs fastest at batch 1 here, fp32 included."""
+    timings = {f: ctx.latency(f)["median"] for f in files}
+    fastest = min(timings, key=lambda f: timings[f])
+    result.info["prefer_speed"] = {f.name: t for f, t in timings.items()}
+    if fastest == files[0]:
+        result.notes.append(f"export.prefer: speed: {fastest.name} ({timings[fastest]:.2f} ms) is faster at batch 1 on this CPU than the quantised files that kept the accuracy, so it is deployed")
+    return fastest
 
 
 def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path], None], plain: Path, ctx: DeriveContext) -> dict[str, Any]:

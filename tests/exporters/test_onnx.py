@@ -201,7 +201,30 @@ def test_static_int8_activation_type_is_measured_for_this_cpu_and_stated_for_ano
         assert {"model.int8-activations.onnx", "model.uint8-activations.onnx"} <= set(timed) and not (tmp_path / "model.uint8-activations.onnx").exists()
     else:
         assert choice["chosen"] == "int8" and "not measured" in choice["why"] and "model.uint8-activations.onnx" not in timed
-    assert f"({choice['chosen']} activations)" in derived.attempts[0]["attempt"]
+    assert f"({choice['chosen']} activations, minmax ranges)" in derived.attempts[0]["attempt"]
     quantised = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     zero_points = {t.data_type for t in quantised.initializer if t.name.endswith("zero_point")}
     assert (onnx.TensorProto.UINT8 in zero_points) == (choice["chosen"] == "uint8"), zero_points  # weights stay int8; activations say the type
+
+
+@pytest.mark.parametrize("prefer", ["size", "speed"])
+def test_prefer_speed_deploys_fp32_where_int8_is_slower_and_size_keeps_the_smaller_file(tmp_path, prefer):
+    """At tiny inputs int8 can be slower than fp32: `export.prefer` decides, and says so."""
+    backbone, built = build("mobilenet", "")
+    path = ONNX.export(built.model.eval(), backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    rng = np.random.default_rng(0)
+    calibration = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+
+    def latency(candidate: Path) -> dict:  # scripted: every int8 file slower than fp32
+        ms = 2.0 if "int8" in candidate.name else 1.0
+        return {"median": ms, "p90": ms, "threads": 1}
+
+    options = validate_options(ONNX, "e", {"calibration_examples": 4, "calibration_method": "percentile"}, "e")
+    ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, calibration, lambda p: 1.0, latency, options, prefer=prefer)
+    derived = ONNX.derive(path, ctx)
+    assert "percentile ranges" in derived.attempts[0]["attempt"] and derived.attempts[0]["passed"]
+    if prefer == "size":
+        assert derived.deployable.name == "model.int8.onnx" and any("slower than fp32" in n for n in derived.notes)
+    else:
+        assert derived.deployable.name == "model.optimized.onnx" and any("export.prefer: speed" in n for n in derived.notes)
+        assert derived.info["prefer_speed"] == {"model.optimized.onnx": 1.0, "model.int8.onnx": 2.0}
