@@ -34,16 +34,9 @@ from typing import Callable
 
 import torch
 
+from adapt.exporters.onnx_exporter import cpu_flags
+
 PAUSE_S = 0.5  # idle time before each turn, so the previous contender's threads stop spinning
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    flags = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith("flags")), [])
-    return sorted(f for f in flags if f.startswith(("avx", "amx", "fma", "sse4", "vnni")) or "vnni" in f)
 
 
 def build(work: Path):

@@ -390,7 +390,7 @@ def same_loss(a: dict, b: dict, tolerance: float) -> bool | None:
     return all(abs(x - y) <= tolerance * max(abs(x), abs(y), 1e-6) for x, y in zip(a["losses"], b["losses"]))
 
 
-def main() -> None:
+def parse_arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", choices=["cpu", "cuda"], default=None, help="default: cuda when present")
     parser.add_argument("--cases", nargs="*", help="case names (default: all for the device)")
@@ -414,59 +414,75 @@ def main() -> None:
     cuda = args.device == "cuda"
     args.epochs = args.epochs or (4 if cuda else 2)
     args.warmup_epochs = min(args.epochs - 1, args.warmup_epochs if args.warmup_epochs is not None else (2 if cuda else 1))
-    if args.child:
-        child(args)
-        return
+    return args
 
-    cases = CUDA_CASES if args.device == "cuda" else CPU_CASES
-    if args.cases:
-        cases = [c for c in cases if c.name in args.cases]
-    variants = [(v.partition(":")[0], v.partition(":")[2].split(",")) for v in args.variant]
+
+def run_case(case: Case, args: argparse.Namespace, work: Path, variants: list[tuple[str, list[str]]]) -> dict:
+    """Every side of one case, taking turns, and the ratios against PEFT."""
+    base = write_base(case, work)
+    write_init(case, base, work)
+    sides: dict[str, list[str]] = {"peft": [], "adapt": []}
+    if case.model == "bert-base" and not args.no_full:
+        sides["full"] = []
+    if not args.variant_cases or case.name in args.variant_cases:
+        sides.update({f"adapt:{name}": overrides for name, overrides in variants})
+    runs: dict[str, list[dict]] = {side: [] for side in sides}
+    for _ in range(args.repeats):  # the sides take turns, so a machine's drift reaches them alike
+        for side, overrides in sides.items():
+            runs[side].append(run_side(case, side, args, work, overrides))
+    figures = {side: median_run(side_runs) for side, side_runs in runs.items()}
+    peft = figures["peft"]
     tolerance = 3e-2 if args.device == "cuda" else 1e-3
-    work = Path(tempfile.mkdtemp(prefix="adapt-train-bench-"))
-    results: dict = {"device": args.device, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "cases": {}}
-    started = time.perf_counter()
-    for case in cases:
-        base = write_base(case, work)
-        write_init(case, base, work)
-        sides = {"peft": [], "adapt": []}
-        if case.model == "bert-base" and not args.no_full:
-            sides["full"] = []
-        if not args.variant_cases or case.name in args.variant_cases:
-            sides.update({f"adapt:{name}": overrides for name, overrides in variants})
-        runs: dict[str, list[dict]] = {side: [] for side in sides}
-        for _ in range(args.repeats):  # the sides take turns, so a machine's drift reaches them alike
-            for side, overrides in sides.items():
-                runs[side].append(run_side(case, side, args, work, overrides))
-        figures = {side: median_run(side_runs) for side, side_runs in runs.items()}
-        peft = figures["peft"]
-        row: dict = {"batch": case.batch, "steps_per_epoch": case.steps, "sides": figures}
-        for side, fig in figures.items():
-            if side.startswith("adapt") and "samples_per_s" in fig and "samples_per_s" in peft:
-                key = side.replace("adapt:", "adapt_")
-                row[f"{key}_speed_vs_peft"] = round(fig["samples_per_s"] / peft["samples_per_s"], 3)
-                row[f"{key}_step_time_vs_peft"] = round(peft["samples_per_s"] / fig["samples_per_s"], 3)
-                row[f"{key}_memory_vs_peft"] = round(fig["peak_memory_mb"] / peft["peak_memory_mb"], 3)
-                row[f"{key}_training_memory_vs_peft"] = round(fig["training_memory_mb"] / max(peft["training_memory_mb"], 1e-9), 3)
-                row[f"{key}_same_loss"] = same_loss(fig, peft, tolerance)
-        if "full" in figures and "samples_per_s" in figures["full"] and "samples_per_s" in figures["adapt"]:
-            row["adapt_speed_vs_full"] = round(figures["adapt"]["samples_per_s"] / figures["full"]["samples_per_s"], 3)
-        results["cases"][case.name] = row
-        print(f"{case.name}: " + ", ".join(f"{s} {f.get('samples_per_s', 0):.1f} samples/s {f.get('peak_memory_mb', 0):.0f} MB losses {f.get('losses')}" if "error" not in f else f"{s} failed: {f['error']}" for s, f in figures.items()), flush=True)
-        if args.out:
-            Path(args.out).write_text(json.dumps(results) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    results["seconds"] = round(time.perf_counter() - started, 1)
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
-    if args.device == "cuda":
-        results["machine"]["gpu"] = torch.cuda.get_device_name(0)
+    row: dict = {"batch": case.batch, "steps_per_epoch": case.steps, "sides": figures}
+    for side, fig in figures.items():
+        if side.startswith("adapt") and "samples_per_s" in fig and "samples_per_s" in peft:
+            key = side.replace("adapt:", "adapt_")
+            row[f"{key}_speed_vs_peft"] = round(fig["samples_per_s"] / peft["samples_per_s"], 3)
+            row[f"{key}_step_time_vs_peft"] = round(peft["samples_per_s"] / fig["samples_per_s"], 3)
+            row[f"{key}_memory_vs_peft"] = round(fig["peak_memory_mb"] / peft["peak_memory_mb"], 3)
+            row[f"{key}_training_memory_vs_peft"] = round(fig["training_memory_mb"] / max(peft["training_memory_mb"], 1e-9), 3)
+            row[f"{key}_same_loss"] = same_loss(fig, peft, tolerance)
+    if "full" in figures and "samples_per_s" in figures["full"] and "samples_per_s" in figures["adapt"]:
+        row["adapt_speed_vs_full"] = round(figures["adapt"]["samples_per_s"] / figures["full"]["samples_per_s"], 3)
+    print(f"{case.name}: " + ", ".join(f"{s} {f.get('samples_per_s', 0):.1f} samples/s {f.get('peak_memory_mb', 0):.0f} MB losses {f.get('losses')}" if "error" not in f else f"{s} failed: {f['error']}" for s, f in figures.items()), flush=True)
+    return row
+
+
+def machine(device: str) -> dict:
+    import torch
+
+    found = {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads()}
+    if device == "cuda":
+        found["gpu"] = torch.cuda.get_device_name(0)
     try:
         import peft
         import transformers
 
-        results["machine"].update(peft=peft.__version__, transformers=transformers.__version__)
+        found.update(peft=peft.__version__, transformers=transformers.__version__)
     except ImportError:
         pass
+    return found
+
+
+def main() -> None:
+    args = parse_arguments()
+    if args.child:
+        child(args)
+        return
+    cases = CUDA_CASES if args.device == "cuda" else CPU_CASES
+    if args.cases:
+        cases = [c for c in cases if c.name in args.cases]
+    variants = [(v.partition(":")[0], v.partition(":")[2].split(",")) for v in args.variant]
+    work = Path(tempfile.mkdtemp(prefix="adapt-train-bench-"))  # this script's own folder, removed at the end
+    results: dict = {"device": args.device, "epochs": args.epochs, "warmup_epochs": args.warmup_epochs, "cases": {}}
+    started = time.perf_counter()
+    for case in cases:
+        results["cases"][case.name] = run_case(case, args, work, variants)
+        if args.out:
+            Path(args.out).write_text(json.dumps(results) + "\n")
+    shutil.rmtree(work, ignore_errors=True)
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    results["machine"] = machine(args.device)
     line = json.dumps(results)
     if args.out:
         Path(args.out).write_text(line + "\n")

@@ -17,11 +17,25 @@ from typing import Sequence
 EDGE_SLACK = 1.0
 
 
-def checked_box(box: Sequence[float], width: int, height: int) -> tuple[list[float] | None, str]:
+def corners(bbox: object) -> object:
+    """COCO's ``[x, y, width, height]`` as ``[x1, y1, x2, y2]``; anything that is not four
+    numbers as it is, for :func:`checked_box` to refuse with its reason."""
+    if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox):
+        return [bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]]
+    return bbox
+
+
+def xywh(box: Sequence[float]) -> list[float]:
+    """``[x1, y1, x2, y2]`` as COCO's ``[x, y, width, height]``."""
+    x1, y1, x2, y2 = (float(v) for v in box)
+    return [x1, y1, x2 - x1, y2 - y1]
+
+
+def checked_box(box: object, width: int, height: int) -> tuple[list[float] | None, str]:
     """``box`` clipped to the image, or None with why it cannot be used: not four finite
     numbers, zero or negative area, or reaching past the image by more than :data:`EDGE_SLACK`."""
-    if len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
-        return None, f"not four finite numbers: {list(box)!r}"
+    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
+        return None, f"not four finite numbers: {box!r}"
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:
         return None, f"zero or negative area: {[x1, y1, x2, y2]}"

@@ -94,14 +94,21 @@ PRESENT = "present.{layer}.{kind}"
 
 def cache_shapes(inner: torch.nn.Module) -> list[tuple[int, int]]:
     """``(heads, head_dim)`` of every cache tensor (key then value, layer by layer), read
-    off the model's own cache after one token, so no config field names are assumed."""
+    off the model's own cache after one token, so no config field names are assumed.
+    Kept on the model after the first call (the graph's names, axes and example inputs
+    all ask for them; adapting or merging does not change them)."""
     import torch
 
+    known = getattr(inner, "_adapt_cache_shapes", None)
+    if known is not None:
+        return list(known)
     device = next(inner.parameters()).device
     with torch.no_grad():
         one = torch.ones((1, 1), dtype=torch.long, device=device)
         out = inner(input_ids=one, attention_mask=one, use_cache=True)
-    return [(int(t.shape[1]), int(t.shape[3])) for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
+    shapes = [(int(t.shape[1]), int(t.shape[3])) for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
+    inner.__dict__["_adapt_cache_shapes"] = shapes  # a plain attribute: not a parameter, buffer or module
+    return list(shapes)
 
 
 def cache_argument(model: torch.nn.Module) -> str:
@@ -177,7 +184,12 @@ def greedy_reference(inner: torch.nn.Module, prompt: Sequence[int], eos_id: int,
     config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
     with torch.no_grad():
         new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, len(prompt) :].tolist()  # type: ignore[operator]
-    return new[: new.index(eos_id)] if eos_id in new else new
+    return before_end(new, eos_id)
+
+
+def before_end(tokens: list[int], eos_id: int) -> list[int]:
+    """The tokens before the first end-of-text token (all of them without one)."""
+    return tokens[: tokens.index(eos_id)] if eos_id in tokens else tokens
 
 
 def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[int]]) -> float:
@@ -199,6 +211,6 @@ def generate_text(inner: torch.nn.Module, tokenizer: Any, prompt: str, settings:
     inner.eval()
     with torch.no_grad():
         new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist()  # type: ignore[operator]
-    text = tokenizer.decode(new[: new.index(tokenizer.eos_token_id)] if tokenizer.eos_token_id in new else new)
-    stops = [s for s in settings.get("stop", ()) if s]
-    return text[: min((text.find(s) for s in stops if s in text), default=len(text))]
+    from adapt.onnx_predict import cut_at_stops
+
+    return cut_at_stops(tokenizer.decode(before_end(new, tokenizer.eos_token_id)), settings.get("stop", ()))

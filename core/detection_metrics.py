@@ -14,10 +14,7 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-
-def _xywh(box: Sequence[float]) -> list[float]:
-    x1, y1, x2, y2 = (float(v) for v in box)
-    return [x1, y1, x2 - x1, y2 - y1]
+from adapt.boxes import xywh
 
 
 def coco_map(predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]], num_classes: int) -> dict[str, float]:
@@ -31,9 +28,9 @@ def coco_map(predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapp
     for image, (pred, ref) in enumerate(zip(predictions, references), 1):
         truth["images"].append({"id": image})
         for box, label in zip(ref["boxes"], ref["labels"]):
-            xywh = _xywh(box)
-            truth["annotations"].append({"id": len(truth["annotations"]) + 1, "image_id": image, "category_id": int(label) + 1, "bbox": xywh, "area": xywh[2] * xywh[3], "iscrowd": 0})
-        found += [{"image_id": image, "category_id": int(label) + 1, "bbox": _xywh(box), "score": float(score)} for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"])]
+            bbox = xywh(box)
+            truth["annotations"].append({"id": len(truth["annotations"]) + 1, "image_id": image, "category_id": int(label) + 1, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
+        found += [{"image_id": image, "category_id": int(label) + 1, "bbox": xywh(box), "score": float(score)} for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"])]
     counts = {"images": float(len(references)), "objects": float(len(truth["annotations"])), "detections": float(len(found))}
     if not truth["annotations"]:
         return {"map": math.nan, "map50": math.nan, "map75": math.nan, **counts}

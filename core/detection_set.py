@@ -23,6 +23,8 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
+from adapt.boxes import xywh
+
 #: The class names, in class-index order (YOLO) and category-id order 1..10 (COCO).
 NAMES = [str(d) for d in range(10)]
 
@@ -94,7 +96,7 @@ def make_detection_set(out: Path, images: int = 300, size: int = 160, seed: int 
         coco["images"].append({"id": number + 1, "file_name": name, "width": size, "height": size})
         lines = []
         for cls, (x1, y1, x2, y2) in boxes:
-            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": number + 1, "category_id": cls + 1, "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
+            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": number + 1, "category_id": cls + 1, "bbox": xywh([x1, y1, x2, y2]), "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
             lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
         (out / "labels" / f"{number:05d}.txt").write_text("".join(line + "\n" for line in lines))
     (out / "annotations.json").write_text(json.dumps(coco))

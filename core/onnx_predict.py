@@ -93,6 +93,20 @@ def next_token(logits: Any, rng: Any, temperature: float, top_k: int, top_p: flo
     return int(rng.choice(keep, p=probs[keep] / probs[keep].sum()))
 
 
+def empty_cache(shape: Sequence[Any], batch: int) -> Any:
+    """A length-0 key/value cache for a graph input of shape (batch, heads, past, head_dim):
+    fed so, a cached decoder reads its whole input as the prompt."""
+    import numpy as np
+
+    return np.zeros((batch, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
+
+
+def cut_at_stops(text: str, stops: Sequence[str]) -> str:
+    """``text`` up to the first of the ``stops`` strings found in it (empty ones ignored)."""
+    found = [text.find(s) for s in stops if s and s in text]
+    return text[: min(found)] if found else text
+
+
 def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: Any) -> list[int]:
     """New token ids after ``prompt`` from a cached decoder graph, until the end-of-text
     token (not returned) or ``max_new_tokens``; ``settings`` as :data:`SAMPLING`."""
@@ -102,7 +116,7 @@ def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: A
     rng = np.random.default_rng(options["seed"])
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
-    cache = {n: np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), dtype=np.float32) for n, i in inputs.items() if n.startswith("past_key_values.")}
+    cache = {n: empty_cache(i.shape, 1) for n, i in inputs.items() if n.startswith("past_key_values.")}
     step, done, new = np.array([list(prompt) or [eos_id]], dtype=np.int64), 0, []
     for _ in range(options["max_new_tokens"]):
         length = step.shape[1]
@@ -213,15 +227,13 @@ def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequ
     tokenizer = Tokenizer.from_file(str(spec_path.parent / spec["tokenizer"]))
     tokenizer.no_truncation()
     tokenizer.no_padding()
-    stops = [s for s in settings.get("stop", ()) if s]
     results = []
     for prompt in prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
         if spec.get("bos_id") is not None:
             ids = [spec["bos_id"], *ids]
         text = tokenizer.decode(generate_ids(session, ids, spec["eos_id"], **settings))
-        cut = min((text.find(s) for s in stops if s in text), default=len(text))
-        results.append({"input": prompt, "generated": text[:cut]})
+        results.append({"input": prompt, "generated": cut_at_stops(text, settings.get("stop", ()))})
     return results
 
 

@@ -295,18 +295,18 @@ def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
 
 
 def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
-    """A length-0 cache for a cached decoder's ``past_key_values.*`` input (batch, heads,
-    0, head_dim): fed so, the graph runs on the whole input as a prompt."""
-    import numpy as np
+    """A length-0 cache for a cached decoder's ``past_key_values.*`` input, which batches
+    do not hold (adapt.onnx_predict.empty_cache); any other missing input is an error."""
+    from adapt.onnx_predict import empty_cache
 
     if not name.startswith("past_key_values.") or len(shape) != 4:
         raise ExportError(f"the ONNX graph needs input {name!r}, which the batches do not hold", hint="the backbone's onnx_io names inputs its collator does not make")
-    return np.zeros((batch, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
+    return empty_cache(shape, batch)
 
 
 def _fastest(files: list[Path], ctx: DeriveContext, result: Derived) -> Path:
     """``export.prefer: speed``: the file that runs fastest at batch 1 here, fp32 included."""
-    timings = {f: ctx.latency(f)["median"] for f in files}
+    timings = {f: ctx.latency(f)["median"] for f in files}  # timed together, not taken from the attempts: times from other moments do not compare
     fastest = min(timings, key=lambda f: timings[f])
     result.info["prefer_speed"] = {f.name: t for f, t in timings.items()}
     if fastest == files[0]:
@@ -328,10 +328,14 @@ def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path
         return {"chosen": "int8", "target": target, "why": f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there"}
     timings = {}
     for name, make in (("int8", signed), ("uint8", unsigned)):
-        out = plain.with_name(f"model.{name}-activations.onnx")
-        make(out)
-        timings[name] = ctx.latency(out)["median"]
-        out.unlink()
+        out = plain.with_name(f"model.{name}-activations.onnx")  # a probe in adapt's own staging folder
+        try:
+            make(out)
+            timings[name] = ctx.latency(out)["median"]
+        except Exception as exc:  # noqa: BLE001 - the attempts proper record their own failures
+            return {"chosen": "int8", "target": target, "why": f"measuring the {name} activations failed ({type(exc).__name__}: {exc}); S8S8 without measuring"}
+        finally:
+            out.unlink(missing_ok=True)
     chosen = min(timings, key=lambda k: timings[k])
     return {"chosen": chosen, "target": target, "latency_ms": timings, "cpu_flags": cpu_flags(), "why": f"the faster at batch 1 on this {machine} CPU"}
 

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
-from adapt.boxes import checked_box, image_size
+from adapt.boxes import checked_box, corners, image_size
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, Example
 
@@ -71,9 +71,7 @@ def _add(note: Any, examples: dict[Any, Example], names: dict[Any, str], request
         request.skip(where, "a crowd region (iscrowd: 1), not an object")
         return
     example = examples[note["image_id"]]
-    bbox = note.get("bbox")
-    corners = [bbox[0], bbox[1], bbox[0] + bbox[2], bbox[1] + bbox[3]] if isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox) else bbox or []
-    box, problem = checked_box(corners, *example["size"])
+    box, problem = checked_box(corners(note.get("bbox")), *example["size"])
     if box is None:
         request.skip(where, problem)
         return

@@ -14,9 +14,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import DataError
 from adapt.data import generation_example, split_files
+from adapt.causal_lm import TASK
 from adapt.interfaces import DataRequest, Example
 
-GENERATION = "text-generation"
+GENERATION = TASK  # text-generation: rows are texts, prompt/completion pairs or chats
 
 class CsvOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")

@@ -11,9 +11,10 @@ from typing import Any
 from adapt import hookimpl
 from adapt.data import generation_example, split_files
 from adapt.errors import DataError
+from adapt.causal_lm import TASK
 from adapt.interfaces import DataRequest, Example
 
-GENERATION = "text-generation"
+GENERATION = TASK  # text-generation: rows are texts, prompt/completion pairs or chats
 
 
 def read_jsonl(path: Path, request: DataRequest) -> list[Example]:

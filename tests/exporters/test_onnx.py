@@ -228,3 +228,21 @@ def test_prefer_speed_deploys_fp32_where_int8_is_slower_and_size_keeps_the_small
     else:
         assert derived.deployable.name == "model.optimized.onnx" and any("export.prefer: speed" in n for n in derived.notes)
         assert derived.info["prefer_speed"] == {"model.optimized.onnx": 1.0, "model.int8.onnx": 2.0}
+
+
+def test_a_failed_activation_probe_falls_back_to_s8s8_and_leaves_no_file(tmp_path):
+    from adapt.exporters.onnx_exporter import _choose_activations
+
+    plain = tmp_path / "model.onnx"
+
+    def works(out: Path) -> None:
+        out.write_bytes(b"probe")
+
+    def fails(out: Path) -> None:
+        out.write_bytes(b"half a file")
+        raise RuntimeError("quantiser broke")
+
+    ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, [], lambda p: 1.0, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1})
+    choice = _choose_activations(works, fails, plain, ctx)
+    assert choice["chosen"] == "int8" and "quantiser broke" in choice["why"]
+    assert not list(tmp_path.iterdir())  # both probes removed, the failed one too
