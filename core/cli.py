@@ -294,10 +294,12 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
     @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="text-generation: sample within this much probability mass.")
     @click.option("--seed", type=int, default=0, show_default=True, help="text-generation: random seed of the sampling.")
     @click.option("--stop", multiple=True, help="text-generation: cut the generated text at this string (repeatable).")
+    @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True, help="object-detection: print detections scoring at least this.")
+    @click.option("--draw", type=click.Path(dir_okay=False, path_type=Path), default=None, help="object-detection: write the image with its boxes to this PNG (several images: one file each, named after them).")
     def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any) -> None:
         """Predict with RUN_DIR's model for INPUTS: labels for texts, sentences (NER,
-        split on spaces) or image paths, or continuations of prompts (text-generation),
-        by the run's task. One JSON line each."""
+        split on spaces) or image paths, continuations of prompts (text-generation), or
+        boxes in image paths (object-detection), by the run's task. One JSON line each."""
         if use_onnx:
             from adapt.onnx_predict import PredictError
             from adapt.onnx_predict import predict as predict_onnx

@@ -110,6 +110,7 @@ class TrainConfig(_Section):
     eval_batch_size: Int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
     workers: Int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
     group_by_length: StrictBool = Field(False, description="batch examples of similar length together (less padding: faster on texts of uneven length)")
+    augment: StrictBool | list[Literal["flip", "crop"]] = Field(True, description="the task's training augmentation where it has one: true (all its kinds), false, or a list of kinds (object-detection: flip, crop; leave out flip for digits or text, which a mirror changes); evaluation never sees it")
     fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
 
     @property

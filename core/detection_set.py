@@ -60,11 +60,18 @@ def compose(rng: Any, backgrounds: Sequence[Any], digits: Any, targets: Any, siz
         if any(_overlap(box, other) > 0.0 for _, other in boxes):
             continue
         glyph = np.asarray(Image.fromarray((digits[index] * 16).clip(0, 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
-        ink = np.array(rng.integers(0, 256, 3), dtype=np.float32)
         region = canvas[y : y + side, x : x + side]
+        ink = _contrasting(rng, region.mean(axis=(0, 1)))
         canvas[y : y + side, x : x + side] = region * (1 - glyph[..., None]) + ink * glyph[..., None]
         boxes.append((int(targets[index]), box))
     return canvas.clip(0, 255).astype(np.uint8), boxes
+
+
+def _contrasting(rng: Any, mean: Any) -> Any:
+    """An ink colour far from the background's mean in every channel, so each digit is visible."""
+    import numpy as np
+
+    return np.array([rng.integers(0, 90) if m > 127 else rng.integers(165, 256) for m in mean], dtype=np.float32)
 
 
 def _overlap(a: Sequence[float], b: Sequence[float]) -> float:

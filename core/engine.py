@@ -223,6 +223,26 @@ class TrainResult:
     precision: str = "fp32"
 
 
+class TrainingExamples:
+    """The training split as the loop reads it: each example passed through the task's
+    ``augment(example, rng)`` when it has one (object-detection: flip and crop), with a
+    generator seeded by (seed, epoch, index), so a resumed or multi-worker run sees the
+    same augmented examples. Validation and test never go through it."""
+
+    def __init__(self, examples: Sequence[Example], augment: Callable[..., Example] | None, seed: int, epoch: int) -> None:
+        self.examples, self.augment, self.seed, self.epoch = examples, augment, seed, epoch
+
+    def __len__(self) -> int:
+        return len(self.examples)
+
+    def __getitem__(self, index: int) -> Example:
+        if self.augment is None:
+            return self.examples[index]
+        import numpy as np
+
+        return self.augment(self.examples[index], np.random.default_rng([self.seed, self.epoch, index]))
+
+
 class Trainer:
     """Trains ``built`` (already adapted by its method) on ``splits`` into ``run_dir``."""
 
@@ -354,7 +374,7 @@ class Trainer:
         seen, tick = 0, time.perf_counter()
         sync_every = sync_interval(self.device)
         progress = self._progress(len(batches), epoch, initial=state["batch"])
-        for i, batch in self._loader(batches, state["batch"], fast):
+        for i, batch in self._loader(batches, state["batch"], fast, epoch):
             batch = fast_path.channels_last_batch(to_device(batch, self.device), fast)
             labels = batch.pop("labels")
             fast_path.step_begins(fast)
@@ -440,17 +460,27 @@ class Trainer:
             return True
         return False
 
-    def _loader(self, batches: list[list[int]], start: int, fast: fast_path.FastPath) -> Any:
+    def _loader(self, batches: list[list[int]], start: int, fast: fast_path.FastPath, epoch: int) -> Any:
         """``(index, collated batch)`` for the batches from ``start`` on; with
         ``train.workers`` the collating (tokenising, decoding images) runs in worker
         processes. Batches land in pinned memory when the fast path asks for it."""
         remaining = batches[start:]
+        examples = TrainingExamples(self.train_set, self._augment(), self.config.seed, epoch)
         if self.config.workers == 0:
-            return ((start + k, fast_path.pinned(self.collate([self.train_set[j] for j in indices]), fast)) for k, indices in enumerate(remaining))
+            return ((start + k, fast_path.pinned(self.collate([examples[j] for j in indices]), fast)) for k, indices in enumerate(remaining))
         from torch.utils.data import DataLoader, Dataset
 
-        loader: DataLoader[Example] = DataLoader(cast("Dataset[Example]", self.train_set), batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=fast.pin_memory)
+        loader: DataLoader[Example] = DataLoader(cast("Dataset[Example]", examples), batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=fast.pin_memory)
         return enumerate(loader, start)
+
+    def _augment(self) -> Callable[..., Example] | None:
+        """The task's ``augment`` as ``train.augment`` asks: off, every kind, or the kinds listed."""
+        augment, wanted = getattr(self.task, "augment", None), self.config.augment
+        if not callable(augment) or wanted is False:
+            return None
+        if wanted is True:
+            return augment
+        return lambda example, rng: augment(example, rng, kinds=tuple(wanted))
 
     def _interrupted(self, state: dict[str, Any], checkpoint_path: Path) -> None:
         raise Interrupted(

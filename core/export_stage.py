@@ -44,6 +44,9 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "rejected_export", "export_notes")
 #: Entries of ``metrics`` / ``parity`` that the merge stage writes; all others are exported forms'.
 MODEL_ENTRIES = ("adapted", "merged")
+#: The least share of the merged model's final predictions (object-detection: confident
+#: boxes) that an exact form's own final outputs must reproduce (the task's ``agreement``).
+MIN_FINAL_AGREEMENT = 0.99
 #: Where an export that failed its parity check is kept for inspection (the previous export stays in place).
 REJECTED_DIR = "export.rejected"
 
@@ -188,9 +191,23 @@ class _ExportJob:
         atomic_write_json(self.staging / PREPROCESS_FILE, {**save(built, self.plan.backbone_options, self.staging), "labels": session.label_names, "task": session.config.task})
         shutil.copyfile(onnx_predict.__file__, self.staging / "predict.py")  # the standalone predictor a device runs
 
+    def graph(self) -> tuple[Any, Any]:
+        """What to export and its names: the merged model, or, for a task with
+        ``graph_outputs`` (object-detection), the model followed by the task's final
+        outputs (boxes after NMS), so a device needs no post-processing code."""
+        from adapt.interfaces import OnnxIO
+
+        extend = getattr(self.plan.task, "graph_outputs", None)
+        if not callable(extend):
+            return self.merged_model, self.io
+        module, extra = extend(self.merged_model)
+        axes = {**self.io.dynamic_axes, **{name: {0: "detections"} for name in extra}}
+        return module.eval(), OnnxIO(self.io.input_names, (*self.io.output_names, *extra), axes)
+
     def export_one(self, exporter: Any) -> None:
         plan, built = self.plan, self.session.built
-        path = exporter.export(self.merged_model, plan.backbone.example_inputs(built, 2), self.io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
+        model, io = self.graph()
+        path = exporter.export(model, plan.backbone.example_inputs(built, 2), io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
         self.artifacts.append((path, exporter.name))
         forms, details, deployable = [Form(exporter.name, path)], {}, path
         derive = getattr(exporter, "derive", None)
@@ -245,7 +262,7 @@ class _ExportJob:
         from adapt.parity import compare, report_entry, verdict
 
         metrics, logits, predictions = self.run_file(exporter, form.path, self.test_batches)
-        parity = compare(self.merged.logits, logits, self.merged.predictions, predictions)
+        parity = compare(self.merged.logits, logits, self.merged.predictions, predictions, getattr(self.plan.task, "agreement", None))
         bound = self.cfg.parity_tolerance if form.exact else None
         problem = verdict(parity, bound, reference="the merged model", candidate=form.path.name)
         self.new["metrics"][form.name] = {k: round(v, 6) if math.isfinite(v) else v for k, v in metrics.items()}
@@ -262,6 +279,33 @@ class _ExportJob:
             self.new["latency_ms_batch"][form.name] = self.time_runner(runner, self.many)
         if self.generation is not None and form.path.suffix == ".onnx":
             self.verify_generation(exporter, form)
+        if callable(getattr(self.plan.task, "final_predictions", None)):
+            self.verify_final_outputs(exporter, form)
+
+    def verify_final_outputs(self, exporter: Any, form: Form) -> None:
+        """A task whose graph ends in final outputs (object-detection: boxes after NMS): the
+        file's own final outputs on the test split against the merged model's predictions,
+        by the task's ``agreement``; an exact form must reach :data:`MIN_FINAL_AGREEMENT`."""
+        from adapt.errors import ExportError
+
+        task = self.plan.task
+        name = getattr(task, "agreement_name", "final_agreement")
+        load_outputs = getattr(exporter, "load_outputs", None)
+        if not callable(load_outputs):
+            self.new.setdefault("export_notes", []).append(f"exporter {exporter.name!r} has no load_outputs, so the final outputs of {form.path.name} were not compared ({name})")
+            return
+        run_all, predictions = load_outputs(form.path, self.threads), []
+        for batch in self.test_batches:
+            feed = self._feed(batch)
+            predictions += task.final_predictions(run_all(feed), feed)
+        share = float(task.agreement(self.merged.predictions, predictions))
+        self.new["parity"][form.name][name] = round(share, 6)
+        if form.exact and not share >= MIN_FINAL_AGREEMENT:
+            self.new["parity"][form.name]["verified"] = False
+            raise ExportError(
+                f"the final outputs of {form.path.name} (exporter {exporter.name!r}) differ from the merged model's: {name} {share:.4f} < {MIN_FINAL_AGREEMENT}",
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; the post-processing inside the graph does not match the task's decoding",
+            )
 
     def verify_generation(self, exporter: Any, form: Form) -> None:
         """text-generation: the file's greedy continuations of the test prompts, through its

@@ -9,6 +9,7 @@ Examples travel between data sources, tasks and backbones as plain dicts:
 * text-classification:  ``{"text": str, "label": str}``
 * token-classification: ``{"tokens": list[str], "tags": list[str]}``
 * image-classification: ``{"image": numpy uint8 array (H, W) or (H, W, C), "label": str}``
+* object-detection: ``{"image": path or array, "size": [w, h], "boxes": [[x1, y1, x2, y2], ...], "labels": [str, ...]}``
 
 Before batching, the pipeline replaces label names by their index
 (``label``: int, ``tags``: list[int]) using the run's saved label names.
@@ -135,6 +136,14 @@ class Task(Protocol):
     #: ``labelled = False``: examples carry no label (text-generation); ``label_names``
     #: returns [] and the model is built with ``num_labels`` 0.
     #: ``lower_is_better = True``: the primary metric improves downwards (perplexity).
+    #: ``augment(example, rng, kinds=...)``: a changed copy of a training example.
+    #: ``graph_outputs(model) -> (module, names)``: export ``module`` (logits first, then
+    #: the task's final outputs ``names``: object-detection's boxes after NMS).
+    #: ``final_predictions(outputs, inputs)``: predictions from an exported file's outputs.
+    #: ``agreement(reference, candidate) -> float`` and ``agreement_name``: how many of the
+    #: reference's predictions the candidate reproduces (parity where equality means nothing).
+    #: ``draw(examples, predictions, label_names, folder) -> {name: path}``: report pictures.
+    #: docs/plugins.md, "Task", says what each must do.
 
     def label_names(self, examples: Sequence[Example]) -> list[str]:
         """The sorted label names found in ``examples``; raises DataError on a malformed example."""
@@ -290,6 +299,9 @@ class Exporter(Protocol):
 
     def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, Any]], Any]:
         """A function from named numpy inputs to the logits array, running the file."""
+
+    # Optional: load_outputs(path, threads) -> a function from named numpy inputs to every
+    # output of the graph by name (a task's final outputs are compared with it).
 
 
 @runtime_checkable

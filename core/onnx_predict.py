@@ -30,10 +30,13 @@ RESAMPLING = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
 #: What preprocess.json must hold, by kind of input.
 REQUIRED_KEYS = {
     "image": ("kind", "labels", "input_size", "mean", "std"),
+    "detection": ("kind", "labels", "input_size", "mean", "std"),
     "text": ("kind", "labels", "tokenizer", "max_length"),
     "tokens": ("kind", "labels", "tokenizer", "max_length"),
     "generation": ("kind", "tokenizer", "max_length", "eos_id"),
 }
+#: object-detection settings and their defaults: detections below min_score are not printed.
+DETECTION: dict[str, Any] = {"min_score": 0.3, "draw": None}
 #: Generation settings and their defaults (greedy, 64 new tokens).
 SAMPLING = {"max_new_tokens": 64, "temperature": 0.0, "top_k": 0, "top_p": 1.0, "seed": 0, "stop": ()}
 
@@ -53,17 +56,10 @@ def _softmax(logits: Any) -> Any:
 def prepare_image(path: str, spec: dict[str, Any]) -> Any:
     """timm's eval transform: resize the short side to size / crop_pct, centre-crop, normalise."""
     import numpy as np
-    from PIL import Image
 
     _, height, width = spec["input_size"]
     scale = int(round(height / spec.get("crop_pct", 1.0)))
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("RGB")
-    except FileNotFoundError:
-        raise PredictError(f"input image not found: {path}") from None
-    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise PredictError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc})") from None
+    image = open_image(path)
     w, h = image.size
     if w <= h:
         size = (scale, max(1, int(round(h * scale / w))))
@@ -75,6 +71,64 @@ def prepare_image(path: str, spec: dict[str, Any]) -> Any:
     array = np.asarray(image, dtype=np.float32) / 255.0
     normalised = (array - np.array(spec["mean"], dtype=np.float32)) / np.array(spec["std"], dtype=np.float32)
     return normalised.transpose(2, 0, 1)[None]
+
+
+def stretch_image(image: Any, spec: dict[str, Any]) -> Any:
+    """object-detection: a PIL image resized whole to the input size (no crop, so no box is
+    cut) and normalised, as a (3, height, width) float32 array."""
+    import numpy as np
+
+    _, height, width = spec["input_size"]
+    resized = image.convert("RGB").resize((width, height), RESAMPLING.get(spec.get("interpolation", "bilinear"), 2))
+    array = np.asarray(resized, dtype=np.float32) / 255.0
+    normalised = (array - np.array(spec["mean"], dtype=np.float32)) / np.array(spec["std"], dtype=np.float32)
+    return np.ascontiguousarray(normalised.transpose(2, 0, 1))
+
+
+def open_image(path: str) -> Any:
+    """The image at ``path`` in RGB, or PredictError saying why it cannot be read."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            return opened.convert("RGB")
+    except FileNotFoundError:
+        raise PredictError(f"input image not found: {path}") from None
+    except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
+        raise PredictError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc})") from None
+
+
+def detection_rows(outputs: dict[str, Any], spec: dict[str, Any], size: Sequence[int], min_score: float) -> list[dict[str, Any]]:
+    """One image's final detections (the graph's ``boxes`` in input pixels, ``scores``,
+    ``labels``) at ``min_score`` or above, best first, boxes in the original image's pixels."""
+    _, height, width = spec["input_size"]
+    scale = (size[0] / width, size[1] / height, size[0] / width, size[1] / height)
+    names = spec["labels"]
+    return [
+        {"label": names[int(label)], "score": round(float(score), 4), "box": [round(float(v) * f, 1) for v, f in zip(box, scale)]}
+        for box, score, label in zip(outputs["boxes"], outputs["scores"], outputs["labels"])
+        if score >= min_score
+    ]
+
+
+def draw_detections(image: Any, detections: Sequence[dict[str, Any]], out: Path | None, truth: Sequence[dict[str, Any]] = ()) -> Any:
+    """A copy of ``image`` with each detection's box and "label score" drawn on it (true
+    boxes, if given, in green); written to ``out`` (PNG or JPEG, by its suffix) if given."""
+    from PIL import ImageDraw
+
+    canvas = image.convert("RGB").copy()
+    pen = ImageDraw.Draw(canvas)
+    width = max(1, round(max(canvas.size) / 200))
+    for found in truth:
+        pen.rectangle(found["box"], outline=(40, 200, 60), width=width)
+    for found in detections:
+        x1, y1 = found["box"][:2]
+        pen.rectangle(found["box"], outline=(230, 40, 40), width=width)
+        pen.text((x1 + 2, max(0.0, y1 - 11)), f"{found['label']} {found['score']:.2f}", fill=(230, 40, 40))
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        canvas.save(out)
+    return canvas
 
 
 def next_token(logits: Any, rng: Any, temperature: float, top_k: int, top_p: float) -> int:
@@ -177,19 +231,21 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
     try:
         if spec["kind"] == "generation":
             return _generate(session, spec, spec_path, inputs, settings)
-        return _predict(session, spec, spec_path, inputs)
+        return _predict(session, spec, spec_path, inputs, {**settings, "count": len(inputs)})
     except PredictError:
         raise
     except Exception as exc:  # noqa: BLE001 - a model that does not fit its preprocess.json fails in many ways
         raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {str(exc).strip()[:300]}): use the model file exported beside it") from None
 
 
-def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
+def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
     import numpy as np
 
     labels = spec["labels"]
     wanted = [i.name for i in session.get_inputs()]
     results = []
+    if spec["kind"] == "detection":
+        return [_detect(session, spec, source, settings) for source in inputs]
     if spec["kind"] == "image":
         for source in inputs:
             probs = _softmax(session.run(None, {wanted[0]: prepare_image(source, spec)})[0])[0]
@@ -221,6 +277,25 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     return results
 
 
+def _detect(session: Any, spec: dict[str, Any], source: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """One image's detections (``--min-score``), drawn into ``--draw`` when asked."""
+    image = open_image(source)
+    feed = {session.get_inputs()[0].name: stretch_image(image, spec)[None]}
+    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+    found = detection_rows(outputs, spec, image.size, float(settings.get("min_score", DETECTION["min_score"])))
+    row: dict[str, Any] = {"input": source, "detections": found}
+    if settings.get("draw"):
+        row["drawn"] = str(draw_path(Path(settings["draw"]), source, settings.get("count", 1)))
+        draw_detections(image, found, Path(row["drawn"]))
+    return row
+
+
+def draw_path(out: Path, source: str, count: int) -> Path:
+    """Where ``--draw OUT`` puts one input's picture: OUT itself for a single input, else
+    OUT's stem with the input's stem added (``out_cat.png``), so no picture overwrites another."""
+    return out if count <= 1 else out.with_name(f"{out.stem}_{Path(source).stem}{out.suffix or '.png'}")
+
+
 def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
     from tokenizers import Tokenizer
 
@@ -249,12 +324,14 @@ def parse_arguments(argv: Sequence[str]) -> Any:
     parser.add_argument("--top-p", type=float, default=SAMPLING["top_p"], help="generation: sample within this much probability mass")
     parser.add_argument("--seed", type=int, default=SAMPLING["seed"], help="generation: random seed of the sampling")
     parser.add_argument("--stop", action="append", default=[], help="generation: cut the text at this string (repeatable)")
+    parser.add_argument("--min-score", type=float, default=DETECTION["min_score"], help="detection: print detections scoring at least this")
+    parser.add_argument("--draw", type=Path, default=None, help="detection: write the image with its boxes here (PNG; several inputs: one file each)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str]) -> int:
     args = parse_arguments(argv)
-    settings = {k: getattr(args, k) for k in SAMPLING}
+    settings = {k: getattr(args, k) for k in (*SAMPLING, *DETECTION)}
     try:
         rows = predict(args.model, args.inputs, **settings)
     except PredictError as exc:

@@ -8,7 +8,7 @@ a failure, never a difference of zero.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from adapt.interfaces import Parity
 
@@ -20,10 +20,11 @@ def _flat(predictions: Sequence[Any]) -> list[Any]:
     return out
 
 
-def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_predictions: Sequence[Any], predictions: Sequence[Any]) -> Parity:
+def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_predictions: Sequence[Any], predictions: Sequence[Any], agreement: Callable[[Sequence[Any], Sequence[Any]], float] | None = None) -> Parity:
     """Max abs difference of logits (batch by batch), the share of equal predicted
-    labels, the reference's largest logit, and which side holds NaN or Inf (if any):
-    then the difference is NaN."""
+    labels (or the task's own ``agreement(reference, candidate)`` where it has one:
+    object-detection matches boxes), the reference's largest logit, and which side
+    holds NaN or Inf (if any): then the difference is NaN."""
     import torch
 
     diff, scale, bad_reference, bad_candidate = 0.0, 0.0, False, False
@@ -37,9 +38,12 @@ def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_pr
             diff = max(diff, float((a - b).abs().max()))
             scale = max(scale, float(a.abs().max()))
     nonfinite = {(True, True): "both", (True, False): "reference", (False, True): "candidate"}.get((bad_reference, bad_candidate), "")
-    ref, got = _flat(reference_predictions), _flat(predictions)
-    agreement = sum(1 for x, y in zip(ref, got) if x == y) / len(ref) if ref else 1.0
-    return Parity(max_abs_diff=math.nan if nonfinite else diff, label_agreement=agreement, examples=len(reference_predictions), scale=scale, nonfinite=nonfinite)
+    if agreement is not None:
+        share = float(agreement(reference_predictions, predictions))
+    else:
+        ref, got = _flat(reference_predictions), _flat(predictions)
+        share = sum(1 for x, y in zip(ref, got) if x == y) / len(ref) if ref else 1.0
+    return Parity(max_abs_diff=math.nan if nonfinite else diff, label_agreement=share, examples=len(reference_predictions), scale=scale, nonfinite=nonfinite)
 
 
 def verdict(parity: Parity, bound: float | None, *, reference: str, candidate: str) -> str:

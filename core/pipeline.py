@@ -247,7 +247,7 @@ def merge_stage(session: Session) -> Merged:
     adapted = run(session.built.model)
     merged = plan.method.merge(session.built)
     merged_eval = run(merged.model)
-    parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions)
+    parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions, getattr(session.plan.task, "agreement", None))
     section: dict[str, Any] = {"metrics": {"adapted": _clean(adapted.metrics), "merged": _clean(merged_eval.metrics)}, "merge": "folded" if merged.folded else "inline", "merge_note": merged.note}
     if merged.folded:
         section["params"] = {"merged_total": sum(p.numel() for p in merged.model.parameters())}
@@ -256,9 +256,26 @@ def merge_stage(session: Session) -> Merged:
     if failure is not None:
         failure.report = section
         raise failure
+    section.update(_pictures(session, merged_eval.predictions))
     primary = plan.task.primary_metric
     session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {section['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff {parity.max_abs_diff:.2e} (allowed {gate['parity']['merged']['bound']:.1e}), label agreement {parity.label_agreement:.2%}")
     return Merged(merged, merged_eval, section)
+
+
+#: How many test examples a task's picture shows.
+PICTURE_EXAMPLES = 4
+
+
+def _pictures(session: Session, predictions: Sequence[Any]) -> dict[str, Any]:
+    """The task's picture of a few test predictions (its optional ``draw``), written into
+    the run directory; the report's ``pictures`` entry."""
+    draw = getattr(session.plan.task, "draw", None)
+    test = session.splits.test if session.splits is not None else []
+    if not callable(draw) or not test:
+        return {}
+    count = min(PICTURE_EXAMPLES, len(test))
+    written = draw(test[:count], predictions[:count], session.label_names, session.run.path)
+    return {"pictures": {name: str(Path(path).relative_to(session.run.path)) for name, path in written.items()}}
 
 
 def gate_merge(session: Session, merged: Any, parity: Any) -> tuple[dict[str, Any], MergeError | None]:
@@ -586,6 +603,8 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: 
         from adapt.hf_text import inner_model
 
         return [{"input": prompt, "generated": causal_lm.generate_text(inner_model(session.built.model), session.built.preprocessor, prompt, settings or {})} for prompt in inputs]
+    if callable(getattr(session.plan.task, "graph_outputs", None)):
+        return _detect(session, inputs, settings or {})
     examples: list[dict[str, Any]]
     if task == "text-classification":
         examples = [{"text": text, "label": 0} for text in inputs]
@@ -608,3 +627,28 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: 
                 score, index = probs[0].max(-1)
                 results.append({"input": source, "label": session.label_names[int(index)], "score": round(float(score), 6)})
     return results
+
+
+def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """object-detection with PyTorch: the exported graph's module (the model and its final
+    boxes) on each image; rows as the standalone predict.py prints them."""
+    import torch
+
+    from adapt.onnx_predict import DETECTION, detection_rows, draw_detections, draw_path, open_image
+
+    module, names = session.plan.task.graph_outputs(session.built.model.eval())
+    rows = []
+    for source in inputs:
+        image = open_image(source)
+        pixels = session.collate([{"image": image, "boxes": [], "labels": []}])["pixel_values"]
+        with torch.no_grad():
+            outputs = {name: tensor.numpy() for name, tensor in zip(("logits", *names), module.eval()(pixels))}
+        spec = {"input_size": list(pixels.shape[1:]), "labels": session.label_names}
+        found = detection_rows(outputs, spec, image.size, float(settings.get("min_score") or DETECTION["min_score"] or 0.0))
+        row: dict[str, Any] = {"input": source, "detections": found}
+        if settings.get("draw"):
+            row["drawn"] = str(draw_path(Path(settings["draw"]), source, len(inputs)))
+            draw_detections(image, found, Path(row["drawn"]))
+        rows.append(row)
+    return rows
+

@@ -132,6 +132,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"Deployable: `{report['deployable']}`"]
     for note in report.get("export_notes") or []:
         lines.append(f"- export: {note}")
+    for name, path in (report.get("pictures") or {}).items():
+        lines += ["", f"## Picture: {name}", "", f"![{name}]({path})"]
     if (report.get("notes") or []):
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"

@@ -55,6 +55,9 @@ class Check(_Strict):
     #: text-generation: the share of test prompts whose greedy continuation (up to 32 new
     #: tokens, KV cache in use) is token-identical to the merged model's.
     generation_agreement: float | None = None
+    #: object-detection: the share of the merged model's test detections (score >= 0.3) that
+    #: the file's own final boxes (NMS in the graph) reproduce: same class, IoU >= 0.9.
+    box_agreement: float | None = None
 
 
 class MergeCheck(_Strict):
@@ -105,3 +108,6 @@ class Report(_Strict):
     export_notes: list[str] | None = None
     rejected_export: RejectedExport | None = None
     notes: list[str] | None = None
+    #: name -> a picture in the run directory (object-detection: ``detections``, test images
+    #: with their true boxes beside the merged model's)
+    pictures: dict[str, str] | None = None

@@ -78,6 +78,12 @@ class OnnxExporter:
 
     def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         """An ONNX Runtime CPU session as a function from named numpy inputs to logits."""
+        run = self.load_outputs(path, threads)
+        return lambda feed: next(iter(run(feed).values()))
+
+    def load_outputs(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+        """Like :meth:`load`, but the function returns every output of the graph by name
+        (object-detection: ``logits`` and the final ``boxes``, ``scores``, ...), in graph order."""
         import numpy as np
         import onnxruntime as ort
 
@@ -87,13 +93,14 @@ class OnnxExporter:
         options.log_severity_level = 3
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         names = [i.name for i in session.get_inputs()]
+        outputs = [o.name for o in session.get_outputs()]
         kinds = {i.name: i.type for i in session.get_inputs()}
         shapes = {i.name: i.shape for i in session.get_inputs()}
 
-        def run(feed: dict[str, np.ndarray]) -> np.ndarray:
+        def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             batch = len(next(iter(feed.values())))
             arrays = {n: np.asarray(feed[n], dtype=np.int64 if "int64" in kinds[n] else np.float32) if n in feed else _empty_cache(shapes[n], batch, n) for n in names}
-            return session.run(None, arrays)[0]
+            return dict(zip(outputs, session.run(None, arrays)))
 
         return run
 

@@ -39,10 +39,13 @@ class LoRAOptions(BaseModel):
 
 
 def inner_prefix(model: torch.nn.Module) -> str:
-    """``model.`` when the network sits inside one of adapt's wrappers (``LogitsOnly``, ...), else nothing."""
+    """``model.`` when the network sits alone inside one of adapt's wrappers (``LogitsOnly``,
+    ...), else nothing (a model with more than that child, such as a detector's ``model``
+    and ``head``, keeps its own names)."""
     from torch import nn
 
-    return WRAPPER_PREFIX if isinstance(getattr(model, "model", None), nn.Module) else ""
+    alone = isinstance(getattr(model, "model", None), nn.Module) and len(list(model.children())) == 1
+    return WRAPPER_PREFIX if alone else ""
 
 
 def to_peft_name(name: str, prefix: str) -> str:

@@ -33,13 +33,23 @@ if TYPE_CHECKING:
     import torch
 
 HUB_CHECKPOINTS = ("timm",)
+DETECTION = "object-detection"
 HUB_PREFIX = "hf-hub:"
+
+
+class DetectionHeadOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    channels: int = Field(64, ge=8, le=512, description="width of the FPN laterals and the shared head tower")
+    depth: int = Field(2, ge=1, le=6, description="depthwise-separable blocks in the shared head tower")
+    levels: int = Field(3, ge=1, le=4, description="feature levels the head reads, coarsest last (3: strides 8, 16, 32)")
 
 
 class MobileNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     image_size: int | None = Field(None, ge=16, le=1024, description="square input size; default: the model's own (224 for most)")
+    head: DetectionHeadOptions = Field(default_factory=lambda: DetectionHeadOptions(), description="object-detection: the detection head (adapt.detector)")
 
 
 @dataclass
@@ -49,6 +59,24 @@ class ImagePreprocessor:
     transform: Callable[[Any], torch.Tensor]
     input_size: tuple[int, int, int]
     data_config: dict[str, Any]
+
+
+@dataclass
+class DetectionPreprocessor:
+    """object-detection: the whole image resized to ``size`` x ``size`` (no crop, so no box
+    is cut), then normalised; adapt.onnx_predict.stretch_image does it for a device too."""
+
+    size: int
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    interpolation: str = "bilinear"
+
+    @property
+    def input_size(self) -> tuple[int, int, int]:
+        return (3, self.size, self.size)
+
+    def spec(self) -> dict[str, Any]:
+        return {"kind": "detection", "input_names": ["pixel_values"], "input_size": list(self.input_size), "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
 
 
 def read_state_dict(path: Path, checkpoint: str) -> dict[str, torch.Tensor]:
@@ -120,15 +148,34 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
 
 class MobileNet:
     name = "mobilenet"
-    tasks = ("image-classification",)
+    tasks = ("image-classification", "object-detection")
     #: Target families (adapt.families) of timm's mobile blocks.
     families = ("pointwise-conv", "depthwise-conv")
     options_schema = MobileNetOptions
 
     def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
-        import timm
-
+        model, head, new = self._classifier(num_labels, checkpoint, arch)
+        if task == DETECTION:
+            return self._detector(model, task, num_labels, new, options)
         from adapt.wrappers import PixelClassifier
+
+        wrapped = PixelClassifier(model)
+        blocks = tuple(_blocks(model))
+        return BuiltModel(
+            model=wrapped,
+            task=task,
+            num_labels=num_labels,
+            head=(f"model.{head}",),
+            new_parameters=tuple(f"model.{n}" for n in new),
+            blocks=blocks,
+            preprocessor=self._preprocessor(model, options),
+            families=_families(wrapped, blocks),
+        )
+
+    def _classifier(self, num_labels: int, checkpoint: str | None, arch: str | None) -> tuple[torch.nn.Module, str, list[str]]:
+        """timm's classifier for ``arch`` with the checkpoint's weights; its head's name and
+        the parameters the checkpoint did not provide."""
+        import timm
 
         hub = checkpoint is not None and (checkpoint in HUB_CHECKPOINTS or checkpoint.startswith(HUB_PREFIX))
         name = checkpoint if checkpoint is not None and hub and checkpoint.startswith(HUB_PREFIX) else arch
@@ -138,7 +185,7 @@ class MobileNet:
             close = difflib.get_close_matches(name, timm.list_models(), n=3)
             raise ConfigError(f"backbone.arch: timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), hint="`python -c \"import timm; print(timm.list_models('*mobilenet*'))\"` lists names")
         try:
-            model = timm.create_model(name, pretrained=hub, num_classes=num_labels)
+            model = timm.create_model(name, pretrained=hub, num_classes=max(1, num_labels))
         except Exception as exc:  # noqa: BLE001 - hub and download failures vary
             raise CheckpointError(f"cannot load timm weights for {name!r}: {type(exc).__name__}: {exc}", hint="timm's pretrained weights need a model hub; use a local weights file instead") from None
         head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
@@ -150,18 +197,38 @@ class MobileNet:
             mapped = map_onto(model, read_state_dict(path, checkpoint), head, checkpoint, ordered=path.suffix != ".safetensors")
             model.load_state_dict(mapped, strict=False)
             new = [n for n, _ in model.named_parameters() if n not in mapped]
-        preprocessor = self._preprocessor(model, options)
-        wrapped = PixelClassifier(model)
-        blocks = tuple(_blocks(model))
+        return model, head, new
+
+    def _detector(self, classifier: Any, task: str, num_labels: int, new: list[str], options: Any) -> BuiltModel:
+        """The classifier's body as a multi-scale feature extractor under adapt.detector's head."""
+        import timm
+
+        from adapt.detector import DetectionHead, Detector
+
+        head_options = options.head if options is not None else DetectionHeadOptions()
+        name = classifier.pretrained_cfg.get("architecture") or type(classifier).__name__
+        count = len(classifier.feature_info)
+        levels = tuple(range(count - head_options.levels, count))
+        features: Any = timm.create_model(name, features_only=True, out_indices=levels)
+        missing, _ = features.load_state_dict(classifier.state_dict(), strict=False)
+        if missing:
+            raise CheckpointError(f"the feature extractor of {name!r} lacks {len(missing)} tensors of its classifier (first: {missing[0]})", hint="report this: timm's features_only model should share the classifier's names")
+        info = features.feature_info
+        detector = Detector(features, DetectionHead(info.channels(), info.reduction(), num_labels, head_options.channels, head_options.depth))
+        unloaded = {f"model.{n}" for n in new}
+        fresh = [n for n, _ in detector.named_parameters() if n.startswith("head.") or n in unloaded]
+        blocks = tuple(_blocks(features))
+        size = getattr(options, "image_size", None) or int(classifier.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        config = {**classifier.pretrained_cfg, "input_size": (3, size, size)}
         return BuiltModel(
-            model=wrapped,
+            model=detector,
             task=task,
             num_labels=num_labels,
-            head=(f"model.{head}",),
-            new_parameters=tuple(f"model.{n}" for n in new),
+            head=("head",),
+            new_parameters=tuple(fresh),
             blocks=blocks,
-            preprocessor=preprocessor,
-            families=_families(wrapped, blocks),
+            preprocessor=DetectionPreprocessor(size, tuple(config.get("mean", (0.485, 0.456, 0.406))), tuple(config.get("std", (0.229, 0.224, 0.225)))),
+            families=_families(detector, blocks),
         )
 
     @staticmethod
@@ -179,7 +246,7 @@ class MobileNet:
         import torch
         from PIL import Image
 
-        transform = built.preprocessor.transform
+        transform = built.preprocessor.transform if isinstance(built.preprocessor, ImagePreprocessor) else None
 
         def to_rgb(image: Any) -> Image.Image:
             if isinstance(image, (str, Path)):
@@ -195,6 +262,11 @@ class MobileNet:
                 array = array[:, :, 0]
             return Image.fromarray(array.astype(np.uint8)).convert("RGB")
 
+        if isinstance(built.preprocessor, DetectionPreprocessor):
+            return _box_collator(built.preprocessor, to_rgb)
+
+        assert transform is not None
+
         def collate(examples: Sequence[Example]) -> Batch:
             batch = {"pixel_values": torch.stack([transform(to_rgb(e["image"])) for e in examples])}
             if examples and "label" in examples[0]:
@@ -209,10 +281,14 @@ class MobileNet:
         return {"pixel_values": torch.randn(batch_size, *built.preprocessor.input_size, generator=torch.Generator().manual_seed(0))}
 
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
+        if built.task == DETECTION:  # one square size: the head's locations are fixed
+            return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
         return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
 
     def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any]:
         """timm's data config, enough to prepare images with PIL and numpy alone."""
+        if isinstance(built.preprocessor, DetectionPreprocessor):
+            return built.preprocessor.spec()
         config = built.preprocessor.data_config
         return {
             "kind": "image",
@@ -227,6 +303,33 @@ class MobileNet:
     def default_targets(self, method: str) -> list[str]:
         # pointwise (expand, project) and depthwise convolutions of every inverted-residual block
         return {"lora": ["conv_pw", "conv_dw", "conv_pwl"]}.get(method, [])
+
+
+def _box_collator(preprocessor: DetectionPreprocessor, to_rgb: Callable[[Any], Any]) -> Callable[[Sequence[Example]], Batch]:
+    """Images stretched to the input size; ``labels`` rows ``class, x1, y1, x2, y2`` in
+    fractions of each image's width and height, padded with class -100 (adapt.detection_loss)."""
+    import numpy as np
+    import torch
+
+    from adapt.interfaces import IGNORE_INDEX
+    from adapt.onnx_predict import stretch_image
+
+    spec = preprocessor.spec()
+
+    def collate(examples: Sequence[Example]) -> Batch:
+        arrays, rows = [], []
+        for example in examples:
+            image = to_rgb(example["image"])
+            arrays.append(stretch_image(image, spec))
+            scale = np.array([image.width, image.height, image.width, image.height], dtype=np.float32)
+            rows.append([[float(c), *(np.asarray(b, dtype=np.float32) / scale)] for b, c in zip(example.get("boxes", []), example.get("labels", []))])
+        labels = torch.full((len(examples), max([1, *map(len, rows)]), 5), float(IGNORE_INDEX))
+        for i, found in enumerate(rows):
+            if found:
+                labels[i, : len(found)] = torch.tensor(found, dtype=torch.float32)
+        return {"pixel_values": torch.from_numpy(np.stack(arrays)), "labels": labels}
+
+    return collate
 
 
 #: timm's names for the convolutions of its mobile blocks (InvertedResidual, DepthwiseSeparable, EdgeResidual).

@@ -45,7 +45,8 @@ def reference(boxes, scores, threshold, iou, limit):
 def test_the_detections_are_a_per_class_nms_of_the_candidates(seed):
     boxes, scores = candidates(seed)
     module = Detections(score_threshold=0.3, iou_threshold=0.5, candidates=10_000, max_detections=50)
-    got_boxes, got_scores, got_labels = module(boxes, scores)
+    got_boxes, got_scores, got_labels, images = module(boxes[None], scores[None])
+    assert images.tolist() == [0] * len(images)
     expected = reference(boxes, scores, 0.3, 0.5, 50)
     assert got_scores.tolist() == pytest.approx([e[0] for e in expected])
     assert got_labels.tolist() == [e[1] for e in expected]
@@ -56,13 +57,28 @@ def test_the_exported_graph_returns_the_same_detections(tmp_path):
     module = Detections(score_threshold=0.3, iou_threshold=0.5, candidates=600, max_detections=40).eval()
     boxes, scores = candidates(0)
     path = tmp_path / "post.onnx"
-    torch.onnx.export(module, (boxes, scores), str(path), input_names=["candidate_boxes", "candidate_scores"], output_names=["boxes", "scores", "labels"], opset_version=17, dynamo=False)
+    torch.onnx.export(module, (boxes[None], scores[None]), str(path), input_names=["candidate_boxes", "candidate_scores"], output_names=["boxes", "scores", "labels", "images"], opset_version=17, dynamo=False, dynamic_axes={"candidate_boxes": {0: "batch"}, "candidate_scores": {0: "batch"}})
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert "NonMaxSuppression" in set(operators(__import__("onnx").load(str(path)).graph))
-    for seed, peak in ((0, 1.0), (5, 1.0), (7, 0.2)):  # peak 0.2: nothing above the threshold, an empty answer
-        boxes, scores = candidates(seed, peak=peak)
+    for seeds, peak in (((0,), 1.0), ((5, 6), 1.0), ((7,), 0.2)):  # peak 0.2: nothing above the threshold, an empty answer
+        pairs = [candidates(seed, peak=peak) for seed in seeds]
+        boxes, scores = torch.stack([b for b, _ in pairs]), torch.stack([s for _, s in pairs])
         want = [t.numpy() for t in module(boxes, scores)]
         got = session.run(None, {"candidate_boxes": boxes.numpy(), "candidate_scores": scores.numpy()})
         assert len(got[0]) == len(want[0]) and (peak < 0.3) == (len(got[0]) == 0)
         for a, b in zip(want, got):
             np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
+
+
+def test_a_batch_gives_each_image_its_own_detections():
+    """Two images in one call: each gets exactly what it gets alone (NMS never crosses
+    images), at most ``max_detections`` each, and the image index says whose it is."""
+    module = Detections(score_threshold=0.3, iou_threshold=0.5, candidates=10_000, max_detections=20)
+    pairs = [candidates(seed) for seed in (3, 4)]
+    boxes, scores, labels, images = module(torch.stack([b for b, _ in pairs]), torch.stack([s for _, s in pairs]))
+    for index, (b, s) in enumerate(pairs):
+        alone = module(b[None], s[None])
+        mine = images == index
+        assert int(mine.sum()) == len(alone[0]) == 20
+        assert torch.equal(boxes[mine], alone[0]) and torch.equal(labels[mine], alone[2])
+        assert scores[mine].tolist() == alone[1].tolist()

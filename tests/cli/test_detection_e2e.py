@@ -1,0 +1,95 @@
+"""`adapt run` for object-detection end to end on a tiny random detector and the real-pixel
+detection set (adapt.detection_set): COCO and YOLO data, mAP in the report for every form,
+box agreement of the exported graph's own NMS, the report's picture, and predictions as
+JSON (and drawn) from PyTorch, from the exported file and from the standalone predict.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+
+from adapt.cli import make_cli
+from adapt.detection_set import make_detection_set
+from adapt.host import make_host
+
+
+def invoke(args):
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def config(tmp_path, source, path):
+    return {
+        "name": f"det-{source}",
+        "task": "object-detection",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050", "options": {"image_size": 64, "head": {"channels": 16, "depth": 1}}},
+        "method": {"name": "lora", "options": {"r": 2, "alpha": 4}},
+        "data": {"source": source, "path": str(path), "split": {"val": 0.25, "test": 0.25, "seed": 0}},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 3e-3, "augment": ["crop"]},
+        "export": {"quantize": "int8", "latency_runs": 3, "mobile": False},
+        "output_dir": str(tmp_path / "runs"),
+    }
+
+
+@pytest.fixture(scope="module")
+def detection_set(tmp_path_factory):
+    return make_detection_set(tmp_path_factory.mktemp("set") / "digits", images=40, size=64, seed=3)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory, detection_set):
+    tmp_path = tmp_path_factory.mktemp("det")
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config(tmp_path, "coco", detection_set)))
+    invoke(["run", str(path)])
+    return tmp_path / "runs" / "det-coco"
+
+
+def test_the_report_has_map_for_every_form_and_box_agreement_for_every_export(run):
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["metrics"]) >= {"adapted", "merged", "onnx", "onnx_int8"}
+    for form, metrics in report["metrics"].items():
+        assert {"map", "map50", "map75"} <= set(metrics), form
+        assert metrics["objects"] > 0
+    for form in ("onnx", "onnx_optimized"):
+        assert report["parity"][form]["verified"] and report["parity"][form]["box_agreement"] == 1.0
+    assert "box_agreement" in report["parity"]["onnx_int8"]
+    assert report["data"]["labels"] == sorted(report["data"]["labels"])
+    picture = run / report["pictures"]["detections"]
+    with Image.open(picture) as image:
+        assert image.format == "PNG" and image.width > 2 * 64
+    assert "detections.png" in (run / "report.md").read_text()
+
+
+def test_pytorch_the_exported_file_and_predict_py_give_the_same_boxes(run, detection_set, tmp_path):
+    image = str(detection_set / "images" / "00000.jpg")
+    eager = json.loads(invoke(["predict", str(run), image, "--min-score", "0", "--draw", str(tmp_path / "eager.png")]).output)
+    onnx_row = json.loads(invoke(["predict", str(run), image, "--onnx", "--model", str(run / "export" / "model.onnx"), "--min-score", "0"]).output)
+    standalone = subprocess.run([sys.executable, str(run / "export" / "predict.py"), str(run / "export" / "model.onnx"), image, "--min-score", "0", "--draw", str(tmp_path / "device.png")], capture_output=True, text=True, check=True)
+    device = json.loads(standalone.stdout)
+    assert len(eager["detections"]) == len(onnx_row["detections"]) == len(device["detections"]) > 0
+    for a, b in zip(eager["detections"][:10], device["detections"][:10]):
+        assert a["label"] == b["label"] and abs(a["score"] - b["score"]) < 1e-3
+        assert max(abs(x - y) for x, y in zip(a["box"], b["box"])) < 0.5  # pixels of the 64 x 64 image
+    assert onnx_row["detections"] == device["detections"]
+    for name in ("eager.png", "device.png"):
+        with Image.open(tmp_path / name) as drawn:
+            assert drawn.size == (64, 64)
+
+
+def test_yolo_data_trains_the_same_way(tmp_path, detection_set):
+    path = tmp_path / "config.yaml"
+    settings = config(tmp_path, "yolo", detection_set)
+    settings["export"] = {"formats": []}
+    path.write_text(yaml.safe_dump(settings))
+    invoke(["run", str(path)])
+    report = json.loads((tmp_path / "runs" / "det-yolo" / "report.json").read_text())
+    assert report["data"]["source"] == "yolo" and report["data"]["labels"] == [str(d) for d in range(10)]
+    assert report["metrics"]["merged"]["objects"] > 0 and report["parity"]["merged"]["verified"]
