@@ -5,7 +5,8 @@ Why FCOS and not SSDLite: it has no anchor boxes to tune per data set, its head 
 few depthwise-separable convolutions (cheap on 2 cores, int8-friendly), and every
 operation exports to plain ONNX. The backbone runs as a multi-scale feature extractor
 (timm's ``features_only``, strides 8, 16 and 32); a light FPN (1x1 laterals, top-down
-nearest upsampling) feeds one shared head per level.
+nearest upsampling) feeds one head whose convolutions every level shares (each level
+has its own BatchNorms).
 
 The model's output (``logits``, what training, the merge check and parity compare) is
 one tensor ``(batch, locations, 8 + classes)``, one row per feature-map location:
@@ -33,23 +34,31 @@ FIRST_CLASS = 8
 SCORE_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS = 0.05, 0.5, 100
 
 
-def _separable(channels: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False),
-        nn.Conv2d(channels, channels, 1, bias=False),
-        nn.BatchNorm2d(channels),
-        nn.ReLU6(inplace=True),
-    )
+class _TowerBlock(nn.Module):
+    """A depthwise-separable convolution shared by every level, with one BatchNorm per
+    level (as EfficientDet's head): levels differ in their statistics, and one shared
+    norm's running averages would fit none of them at evaluation."""
+
+    def __init__(self, channels: int, levels: int) -> None:
+        super().__init__()
+        self.depthwise = nn.Conv2d(channels, channels, 3, padding=1, groups=channels, bias=False)
+        self.pointwise = nn.Conv2d(channels, channels, 1, bias=False)
+        self.norms = nn.ModuleList(nn.BatchNorm2d(channels) for _ in range(levels))
+        self.act = nn.ReLU6(inplace=True)
+
+    def forward(self, x: torch.Tensor, level: int) -> torch.Tensor:
+        return self.act(self.norms[level](self.pointwise(self.depthwise(x))))
 
 
 class DetectionHead(nn.Module):
-    """FPN-lite laterals and one shared tower; per level: box distances, centerness, classes."""
+    """FPN-lite laterals and one tower shared by the levels (its BatchNorms per level); per
+    level: box distances, centerness, classes."""
 
     def __init__(self, in_channels: list[int], strides: list[int], num_classes: int, channels: int = 64, depth: int = 2) -> None:
         super().__init__()
         self.strides = list(strides)
         self.laterals = nn.ModuleList(nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU6(inplace=True)) for c in in_channels)
-        self.tower = nn.Sequential(*[_separable(channels) for _ in range(depth)])
+        self.tower = nn.ModuleList(_TowerBlock(channels, len(strides)) for _ in range(depth))
         self.classes = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.boxes = nn.Conv2d(channels, 4, 3, padding=1)
         self.centerness = nn.Conv2d(channels, 1, 3, padding=1)
@@ -67,7 +76,8 @@ class DetectionHead(nn.Module):
         return torch.cat(rows, dim=1)
 
     def _level(self, x: torch.Tensor, i: int, side: int) -> torch.Tensor:
-        x = self.tower(x)
+        for block in self.tower:
+            x = block(x, i)
         batch, _, height, width = x.shape
         stride = self.strides[i] / side
         distances = torch.exp((self.boxes(x) * self.scales[i]).clamp(max=8.0)) * stride

@@ -644,7 +644,8 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
         with torch.no_grad():
             outputs = {name: tensor.numpy() for name, tensor in zip(("logits", *names), module.eval()(pixels))}
         spec = {"input_size": list(pixels.shape[1:]), "labels": session.label_names}
-        found = detection_rows(outputs, spec, image.size, float(settings.get("min_score") or DETECTION["min_score"] or 0.0))
+        wanted = settings.get("min_score")
+        found = detection_rows(outputs, spec, image.size, float(DETECTION["min_score"] if wanted is None else wanted))
         row: dict[str, Any] = {"input": source, "detections": found}
         if settings.get("draw"):
             row["drawn"] = str(draw_path(Path(settings["draw"]), source, len(inputs)))

@@ -35,14 +35,19 @@ def make_test_host(*plugins: object, builtins: bool = True) -> Host:
 
 
 def _logits_shape_ok(output: torch.Tensor | tuple[torch.Tensor, ...], batch: Batch, task: str, labels: int) -> bool:
-    """(batch, labels), (batch, tokens, labels) for token classification, or (batch,
-    tokens, vocabulary) for text generation; a cached decoder's logits come first."""
+    """(batch, labels), (batch, tokens, labels) for token classification, (batch,
+    tokens, vocabulary) for text generation, or (batch, locations, 8 + labels) for object
+    detection; a cached decoder's logits come first."""
     logits = output[0] if isinstance(output, tuple) else output
     first = next(iter(batch.values()))
     if task == "token-classification":
         return tuple(logits.shape) == (first.shape[0], first.shape[1], labels)
     if task == "text-generation":
         return logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(first.shape[:2])
+    if task == "object-detection":  # one row per location: geometry (adapt.detector) and the class logits
+        from adapt.detector import FIRST_CLASS
+
+        return logits.dim() == 3 and logits.shape[0] == first.shape[0] and logits.shape[2] == FIRST_CLASS + labels
     return tuple(logits.shape) == (first.shape[0], labels)
 
 
@@ -78,7 +83,10 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     with torch.no_grad():
         logits = built.model(**batch)
     assert _logits_shape_ok(logits, batch, task, num_labels), f"collated batch gives logits of shape {tuple(logits.shape)}"
-    assert tuple(labels.shape) == tuple(logits.shape[:-1]), "labels do not line up with the logits"
+    if task == "object-detection":  # rows of class, x1, y1, x2, y2 per box (adapt.detection_loss)
+        assert labels.dim() == 3 and labels.shape[0] == logits.shape[0] and labels.shape[2] == 5, "detection labels must be (batch, boxes, 5)"
+    else:
+        assert tuple(labels.shape) == tuple(logits.shape[:-1]), "labels do not line up with the logits"
     io = backbone.onnx_io(built)
     signature = inspect.signature(built.model.forward).parameters
     named = [n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]

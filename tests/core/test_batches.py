@@ -30,3 +30,30 @@ def test_example_length_reads_every_kind_of_text_example():
     assert example_length({"prompt": "ab", "completion": "cde"}) == 5
     assert example_length({"messages": [{"role": "user", "content": "ab"}, {"role": "assistant", "content": "c"}]}) == 3
     assert example_length({"tokens": ["a", "b"], "tags": [0, 0]}) == 2
+
+
+def test_training_examples_are_augmented_reproducibly_per_epoch_and_example():
+    """The task's augment sees each training example with a generator seeded by (seed,
+    epoch, index): a resumed run or another worker gets the same draw, a new epoch another."""
+    from adapt.engine import TrainingExamples
+
+    def augment(example, rng):
+        return {**example, "draw": float(rng.random())}
+
+    examples = [{"x": i} for i in range(4)]
+    first, again, later = (TrainingExamples(examples, augment, 7, epoch) for epoch in (0, 0, 1))
+    assert [first[i] for i in range(4)] == [again[i] for i in range(4)]
+    assert [first[i]["draw"] for i in range(4)] != [later[i]["draw"] for i in range(4)]
+    assert len({first[i]["draw"] for i in range(4)}) == 4 and first[2]["x"] == 2
+    assert TrainingExamples(examples, None, 7, 0)[3] is examples[3]  # no augment: the example itself
+
+
+def test_train_augment_takes_true_false_or_a_list_of_known_kinds():
+    import pytest
+    from pydantic import ValidationError
+
+    from adapt.config import TrainConfig
+
+    assert TrainConfig(augment=["crop"]).augment == ["crop"] and TrainConfig().augment is True
+    with pytest.raises(ValidationError):
+        TrainConfig(augment=["rotate"])

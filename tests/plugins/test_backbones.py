@@ -25,6 +25,7 @@ def recipes(tmp_path_factory):
         "bert": (str(bert_checkpoint(root / "bert")), None, {"max_length": 32}),
         "roberta": (str(roberta_checkpoint(root / "roberta")), None, {"max_length": 32}),
         "mobilenet": (None, "mobilenetv3_small_050", {"image_size": 32}),
+        "mobilenet/object-detection": (None, "mobilenetv3_small_050", {"image_size": 64, "head": {"channels": 16, "depth": 1}}),
         "transformers": (str(encoder_checkpoint(root / "distilbert", "distilbert")), None, {"max_length": 32}),
         "transformers/text-generation": (str(decoder_checkpoint(root / "gpt2", "gpt2", causal_lm=True)), None, {"max_length": 32}),
     }
@@ -35,6 +36,7 @@ EXAMPLES = {
     "token-classification": [{"tokens": ["obama", "visited", "paris"], "tags": [1, 0, 2]}, {"tokens": ["shares", "rose"], "tags": [0, 0]}],
     "image-classification": [{"image": np.full((8, 8), 200, np.uint8), "label": 2}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}],
     "text-generation": [{"prompt": "obama visited", "completion": " paris"}, {"text": "the market fell"}],
+    "object-detection": [{"image": np.full((40, 50, 3), 90, np.uint8), "boxes": [[2.0, 3.0, 20.0, 30.0], [25.0, 5.0, 48.0, 18.0]], "labels": [2, 0]}, {"image": np.zeros((20, 20), np.uint8), "boxes": [], "labels": []}],
 }
 
 CASES = [(name, task) for name in HOST.backbones.names() for task in HOST.backbones.get(name).tasks]
