@@ -636,7 +636,8 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
 
     from adapt.onnx_predict import DETECTION, detection_rows, draw_detections, draw_path, open_image
 
-    module, names = session.plan.task.graph_outputs(session.built.model.eval())
+    task: Any = session.plan.task  # graph_outputs is an optional Task member
+    module, names = task.graph_outputs(session.built.model.eval())
     rows = []
     for source in inputs:
         image = open_image(source)
