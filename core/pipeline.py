@@ -45,13 +45,23 @@ def count_parameters(model: Any) -> dict[str, int]:
     return {"trainable": trainable, "total": total}
 
 
+#: How many modules the start-up message names one by one.
+SUMMARY_MODULES = 6
+
+
 def summarise(names: Sequence[str]) -> str:
-    """Parameter names grouped by their module: ``model.classifier (weight, bias)``."""
+    """Parameter names grouped by their module: ``model.classifier (weight, bias)``; past
+    :data:`SUMMARY_MODULES` modules, by their top-level module: ``head (32 tensors in 20 modules)``."""
     modules: dict[str, list[str]] = {}
     for name in names:
         module, _, leaf = name.rpartition(".")
         modules.setdefault(module, []).append(leaf)
-    return ", ".join(f"{m} ({', '.join(leaves)})" for m, leaves in modules.items())
+    if len(modules) <= SUMMARY_MODULES:
+        return ", ".join(f"{m} ({', '.join(leaves)})" for m, leaves in modules.items())
+    tops: dict[str, list[str]] = {}
+    for module in modules:
+        tops.setdefault(module.split(".")[0], []).append(module)
+    return ", ".join(f"{top} ({sum(len(modules[m]) for m in inner)} tensors in {len(inner)} module{'s' if len(inner) > 1 else ''})" for top, inner in tops.items())
 
 
 def load_data(plan: Plan) -> Splits:

@@ -84,6 +84,12 @@ def _verified(value: Any) -> str:
     return {True: "yes", False: "**NO**"}.get(value, "")
 
 
+def _agreements(parity: dict[str, Any]) -> str:
+    """A form's agreements on final outputs, after its label agreement (boxes after NMS, generated tokens)."""
+    found = {"box agreement": parity.get("box_agreement"), "generation agreement": parity.get("generation_agreement")}
+    return "".join(f"; {name} {value:.2%}" for name, value in found.items() if value is not None)
+
+
 def render_markdown(report: dict[str, Any]) -> str:
     lines = [f"# Run report: {report.get('name', '')}", ""]
     params = report.get("params", {})
@@ -109,7 +115,7 @@ def render_markdown(report: dict[str, Any]) -> str:
     parity = report.get("parity", {})
     if parity:
         lines += ["", "## Parity (merged: against the adapted model; exported forms: against the merged model)", "", "| form | max abs diff of logits | allowed | label agreement | verified |", "|---|---|---|---|---|"]
-        lines += [f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | {p.get('label_agreement', 0):.2%} | {_verified(p.get('verified'))} |" for form, p in parity.items()]
+        lines += [f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | {p.get('label_agreement', 0):.2%}{_agreements(p)} | {_verified(p.get('verified'))} |" for form, p in parity.items()]
     if report.get("latency_ms"):
         lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
     export = report.get("export", {})

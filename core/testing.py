@@ -115,11 +115,11 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     return built
 
 
-def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None, bad_options: Any = None) -> MergeResult:
+def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None, bad_options: Any = None, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> MergeResult:
     """Apply, train a few steps, merge, and check the merge reproduces the adapted model
     (and, when folded, the base architecture and parameter count); round-trip the adapter.
     With ``bad_options`` (say, targets that match nothing), check applying them gives a
-    clear error."""
+    clear error. ``loss``: the task's (``task.loss``); cross-entropy when not given."""
     schema = getattr(method, "options_schema", None)
     if options is None and schema is not None:
         options = schema()  # the method's defaults, as a config without options gives it
@@ -140,10 +140,13 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     optimiser = torch.optim.AdamW(params, lr=1e-2)
     built.model.train()
     freeze_frozen_norms(built.model)  # as the engine trains: frozen BatchNorms keep their statistics
+    def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
+
     for _ in range(steps):
-        loss = torch.nn.functional.cross_entropy(built.model(**inputs).flatten(0, -2), batch["labels"].flatten(), ignore_index=IGNORE_INDEX)
+        value = (loss or cross_entropy)(built.model(**inputs), batch["labels"])
         optimiser.zero_grad()
-        loss.backward()
+        value.backward()
         optimiser.step()
     built.model.eval()
     merged = method.merge(built)

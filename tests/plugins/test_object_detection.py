@@ -127,3 +127,24 @@ def test_agreement_counts_confident_reference_boxes_found_again(task):
     moved = [{"boxes": [[0, 0, 10, 10], [23, 20, 33, 30]], "scores": [0.9, 0.8], "labels": [1, 2]}]
     assert task.agreement(reference, moved) == 0.5
     assert task.agreement(reference, [{"boxes": [], "scores": [], "labels": []}]) == 0.0
+
+
+@pytest.mark.parametrize("method_name", ["freeze", "lora", "adapters"])
+def test_every_method_adapts_the_detector_and_merges_exactly(method_name, task):
+    """A few steps of the detection loss, then the merge reproduces the raw head outputs
+    (LoRA and freeze folded, adapters inline), and the adapter state round-trips."""
+    from adapt.testing import check_method
+
+    host = make_host()
+    backbone = host.backbones.get("mobilenet")
+    options = backbone.options_schema(image_size=64, head={"channels": 16, "depth": 1})
+
+    def build():
+        torch.manual_seed(0)
+        return backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options)
+
+    image = np.zeros((64, 64, 3), dtype=np.uint8)
+    image[10:40, 20:44] = 200
+    batch = backbone.collator(build(), options)([{"image": image, "boxes": [[20.0, 10.0, 44.0, 40.0]], "labels": [1]}] * 2)
+    merged = check_method(host.methods.get(method_name), build=build, batch=batch, loss=task.loss, atol=1e-4)
+    assert merged.folded == (method_name != "adapters")
