@@ -137,7 +137,8 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
             encoded[name] = [task.encode(e, index) for e in examples]
         except DataError as exc:
             raise DataError(f"{name} split: {exc.message}", hint=exc.hint) from None
-    if len(label_names) < 2 and getattr(task, "labelled", True):
+    least = getattr(task, "min_labels", 2 if getattr(task, "labelled", True) else 0)
+    if len(label_names) < least:
         found = f"only the label {label_names[0]!r}" if label_names else "no labels"
-        raise DataError(f"the training data of data source {source.name!r} holds {found}: a classifier needs at least two", hint="check data.label_column (or the label folders), or add examples of the other classes")
+        raise DataError(f"the training data of data source {source.name!r} holds {found}: task {task.name!r} needs at least {least}", hint="check data.label_column (or the label folders, the annotations' categories), or add examples of the other classes")
     return Splits(encoded["train"], encoded["val"], encoded["test"], label_names, list(request.skipped))

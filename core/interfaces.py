@@ -136,6 +136,7 @@ class Task(Protocol):
     #: ``labelled = False``: examples carry no label (text-generation); ``label_names``
     #: returns [] and the model is built with ``num_labels`` 0.
     #: ``lower_is_better = True``: the primary metric improves downwards (perplexity).
+    #: ``min_labels``: the fewest label names the training data must hold (default 2).
     #: ``augment(example, rng, kinds=...)``: a changed copy of a training example.
     #: ``graph_outputs(model) -> (module, names)``: export ``module`` (logits first, then
     #: the task's final outputs ``names``: object-detection's boxes after NMS).

@@ -40,6 +40,8 @@ class ObjectDetection:
     name = "object-detection"
     primary_metric = "map50"
     agreement_name = "box_agreement"
+    #: One class is a detector (its background is implicit); none is not.
+    min_labels = 1
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         names: set[str] = set()

@@ -93,3 +93,31 @@ def test_yolo_data_trains_the_same_way(tmp_path, detection_set):
     report = json.loads((tmp_path / "runs" / "det-yolo" / "report.json").read_text())
     assert report["data"]["source"] == "yolo" and report["data"]["labels"] == [str(d) for d in range(10)]
     assert report["metrics"]["merged"]["objects"] > 0 and report["parity"]["merged"]["verified"]
+
+
+def test_one_class_is_a_detector_and_no_box_at_all_is_a_clear_error(tmp_path, detection_set):
+    """A one-class set trains (the background is implicit); a set whose annotations hold
+    no box is refused with one message before any training."""
+    import shutil
+
+    one = tmp_path / "one-class"
+    shutil.copytree(detection_set, one)
+    coco = json.loads((one / "annotations.json").read_text())
+    coco["categories"] = [{"id": 1, "name": "digit"}]
+    for note in coco["annotations"]:
+        note["category_id"] = 1
+    (one / "annotations.json").write_text(json.dumps(coco))
+    settings = config(tmp_path, "coco", one)
+    settings["export"] = {"formats": []}
+    path = tmp_path / "one.yaml"
+    path.write_text(yaml.safe_dump(settings))
+    invoke(["run", str(path)])
+    assert json.loads((tmp_path / "runs" / "det-coco" / "report.json").read_text())["data"]["labels"] == ["digit"]
+
+    coco["annotations"] = []
+    (one / "annotations.json").write_text(json.dumps(coco))
+    settings["name"] = "empty"
+    path.write_text(yaml.safe_dump(settings))
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(path)])
+    assert result.exit_code == 2 and "holds no labels: task 'object-detection' needs at least 1" in result.output
+    assert not (tmp_path / "runs" / "empty").exists() or not (tmp_path / "runs" / "empty" / "adapter").exists()

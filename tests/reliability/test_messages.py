@@ -89,7 +89,7 @@ def test_long_values_are_cut_in_messages(tmp_path):
 
 def test_training_data_with_a_single_class_is_refused(tmp_path, bert):
     path = text_config(tmp_path, bert, "text,label\n" + "".join(f"story {i},sport\n" for i in range(30)))
-    one_message(run_cli("run", str(path)), "holds only the label 'sport': a classifier needs at least two")
+    one_message(run_cli("run", str(path)), "holds only the label 'sport': task 'text-classification' needs at least 2")
     assert not (tmp_path / "runs").exists()
 
 
