@@ -146,6 +146,7 @@ class RunConfig(_Section):
     backbone: BackboneConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig
+    head: dict[str, Any] = Field(default_factory=dict, description="the task's head options, for tasks that have them (image-embedding, text-embedding: dim, loss, margin, scale, temperature)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

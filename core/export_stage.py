@@ -222,8 +222,33 @@ class _ExportJob:
             if form.runnable:
                 self.verify(exporter, form)
         self.new["deployable"] = self.final_name(deployable)
+        self.write_gallery(exporter, deployable)
         primary = plan.task.primary_metric
         self.session.say(f"export: {exporter.name}: " + ", ".join(f"{f.name} {_short(self.new['metrics'].get(f.name, {}), primary)}" for f in forms if f.runnable) + f"; deployable {self.new['deployable']}")
+
+    def write_gallery(self, exporter: Any, deployable: Path) -> None:
+        """A task with ``gallery`` (image-embedding): the deployable file's outputs on the
+        training split, made into the files a device compares queries with (``gallery.npy``,
+        ``gallery.json``), written beside the model."""
+        make = getattr(self.plan.task, "gallery", None)
+        load_outputs = getattr(exporter, "load_outputs", None)
+        if not callable(make) or not callable(load_outputs) or deployable.suffix != ".onnx":
+            return
+        from adapt.rundir import atomic_write_bytes, atomic_write_json
+
+        run_all, predictions, references = load_outputs(deployable, self.threads), [], []
+        train = self.session.splits.train
+        for start in range(0, len(train), self.session.config.train.eval_batch):
+            batch = self.session.collate(train[start : start + self.session.config.train.eval_batch])
+            feed = self._feed(batch)
+            predictions += self.plan.task.final_predictions(run_all(feed), feed)
+            references += batch["labels"].tolist()
+        for name, content in make(predictions, references, self.session.label_names).items():
+            if isinstance(content, bytes):
+                atomic_write_bytes(self.staging / name, content)
+            else:
+                atomic_write_json(self.staging / name, content)
+        self.new["export"].setdefault(exporter.name, {})["gallery_from"] = self.final_name(deployable)
 
     def derive_context(self, exporter: Any) -> DeriveContext:
         session, cfg, names = self.session, self.cfg, self.io.input_names
@@ -299,11 +324,12 @@ class _ExportJob:
             feed = self._feed(batch)
             predictions += task.final_predictions(run_all(feed), feed)
         share = float(task.agreement(self.merged.predictions, predictions))
+        least = getattr(task, "min_agreement", MIN_FINAL_AGREEMENT)
         self.new["parity"][form.name][name] = round(share, 6)
-        if form.exact and not share >= MIN_FINAL_AGREEMENT:
+        if form.exact and not share >= least:
             self.new["parity"][form.name]["verified"] = False
             raise ExportError(
-                f"the final outputs of {form.path.name} (exporter {exporter.name!r}) differ from the merged model's: {name} {share:.4f} < {MIN_FINAL_AGREEMENT}",
+                f"the final outputs of {form.path.name} (exporter {exporter.name!r}) differ from the merged model's: {name} {share:.6f} < {least}",
                 hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; the post-processing inside the graph does not match the task's decoding",
             )
 

@@ -246,6 +246,9 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     results = []
     if spec["kind"] == "detection":
         return [_detect(session, spec, source, settings) for source in inputs]
+    if spec.get("task") == "image-embedding":
+        gallery = read_gallery(spec_path.parent)
+        return [{"input": source, **nearest(_embed(session, prepare_image(source, spec)), gallery)} for source in inputs]
     if spec["kind"] == "image":
         for source in inputs:
             probs = _softmax(session.run(None, {wanted[0]: prepare_image(source, spec)})[0])[0]
@@ -294,6 +297,38 @@ def draw_path(out: Path, source: str, count: int) -> Path:
     """Where ``--draw OUT`` puts one input's picture: OUT itself for a single input, else
     OUT's stem with the input's stem added (``out_cat.png``), so no picture overwrites another."""
     return out if count <= 1 else out.with_name(f"{out.stem}_{Path(source).stem}{out.suffix or '.png'}")
+
+
+#: image-embedding: how many of the nearest gallery identities a prediction lists.
+NEAREST = 5
+
+
+def read_gallery(folder: Path) -> tuple[Any, list[str]]:
+    """The export's gallery: embeddings (identities x dim) and the identities' names."""
+    import numpy as np
+
+    try:
+        vectors = np.load(folder / "gallery.npy")
+        ids = json.loads((folder / "gallery.json").read_text(encoding="utf-8"))["ids"]
+    except (OSError, ValueError, KeyError) as exc:
+        raise PredictError(f"no readable gallery beside the model in {folder} ({type(exc).__name__}: {exc}): export the run again (adapt export RUN_DIR)") from None
+    return vectors, ids
+
+
+def _embed(session: Any, pixels: Any) -> Any:
+    """The graph's normalised ``embedding`` output for one prepared input."""
+    names = [o.name for o in session.get_outputs()]
+    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: pixels})))["embedding"][0]
+
+
+def nearest(embedding: Any, gallery: tuple[Any, list[str]]) -> dict[str, Any]:
+    """The best-matching identity, its cosine, and the :data:`NEAREST` nearest with theirs."""
+    import numpy as np
+
+    vectors, ids = gallery
+    scores = vectors @ np.asarray(embedding, dtype=np.float32)
+    order = np.argsort(-scores)[:NEAREST]
+    return {"identity": ids[int(order[0])], "score": round(float(scores[order[0]]), 6), "nearest": [{"identity": ids[int(i)], "score": round(float(scores[i]), 6)} for i in order]}
 
 
 def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:

@@ -57,7 +57,7 @@ def summarise(names: Sequence[str]) -> str:
         module, _, leaf = name.rpartition(".")
         modules.setdefault(module, []).append(leaf)
     if len(modules) <= SUMMARY_MODULES:
-        return ", ".join(f"{m} ({', '.join(leaves)})" for m, leaves in modules.items())
+        return ", ".join(f"{m} ({', '.join(leaves)})" if m else ", ".join(leaves) for m, leaves in modules.items())
     tops: dict[str, list[str]] = {}
     for module in modules:
         tops.setdefault(module.split(".")[0], []).append(module)
@@ -71,12 +71,15 @@ def load_data(plan: Plan) -> Splits:
 def build_model(plan: Plan, num_labels: int) -> BuiltModel:
     from adapt.paths import resolve_checkpoint
 
-    cfg = plan.config.backbone
-    built = plan.backbone.build(plan.config.task, num_labels, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
+    cfg, task = plan.config.backbone, plan.task
+    size = getattr(task, "head_size", None)
+    outputs = size(num_labels) if callable(size) else num_labels  # an embedding head has `dim` outputs
+    built = plan.backbone.build(plan.config.task, outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
     if cfg.checkpoint and built.checkpoint is None:
         found = resolve_checkpoint(cfg.checkpoint)
         built.checkpoint = str(Path(found).resolve()) if Path(found).exists() else found
-    return built
+    wrap = getattr(task, "wrap_model", None)
+    return wrap(built, num_labels) if callable(wrap) else built
 
 
 def default_targets(plan: Plan, built: BuiltModel) -> list[str]:
@@ -298,6 +301,9 @@ def gate_merge(session: Session, merged: Any, parity: Any) -> tuple[dict[str, An
     tolerance = session.config.merge.tolerance if declared is None else declared
     bound = tolerance * max(1.0, parity.scale)
     problem = verdict(parity, bound, reference="the adapted model", candidate="the merged model")
+    least = getattr(session.plan.task, "min_agreement", None)  # e.g. image-embedding: cosine 0.9999
+    if not problem and least is not None and not parity.label_agreement >= least:
+        problem = f"{getattr(session.plan.task, 'agreement_name', 'agreement')} {parity.label_agreement:.6f} < {least} required"
     entries = {
         "parity": {"merged": report_entry(parity, bound, verified=not problem)},
         "merge_check": {"tolerance": tolerance, "approximate": declared is not None, "logit_scale": parity.scale, "verified": not problem},
@@ -613,6 +619,8 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: 
         from adapt.hf_text import inner_model
 
         return [{"input": prompt, "generated": causal_lm.generate_text(inner_model(session.built.model), session.built.preprocessor, prompt, settings or {})} for prompt in inputs]
+    if callable(getattr(session.plan.task, "gallery", None)):
+        return _identify(session, run_dir, inputs)
     if callable(getattr(session.plan.task, "graph_outputs", None)):
         return _detect(session, inputs, settings or {})
     examples: list[dict[str, Any]]
@@ -662,5 +670,27 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
             row["drawn"] = str(draw_path(Path(settings["draw"]), source, len(inputs)))
             draw_detections(image, found, Path(row["drawn"]))
         rows.append(row)
+    return rows
+
+
+def _identify(session: Session, run_dir: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
+    """image-embedding with PyTorch: each image's embedding against the export's gallery."""
+    import torch
+
+    from adapt.export_stage import EXPORT_DIR
+    from adapt.onnx_predict import PredictError, nearest, open_image, read_gallery
+
+    try:
+        gallery = read_gallery(run_dir / EXPORT_DIR)
+    except PredictError as exc:
+        raise AdaptError(str(exc), hint=f"the gallery is written by the export: adapt export {run_dir}") from None
+    task: Any = session.plan.task
+    module, _ = task.graph_outputs(session.built.model.eval())
+    rows = []
+    for source in inputs:
+        pixels = session.collate([{"image": open_image(source), "label": 0}])["pixel_values"]
+        with torch.no_grad():
+            embedding = module.eval()(pixels)[1][0].numpy()
+        rows.append({"input": source, **nearest(embedding, gallery)})
     return rows
 

@@ -78,6 +78,9 @@ def _check_task(plugin: Any, kind: str, key: str, task: str) -> None:
 def make_plan(config: RunConfig, host: Host) -> Plan:
     """Resolve every plugin a config names, or raise one ConfigError saying which key is wrong."""
     task = _lookup(host.tasks, config.task, "task")
+    head = validate_options(task, "task", config.head, "head")  # a task with options: its head's
+    if head is not None:
+        task = task.configure(head)
     backbone = _lookup(host.backbones, config.backbone.name, "backbone.name")
     _check_task(backbone, "backbone", "backbone.name", config.task)
     method = _lookup(host.methods, config.method.name, "method.name")

@@ -58,6 +58,9 @@ class Check(_Strict):
     #: object-detection: the share of the merged model's test detections (score >= 0.3) that
     #: the file's own final boxes (NMS in the graph) reproduce: same class, IoU >= 0.9.
     box_agreement: float | None = None
+    #: image-embedding: the smallest cosine between the file's normalised embedding (the
+    #: graph's ``embedding`` output) and the merged model's, over the test split.
+    min_cosine: float | None = None
 
 
 class MergeCheck(_Strict):

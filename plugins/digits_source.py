@@ -15,7 +15,7 @@ from adapt.interfaces import DataRequest, Example
 
 class DigitsSource:
     name = "digits"
-    tasks = ("image-classification",)
+    tasks = ("image-classification", "image-embedding")
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

@@ -54,7 +54,7 @@ def read_image_folders(root: Path, request: DataRequest, options: ImageFolderOpt
 
 class ImageFolderSource:
     name = "image-folder"
-    tasks = ("image-classification",)
+    tasks = ("image-classification", "image-embedding")
     options_schema = ImageFolderOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

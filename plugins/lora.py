@@ -41,10 +41,11 @@ class LoRAOptions(BaseModel):
 def inner_prefix(model: torch.nn.Module) -> str:
     """``model.`` when the network sits alone inside one of adapt's wrappers (``LogitsOnly``,
     ...), else nothing (a model with more than that child, such as a detector's ``model``
-    and ``head``, keeps its own names)."""
+    and ``head``, or with parameters of its own, such as an embedding model's identity
+    centres, keeps its own names)."""
     from torch import nn
 
-    alone = isinstance(getattr(model, "model", None), nn.Module) and len(list(model.children())) == 1
+    alone = isinstance(getattr(model, "model", None), nn.Module) and len(list(model.children())) == 1 and not list(model.parameters(recurse=False))
     return WRAPPER_PREFIX if alone else ""
 
 

@@ -148,7 +148,7 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
 
 class MobileNet:
     name = "mobilenet"
-    tasks = ("image-classification", "object-detection")
+    tasks = ("image-classification", "object-detection", "image-embedding")
     #: Target families (adapt.families) of timm's mobile blocks.
     families = ("pointwise-conv", "depthwise-conv")
     options_schema = MobileNetOptions

@@ -1,0 +1,132 @@
+"""``image-embedding``: a model that maps an image to a vector, trained on identities
+(one label per identity: a person, a writer, a product) so that images of one identity
+lie close. Face recognition is the archetype.
+
+The backbone builds its model with ``head.dim`` outputs (its head is the projection);
+``wrap_model`` adds one learnt centre per training identity for the margin loss
+(adapt.embedding: ArcFace or CosFace). Predictions are the L2-normalised embeddings;
+metrics (adapt.embedding_metrics): verification ``auc`` (the primary metric),
+``tar@far1e-3`` and ``verification_accuracy`` on pairs drawn from the split, and
+identification ``top1`` / ``top5``. The export's ``embedding`` output is normalised in
+the graph, and a gallery (one mean embedding per training identity) is written beside it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import DataError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import torch
+
+    from adapt.interfaces import BuiltModel
+
+#: The export's gallery: one normalised mean embedding per training identity, and their names.
+GALLERY, GALLERY_IDS = "gallery.npy", "gallery.json"
+#: An exported form's embeddings must keep at least this cosine with the merged model's.
+MIN_COSINE = 0.9999
+
+
+class HeadOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(128, ge=2, le=4096, description="length of the embedding")
+    loss: Literal["arcface", "cosface"] = Field("arcface", description="margin loss over the training identities")
+    margin: float | None = Field(None, ge=0, le=1.5, description="the margin: radians added to the true identity's angle (arcface, default 0.5) or subtracted from its cosine (cosface, default 0.35)")
+    scale: float = Field(30.0, gt=0, le=128, description="the logits' scale s (cosines times s)")
+
+
+class ImageEmbedding:
+    name = "image-embedding"
+    primary_metric = "auc"
+    options_schema = HeadOptions
+    agreement_name = "min_cosine"
+    min_agreement = MIN_COSINE
+
+    def __init__(self, options: HeadOptions | None = None) -> None:
+        self.options = options or HeadOptions()
+
+    def configure(self, options: HeadOptions) -> ImageEmbedding:
+        return type(self)(options)
+
+    def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
+        for i, example in enumerate(examples):
+            if "image" not in example or example.get("label") in (None, ""):
+                raise DataError(f"example {i} needs `image` and `label` (its identity)", hint="read identities with data.source: image-folder, one sub-folder per identity")
+        return sorted({str(e["label"]) for e in examples})
+
+    def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
+        # an identity unseen in training is still a valid query: it only has no centre, so
+        # it is marked -1 (the loss never sees it: val and test are only embedded)
+        return {**example, "label": index.get(str(example["label"]), -1)}
+
+    def head_size(self, num_labels: int) -> int:
+        return self.options.dim
+
+    def wrap_model(self, built: BuiltModel, num_labels: int) -> BuiltModel:
+        from adapt.embedding import EmbeddingModel, wrapped
+
+        return wrapped(built, EmbeddingModel(built.model, self.options.dim, num_labels), new=("centres",))
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from adapt.embedding import margin_loss
+
+        margin = self.options.margin if self.options.margin is not None else (0.5 if self.options.loss == "arcface" else 0.35)
+        return margin_loss(logits[:, self.options.dim :], labels, self.options.loss, margin, self.options.scale)
+
+    def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[list[float]], list[int]]:
+        import torch.nn.functional as F
+
+        return F.normalize(logits[:, : self.options.dim].float(), dim=-1).tolist(), labels.tolist()
+
+    def metrics(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+        import numpy as np
+
+        from adapt.embedding_metrics import identification, verification
+
+        embeddings, ids = np.asarray(predictions, dtype=np.float32), np.asarray(references)
+        return {**verification(embeddings, ids), **identification(embeddings, ids), "examples": float(len(ids))}
+
+    def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
+        """The smallest cosine between an example's two embeddings (1.0: identical directions)."""
+        import numpy as np
+
+        a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+        if not len(a):
+            return 1.0
+        cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+        return float(cosines.min())
+
+    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> dict[str, Any]:
+        """One entry per training identity: its embeddings' mean, normalised again
+        (``gallery.npy``, float32, identities x dim), and the identities in that order
+        (``gallery.json``). A query's nearest entries are its likeliest identities."""
+        import io
+
+        import numpy as np
+
+        embeddings, ids = np.asarray(predictions, dtype=np.float32), np.asarray(references)
+        known = [i for i in range(len(label_names)) if np.any(ids == i)]
+        means = np.stack([embeddings[ids == i].mean(axis=0) for i in known])
+        means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
+        buffer = io.BytesIO()
+        np.save(buffer, means.astype(np.float32))
+        return {GALLERY: buffer.getvalue(), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
+
+    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
+        from adapt.embedding import NormalisedEmbedding
+
+        return NormalisedEmbedding(model, self.options.dim), ("embedding",)
+
+    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
+        return outputs["embedding"].tolist()
+
+
+@hookimpl
+def adapt_register_tasks(register: Any) -> None:
+    register(ImageEmbedding())

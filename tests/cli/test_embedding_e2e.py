@@ -1,0 +1,75 @@
+"""`adapt run` for image-embedding end to end: identities (here the digits' classes, real
+images) with ArcFace on a tiny random MobileNet, LoRA merged and checked by cosine, the
+export's normalised `embedding` output and its gallery, and the nearest identities from
+PyTorch, from the exported file and from the standalone predict.py."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import yaml
+from click.testing import CliRunner
+from PIL import Image
+from sklearn.datasets import load_digits
+
+from adapt.cli import make_cli
+from adapt.host import make_host
+
+
+def invoke(args):
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("emb")
+    config = {
+        "name": "faces",
+        "task": "image-embedding",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050", "options": {"image_size": 32}},
+        "method": {"name": "lora", "options": {"r": 4, "alpha": 8}},
+        "data": {"source": "digits"},
+        "head": {"dim": 32, "loss": "cosface"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
+        "export": {"latency_runs": 3, "mobile": False},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    invoke(["run", str(path)])
+    return tmp_path / "runs" / "faces"
+
+
+def test_the_report_has_verification_and_identification_and_cosine_parity(run):
+    report = json.loads((run / "report.json").read_text())
+    for form in ("adapted", "merged", "onnx", "onnx_int8"):
+        assert {"auc", "tar@far1e-3", "verification_accuracy", "top1", "top5"} <= set(report["metrics"][form]), form
+    assert report["metrics"]["merged"]["auc"] > 0.6  # one epoch of CosFace separates the digits a little
+    assert report["parity"]["merged"]["label_agreement"] >= 0.9999  # the smallest cosine, merged vs adapted
+    for form in ("onnx", "onnx_optimized"):
+        assert report["parity"][form]["min_cosine"] >= 0.9999 and report["parity"][form]["verified"]
+    gallery = np.load(run / "export" / "gallery.npy")
+    names = json.loads((run / "export" / "gallery.json").read_text())
+    assert gallery.shape == (10, 32) and names["ids"] == [str(d) for d in range(10)]
+    assert np.allclose(np.linalg.norm(gallery, axis=1), 1.0, atol=1e-5)
+
+
+def test_pytorch_the_exported_file_and_predict_py_name_the_same_identities(run, tmp_path):
+    digits = load_digits()
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"d{i}.png"))
+        Image.fromarray((digits.images[i] * 255 / 16).astype("uint8")).save(paths[-1])
+    eager = [json.loads(line) for line in invoke(["predict", str(run), *paths]).output.splitlines()]
+    model = str(run / "export" / "model.onnx")
+    onnx_rows = [json.loads(line) for line in invoke(["predict", str(run), "--onnx", "--model", model, *paths]).output.splitlines()]
+    device = [json.loads(line) for line in subprocess.run([sys.executable, str(run / "export" / "predict.py"), model, *paths], capture_output=True, text=True, check=True).stdout.splitlines()]
+    assert [r["identity"] for r in eager] == [r["identity"] for r in onnx_rows] == [r["identity"] for r in device]
+    assert all(len(r["nearest"]) == 5 and -1 <= r["score"] <= 1 for r in eager)
+    assert max(abs(a["score"] - b["score"]) for a, b in zip(eager, device)) < 1e-4
