@@ -76,6 +76,8 @@ class DataConfig(_Section):
     label_column: str = Field("label", description="column holding the label, for table-like sources")
     prompt_column: str = Field("prompt", description="text-generation: column holding the prompt (the loss is on the completion only)")
     completion_column: str = Field("completion", description="text-generation: column holding the completion of the prompt")
+    query_column: str = Field("query", description="text-embedding: column holding the query of a (query, positive) pair")
+    positive_column: str = Field("positive", description="text-embedding: column holding the positive (the document the query should find)")
     split: SplitConfig = Field(default_factory=SplitConfig, description="used where the data has no split of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 

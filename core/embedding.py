@@ -42,9 +42,9 @@ class EmbeddingModel(nn.Module):
 
 class NormalisedEmbedding(nn.Module):
     """The exported graph: the model's raw output (``logits``, for parity) and
-    ``embedding``, its first ``dim`` columns L2-normalised."""
+    ``embedding``, its first ``dim`` columns (all, for None) L2-normalised."""
 
-    def __init__(self, model: nn.Module, dim: int) -> None:
+    def __init__(self, model: nn.Module, dim: int | None) -> None:
         super().__init__()
         self.model, self.dim = model, dim
 

@@ -43,7 +43,7 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 #: What the export stage writes into the report (besides the exported forms' metrics and parity).
 EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "rejected_export", "export_notes")
 #: Entries of ``metrics`` / ``parity`` that the merge stage writes; all others are exported forms'.
-MODEL_ENTRIES = ("adapted", "merged")
+MODEL_ENTRIES = ("baseline", "adapted", "merged")
 #: The least share of the merged model's final predictions (object-detection: confident
 #: boxes) that an exact form's own final outputs must reproduce (the task's ``agreement``).
 MIN_FINAL_AGREEMENT = 0.99
@@ -243,7 +243,7 @@ class _ExportJob:
             feed = self._feed(batch)
             predictions += self.plan.task.final_predictions(run_all(feed), feed)
             references += batch["labels"].tolist()
-        for name, content in make(predictions, references, self.session.label_names).items():
+        for name, content in make(predictions, references, self.session.label_names, train).items():
             if isinstance(content, bytes):
                 atomic_write_bytes(self.staging / name, content)
             else:

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence, cast
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -42,6 +42,7 @@ def inner_model(wrapped: torch.nn.Module) -> PreTrainedModel:
 #: A checkpoint providing less than this share of the model's tensors is refused.
 MIN_LOADED_FRACTION = 0.5
 #: Families whose position ids start after the padding id.
+GENERATION, EMBEDDING = "text-generation", "text-embedding"
 ROBERTA_LIKE = {"roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer"}
 #: The older per-method defaults of the BERT-shaped backbones (``default_targets``):
 #: LoRA name suffixes; adapter positions inside each layer, Houlsby order.
@@ -54,6 +55,7 @@ class TextOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_length: int = Field(128, ge=8, le=8192, description="tokens kept per text (longer texts are truncated)")
+    pooling: Literal["mean", "cls"] = Field("mean", description="text-embedding: how the last hidden states become one vector: mean over the tokens that are not padding (sentence-transformers' checkpoints), or the first token")
 
 
 @contextlib.contextmanager
@@ -77,7 +79,7 @@ class TransformersTextBackbone:
     name = ""
     #: ``config.model_type`` values this backbone accepts; empty: any.
     model_types: tuple[str, ...] = ()
-    tasks: tuple[str, ...] = ("text-classification", "token-classification", "text-generation")
+    tasks: tuple[str, ...] = ("text-classification", "token-classification", "text-generation", "text-embedding")
     #: Target families its models have (adapt.families), for ``adapt plugins --verbose``.
     families = TRANSFORMER_FAMILIES
     options_schema = TextOptions
@@ -104,9 +106,11 @@ class TransformersTextBackbone:
         from adapt.wrappers import LogitsOnly
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
-        autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM}
+        from transformers import AutoModel
+
+        autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM, EMBEDDING: AutoModel}
         auto = autos.get(task, AutoModelForSequenceClassification)
-        labels = {} if task == "text-generation" else {"num_labels": num_labels}
+        labels = {} if task in (GENERATION, EMBEDDING) else {"num_labels": num_labels}
         with quiet_transformers():
             config = self._load(lambda: AutoConfig.from_pretrained(source, **labels), checkpoint)
             if self.model_types and config.model_type not in self.model_types:
@@ -134,6 +138,10 @@ class TransformersTextBackbone:
             from adapt.wrappers import CausalLMWithCache
 
             wrapped: torch.nn.Module = CausalLMWithCache(model)
+        elif task == EMBEDDING:  # num_labels: the projection's size (0: the pooled hidden state itself)
+            from adapt.wrappers import PooledEncoder
+
+            wrapped = PooledEncoder(model, getattr(options, "pooling", None) or "mean", num_labels)
         else:
             wrapped = LogitsOnly(model)
         blocks = self.find_blocks(wrapped)
@@ -142,9 +150,9 @@ class TransformersTextBackbone:
         built = BuiltModel(
             model=wrapped,
             task=task,
-            num_labels=0 if task == "text-generation" else num_labels,
-            head=self.find_head(wrapped),
-            new_parameters=tuple(f"model.{n}" for n in new),
+            num_labels=0 if task in (GENERATION, EMBEDDING) else num_labels,
+            head=self.find_head(wrapped) if task != EMBEDDING else tuple(n for n, m in wrapped.named_children() if n == "projection"),
+            new_parameters=tuple(f"model.{n}" for n in new) + tuple(n for n, _ in wrapped.named_parameters() if n.startswith("projection.")),
             blocks=tuple(blocks),
             preprocessor=tokenizer,
         )

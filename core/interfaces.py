@@ -116,6 +116,9 @@ class DataRequest:
     #: text-generation: the columns of prompt/completion pairs (else ``text_column``, or a ``messages`` column).
     prompt_column: str = "prompt"
     completion_column: str = "completion"
+    #: text-embedding: the columns of (query, positive) pairs.
+    query_column: str = "query"
+    positive_column: str = "positive"
     options: Any = None
     #: Items the source left out (a file that is not valid text, a corrupt image), with why.
     skipped: list[str] = field(default_factory=list)

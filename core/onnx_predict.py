@@ -259,6 +259,7 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     tokenizer = Tokenizer.from_file(str(spec_path.parent / spec["tokenizer"]))
     tokenizer.enable_truncation(spec["max_length"])
     tokenizer.no_padding()
+    index = read_gallery(spec_path.parent) if spec.get("task") == "text-embedding" else None
     for source in inputs:
         words = source.split()
         encoding = tokenizer.encode(words, is_pretokenized=True) if spec["kind"] == "tokens" else tokenizer.encode(source)
@@ -267,6 +268,10 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
             "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
             "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
         }
+        if index is not None:  # text-embedding: the query's nearest documents
+            outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {n: feed[n] for n in wanted})))
+            results.append({"input": source, **nearest(outputs["embedding"][0], index, "document")})
+            continue
         probs = _softmax(session.run(None, {n: feed[n] for n in wanted})[0])[0]
         if spec["kind"] == "tokens":
             tags, seen = [], set()
@@ -321,14 +326,15 @@ def _embed(session: Any, pixels: Any) -> Any:
     return dict(zip(names, session.run(None, {session.get_inputs()[0].name: pixels})))["embedding"][0]
 
 
-def nearest(embedding: Any, gallery: tuple[Any, list[str]]) -> dict[str, Any]:
-    """The best-matching identity, its cosine, and the :data:`NEAREST` nearest with theirs."""
+def nearest(embedding: Any, gallery: tuple[Any, list[str]], key: str = "identity") -> dict[str, Any]:
+    """The best-matching gallery entry (an identity, or a document's opening words), its
+    cosine, and the :data:`NEAREST` nearest with theirs."""
     import numpy as np
 
     vectors, ids = gallery
     scores = vectors @ np.asarray(embedding, dtype=np.float32)
     order = np.argsort(-scores)[:NEAREST]
-    return {"identity": ids[int(order[0])], "score": round(float(scores[order[0]]), 6), "nearest": [{"identity": ids[int(i)], "score": round(float(scores[i]), 6)} for i in order]}
+    return {key: ids[int(order[0])], "score": round(float(scores[order[0]]), 6), "nearest": [{key: ids[int(i)], "score": round(float(scores[i]), 6)} for i in order]}
 
 
 def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:

@@ -166,6 +166,9 @@ def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, fresh: bool = Fa
     built = build_model(plan, len(labels))
     adapt_model(plan, built)
     collate = plan.backbone.collator(built, plan.backbone_options)
+    flatten = getattr(plan.task, "flatten", None)
+    if callable(flatten):  # text-embedding: a batch of pairs is collated as its queries, then its positives
+        pairs, collate = collate, lambda examples: pairs(flatten(examples))
     return Session(plan, run, splits, labels, built, collate, dist)
 
 
@@ -212,6 +215,7 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
         on_epoch=lambda epoch, metrics: _epoch_ended(host, session.run.path, epoch, metrics),
         dist=session.dist,
     )
+    baseline = _untuned_metrics(session)
     result = trainer.fit(resume=resume)
     section = {
         "best_epoch": result.best_epoch,
@@ -228,7 +232,22 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
     if session.dist.main:
         plot_curve(session.run.path, result.history, session.plan.task.primary_metric)
         host.call("adapt_artifact_exported", run_dir=session.run.path, path=session.run.path / "adapter", kind="adapter")
-    return {"training": section}
+    return {"training": section, **({"metrics": {"baseline": baseline}} if baseline else {})}
+
+
+def _untuned_metrics(session: Session) -> dict[str, Any]:
+    """For a task that asks for it (``baseline = True``: text-embedding), the test metrics
+    of the model before training (the method's fresh adapters change nothing): the
+    report's ``metrics.baseline``, so a fine-tuning gain is measured in the same run."""
+
+    from adapt.engine import evaluate
+
+    if not getattr(session.plan.task, "baseline", False) or session.splits is None or not session.splits.test:
+        return {}
+    model = session.built.model.eval()
+    evaluation = evaluate(model, session.splits.test, session.collate, session.plan.task, session.label_names, batch_size=session.config.train.eval_batch, device=next(model.parameters()).device)
+    session.say(f"baseline: the untuned model's test {session.plan.task.primary_metric} {evaluation.metrics.get(session.plan.task.primary_metric, float('nan')):.4f}")
+    return _clean(evaluation.metrics)
 
 
 @dataclass
@@ -674,7 +693,8 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
 
 
 def _identify(session: Session, run_dir: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """image-embedding with PyTorch: each image's embedding against the export's gallery."""
+    """image- or text-embedding with PyTorch: each input's embedding against the export's
+    gallery (identities) or document index."""
     import torch
 
     from adapt.export_stage import EXPORT_DIR
@@ -686,11 +706,13 @@ def _identify(session: Session, run_dir: Path, inputs: Sequence[str]) -> list[di
         raise AdaptError(str(exc), hint=f"the gallery is written by the export: adapt export {run_dir}") from None
     task: Any = session.plan.task
     module, _ = task.graph_outputs(session.built.model.eval())
+    text = callable(getattr(task, "flatten", None))  # text-embedding: queries against the document index
+    collate = session.plan.backbone.collator(session.built, session.plan.backbone_options)
     rows = []
     for source in inputs:
-        pixels = session.collate([{"image": open_image(source), "label": 0}])["pixel_values"]
+        batch = collate([{"text": source, "label": 0} if text else {"image": open_image(source), "label": 0}])
         with torch.no_grad():
-            embedding = module.eval()(pixels)[1][0].numpy()
-        rows.append({"input": source, **nearest(embedding, gallery)})
+            embedding = module.eval()(*[batch[n] for n in session.plan.backbone.onnx_io(session.built).input_names if n in batch])[1][0].numpy()
+        rows.append({"input": source, **nearest(embedding, gallery, "document" if text else "identity")})
     return rows
 

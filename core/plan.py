@@ -43,7 +43,7 @@ class Plan:
         path = resolve_path(data.path, what="data.path") if data.path else None
         return DataRequest(
             task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column,
-            prompt_column=data.prompt_column, completion_column=data.completion_column, options=self.data_options,
+            prompt_column=data.prompt_column, completion_column=data.completion_column, query_column=data.query_column, positive_column=data.positive_column, options=self.data_options,
         )
 
 

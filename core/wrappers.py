@@ -23,6 +23,31 @@ class LogitsOnly(nn.Module):
         return self.model(input_ids=input_ids, **kwargs).logits
 
 
+class PooledEncoder(nn.Module):
+    """A transformers encoder (``AutoModel``) as a sentence embedder: its last hidden
+    states pooled (``mean`` over the tokens that are not padding, as sentence-transformers
+    checkpoints such as all-MiniLM-L6-v2 are trained; or ``cls``, the first token), then,
+    with ``dim`` > 0, a new linear projection to ``dim``."""
+
+    def __init__(self, model: nn.Module, pooling: str = "mean", dim: int = 0) -> None:
+        super().__init__()
+        self.model, self.pooling = model, pooling
+        hidden = int(getattr(getattr(model, "config", None), "hidden_size", 0))
+        self.projection = nn.Linear(hidden, dim) if dim else None
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+        kwargs = {"attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        states = self.model(input_ids=input_ids, **kwargs).last_hidden_state
+        if self.pooling == "cls":
+            pooled = states[:, 0]
+        else:
+            mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1).to(states.dtype)
+            pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+        return self.projection(pooled) if self.projection is not None else pooled
+
+
 class PixelClassifier(nn.Module):
     """An image model (timm's take ``x``) whose forward takes ``pixel_values`` by name."""
 

@@ -28,6 +28,8 @@ if TYPE_CHECKING:
 
 #: The export's gallery: one normalised mean embedding per training identity, and their names.
 GALLERY, GALLERY_IDS = "gallery.npy", "gallery.json"
+#: text-embedding: characters of each document kept in the index, to show a hit.
+SNIPPET = 200
 #: An exported form's embeddings must keep at least this cosine with the merged model's.
 MIN_COSINE = 0.9999
 
@@ -102,21 +104,17 @@ class ImageEmbedding:
         cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
         return float(cosines.min())
 
-    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> dict[str, Any]:
+    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """One entry per training identity: its embeddings' mean, normalised again
         (``gallery.npy``, float32, identities x dim), and the identities in that order
         (``gallery.json``). A query's nearest entries are its likeliest identities."""
-        import io
-
         import numpy as np
 
         embeddings, ids = np.asarray(predictions, dtype=np.float32), np.asarray(references)
         known = [i for i in range(len(label_names)) if np.any(ids == i)]
         means = np.stack([embeddings[ids == i].mean(axis=0) for i in known])
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
-        buffer = io.BytesIO()
-        np.save(buffer, means.astype(np.float32))
-        return {GALLERY: buffer.getvalue(), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
+        return {GALLERY: _npy(means), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
 
     def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
         from adapt.embedding import NormalisedEmbedding
@@ -127,6 +125,106 @@ class ImageEmbedding:
         return outputs["embedding"].tolist()
 
 
+class TextHeadOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    dim: int = Field(0, ge=0, le=4096, description="a new linear projection to this size after pooling; 0: none, the pooled hidden state is the embedding (so the untuned model is a fair baseline)")
+    loss: Literal["contrastive"] = Field("contrastive", description="in-batch negatives: each query's own positive against every other positive in the batch (InfoNCE, multiple-negatives ranking)")
+    temperature: float = Field(0.05, gt=0, le=1, description="the softmax temperature of the contrastive loss (cosines divided by it)")
+
+
+class TextEmbedding:
+    """``text-embedding``: (query, positive) pairs, such as a headline and its article,
+    trained with in-batch negatives so that a query lies nearest its own positive.
+
+    A batch of pairs is laid out (``flatten``) as its queries then its positives, each
+    a text with ``label`` 0 (query) or 1 (positive), which every text backbone collates.
+    Metrics: retrieval of each query's positive among all positives of the split
+    (``recall@1/5/10``, ``mrr``, ``ndcg@10``; ``recall@10`` is the primary one); the
+    untuned model's figures are measured on the test split before training
+    (``metrics.baseline``). The export's gallery is the index of the training split's
+    documents (``gallery.npy`` with ``gallery.json``: each document's opening words)."""
+
+    name = "text-embedding"
+    primary_metric = "recall@10"
+    options_schema = TextHeadOptions
+    labelled = False
+    agreement_name = "min_cosine"
+    min_agreement = MIN_COSINE
+    baseline = True
+
+    def __init__(self, options: TextHeadOptions | None = None) -> None:
+        self.options = options or TextHeadOptions()
+
+    def configure(self, options: TextHeadOptions) -> TextEmbedding:
+        return type(self)(options)
+
+    def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
+        for i, example in enumerate(examples):
+            if not str(example.get("query") or "").strip() or not str(example.get("positive") or "").strip():
+                raise DataError(f"example {i} needs a non-empty `query` and `positive`", hint="give (query, positive) pairs: jsonl with data.query_column / data.positive_column, or text-folder with data.options.prompt_lines (first lines: the query)")
+        return []
+
+    def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
+        return dict(example)
+
+    def head_size(self, num_labels: int) -> int:
+        return self.options.dim
+
+    def flatten(self, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        """A batch of pairs as texts: the queries (label 0), then their positives (label 1)."""
+        return [{"text": e["query"], "label": 0} for e in examples] + [{"text": e["positive"], "label": 1} for e in examples]
+
+    def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        from adapt.embedding import info_nce
+
+        return info_nce(logits[labels == 0], logits[labels == 1], self.options.temperature)
+
+    def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[list[float]], list[int]]:
+        import torch.nn.functional as F
+
+        return F.normalize(logits.float(), dim=-1).tolist(), labels.tolist()
+
+    def metrics(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+        import numpy as np
+
+        from adapt.embedding_metrics import retrieval
+
+        embeddings, roles = np.asarray(predictions, dtype=np.float32), np.asarray(references)
+        queries, documents = embeddings[roles == 0], embeddings[roles == 1]  # in pair order: batches keep it
+        return {**retrieval(queries, documents, np.arange(len(queries))), "queries": float(len(queries))}
+
+    agreement = ImageEmbedding.agreement
+
+    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+        """The search index: the training split's positives (``gallery.npy``) and, in that
+        order, their opening words (``gallery.json`` ``ids``, :data:`SNIPPET` characters)."""
+        import numpy as np
+
+        documents = np.asarray(predictions, dtype=np.float32)[np.asarray(references) == 1]
+        snippets = [" ".join(str(e["positive"]).split())[:SNIPPET] for e in examples]
+        return {GALLERY: _npy(documents), GALLERY_IDS: {"ids": snippets, "dim": int(documents.shape[1]), "kind": "documents"}}
+
+    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
+        from adapt.embedding import NormalisedEmbedding
+
+        return NormalisedEmbedding(model, None), ("embedding",)
+
+    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
+        return outputs["embedding"].tolist()
+
+
+def _npy(array: Any) -> bytes:
+    import io
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.save(buffer, np.asarray(array, dtype=np.float32))
+    return buffer.getvalue()
+
+
 @hookimpl
 def adapt_register_tasks(register: Any) -> None:
     register(ImageEmbedding())
+    register(TextEmbedding())

@@ -1,6 +1,7 @@
 """``jsonl``: labelled text, one JSON object per line, from a file or from a folder
 holding ``train.jsonl`` (and optionally val and test files, used as the splits).
-For text-generation: plain text, prompt/completion pairs, or chat ``messages``."""
+For text-generation: plain text, prompt/completion pairs, or chat ``messages``; for
+text-embedding: (query, positive) pairs (``data.query_column``, ``data.positive_column``)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from adapt.causal_lm import TASK
 from adapt.interfaces import DataRequest, Example
 
 GENERATION = TASK  # text-generation: rows are texts, prompt/completion pairs or chats
+EMBEDDING = "text-embedding"  # rows are (query, positive) pairs
 
 
 def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
@@ -33,6 +35,9 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})", hint="one JSON object per line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
+        if request.task == EMBEDDING:
+            examples += _pair(row, request, f"{path}, line {number}")
+            continue
         if request.task == GENERATION:
             example = generation_example(row, request, f"{path}, line {number}")
             if example is not None:
@@ -54,9 +59,22 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
     return examples
 
 
+def _pair(row: dict[str, Any], request: DataRequest, where: str) -> list[Example]:
+    """text-embedding: one (query, positive) pair, or none (an empty value is skipped and counted)."""
+    keys = (request.query_column, request.positive_column)
+    missing = [k for k in keys if k not in row]
+    if missing:
+        raise DataError(f"{where}: no {missing[0]!r} key; it has: {', '.join(row) or '(none)'}", hint="set data.query_column and data.positive_column to the keys used in the file")
+    query, positive = (str(row[k] or "").strip() for k in keys)
+    if not query or not positive:
+        request.skip(where, f"the {keys[0] if not query else keys[1]!r} value is empty")
+        return []
+    return [{"query": query, "positive": positive}]
+
+
 class JsonlSource:
     name = "jsonl"
-    tasks = ("text-classification", GENERATION)
+    tasks = ("text-classification", GENERATION, EMBEDDING)
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

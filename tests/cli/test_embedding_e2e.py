@@ -73,3 +73,54 @@ def test_pytorch_the_exported_file_and_predict_py_name_the_same_identities(run, 
     assert [r["identity"] for r in eager] == [r["identity"] for r in onnx_rows] == [r["identity"] for r in device]
     assert all(len(r["nearest"]) == 5 and -1 <= r["score"] <= 1 for r in eager)
     assert max(abs(a["score"] - b["score"]) for a, b in zip(eager, device)) < 1e-4
+
+
+@pytest.fixture(scope="module")
+def search_run(tmp_path_factory):
+    """text-embedding on (query, positive) pairs from jsonl, a tiny random BERT, LoRA."""
+    from tests.tiny import WORDS, bert_checkpoint
+
+    tmp_path = tmp_path_factory.mktemp("search")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(60):
+        words = list(rng.choice(WORDS, 8))
+        rows.append({"q": " ".join(words[:3]), "doc": " ".join(words), "id": i})
+    (tmp_path / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows) + json.dumps({"q": "", "doc": "empty query"}) + "\n")
+    config = {
+        "name": "search",
+        "task": "text-embedding",
+        "backbone": {"name": "transformers", "checkpoint": str(bert_checkpoint(tmp_path / "bert")), "options": {"max_length": 16, "pooling": "mean"}},
+        "method": {"name": "lora", "options": {"r": 2, "alpha": 4}},
+        "data": {"source": "jsonl", "path": str(tmp_path / "pairs.jsonl"), "query_column": "q", "positive_column": "doc", "split": {"val": 0.2, "test": 0.2, "seed": 0}},
+        "head": {"dim": 16, "temperature": 0.1},
+        "train": {"epochs": 2, "batch_size": 8, "lr": 5e-3},
+        "export": {"latency_runs": 3, "mobile": False},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    invoke(["run", str(path)])
+    return tmp_path / "runs" / "search"
+
+
+def test_search_reports_retrieval_next_to_the_untuned_baseline(search_run):
+    report = json.loads((search_run / "report.json").read_text())
+    assert report["data"]["skipped"] and "empty" in report["data"]["skipped"][0]
+    for form in ("baseline", "adapted", "merged", "onnx", "onnx_int8"):
+        assert {"recall@1", "recall@10", "mrr", "ndcg@10"} <= set(report["metrics"][form]), form
+        assert report["metrics"][form]["queries"] == 12
+    assert report["metrics"]["merged"]["mrr"] > report["metrics"]["baseline"]["mrr"]  # the query words are in their document: training finds them
+    assert report["parity"]["onnx"]["min_cosine"] >= 0.9999 and report["parity"]["merged"]["label_agreement"] >= 0.9999
+    gallery = np.load(search_run / "export" / "gallery.npy")
+    index = json.loads((search_run / "export" / "gallery.json").read_text())
+    assert gallery.shape == (report["data"]["sizes"]["train"], 16) and len(index["ids"]) == len(gallery)
+
+
+def test_search_predictions_agree_between_pytorch_and_predict_py(search_run):
+    query = "obama visited paris"
+    eager = json.loads(invoke(["predict", str(search_run), query]).output)
+    model = str(search_run / "export" / "model.onnx")
+    device = json.loads(subprocess.run([sys.executable, str(search_run / "export" / "predict.py"), model, query], capture_output=True, text=True, check=True).stdout)
+    assert eager["document"] == device["document"] and len(device["nearest"]) == 5
+    assert abs(eager["score"] - device["score"]) < 1e-4

@@ -36,6 +36,7 @@ EXAMPLES = {
     "token-classification": [{"tokens": ["obama", "visited", "paris"], "tags": [1, 0, 2]}, {"tokens": ["shares", "rose"], "tags": [0, 0]}],
     "image-classification": [{"image": np.full((8, 8), 200, np.uint8), "label": 2}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}],
     "text-generation": [{"prompt": "obama visited", "completion": " paris"}, {"text": "the market fell"}],
+    "text-embedding": [{"text": "obama visited paris", "label": 0}, {"text": "the market fell", "label": 1}],
     "image-embedding": [{"image": np.full((8, 8), 200, np.uint8), "label": 1}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}],
     "object-detection": [{"image": np.full((40, 50, 3), 90, np.uint8), "boxes": [[2.0, 3.0, 20.0, 30.0], [25.0, 5.0, 48.0, 18.0]], "labels": [2, 0]}, {"image": np.zeros((20, 20), np.uint8), "boxes": [], "labels": []}],
 }
