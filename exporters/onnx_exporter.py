@@ -272,7 +272,21 @@ class OnnxExporter:
             return
         result.forms.append(Form("ort_mobile", ort_files[0], exact=False, runnable=False))
         result.info["mobile_from"] = path.name
+        result.info["mobile_operators"] = required_operators(folder)
         result.notes.append(f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build")
+
+
+def required_operators(folder: Path) -> dict[str, list[str]]:
+    """The operators a reduced ONNX Runtime build needs for the .ort file (the converter's
+    ``*.required_operators.config``: ``domain;opset;Op,Op`` lines), as ``{"ai.onnx 17":
+    [ops], "com.microsoft 1": [...]}``: for an int8 file, its QLinear/QDQ operators too."""
+    found: dict[str, list[str]] = {}
+    for config in sorted(folder.glob("*.required_operators.config")):
+        for line in config.read_text(encoding="utf-8").splitlines():
+            parts = line.strip().split(";")
+            if len(parts) == 3 and not line.startswith("#"):
+                found.setdefault(f"{parts[0]} {parts[1]}", []).extend(op for op in parts[2].split(",") if op)
+    return {key: sorted(set(ops)) for key, ops in found.items()}
 
 
 def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:

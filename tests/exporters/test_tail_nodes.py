@@ -35,3 +35,10 @@ def test_only_nodes_after_the_last_weighted_layer_are_the_tail(tmp_path):
     assert not {kinds[n] for n in tail} & {"Conv", "Gemm", "MatMul", "Relu", "ReduceMean"}
     last_weighted = max(i for i, n in enumerate(graph.node) if n.op_type in ("Gemm", "MatMul"))
     assert all(list(kinds).index(n) > last_weighted for n in tail)
+
+
+def test_the_operators_a_reduced_build_needs_are_read_from_the_converters_config(tmp_path):
+    from adapt.exporters.onnx_exporter import required_operators
+
+    (tmp_path / "model.required_operators.config").write_text("# Generated from model/s:\n# - model.ort\nai.onnx;13;Conv,QuantizeLinear,DequantizeLinear\nai.onnx;11;TopK,NonMaxSuppression\ncom.microsoft;1;QLinearConv,QLinearAdd\n")
+    assert required_operators(tmp_path) == {"ai.onnx 13": ["Conv", "DequantizeLinear", "QuantizeLinear"], "ai.onnx 11": ["NonMaxSuppression", "TopK"], "com.microsoft 1": ["QLinearAdd", "QLinearConv"]}
