@@ -103,7 +103,6 @@ class TransformersTextBackbone:
         if arch:
             raise ConfigError(f"backbone.arch is not used by backbone {self.name!r} (the checkpoint's config.json names the architecture)", hint="remove backbone.arch")
         source = resolve_checkpoint(checkpoint)
-        from adapt.wrappers import LogitsOnly
         from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
 
         from transformers import AutoModel
@@ -134,16 +133,7 @@ class TransformersTextBackbone:
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
-        if task == "text-generation":
-            from adapt.wrappers import CausalLMWithCache
-
-            wrapped: torch.nn.Module = CausalLMWithCache(model)
-        elif task == EMBEDDING:  # num_labels: the projection's size (0: the pooled hidden state itself)
-            from adapt.wrappers import PooledEncoder
-
-            wrapped = PooledEncoder(model, getattr(options, "pooling", None) or "mean", num_labels)
-        else:
-            wrapped = LogitsOnly(model)
+        wrapped = self._wrap(model, task, num_labels, options)
         blocks = self.find_blocks(wrapped)
         if not blocks:
             raise CheckpointError(f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model", hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass TransformersTextBackbone and override find_blocks for this architecture")
@@ -158,6 +148,17 @@ class TransformersTextBackbone:
         )
         built.families = self.target_families(built)
         return built
+
+    @staticmethod
+    def _wrap(model: torch.nn.Module, task: str, num_labels: int, options: Any) -> torch.nn.Module:
+        """The transformers model behind adapt's calling convention (``model(**inputs)`` -> logits)."""
+        from adapt.wrappers import CausalLMWithCache, LogitsOnly, PooledEncoder
+
+        if task == GENERATION:
+            return CausalLMWithCache(model)
+        if task == EMBEDDING:  # num_labels: the projection's size (0: the pooled hidden state itself)
+            return PooledEncoder(model, getattr(options, "pooling", None) or "mean", num_labels)
+        return LogitsOnly(model)
 
     # -- override points: what a model is made of -------------------------------
 
