@@ -124,3 +124,38 @@ def test_search_predictions_agree_between_pytorch_and_predict_py(search_run):
     device = json.loads(subprocess.run([sys.executable, str(search_run / "export" / "predict.py"), model, query], capture_output=True, text=True, check=True).stdout)
     assert eager["document"] == device["document"] and len(device["nearest"]) == 5
     assert abs(eager["score"] - device["score"]) < 1e-4
+
+
+@pytest.mark.parametrize("task_name", ["image-embedding", "text-embedding"])
+@pytest.mark.parametrize("method_name", ["freeze", "lora", "adapters"])
+def test_every_method_adapts_an_embedding_model_and_merges_exactly(task_name, method_name, tmp_path):
+    """A few steps of the task's loss, then the merge reproduces the embeddings (and the
+    identity centres' cosines), and the adapter state round-trips."""
+    import torch
+
+    from adapt.testing import check_method
+    from tests.tiny import bert_checkpoint
+
+    host = make_host()
+    task = host.tasks.get(task_name).configure(host.tasks.get(task_name).options_schema(dim=8))
+    if task_name == "image-embedding":
+        backbone = host.backbones.get("mobilenet")
+        options = backbone.options_schema(image_size=32)
+        checkpoint, arch = None, "mobilenetv3_small_050"
+        examples = [{"image": np.full((12, 12), 40 * i, np.uint8), "label": i % 3} for i in range(6)]
+    else:
+        backbone = host.backbones.get("transformers")
+        options = backbone.options_schema(max_length=16)
+        checkpoint, arch = str(bert_checkpoint(tmp_path / "bert")), None
+        examples = [{"query": "obama visited", "positive": "obama visited paris"}, {"query": "market", "positive": "the market fell"}]
+
+    def build():
+        torch.manual_seed(0)
+        built = backbone.build(task_name, task.head_size(3), checkpoint=checkpoint, arch=arch, options=options)
+        wrap = getattr(task, "wrap_model", None)
+        return wrap(built, 3) if wrap else built
+
+    collate = backbone.collator(build(), options)
+    batch = collate(task.flatten(examples) if hasattr(task, "flatten") else examples)
+    merged = check_method(host.methods.get(method_name), build=build, batch=batch, loss=task.loss, atol=1e-4)
+    assert merged.folded == (method_name != "adapters")

@@ -182,3 +182,19 @@ def test_an_export_without_preprocessing_says_so(finished):
     assert any("has no save_preprocessing" in note for note in report["export_notes"])
     assert not (finished / "export" / "predict.py").exists()
     assert "- export: backbone 'tiny-cnn' has no save_preprocessing" in (finished / "report.md").read_text()
+
+
+@pytest.mark.parametrize(
+    "task, head, expected",
+    [
+        ("image-embedding", {"loss": "triplet"}, "head.loss"),
+        ("image-embedding", {"dim": 0}, "head.dim"),
+        ("text-embedding", {"temperature": 0}, "head.temperature"),
+        ("image-classification", {"dim": 64}, "`head`: task 'image-classification' takes no options"),
+    ],
+)
+def test_a_bad_head_is_one_message_naming_the_key(tmp_path, task, head, expected):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump({"task": task, "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050"}, "data": {"source": "digits"}, "head": head, "output_dir": str(tmp_path / "runs")}))
+    one_message(run_cli("run", str(path)), expected)
+    assert not (tmp_path / "runs").exists()
