@@ -95,14 +95,7 @@ class ImageEmbedding:
         return {**verification(embeddings, ids), **identification(embeddings, ids), "examples": float(len(ids))}
 
     def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
-        """The smallest cosine between an example's two embeddings (1.0: identical directions)."""
-        import numpy as np
-
-        a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
-        if not len(a):
-            return 1.0
-        cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-        return float(cosines.min())
+        return smallest_cosine(reference, candidate)
 
     def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """One entry per training identity: its embeddings' mean, normalised again
@@ -194,7 +187,8 @@ class TextEmbedding:
         queries, documents = embeddings[roles == 0], embeddings[roles == 1]  # in pair order: batches keep it
         return {**retrieval(queries, documents, np.arange(len(queries))), "queries": float(len(queries))}
 
-    agreement = ImageEmbedding.agreement
+    def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
+        return smallest_cosine(reference, candidate)
 
     def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """The search index: the training split's positives (``gallery.npy``) and, in that
@@ -212,6 +206,17 @@ class TextEmbedding:
 
     def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
         return outputs["embedding"].tolist()
+
+
+def smallest_cosine(reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
+    """The smallest cosine between two forms' embeddings of one example (1.0: same directions)."""
+    import numpy as np
+
+    a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
+    if not len(a):
+        return 1.0
+    cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
+    return float(cosines.min())
 
 
 def _npy(array: Any) -> bytes:
