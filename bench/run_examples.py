@@ -3,8 +3,8 @@
 Usage: python bench/run_examples.py [--out DIR] [NAME ...]
 
 Prints one line per example as it finishes and, last, one JSON object with each
-example's test metrics, parity, trainable fraction and wall time, plus the
-machine. docs/results.md is written from this output.
+example's test metrics (and the untuned baseline's, where the task measures one),
+parity, trainable fraction and wall time, plus the machine. docs/results.md is written from this output.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main() -> None:
             "merge": report["merge"],
             "test": report["metrics"]["adapted"],
             "merged_test": report["metrics"]["merged"],
+            "baseline_test": report["metrics"].get("baseline"),  # text-embedding: the untuned model, same run
             "parity": report["parity"]["merged"],
             "trainable": report["params"]["trainable"],
             "total": report["params"]["total"],

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from adapt.detector import BOX, CENTERNESS, FIRST_CLASS
+from adapt.detector import CENTERNESS, CENTRE, FIRST_CLASS, STRIDE, decode_boxes
 
 #: How many strides from a box's centre a location may be and still be positive.
 CENTRE_RADIUS = 1.5
@@ -25,7 +25,7 @@ CENTRE_RADIUS = 1.5
 
 def assign(raw: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per location: positive?, its class (-1 where negative) and its true box (x1 y1 x2 y2)."""
-    points, stride = raw[..., 0:2].detach(), raw[..., 2].detach()  # (B, N, 2), (B, N)
+    points, stride = raw[..., CENTRE].detach(), raw[..., STRIDE].detach()  # (B, N, 2), (B, N)
     classes, boxes = labels[..., 0], labels[..., 1:5]  # (B, M), (B, M, 4)
     px, py = points[..., 0:1], points[..., 1:2]  # (B, N, 1)
     left, top = px - boxes[:, None, :, 0], py - boxes[:, None, :, 1]
@@ -73,9 +73,7 @@ def fcos_loss(raw: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     if not positive.any():
         return loss
     rows, truth = raw[positive], target_box[positive]
-    points, distances = rows[:, 0:2], rows[:, BOX]
-    predicted = torch.cat([points - distances[:, 0:2], points + distances[:, 2:4]], dim=1)
-    weight = centerness_target(points, truth)
-    giou = generalized_box_iou_loss(predicted, truth, reduction="none")
+    weight = centerness_target(rows[:, CENTRE], truth)
+    giou = generalized_box_iou_loss(decode_boxes(rows), truth, reduction="none")
     loss = loss + (giou * weight).sum() / weight.sum().clamp(min=1e-6)
     return loss + F.binary_cross_entropy_with_logits(rows[:, CENTERNESS], weight, reduction="sum") / count

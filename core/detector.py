@@ -27,8 +27,9 @@ from typing import cast
 import torch
 from torch import nn
 
-#: Columns of a raw output row, before the class logits.
-POINT, BOX, CENTERNESS = slice(0, 3), slice(3, 7), 7
+#: Columns of a raw output row, before the class logits: the location's centre and its
+#: level's stride, the distances to the box's edges, the centerness logit.
+CENTRE, STRIDE, BOX, CENTERNESS = slice(0, 2), 2, slice(3, 7), 7
 FIRST_CLASS = 8
 #: Final-detection settings of the exported graph and of the task's decoding.
 SCORE_THRESHOLD, IOU_THRESHOLD, MAX_DETECTIONS = 0.05, 0.5, 100
@@ -100,11 +101,17 @@ class Detector(nn.Module):
         return self.head(self.model(pixel_values), int(pixel_values.shape[-1]))
 
 
+def decode_boxes(raw: torch.Tensor) -> torch.Tensor:
+    """Raw rows ``(..., 8 + C)`` as the boxes they predict, ``(..., 4)``: x1 y1 x2 y2 in
+    fractions of the input side (not clipped: the loss compares them as they are)."""
+    centre, distances = raw[..., CENTRE], raw[..., BOX]
+    return torch.cat([centre - distances[..., 0:2], centre + distances[..., 2:4]], dim=-1)
+
+
 def boxes_and_scores(raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Raw rows ``(..., locations, 8 + C)`` as boxes ``(..., locations, 4)`` (x1 y1 x2 y2 in
     fractions of the input side, clipped to the image) and class scores ``(..., locations, C)``."""
-    centre, distances = raw[..., 0:2], raw[..., BOX]
-    boxes = torch.cat([centre - distances[..., 0:2], centre + distances[..., 2:4]], dim=-1).clamp(0.0, 1.0)
+    boxes = decode_boxes(raw).clamp(0.0, 1.0)
     scores = torch.sqrt(torch.sigmoid(raw[..., FIRST_CLASS:]) * torch.sigmoid(raw[..., CENTERNESS : CENTERNESS + 1]))
     return boxes, scores
 

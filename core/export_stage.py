@@ -141,20 +141,37 @@ class _ExportJob:
         """A staged file's path relative to the run directory once export/ is swapped in."""
         return (Path(EXPORT_DIR) / path.relative_to(self.staging)).as_posix()
 
-    def run_file(self, exporter: Any, path: Path, data: list[dict[str, Any]]) -> tuple[dict[str, float], list[Any], list[Any]]:
-        """The task's metrics, the logits and the predictions of an exported file on ``data``."""
+    def runner(self, exporter: Any, path: Path, finals: bool) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], bool]:
+        """A function from a feed to the file's outputs by name, the logits first, and
+        whether those include the final outputs a task reads (``final_predictions``:
+        object-detection's boxes, an embedding; they need the exporter's ``load_outputs``)."""
+        load_outputs = getattr(exporter, "load_outputs", None)
+        if finals and callable(load_outputs) and callable(getattr(self.plan.task, "final_predictions", None)):
+            return load_outputs(path, self.threads), True
+        load = exporter.load(path, self.threads)
+        return (lambda feed: {"logits": load(feed)}), False
+
+    def run_file(self, exporter: Any, path: Path, data: list[dict[str, Any]], finals: bool = False) -> tuple[dict[str, float], list[Any], list[Any], list[Any] | None]:
+        """The task's metrics, the logits and the predictions of an exported file on ``data``;
+        with ``finals``, in the same pass, the task's predictions from the file's own final
+        outputs (None where the task or the exporter has none)."""
         import numpy as np
         import torch
 
-        runner = exporter.load(path, self.threads)
         task, predictions, references, logits = self.plan.task, [], [], []
+        run, named = self.runner(exporter, path, finals)
+        final: list[Any] | None = [] if named else None
         for batch in data:
-            out_logits = torch.from_numpy(np.asarray(runner(self._feed(batch)), dtype=np.float32))
+            feed = self._feed(batch)
+            outputs = run(feed)
+            if final is not None:
+                final += task.final_predictions(outputs, feed)
+            out_logits = torch.from_numpy(np.asarray(next(iter(outputs.values())), dtype=np.float32))
             pred, ref = task.decode(out_logits, batch["labels"])
             predictions += pred
             references += ref
             logits.append(out_logits)
-        return task.metrics(predictions, references, self.session.label_names), logits, predictions
+        return task.metrics(predictions, references, self.session.label_names), logits, predictions, final
 
     def latency(self, fn: Callable[[], Any]) -> dict[str, float]:
         return {**measure(fn, self.cfg.latency_runs), "threads": self.threads}
@@ -231,17 +248,17 @@ class _ExportJob:
         training split, made into the files a device compares queries with (``gallery.npy``,
         ``gallery.json``), written beside the model."""
         make = getattr(self.plan.task, "gallery", None)
-        load_outputs = getattr(exporter, "load_outputs", None)
-        if not callable(make) or not callable(load_outputs) or deployable.suffix != ".onnx":
+        if not callable(make) or deployable.suffix != ".onnx":
+            return
+        run, named = self.runner(exporter, deployable, finals=True)
+        if not named:
             return
         from adapt.rundir import atomic_write_bytes, atomic_write_json
 
-        run_all, predictions, references = load_outputs(deployable, self.threads), [], []
-        train = self.session.splits.train
-        for start in range(0, len(train), self.session.config.train.eval_batch):
-            batch = self.session.collate(train[start : start + self.session.config.train.eval_batch])
+        train, predictions, references = self.session.splits.train, [], []
+        for batch in self._batches(train, self.session.config.train.eval_batch):
             feed = self._feed(batch)
-            predictions += self.plan.task.final_predictions(run_all(feed), feed)
+            predictions += self.plan.task.final_predictions(run(feed), feed)
             references += batch["labels"].tolist()
         for name, content in make(predictions, references, self.session.label_names, train).items():
             if isinstance(content, bytes):
@@ -286,7 +303,7 @@ class _ExportJob:
         from adapt.errors import ExportError
         from adapt.parity import compare, report_entry, verdict
 
-        metrics, logits, predictions = self.run_file(exporter, form.path, self.test_batches)
+        metrics, logits, predictions, finals = self.run_file(exporter, form.path, self.test_batches, finals=True)
         parity = compare(self.merged.logits, logits, self.merged.predictions, predictions, getattr(self.plan.task, "agreement", None))
         bound = self.cfg.parity_tolerance if form.exact else None
         problem = verdict(parity, bound, reference="the merged model", candidate=form.path.name)
@@ -305,24 +322,21 @@ class _ExportJob:
         if self.generation is not None and form.path.suffix == ".onnx":
             self.verify_generation(exporter, form)
         if callable(getattr(self.plan.task, "final_predictions", None)):
-            self.verify_final_outputs(exporter, form)
+            self.verify_final_outputs(exporter, form, finals)
 
-    def verify_final_outputs(self, exporter: Any, form: Form) -> None:
+    def verify_final_outputs(self, exporter: Any, form: Form, predictions: list[Any] | None) -> None:
         """A task whose graph ends in final outputs (object-detection: boxes after NMS): the
-        file's own final outputs on the test split against the merged model's predictions,
-        by the task's ``agreement``; an exact form must reach :data:`MIN_FINAL_AGREEMENT`."""
+        file's own final outputs on the test split (``predictions``, from the pass that
+        scored it; None without the exporter's ``load_outputs``) against the merged model's
+        predictions, by the task's ``agreement``; an exact form must reach
+        :data:`MIN_FINAL_AGREEMENT` (or the task's ``min_agreement``)."""
         from adapt.errors import ExportError
 
         task = self.plan.task
         name = getattr(task, "agreement_name", "final_agreement")
-        load_outputs = getattr(exporter, "load_outputs", None)
-        if not callable(load_outputs):
+        if predictions is None:
             self.new.setdefault("export_notes", []).append(f"exporter {exporter.name!r} has no load_outputs, so the final outputs of {form.path.name} were not compared ({name})")
             return
-        run_all, predictions = load_outputs(form.path, self.threads), []
-        for batch in self.test_batches:
-            feed = self._feed(batch)
-            predictions += task.final_predictions(run_all(feed), feed)
         share = float(task.agreement(self.merged.predictions, predictions))
         least = getattr(task, "min_agreement", MIN_FINAL_AGREEMENT)
         self.new["parity"][form.name][name] = round(share, 6)

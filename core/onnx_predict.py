@@ -248,7 +248,7 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
         return [_detect(session, spec, source, settings) for source in inputs]
     if spec.get("task") == "image-embedding":
         gallery = read_gallery(spec_path.parent)
-        return [{"input": source, **nearest(_embed(session, prepare_image(source, spec)), gallery)} for source in inputs]
+        return [{"input": source, **nearest(run_named(session, {wanted[0]: prepare_image(source, spec)})["embedding"][0], gallery)} for source in inputs]
     if spec["kind"] == "image":
         for source in inputs:
             probs = _softmax(session.run(None, {wanted[0]: prepare_image(source, spec)})[0])[0]
@@ -269,8 +269,7 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
             "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
         }
         if index is not None:  # text-embedding: the query's nearest documents
-            outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, {n: feed[n] for n in wanted})))
-            results.append({"input": source, **nearest(outputs["embedding"][0], index, "document")})
+            results.append({"input": source, **nearest(run_named(session, {n: feed[n] for n in wanted})["embedding"][0], index, "document")})
             continue
         probs = _softmax(session.run(None, {n: feed[n] for n in wanted})[0])[0]
         if spec["kind"] == "tokens":
@@ -285,12 +284,24 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     return results
 
 
+def run_named(session: Any, feed: dict[str, Any]) -> dict[str, Any]:
+    """Every output of an ONNX Runtime session for ``feed``, by its name."""
+    return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
+
+
 def _detect(session: Any, spec: dict[str, Any], source: str, settings: dict[str, Any]) -> dict[str, Any]:
     """One image's detections (``--min-score``), drawn into ``--draw`` when asked."""
     image = open_image(source)
-    feed = {session.get_inputs()[0].name: stretch_image(image, spec)[None]}
-    outputs = dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
-    found = detection_rows(outputs, spec, image.size, float(settings.get("min_score", DETECTION["min_score"])))
+    outputs = run_named(session, {session.get_inputs()[0].name: stretch_image(image, spec)[None]})
+    return detection_row(source, image, outputs, spec, settings)
+
+
+def detection_row(source: str, image: Any, outputs: dict[str, Any], spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """What predict prints for one image from the detection graph's outputs: its
+    detections at ``min_score`` or above, and, with ``draw``, the picture written
+    (``count``: how many images the call predicts, see :func:`draw_path`)."""
+    wanted = settings.get("min_score")
+    found = detection_rows(outputs, spec, image.size, float(DETECTION["min_score"] if wanted is None else wanted))
     row: dict[str, Any] = {"input": source, "detections": found}
     if settings.get("draw"):
         row["drawn"] = str(draw_path(Path(settings["draw"]), source, settings.get("count", 1)))
@@ -318,12 +329,6 @@ def read_gallery(folder: Path) -> tuple[Any, list[str]]:
     except (OSError, ValueError, KeyError) as exc:
         raise PredictError(f"no readable gallery beside the model in {folder} ({type(exc).__name__}: {exc}): export the run again (adapt export RUN_DIR)") from None
     return vectors, ids
-
-
-def _embed(session: Any, pixels: Any) -> Any:
-    """The graph's normalised ``embedding`` output for one prepared input."""
-    names = [o.name for o in session.get_outputs()]
-    return dict(zip(names, session.run(None, {session.get_inputs()[0].name: pixels})))["embedding"][0]
 
 
 def nearest(embedding: Any, gallery: tuple[Any, list[str]], key: str = "identity") -> dict[str, Any]:

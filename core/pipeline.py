@@ -671,7 +671,7 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
     boxes) on each image; rows as the standalone predict.py prints them."""
     import torch
 
-    from adapt.onnx_predict import DETECTION, detection_rows, draw_detections, draw_path, open_image
+    from adapt.onnx_predict import detection_row, open_image
 
     task: Any = session.plan.task  # graph_outputs is an optional Task member
     module, names = task.graph_outputs(session.built.model.eval())
@@ -682,13 +682,7 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
         with torch.no_grad():
             outputs = {name: tensor.numpy() for name, tensor in zip(("logits", *names), module.eval()(pixels))}
         spec = {"input_size": list(pixels.shape[1:]), "labels": session.label_names}
-        wanted = settings.get("min_score")
-        found = detection_rows(outputs, spec, image.size, float(DETECTION["min_score"] if wanted is None else wanted))
-        row: dict[str, Any] = {"input": source, "detections": found}
-        if settings.get("draw"):
-            row["drawn"] = str(draw_path(Path(settings["draw"]), source, len(inputs)))
-            draw_detections(image, found, Path(row["drawn"]))
-        rows.append(row)
+        rows.append(detection_row(source, image, outputs, spec, {**settings, "count": len(inputs)}))
     return rows
 
 

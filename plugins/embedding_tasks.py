@@ -43,18 +43,46 @@ class HeadOptions(BaseModel):
     scale: float = Field(30.0, gt=0, le=128, description="the logits' scale s (cosines times s)")
 
 
-class ImageEmbedding:
-    name = "image-embedding"
-    primary_metric = "auc"
-    options_schema = HeadOptions
+class _EmbeddingTask:
+    """What both embedding tasks share: head options bound by ``configure``, a head of
+    ``dim`` outputs, cosine parity, and the export's normalised ``embedding`` output."""
+
+    options_schema: type[BaseModel] = BaseModel
     agreement_name = "min_cosine"
     min_agreement = MIN_COSINE
 
-    def __init__(self, options: HeadOptions | None = None) -> None:
-        self.options = options or HeadOptions()
+    def __init__(self, options: Any = None) -> None:
+        self.options: Any = options if options is not None else self.options_schema()
 
-    def configure(self, options: HeadOptions) -> ImageEmbedding:
+    def configure(self, options: Any) -> Any:
         return type(self)(options)
+
+    def head_size(self, num_labels: int) -> int:
+        return int(self.options.dim)
+
+    def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
+        return smallest_cosine(reference, candidate)
+
+    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
+        from adapt.embedding import NormalisedEmbedding
+
+        return NormalisedEmbedding(model, self.embedding_columns()), ("embedding",)
+
+    def embedding_columns(self) -> int | None:
+        """How many leading columns of the model's output are the embedding (None: all)."""
+        return None
+
+    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
+        return outputs["embedding"].tolist()
+
+
+class ImageEmbedding(_EmbeddingTask):
+    name = "image-embedding"
+    primary_metric = "auc"
+    options_schema = HeadOptions
+
+    def embedding_columns(self) -> int | None:
+        return int(self.options.dim)  # the rest are the cosines to the identity centres
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
@@ -66,9 +94,6 @@ class ImageEmbedding:
         # an identity unseen in training is still a valid query: it only has no centre, so
         # it is marked -1 (the loss never sees it: val and test are only embedded)
         return {**example, "label": index.get(str(example["label"]), -1)}
-
-    def head_size(self, num_labels: int) -> int:
-        return self.options.dim
 
     def wrap_model(self, built: BuiltModel, num_labels: int) -> BuiltModel:
         from adapt.embedding import EmbeddingModel, wrapped
@@ -94,9 +119,6 @@ class ImageEmbedding:
         embeddings, ids = np.asarray(predictions, dtype=np.float32), np.asarray(references)
         return {**verification(embeddings, ids), **identification(embeddings, ids), "examples": float(len(ids))}
 
-    def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
-        return smallest_cosine(reference, candidate)
-
     def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """One entry per training identity: its embeddings' mean, normalised again
         (``gallery.npy``, float32, identities x dim), and the identities in that order
@@ -109,15 +131,6 @@ class ImageEmbedding:
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
         return {GALLERY: _npy(means), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
 
-    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
-        from adapt.embedding import NormalisedEmbedding
-
-        return NormalisedEmbedding(model, self.options.dim), ("embedding",)
-
-    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
-        return outputs["embedding"].tolist()
-
-
 class TextHeadOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -126,7 +139,7 @@ class TextHeadOptions(BaseModel):
     temperature: float = Field(0.05, gt=0, le=1, description="the softmax temperature of the contrastive loss (cosines divided by it)")
 
 
-class TextEmbedding:
+class TextEmbedding(_EmbeddingTask):
     """``text-embedding``: (query, positive) pairs, such as a headline and its article,
     trained with in-batch negatives so that a query lies nearest its own positive.
 
@@ -142,15 +155,7 @@ class TextEmbedding:
     primary_metric = "recall@10"
     options_schema = TextHeadOptions
     labelled = False
-    agreement_name = "min_cosine"
-    min_agreement = MIN_COSINE
     baseline = True
-
-    def __init__(self, options: TextHeadOptions | None = None) -> None:
-        self.options = options or TextHeadOptions()
-
-    def configure(self, options: TextHeadOptions) -> TextEmbedding:
-        return type(self)(options)
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
@@ -160,9 +165,6 @@ class TextEmbedding:
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
         return dict(example)
-
-    def head_size(self, num_labels: int) -> int:
-        return self.options.dim
 
     def flatten(self, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """A batch of pairs as texts: the queries (label 0), then their positives (label 1)."""
@@ -187,9 +189,6 @@ class TextEmbedding:
         queries, documents = embeddings[roles == 0], embeddings[roles == 1]  # in pair order: batches keep it
         return {**retrieval(queries, documents, np.arange(len(queries))), "queries": float(len(queries))}
 
-    def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
-        return smallest_cosine(reference, candidate)
-
     def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """The search index: the training split's positives (``gallery.npy``) and, in that
         order, their opening words (``gallery.json`` ``ids``, :data:`SNIPPET` characters)."""
@@ -198,15 +197,6 @@ class TextEmbedding:
         documents = np.asarray(predictions, dtype=np.float32)[np.asarray(references) == 1]
         snippets = [" ".join(str(e["positive"]).split())[:SNIPPET] for e in examples]
         return {GALLERY: _npy(documents), GALLERY_IDS: {"ids": snippets, "dim": int(documents.shape[1]), "kind": "documents"}}
-
-    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
-        from adapt.embedding import NormalisedEmbedding
-
-        return NormalisedEmbedding(model, None), ("embedding",)
-
-    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
-        return outputs["embedding"].tolist()
-
 
 def smallest_cosine(reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
     """The smallest cosine between two forms' embeddings of one example (1.0: same directions)."""

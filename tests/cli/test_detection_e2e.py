@@ -121,3 +121,10 @@ def test_one_class_is_a_detector_and_no_box_at_all_is_a_clear_error(tmp_path, de
     result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(path)])
     assert result.exit_code == 2 and "holds no labels: task 'object-detection' needs at least 1" in result.output
     assert not (tmp_path / "runs" / "empty").exists() or not (tmp_path / "runs" / "empty" / "adapter").exists()
+
+
+def test_several_images_are_drawn_into_one_file_each(run, detection_set, tmp_path):
+    images = [str(detection_set / "images" / f"0000{i}.jpg") for i in range(2)]
+    rows = [json.loads(line) for line in invoke(["predict", str(run), *images, "--min-score", "0", "--draw", str(tmp_path / "out.png")]).output.splitlines()]
+    assert [r["drawn"] for r in rows] == [str(tmp_path / "out_00000.png"), str(tmp_path / "out_00001.png")]
+    assert all((tmp_path / f"out_0000{i}.png").is_file() for i in range(2)) and not (tmp_path / "out.png").exists()

@@ -57,6 +57,7 @@ def test_the_report_has_verification_and_identification_and_cosine_parity(run):
     gallery = np.load(run / "export" / "gallery.npy")
     names = json.loads((run / "export" / "gallery.json").read_text())
     assert gallery.shape == (10, 32) and names["ids"] == [str(d) for d in range(10)]
+    assert report["export"]["onnx"]["gallery_from"] == report["deployable"]  # the gallery is the deployed file's
     assert np.allclose(np.linalg.norm(gallery, axis=1), 1.0, atol=1e-5)
 
 
