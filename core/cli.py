@@ -299,9 +299,11 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
     def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any) -> None:
         """Predict with RUN_DIR's model for INPUTS: labels for texts, sentences (NER,
         split on spaces) or image paths, continuations of prompts (text-generation), or
-        boxes in image paths (object-detection), by the run's task. One JSON line each."""
+        boxes in image paths (object-detection), nearest identities (image-embedding) or
+        documents (text-embedding), or next items for a history of item ids, comma-separated,
+        oldest first (recommendation), by the run's task. One JSON line each."""
         if use_onnx:
-            from adapt.onnx_predict import PredictError
+            from adapt.onnx_predict import InputError, PredictError
             from adapt.onnx_predict import predict as predict_onnx
             from adapt.report import read_report
 
@@ -310,6 +312,8 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
                 raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
             try:
                 rows = predict_onnx(model_file if model_file is not None else run_dir / str(deployable), inputs, **settings)
+            except InputError as exc:
+                raise AdaptError(str(exc), hint="check the inputs: `adapt predict --help` says what each task takes") from None
             except PredictError as exc:
                 raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
         else:

@@ -78,6 +78,7 @@ class DataConfig(_Section):
     completion_column: str = Field("completion", description="text-generation: column holding the completion of the prompt")
     query_column: str = Field("query", description="text-embedding: column holding the query of a (query, positive) pair")
     positive_column: str = Field("positive", description="text-embedding: column holding the positive (the document the query should find)")
+    items: str | None = Field(None, description="recommendation: CSV or jsonl file of the items' text (`item`, `text`), or pkg:<module>/<path>")
     split: SplitConfig = Field(default_factory=SplitConfig, description="used where the data has no split of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 

@@ -17,13 +17,13 @@ here with numpy. Embeddings are rows, L2-normalised, so a dot product is the cos
 
 from __future__ import annotations
 
-from typing import Any
-
 import numpy as np
 
 #: At most this many verification pairs are drawn from a split.
 PAIRS = 6000
 FOLDS = 10
+#: The cut-offs of ``recall@k``.
+RECALL_AT = (1, 5, 10)
 
 
 def _pairs(ids: np.ndarray, pairs: int, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -81,7 +81,15 @@ def retrieval(queries: np.ndarray, documents: np.ndarray, relevant: np.ndarray) 
     """Query ``i``'s one relevant document is ``documents[relevant[i]]``."""
     scores = queries @ documents.T
     rank = (scores > scores[np.arange(len(queries)), relevant][:, None]).sum(axis=1) + 1  # 1 = first
-    found: dict[str, Any] = {f"recall@{k}": float(np.mean(rank <= k)) for k in (1, 5, 10)}
+    return rank_metrics(rank)
+
+
+def rank_metrics(rank: np.ndarray) -> dict[str, float]:
+    """``recall@1/5/10``, ``mrr`` and ``ndcg@10`` (one relevant item) from 1-based ranks."""
+    rank = np.asarray(rank, dtype=np.float64)
+    if not len(rank):
+        return {**{f"recall@{k}": float("nan") for k in RECALL_AT}, "mrr": float("nan"), "ndcg@10": float("nan")}
+    found = {f"recall@{k}": float(np.mean(rank <= k)) for k in RECALL_AT}
     found["mrr"] = float(np.mean(1.0 / rank))
     found["ndcg@10"] = float(np.mean(np.where(rank <= 10, 1.0 / np.log2(rank + 1), 0.0)))
     return found

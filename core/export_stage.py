@@ -244,9 +244,10 @@ class _ExportJob:
         self.session.say(f"export: {exporter.name}: " + ", ".join(f"{f.name} {_short(self.new['metrics'].get(f.name, {}), primary)}" for f in forms if f.runnable) + f"; deployable {self.new['deployable']}")
 
     def write_gallery(self, exporter: Any, deployable: Path) -> None:
-        """A task with ``gallery`` (image-embedding): the deployable file's outputs on the
-        training split, made into the files a device compares queries with (``gallery.npy``,
-        ``gallery.json``), written beside the model."""
+        """A task with ``gallery`` (the embedding tasks): the deployable file's outputs on
+        the training split (or the task's ``gallery_split``: recommendation's catalogue is
+        in test), made into the files a device compares queries with (``gallery.npy``,
+        ``gallery.json``, whatever else the task returns), written beside the model."""
         make = getattr(self.plan.task, "gallery", None)
         if not callable(make) or deployable.suffix != ".onnx":
             return
@@ -255,12 +256,13 @@ class _ExportJob:
             return
         from adapt.rundir import atomic_write_bytes, atomic_write_json
 
-        train, predictions, references = self.session.splits.train, [], []
-        for batch in self._batches(train, self.session.config.train.eval_batch):
+        examples = getattr(self.session.splits, getattr(self.plan.task, "gallery_split", "train"))
+        predictions, references = [], []
+        for batch in self._batches(examples, self.session.config.train.eval_batch):
             feed = self._feed(batch)
             predictions += self.plan.task.final_predictions(run(feed), feed)
             references += batch["labels"].tolist()
-        for name, content in make(predictions, references, self.session.label_names, train).items():
+        for name, content in make(predictions, references, self.session.label_names, examples).items():
             if isinstance(content, bytes):
                 atomic_write_bytes(self.staging / name, content)
             else:

@@ -119,6 +119,8 @@ class DataRequest:
     #: text-embedding: the columns of (query, positive) pairs.
     query_column: str = "query"
     positive_column: str = "positive"
+    #: recommendation: the file of item texts (``item``, ``text``), resolved like ``path``.
+    items: Path | None = None
     options: Any = None
     #: Items the source left out (a file that is not valid text, a corrupt image), with why.
     skipped: list[str] = field(default_factory=list)

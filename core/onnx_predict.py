@@ -45,6 +45,10 @@ class PredictError(Exception):
     """A problem with the model file, preprocess.json or an input: one line for the user."""
 
 
+class InputError(PredictError):
+    """A problem with an input itself (the files are fine): the message says what to give."""
+
+
 def _softmax(logits: Any) -> Any:
     import numpy as np
 
@@ -93,7 +97,7 @@ def open_image(path: str) -> Any:
         with Image.open(path) as opened:
             return opened.convert("RGB")
     except FileNotFoundError:
-        raise PredictError(f"input image not found: {path}") from None
+        raise InputError(f"input image not found: {path}") from None
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
         raise PredictError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc})") from None
 
@@ -246,6 +250,8 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     results = []
     if spec["kind"] == "detection":
         return [_detect(session, spec, source, settings) for source in inputs]
+    if spec.get("task") == "recommendation":
+        return [recommend(source, spec_path.parent) for source in inputs]
     if spec.get("task") == "image-embedding":
         gallery = read_gallery(spec_path.parent)
         return [{"input": source, **nearest(run_named(session, {wanted[0]: prepare_image(source, spec)})["embedding"][0], gallery)} for source in inputs]
@@ -340,6 +346,29 @@ def nearest(embedding: Any, gallery: tuple[Any, list[str]], key: str = "identity
     scores = vectors @ np.asarray(embedding, dtype=np.float32)
     order = np.argsort(-scores)[:NEAREST]
     return {key: ids[int(order[0])], "score": round(float(scores[order[0]]), 6), "nearest": [{key: ids[int(i)], "score": round(float(scores[i]), 6)} for i in order]}
+
+
+#: recommendation: how many items a prediction lists.
+RECOMMEND = 10
+
+
+def recommend(history: str, folder: Path) -> dict[str, Any]:
+    """A user's next items from their history (item ids, comma-separated, oldest first):
+    the user tower (``user_tower.onnx``) pools the history's vectors from the item index
+    and scores every item; the best :data:`RECOMMEND`, the history's own left out."""
+    import numpy as np
+
+    vectors, ids = read_gallery(folder)
+    row = {item: k for k, item in enumerate(ids)}
+    items = [i.strip() for i in history.split(",") if i.strip()]
+    unknown = [i for i in items if i not in row]
+    if not items or unknown:
+        raise InputError(f"{'unknown item ' + repr(unknown[0]) if unknown else 'no item'} in the history {history!r}: give the ids of items in the catalogue (gallery.json), comma-separated, oldest first")
+    keep = int(json.loads((folder / "gallery.json").read_text(encoding="utf-8")).get("history", len(items)))
+    tower = open_session(folder / "user_tower.onnx")
+    scores = run_named(tower, {"history": np.array([[row[i] for i in items[-keep:]]], dtype=np.int64)})["scores"][0]
+    order = [int(k) for k in np.argsort(-scores, kind="stable")[:RECOMMEND] if np.isfinite(scores[k])]
+    return {"input": history, "recommended": [{"item": ids[k], "score": round(float(scores[k]), 6)} for k in order]}
 
 
 def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from adapt.export_stage import export_stage
 from adapt.errors import AdaptError, CheckpointError, DataError, MergeError, RunDirError
 from adapt.host import Host
 from adapt.interfaces import IGNORE_INDEX, BuiltModel
-from adapt.plan import Plan, make_plan
+from adapt.plan import Plan, make_plan, model_task
 from adapt.report import add_section, plot_curve, read_report, write_report
 from adapt.rundir import CONFIG_FILE, RunDir, already_a_run, atomic_write_json, check_target, hold_lock, require_run
 
@@ -74,7 +74,7 @@ def build_model(plan: Plan, num_labels: int) -> BuiltModel:
     cfg, task = plan.config.backbone, plan.task
     size = getattr(task, "head_size", None)
     outputs = size(num_labels) if callable(size) else num_labels  # an embedding head has `dim` outputs
-    built = plan.backbone.build(plan.config.task, outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
+    built = plan.backbone.build(model_task(task, plan.config.task), outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
     if cfg.checkpoint and built.checkpoint is None:
         found = resolve_checkpoint(cfg.checkpoint)
         built.checkpoint = str(Path(found).resolve()) if Path(found).exists() else found
@@ -236,18 +236,25 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
 
 
 def _untuned_metrics(session: Session) -> dict[str, Any]:
-    """For a task that asks for it (``baseline = True``: text-embedding), the test metrics
-    of the model before training (the method's fresh adapters change nothing): the
-    report's ``metrics.baseline``, so a fine-tuning gain is measured in the same run."""
+    """The report's ``metrics.baseline``, for a task that asks for one, so that a gain is
+    measured in the same run: a model-free one (``baseline_metrics(train, test)``:
+    recommendation's popularity ranking), or with ``baseline = True`` (text-embedding)
+    the test metrics of the model before training (fresh adapters change nothing)."""
 
     from adapt.engine import evaluate
 
-    if not getattr(session.plan.task, "baseline", False) or session.splits is None or not session.splits.test:
+    task, splits = session.plan.task, session.splits
+    model_free = getattr(task, "baseline_metrics", None)
+    if splits is None or not splits.test or not (callable(model_free) or getattr(task, "baseline", False)):
         return {}
-    model = session.built.model.eval()
-    evaluation = evaluate(model, session.splits.test, session.collate, session.plan.task, session.label_names, batch_size=session.config.train.eval_batch, device=next(model.parameters()).device)
-    session.say(f"baseline: the untuned model's test {session.plan.task.primary_metric} {evaluation.metrics.get(session.plan.task.primary_metric, float('nan')):.4f}")
-    return _clean(evaluation.metrics)
+    if callable(model_free):
+        metrics, what = model_free(splits.train, splits.test), f"baseline ({getattr(task, 'baseline_name', 'model-free')}):"
+    else:
+        model = session.built.model.eval()
+        metrics = evaluate(model, splits.test, session.collate, task, session.label_names, batch_size=session.config.train.eval_batch, device=next(model.parameters()).device).metrics
+        what = "baseline: the untuned model's"
+    session.say(f"{what} test {task.primary_metric} {metrics.get(task.primary_metric, float('nan')):.4f}")
+    return _clean(metrics)
 
 
 @dataclass
@@ -692,10 +699,14 @@ def _identify(session: Session, run_dir: Path, inputs: Sequence[str]) -> list[di
     import torch
 
     from adapt.export_stage import EXPORT_DIR
-    from adapt.onnx_predict import PredictError, nearest, open_image, read_gallery
+    from adapt.onnx_predict import InputError, PredictError, nearest, open_image, read_gallery, recommend
 
     try:
         gallery = read_gallery(run_dir / EXPORT_DIR)
+        if getattr(session.plan.task, "gallery_split", "train") != "train":  # recommendation: histories against the item index
+            return [recommend(source, run_dir / EXPORT_DIR) for source in inputs]
+    except InputError as exc:
+        raise AdaptError(str(exc), hint="check the inputs: `adapt predict --help` says what each task takes") from None
     except PredictError as exc:
         raise AdaptError(str(exc), hint=f"the gallery is written by the export: adapt export {run_dir}") from None
     task: Any = session.plan.task

@@ -41,9 +41,10 @@ class Plan:
     def data_request(self) -> DataRequest:
         data = self.config.data
         path = resolve_path(data.path, what="data.path") if data.path else None
+        items = resolve_path(data.items, what="data.items") if data.items else None
         return DataRequest(
             task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column,
-            prompt_column=data.prompt_column, completion_column=data.completion_column, query_column=data.query_column, positive_column=data.positive_column, options=self.data_options,
+            prompt_column=data.prompt_column, completion_column=data.completion_column, query_column=data.query_column, positive_column=data.positive_column, items=items, options=self.data_options,
         )
 
 
@@ -75,6 +76,12 @@ def _check_task(plugin: Any, kind: str, key: str, task: str) -> None:
         )
 
 
+def model_task(task: Any, name: str) -> str:
+    """The task a backbone builds the model for: the task's own, or the one it names in
+    ``model_task`` (recommendation's item tower is a text-embedding model)."""
+    return str(getattr(task, "model_task", name))
+
+
 def make_plan(config: RunConfig, host: Host) -> Plan:
     """Resolve every plugin a config names, or raise one ConfigError saying which key is wrong."""
     task = _lookup(host.tasks, config.task, "task")
@@ -82,7 +89,7 @@ def make_plan(config: RunConfig, host: Host) -> Plan:
     if head is not None:
         task = task.configure(head)
     backbone = _lookup(host.backbones, config.backbone.name, "backbone.name")
-    _check_task(backbone, "backbone", "backbone.name", config.task)
+    _check_task(backbone, "backbone", "backbone.name", model_task(task, config.task))
     method = _lookup(host.methods, config.method.name, "method.name")
     source = _lookup(host.data_sources, config.data.source, "data.source")
     _check_task(source, "data source", "data.source", config.task)

@@ -19,7 +19,7 @@ from typing import Any
 from adapt.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: The metric the latency table shows, by task (others: accuracy).
-PRIMARY_METRICS = {"token-classification": "f1", "text-generation": "perplexity", "object-detection": "map50", "image-embedding": "auc", "text-embedding": "recall@10"}
+PRIMARY_METRICS = {"token-classification": "f1", "text-generation": "perplexity", "object-detection": "map50", "image-embedding": "auc", "text-embedding": "recall@10", "recommendation": "recall@10"}
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVE_PNG = "training_curve.png"

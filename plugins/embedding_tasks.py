@@ -18,20 +18,16 @@ from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
+from adapt.embedding_task import GALLERY, GALLERY_IDS, EmbeddingTask, npy_bytes
 from adapt.errors import DataError
 
 if TYPE_CHECKING:
-    import numpy as np
     import torch
 
     from adapt.interfaces import BuiltModel
 
-#: The export's gallery: one normalised mean embedding per training identity, and their names.
-GALLERY, GALLERY_IDS = "gallery.npy", "gallery.json"
 #: text-embedding: characters of each document kept in the index, to show a hit.
 SNIPPET = 200
-#: An exported form's embeddings must keep at least this cosine with the merged model's.
-MIN_COSINE = 0.9999
 
 
 class HeadOptions(BaseModel):
@@ -43,40 +39,7 @@ class HeadOptions(BaseModel):
     scale: float = Field(30.0, gt=0, le=128, description="the logits' scale s (cosines times s)")
 
 
-class _EmbeddingTask:
-    """What both embedding tasks share: head options bound by ``configure``, a head of
-    ``dim`` outputs, cosine parity, and the export's normalised ``embedding`` output."""
-
-    options_schema: type[BaseModel] = BaseModel
-    agreement_name = "min_cosine"
-    min_agreement = MIN_COSINE
-
-    def __init__(self, options: Any = None) -> None:
-        self.options: Any = options if options is not None else self.options_schema()
-
-    def configure(self, options: Any) -> Any:
-        return type(self)(options)
-
-    def head_size(self, num_labels: int) -> int:
-        return int(self.options.dim)
-
-    def agreement(self, reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
-        return smallest_cosine(reference, candidate)
-
-    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
-        from adapt.embedding import NormalisedEmbedding
-
-        return NormalisedEmbedding(model, self.embedding_columns()), ("embedding",)
-
-    def embedding_columns(self) -> int | None:
-        """How many leading columns of the model's output are the embedding (None: all)."""
-        return None
-
-    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
-        return outputs["embedding"].tolist()
-
-
-class ImageEmbedding(_EmbeddingTask):
+class ImageEmbedding(EmbeddingTask):
     name = "image-embedding"
     primary_metric = "auc"
     options_schema = HeadOptions
@@ -129,7 +92,7 @@ class ImageEmbedding(_EmbeddingTask):
         known = [i for i in range(len(label_names)) if np.any(ids == i)]
         means = np.stack([embeddings[ids == i].mean(axis=0) for i in known])
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
-        return {GALLERY: _npy(means), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
+        return {GALLERY: npy_bytes(means), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
 
 class TextHeadOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -139,7 +102,7 @@ class TextHeadOptions(BaseModel):
     temperature: float = Field(0.05, gt=0, le=1, description="the softmax temperature of the contrastive loss (cosines divided by it)")
 
 
-class TextEmbedding(_EmbeddingTask):
+class TextEmbedding(EmbeddingTask):
     """``text-embedding``: (query, positive) pairs, such as a headline and its article,
     trained with in-batch negatives so that a query lies nearest its own positive.
 
@@ -196,28 +159,7 @@ class TextEmbedding(_EmbeddingTask):
 
         documents = np.asarray(predictions, dtype=np.float32)[np.asarray(references) == 1]
         snippets = [" ".join(str(e["positive"]).split())[:SNIPPET] for e in examples]
-        return {GALLERY: _npy(documents), GALLERY_IDS: {"ids": snippets, "dim": int(documents.shape[1]), "kind": "documents"}}
-
-def smallest_cosine(reference: Sequence[Sequence[float]], candidate: Sequence[Sequence[float]]) -> float:
-    """The smallest cosine between two forms' embeddings of one example (1.0: same directions)."""
-    import numpy as np
-
-    a, b = np.asarray(reference, dtype=np.float64), np.asarray(candidate, dtype=np.float64)
-    if not len(a):
-        return 1.0
-    cosines = np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1) + 1e-12)
-    return float(cosines.min())
-
-
-def _npy(array: Any) -> bytes:
-    import io
-
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.save(buffer, np.asarray(array, dtype=np.float32))
-    return buffer.getvalue()
-
+        return {GALLERY: npy_bytes(documents), GALLERY_IDS: {"ids": snippets, "dim": int(documents.shape[1]), "kind": "documents"}}
 
 @hookimpl
 def adapt_register_tasks(register: Any) -> None:

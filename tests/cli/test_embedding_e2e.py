@@ -127,7 +127,7 @@ def test_search_predictions_agree_between_pytorch_and_predict_py(search_run):
     assert abs(eager["score"] - device["score"]) < 1e-4
 
 
-@pytest.mark.parametrize("task_name", ["image-embedding", "text-embedding"])
+@pytest.mark.parametrize("task_name", ["image-embedding", "text-embedding", "recommendation"])
 @pytest.mark.parametrize("method_name", ["freeze", "lora", "adapters"])
 def test_every_method_adapts_an_embedding_model_and_merges_exactly(task_name, method_name, tmp_path):
     """A few steps of the task's loss, then the merge reproduces the embeddings (and the
@@ -149,10 +149,15 @@ def test_every_method_adapts_an_embedding_model_and_merges_exactly(task_name, me
         options = backbone.options_schema(max_length=16)
         checkpoint, arch = str(bert_checkpoint(tmp_path / "bert")), None
         examples = [{"query": "obama visited", "positive": "obama visited paris"}, {"query": "market", "positive": "the market fell"}]
+    if task_name == "recommendation":  # the item tower: a text-embedding model over item texts
+        from adapt.plugins.interactions_source import Catalogue
+
+        catalogue = Catalogue(("a", "b", "c", "d"), ("obama visited paris", "the market fell", "paris is sunny", "stocks rose"))
+        examples = [{"user": "u1", "history": [0, 2], "target": 1, "catalogue": catalogue}, {"user": "u2", "history": [1], "target": 3, "catalogue": catalogue}]
 
     def build():
         torch.manual_seed(0)
-        built = backbone.build(task_name, task.head_size(3), checkpoint=checkpoint, arch=arch, options=options)
+        built = backbone.build(getattr(task, "model_task", task_name), task.head_size(3), checkpoint=checkpoint, arch=arch, options=options)
         wrap = getattr(task, "wrap_model", None)
         return wrap(built, 3) if wrap else built
 
