@@ -246,3 +246,29 @@ def test_a_failed_activation_probe_falls_back_to_s8s8_and_leaves_no_file(tmp_pat
     choice = _choose_activations(works, fails, plain, ctx)
     assert choice["chosen"] == "int8" and "quantiser broke" in choice["why"]
     assert not list(tmp_path.iterdir())  # both probes removed, the failed one too
+
+
+def test_calibration_auto_measures_each_calibrator_and_every_attempt_uses_the_best(tmp_path):
+    """`calibration_method: auto` (the default) makes one int8 file per calibrator and
+    scores each on validation; here the score is scripted (percentile best) to check
+    the choice, the probes' removal and the report entry; real scores are in bench/."""
+    backbone, built = build("mobilenet", "")
+    path = ONNX.export(built.model.eval(), backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    rng = np.random.default_rng(0)
+    calibration = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+    scored = []
+
+    def score(candidate: Path) -> float:
+        scored.append(candidate.name)
+        return {"model.percentile-ranges.onnx": 0.9, "model.entropy-ranges.onnx": 0.7}.get(candidate.name, 0.8)
+
+    def latency(candidate: Path) -> dict:
+        return {"median": 1.0, "p90": 1.0, "threads": 1}
+
+    ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, calibration, score, latency, validate_options(ONNX, "e", {"calibration_examples": 4}, "e"))
+    derived = ONNX.derive(path, ctx)
+    chosen = derived.info["int8_calibration"]
+    assert chosen["chosen"] == "percentile" and chosen["val_score"] == {"minmax": 0.8, "percentile": 0.9, "entropy": 0.7}
+    assert {"model.minmax-ranges.onnx", "model.percentile-ranges.onnx", "model.entropy-ranges.onnx"} <= set(scored)
+    assert not list(tmp_path.glob("*-ranges.onnx"))
+    assert "percentile ranges" in derived.attempts[0]["attempt"]
