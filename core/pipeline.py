@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Sequence
@@ -526,13 +527,34 @@ def _finishing(session: Session, host: Host, report: dict[str, Any]) -> Iterator
             host.call("adapt_run_finished", run_dir=session.run.path, report=report, error=error)
 
 
+class Stopwatch:
+    """Wall seconds per stage of a run (the report's ``timings``), so a user sees where the time goes."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        begun = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] = round(time.perf_counter() - begun, 2)
+
+    def total(self) -> dict[str, float]:
+        return {**self.seconds, "total": round(time.perf_counter() - self.started, 2)}
+
+
 def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, resume: bool) -> Path:
     from adapt.engine import resolve_device
 
     config = plan.config
     distributed.init(dist, resolve_device(config.train.device).type)
+    clock = Stopwatch()
     try:
-        session = _start_run(plan, host, dist, fresh=fresh)
+        with clock("load"):
+            session = _start_run(plan, host, dist, fresh=fresh)
         run, splits = session.run, session.splits
         assert splits is not None
         session.say(f"load: {config.data.source} -> " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()) + f"; {len(splits.label_names)} labels" + (f"; skipped {len(splits.skipped)} unreadable item(s), e.g. {splits.skipped[0]}" if splits.skipped else ""))
@@ -541,17 +563,23 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
         report = base_report(session)
         params = report["params"]
         session.say(f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})")
+        report["timings"] = clock.seconds
         with _finishing(session, host, report):
             if dist.main:
                 write_report(run.path, report)
-            add_section(report, train_stage(session, host, resume=resume))
+            with clock("train"):
+                add_section(report, train_stage(session, host, resume=resume))
             if dist.main:
                 try:
-                    merged = merge_and_save(session, report)
+                    with clock("merge"):
+                        merged = merge_and_save(session, report)
                     write_report(run.path, report)
-                    export_and_record(session, merged, report, host)
+                    with clock("export"):
+                        export_and_record(session, merged, report, host)
                 finally:
+                    report["timings"] = clock.total()
                     write_report(run.path, report)
+                session.say("timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items()))
                 session.say(f"report: {run.path / 'report.md'}")
         distributed.barrier(dist)
         return run.path

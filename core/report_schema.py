@@ -97,6 +97,8 @@ class Report(_Strict):
     training: Training | None = None
     #: form -> the task's metrics on the test split (accuracy, macro_f1; f1, precision, recall for NER)
     metrics: dict[str, dict[str, float]] | None = None
+    #: wall seconds per stage of `adapt run` (load, train, merge, export) and the total
+    timings: dict[str, float] | None = None
     merge: Literal["folded", "inline"] | None = None
     merge_note: str | None = None
     merge_check: MergeCheck | None = None

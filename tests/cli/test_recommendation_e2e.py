@@ -74,6 +74,8 @@ def test_the_report_ranks_users_targets_next_to_popularity(run):
     # the readers stay in their topic and the topic's word is in each item's text: the towers find it, popularity cannot
     assert report["metrics"]["merged"]["recall@10"] > 2 * report["metrics"]["baseline"]["recall@10"]
     assert report["parity"]["onnx"]["min_cosine"] >= 0.9999
+    timings = report["timings"]  # where the run's time went, stage by stage
+    assert set(timings) == {"load", "train", "merge", "export", "total"} and sum(timings.values()) - timings["total"] <= timings["total"]
 
 
 def test_the_export_holds_the_item_index_and_the_user_tower(run):
