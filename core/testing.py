@@ -185,7 +185,7 @@ def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: 
     return Path(written)
 
 
-FIELDS = {"text-classification": ("text", "label"), "token-classification": ("tokens", "tags"), "image-classification": ("image", "label"), "object-detection": ("image", "size", "boxes", "labels")}
+FIELDS = {"text-classification": ("text", "label"), "token-classification": ("tokens", "tags"), "image-classification": ("image", "label"), "object-detection": ("image", "size", "boxes", "labels"), "recommendation": ("catalogue",)}
 
 
 def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]]:

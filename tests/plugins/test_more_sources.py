@@ -111,6 +111,8 @@ def source_recipes(root):
     from adapt.detection_set import make_detection_set
 
     make_detection_set(root / "det", images=3, size=64)
+    (root / "log.csv").write_text("user,item\n" + "".join(f"u1,i{k}\n" for k in range(4)))
+    (root / "items.csv").write_text("item,text\n" + "".join(f"i{k},item {k}\n" for k in range(4)))
     host = make_host(autoload=False)
     raw = {
         "coco": ("object-detection", root / "det"),
@@ -121,8 +123,11 @@ def source_recipes(root):
         "text-folder": ("text-classification", root / "txt"),
         "image-folder": ("image-classification", root / "img"),
         "digits": ("image-classification", None),
+        "interactions": ("recommendation", root / "log.csv"),
     }
-    return {name: DataRequest(task, path, options=validate_options(host.data_sources.get(name), "data source", {}, "data.options")) for name, (task, path) in raw.items()}, host
+    requests = {name: DataRequest(task, path, options=validate_options(host.data_sources.get(name), "data source", {}, "data.options")) for name, (task, path) in raw.items()}
+    requests["interactions"].items = root / "items.csv"
+    return requests, host
 
 
 def test_every_data_source_passes_the_shipped_conformance_check(tmp_path):
