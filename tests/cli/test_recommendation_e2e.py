@@ -75,7 +75,8 @@ def test_the_report_ranks_users_targets_next_to_popularity(run):
     assert report["metrics"]["merged"]["recall@10"] > 2 * report["metrics"]["baseline"]["recall@10"]
     assert report["parity"]["onnx"]["min_cosine"] >= 0.9999
     timings = report["timings"]  # where the run's time went, stage by stage
-    assert set(timings) == {"load", "train", "merge", "export", "total"} and sum(timings.values()) - timings["total"] <= timings["total"]
+    stages = sum(v for k, v in timings.items() if k != "total")
+    assert set(timings) == {"load", "train", "merge", "export", "total"} and 0 < stages <= timings["total"] + 0.05  # each rounded to 0.01 s
 
 
 def test_the_export_holds_the_item_index_and_the_user_tower(run):
