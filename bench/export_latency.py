@@ -22,18 +22,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
-from adapt.export_stage import DeriveContext, measure
+from adapt.export_stage import DeriveContext
 from adapt.host import make_host
+from adapt.latency import machine, ratio, summary, take_turns
 from adapt.interfaces import BuiltModel
 from adapt.plan import validate_options
 
@@ -52,35 +49,6 @@ def onnx_call(exporter, path: Path, inputs: dict, threads: int) -> Callable[[], 
     run = exporter.load(path, threads)
     feed = {k: v.numpy() for k, v in inputs.items()}
     return lambda: run(feed)
-
-
-#: Idle time before each turn. ONNX Runtime's and OpenMP's worker threads spin for a
-#: while after a call; without a pause they take cores from the next contender
-#: (seen as a folded LoRA model "2.9x" slower than its identical base on 16 cores).
-PAUSE_S = 0.5
-
-
-def take_turns(contenders: dict[str, Callable[[], object]], rounds: int, runs: int) -> dict[str, list[float]]:
-    """Each contender's median latency (ms) in each round; within a round they take turns."""
-    per_round: dict[str, list[float]] = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, call in contenders.items():
-            time.sleep(PAUSE_S)  # the previous contender's threads stop spinning
-            per_round[name].append(measure(call, runs, warmup=2)["median"])
-    return per_round
-
-
-def ratio(per_round: dict[str, list[float]], name: str, reference: str) -> dict:
-    """``name``'s latency over ``reference``'s: the median of the per-round ratios, and their range."""
-    ratios = [a / b for a, b in zip(per_round[name], per_round[reference])]
-    return {"ratio": round(statistics.median(ratios), 3), "range": [round(min(ratios), 3), round(max(ratios), 3)]}
-
-
-def summary(per_round: dict[str, list[float]], reference: str) -> dict:
-    return {
-        "ms": {name: round(statistics.median(times), 2) for name, times in per_round.items()},
-        f"to_{reference}": {name: ratio(per_round, name, reference) for name in per_round if name != reference},
-    }
 
 
 def main() -> None:
@@ -134,9 +102,7 @@ def main() -> None:
     contenders = {"pytorch": eager(built.model, image), "onnx": onnx_call(onnx, base_path, image, threads), "onnx_merged_lora": onnx_call(onnx, merged_path, image, threads)}
     per_round = take_turns(contenders, args.rounds, args.runs)
     results["mobilenetv3_large_224"] = {**summary(per_round, "pytorch"), "merged_lora_to_base_onnx": ratio(per_round, "onnx_merged_lora", "onnx")}
-    import onnxruntime
-
-    results["machine"] = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": threads, "torch": torch.__version__, "onnxruntime": onnxruntime.__version__}
+    results["machine"] = machine()
     print(json.dumps(results))
 
 

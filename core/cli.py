@@ -268,15 +268,34 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
 
     @cli.command("bench")
     @run_dir_argument
-    def bench_command(run_dir: Path) -> None:
-        """Print RUN_DIR's CPU latency table (batch 1): PyTorch eager next to
-        every exported form, with file sizes and accuracy."""
-        from adapt.report import latency_table, read_report
+    @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's).")
+    @click.option("--rounds", type=click.IntRange(1), default=5, show_default=True, help="rounds in which the contenders take turns.")
+    @click.option("--runs", type=click.IntRange(1), default=10, show_default=True, help="timed calls per contender per round.")
+    @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="examples per call.")
+    @click.option("--seq-len", type=click.IntRange(1), default=None, help="text: tokens per example (default: the run's max_length).")
+    @click.option("--image-size", type=click.IntRange(8), default=None, help="images: side in pixels (default: the run's).")
+    @click.option("--save", is_flag=True, help="also write the figures to report.json (`bench`).")
+    def bench_command(run_dir: Path, save: bool, **options: Any) -> None:
+        """Time RUN_DIR's model here and now: PyTorch eager (the merged model) and every
+        exported ONNX file take turns, round by round, on the same inputs and threads.
+        Prints a table (median ms, the spread of the rounds, each file's ratio to eager
+        with its range) and, last, one JSON line with the figures and the machine."""
+        from adapt.bench import bench_run, bench_table
 
-        report = read_report(run_dir)  # a damaged report.json is named
-        if not report.get("latency_ms"):
-            raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
-        click.echo(latency_table(report))
+        result = bench_run(run_dir, host, **options)
+        click.echo(bench_table(result))
+        if "note" in result:
+            click.echo(f"note: {result['note']}")
+        if save:
+            from adapt.report import read_report, write_report
+            from adapt.rundir import hold_lock
+
+            with hold_lock(run_dir):
+                report = read_report(run_dir)
+                report["bench"] = result  # the latest measurement replaces an earlier one
+                write_report(run_dir, report)
+            click.echo(f"saved to {run_dir / 'report.json'} (bench)")
+        click.echo(json.dumps({"ms": result["ms"], "to_pytorch": {k: v["ratio"] for k, v in result.get("to_pytorch", {}).items()}, **{k: result[k] for k in ("batch_size", "seq_len", "image_size") if k in result}, "threads": result["machine"]["threads"]}))
 
     _add_predict_command(cli, host, run_dir_argument)
 

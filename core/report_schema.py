@@ -99,6 +99,8 @@ class Report(_Strict):
     metrics: dict[str, dict[str, float]] | None = None
     #: wall seconds per stage of `adapt run` (load, train, merge, export) and the total
     timings: dict[str, float] | None = None
+    #: `adapt bench --save`: interleaved latency measured on the machine that ran it
+    bench: dict[str, Any] | None = None
     merge: Literal["folded", "inline"] | None = None
     merge_note: str | None = None
     merge_check: MergeCheck | None = None

@@ -61,7 +61,7 @@ def ner_file(folder):
     return folder / "ner.txt"
 
 
-def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
+def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir, monkeypatch):
     config = {
         "name": "text",
         "task": "text-classification",
@@ -77,6 +77,7 @@ def test_text_classification_run_then_eval_merge_predict(tmp_path, bert_dir):
     check_trained_and_merged(run, report)
     check_eval_merge_predict(run, report)
     check_export(run, report)
+    check_bench(run, report, monkeypatch)
     check_the_export_alone(tmp_path, run, report)
 
 
@@ -93,6 +94,33 @@ def check_trained_and_merged(run: Path, report: dict) -> None:
     assert [e["epoch"] for e in epochs] == [1, 2, 3, 4, 5]
     assert report["training"]["best_epoch"] in (1, 2, 3, 4, 5)
     assert report["training"]["fast_path"] == {"attention": "sdpa", "compile": None, "channels_last": False, "cls_last_layer": True, "pin_memory": False}
+
+
+def check_bench(run: Path, report: dict, monkeypatch) -> None:
+    """`adapt bench` times the files now: every exported .onnx file's session is called,
+    round after round, with inputs stretched to --seq-len; the last line is the JSON of
+    the figures; only --save writes them to report.json."""
+    import onnxruntime as ort
+
+    shapes = []
+    real_run = ort.InferenceSession.run
+
+    def counted(self, output_names, feed, *args, **kwargs):
+        shapes.append(feed["input_ids"].shape)
+        return real_run(self, output_names, feed, *args, **kwargs)
+
+    monkeypatch.setattr(ort.InferenceSession, "run", counted)
+    before = (run / "report.json").read_text()
+    output = invoke(["bench", str(run), "--rounds", "2", "--runs", "3", "--seq-len", "24", "--threads", "1"]).output
+    figures = json.loads(output.strip().splitlines()[-1])
+    files = {form for form, path in report["forms"].items() if path.endswith(".onnx")}
+    assert "| onnx_int8 |" in output and set(figures["ms"]) == {"pytorch", *files} and set(figures["to_pytorch"]) <= files
+    assert figures["seq_len"] == 24 and figures["threads"] == 1 and figures["batch_size"] == 1
+    assert len(shapes) >= len(files) * 2 * (3 + 2) and set(shapes) == {(1, 24)}  # 2 rounds of 2 warm-up + 3 timed calls each
+    assert (run / "report.json").read_text() == before
+    invoke(["bench", str(run), "--rounds", "1", "--runs", "1", "--save"])
+    saved = json.loads((run / "report.json").read_text())["bench"]
+    assert saved["rounds"] == 1 and set(saved["ms"]) == {"pytorch", *files} and isinstance(saved["machine"]["cpu_flags"], list)
 
 
 def check_eval_merge_predict(run: Path, report: dict) -> None:
@@ -112,7 +140,6 @@ def check_export(run: Path, report: dict) -> None:
     assert report["parity"]["onnx"]["max_abs_diff"] <= 1e-4 and report["parity"]["onnx"]["label_agreement"] == 1.0
     assert report["deployable"] in report["files"]
     assert "export/mobile/model.ort" in report["files"] and "latency_ms" in report and "pytorch" in report["latency_ms"]
-    assert "| onnx_int8 |" in invoke(["bench", str(run)]).output
 
     # the exported file alone, through ONNX Runtime, in a process that never imports torch
     code = (

@@ -1,0 +1,107 @@
+"""``adapt bench RUN_DIR``: time the run's model on the machine it runs on, now.
+
+The run's merged model in PyTorch (eager) and every exported ONNX file take turns
+(adapt.latency) on the same inputs with the same thread count, so the ratios compare
+the files and not two moments of the machine. Inputs are the backbone's example inputs
+at ``--batch-size``, texts stretched to ``--seq-len`` tokens (default: the run's
+``max_length``, the longest it serves) and images resized to ``--image-size`` (default:
+the run's). The result goes into report.json (``bench``) only with ``--save``.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from adapt.errors import AdaptError
+from adapt.host import Host
+from adapt.latency import machine, summary, take_turns
+
+#: Defaults of the command's options.
+ROUNDS, RUNS = 5, 10
+
+
+def bench_run(run_dir: Path, host: Host, *, threads: int | None = None, rounds: int = ROUNDS, runs: int = RUNS, batch_size: int = 1, seq_len: int | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """Median ms of eager PyTorch and of each exported file, interleaved, with each file's
+    ratio to eager (median and range of the per-round ratios) and the machine."""
+    import torch
+
+    from adapt.pipeline import restore
+    from adapt.report import read_report
+
+    session = restore(run_dir, host, need_data=False)
+    if session.config.task == "text-generation":
+        raise AdaptError("adapt bench times one forward pass; a text generator's speed is new tokens per second", hint=f"see latency_ms.*.tokens_per_s in {run_dir / 'report.json'}, or run bench/generation.py")
+    files = _exported_files(run_dir, read_report(run_dir))
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _measure(session, files, rounds, runs, batch_size, seq_len, image_size)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch_size: int, seq_len: int | None, image_size: int | None) -> dict[str, Any]:
+    import torch
+
+    threads = torch.get_num_threads()
+    inputs, shape = _inputs(session, batch_size, seq_len, image_size)
+    model = session.plan.method.merge(session.built).model.eval()
+    loader = next((e for e in session.plan.exporters if e.suffix == ".onnx"), None)
+    if loader is None:
+        raise AdaptError(f"the run's exporters ({', '.join(e.name for e in session.plan.exporters)}) write no .onnx file to time", hint="export with the onnx exporter (export.formats: [onnx])")
+
+    def eager() -> object:
+        with torch.no_grad():
+            return model(**inputs)
+
+    contenders = {"pytorch": eager, **{name: _onnx_call(loader, path, inputs, threads) for name, path in files.items()}}
+    per_round = take_turns(contenders, rounds, runs)
+    return {**shape, "batch_size": batch_size, "runs": runs, **summary(per_round, "pytorch"), "machine": machine()}
+
+
+def _exported_files(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
+    files = {name: run_dir / rel for name, rel in report.get("forms", {}).items() if str(rel).endswith(".onnx") and (run_dir / rel).is_file()}
+    if not files:
+        raise AdaptError(f"{run_dir} has no exported .onnx file to time", hint=f"export it first: adapt export {run_dir}")
+    return files
+
+
+def _inputs(session: Any, batch_size: int, seq_len: int | None, image_size: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+    """The backbone's example inputs at ``batch_size``: sequence axes stretched (by
+    repeating the tokens) to ``seq_len``, 4-D images resized to ``image_size``."""
+    import torch
+
+    backbone, built = session.plan.backbone, session.built
+    inputs = backbone.example_inputs(built, batch_size)
+    axes = backbone.onnx_io(built).dynamic_axes
+    images = [n for n, v in inputs.items() if v.dim() == 4 and v.is_floating_point()]
+    if images:
+        side = image_size or int(inputs[images[0]].shape[-1])
+        generator = torch.Generator().manual_seed(0)
+        return {n: (torch.rand(v.shape[0], v.shape[1], side, side, generator=generator) if n in images else v) for n, v in inputs.items()}, {"image_size": side}
+    tokens = seq_len or getattr(session.plan.backbone_options, "max_length", None) or max(int(v.shape[1]) for v in inputs.values())
+    stretched = {}
+    for name, value in inputs.items():
+        if 1 in axes.get(name, {}) and value.dim() == 2:
+            value = value.repeat(1, math.ceil(tokens / value.shape[1]))[:, :tokens]
+        stretched[name] = value
+    return stretched, {"seq_len": int(tokens)}
+
+
+def _onnx_call(loader: Any, path: Path, inputs: dict[str, Any], threads: int) -> Any:
+    run = loader.load(path, threads)
+    feed = {k: v.numpy() for k, v in inputs.items()}
+    return lambda: run(feed)
+
+
+def bench_table(result: dict[str, Any]) -> str:
+    """Markdown: each contender's median ms, spread of its rounds, and ratio to eager with its range."""
+    ratios = result.get("to_pytorch", {})
+    rows = ["| form | median ms | rounds' spread | vs PyTorch eager (range) |", "|---|---|---|---|"]
+    for name, ms in result["ms"].items():
+        entry = ratios.get(name)
+        versus = "1.00x" if name == "pytorch" else (f"{entry['ratio']:.3f}x ({entry['range'][0]:.3f}-{entry['range'][1]:.3f})" if entry else "-")
+        rows.append(f"| {name} | {ms:.2f} | {result['spread'][name]:.2f}x | {versus} |")
+    return "\n".join(rows)

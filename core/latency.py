@@ -1,0 +1,92 @@
+"""Latency that holds up on a shared, throttled CPU: contenders take turns.
+
+Timing one file, then another minutes later, compares two moments of the machine, not
+two files (eager MiniLM was seen anywhere from 40 to 900 ms per call on one machine).
+So every contender is timed in each of ``rounds`` rounds, one after another within a
+round, with a pause between turns (ONNX Runtime's and OpenMP's worker threads spin for
+a while after a call and would take cores from the next contender). A ratio is the
+median of the per-round ratios, reported with their range; where the reference's own
+per-round medians spread too widely, a ratio to it means little, and :func:`summary`
+says so instead of printing one.
+"""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from adapt.export_stage import measure
+
+#: Idle seconds before each turn (the previous contender's threads stop spinning).
+PAUSE_S = 0.5
+#: A reference whose slowest round is more than this many times its fastest is too
+#: unsteady for a ratio to it to mean anything.
+MAX_SPREAD = 2.0
+
+
+def take_turns(contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S) -> dict[str, list[float]]:
+    """Each contender's median latency (ms) in each round; within a round they take turns."""
+    per_round: dict[str, list[float]] = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, call in contenders.items():
+            time.sleep(pause)
+            per_round[name].append(measure(call, runs, warmup=2)["median"])
+    return per_round
+
+
+def ratio(per_round: dict[str, list[float]], name: str, reference: str) -> dict[str, Any]:
+    """``name``'s latency over ``reference``'s: the median of the per-round ratios, and their range."""
+    ratios = [a / b for a, b in zip(per_round[name], per_round[reference])]
+    return {"ratio": round(statistics.median(ratios), 3), "range": [round(min(ratios), 3), round(max(ratios), 3)]}
+
+
+def spread(times: list[float]) -> float:
+    """The slowest round over the fastest (1.0: steady)."""
+    return max(times) / min(times) if times and min(times) > 0 else float("inf")
+
+
+def summary(per_round: dict[str, list[float]], reference: str) -> dict[str, Any]:
+    """Median ms and spread of every contender, and each one's ratio to ``reference``
+    (none, with the reason, where the reference's spread is over :data:`MAX_SPREAD`)."""
+    found: dict[str, Any] = {
+        "ms": {name: round(statistics.median(times), 3) for name, times in per_round.items()},
+        "spread": {name: round(spread(times), 3) for name, times in per_round.items()},
+        "rounds": len(per_round[reference]),
+    }
+    steady = spread(per_round[reference]) <= MAX_SPREAD
+    found[f"to_{reference}"] = {name: ratio(per_round, name, reference) for name in per_round if name != reference} if steady else {}
+    if not steady:
+        found["note"] = f"{reference}'s rounds spread {spread(per_round[reference]):.1f}x (over {MAX_SPREAD}x): the machine was too unsteady for a ratio to it; run again on a quieter machine or with more --rounds"
+    return found
+
+
+def machine() -> dict[str, Any]:
+    """What the figures were measured on: CPU model and SIMD flags, cores, libraries,
+    and the denormal setting (flushing them makes some random or decaying models faster)."""
+    import os
+
+    import onnxruntime
+    import torch
+
+    from adapt.exporters.onnx_exporter import cpu_flags
+
+    return {
+        "cpu": cpu_model(),
+        "cpu_flags": cpu_flags(),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "denormals_flushed": False,  # adapt never sets torch.set_flush_denormal; ONNX Runtime's default keeps them too
+        "platform": platform.platform(),
+        "torch": torch.__version__,
+        "onnxruntime": onnxruntime.__version__,
+    }
+
+
+def cpu_model() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
