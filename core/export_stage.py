@@ -41,7 +41,10 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 
 
 #: What the export stage writes into the report (besides the exported forms' metrics and parity).
-EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "rejected_export", "export_notes")
+EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "latency_vs_pytorch", "latency_machine", "rejected_export", "export_notes")
+#: The latency figures' rounds (at most; export.latency_runs calls are shared among them)
+#: and the pause before each turn: shorter than adapt bench's, as a run times many files.
+LATENCY_ROUNDS, LATENCY_PAUSE_S = 5, 0.1
 #: Entries of ``metrics`` / ``parity`` that the merge stage writes; all others are exported forms'.
 MODEL_ENTRIES = ("baseline", "adapted", "merged")
 #: The least share of the merged model's final predictions (object-detection: confident
@@ -128,6 +131,8 @@ class _ExportJob:
 
         self.generation = GenerationCheck(session, merged_model) if session.config.task == causal_lm.TASK else None
         self.artifacts: list[tuple[Path, str]] = []
+        #: name -> calls at batch 1 and at latency_batch, timed together at the end
+        self.timed: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
 
     def _batches(self, examples: list, size: int) -> list[dict[str, Any]]:
         return [self.session.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
@@ -176,22 +181,52 @@ class _ExportJob:
     def latency(self, fn: Callable[[], Any]) -> dict[str, float]:
         return {**measure(fn, self.cfg.latency_runs), "threads": self.threads}
 
-    def time_runner(self, runner: Callable[[dict[str, Any]], Any], batch: dict[str, Any]) -> dict[str, float]:
-        feed = self._feed(batch)
-        return self.latency(lambda: runner(feed))
+    def to_time(self, name: str, runner: Callable[[dict[str, Any]], Any]) -> None:
+        """Queue a form for :meth:`time_together` at batch 1 (and ``latency_batch``)."""
+        one, batch = self._feed(self.one), self.many
+        self.timed[name] = (lambda: runner(one), None)
+        self.new["latency_ms"].setdefault(name, {})
+        if batch is not None:
+            many = self._feed(batch)
+            self.timed[name] = (lambda: runner(one), lambda: runner(many))
+            self.new.setdefault("latency_ms_batch", {"batch": len(batch["labels"])}).setdefault(name, {})
 
     def run(self) -> None:
         import torch
 
         model, names = self.merged_model.eval(), self.io.input_names
-        with torch.no_grad():
-            self.new["latency_ms"]["pytorch"] = self.latency(lambda: model(**{n: self.one[n] for n in names if n in self.one}))
-            many = self.many
-            if many is not None:
-                self.new["latency_ms_batch"] = {"batch": len(many["labels"]), "pytorch": self.latency(lambda: model(**{n: many[n] for n in names if n in many}))}
+
+        def eager(batch: dict[str, Any]) -> Any:
+            with torch.no_grad():
+                return model(**{n: torch.as_tensor(batch[n]) for n in names if n in batch})
+
+        self.to_time("pytorch", eager)
         self.write_preprocessing()
         for exporter in self.plan.exporters:
             self.export_one(exporter)
+        self.time_together()
+
+    def time_together(self) -> None:
+        """Every form's latency, PyTorch eager's included, measured in rounds in which they
+        take turns (adapt.latency), so a ratio compares forms and not moments of the
+        machine: ``latency_ms`` (median, p90 over all calls, spread of the rounds),
+        ``latency_vs_pytorch`` (each form's ratio: median and range of the per-round ratios,
+        or a note where eager was too unsteady for one) and ``latency_machine``."""
+        from adapt.latency import figures, machine, summary, timed_rounds
+
+        rounds = min(LATENCY_ROUNDS, self.cfg.latency_runs)
+        runs = max(1, self.cfg.latency_runs // rounds)
+        for key, which in (("latency_ms", 0), ("latency_ms_batch", 1)):
+            calls: dict[str, Callable[[], Any]] = {name: call for name, pair in self.timed.items() if (call := pair[which]) is not None}
+            if not calls:
+                continue
+            times = timed_rounds(calls, rounds, runs, pause=LATENCY_PAUSE_S)
+            for name, per_round in times.items():
+                self.new[key][name].update({**figures(per_round), "threads": self.threads})
+            if key == "latency_ms":
+                found = summary({n: [statistics.median(r) for r in t] for n, t in times.items()}, "pytorch")
+                self.new["latency_vs_pytorch"] = {**found["to_pytorch"], **({"note": found["note"]} if "note" in found else {})}
+        self.new["latency_machine"] = machine()
 
     def write_preprocessing(self) -> None:
         """``preprocess.json`` and the standalone ``predict.py``, where the backbone can describe its preprocessing."""
@@ -279,7 +314,8 @@ class _ExportJob:
             return -math.log(max(value, 1e-300)) if lower_is_better else value  # see DeriveContext.score
 
         def file_latency(candidate: Path) -> dict[str, float]:
-            return self.time_runner(exporter.load(candidate, self.threads), self.one)
+            runner, feed = exporter.load(candidate, self.threads), self._feed(self.one)
+            return self.latency(lambda: runner(feed))
 
         calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
         hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
@@ -317,10 +353,7 @@ class _ExportJob:
                 f"{form.path.name} (exporter {exporter.name!r}, {owner}) does not reproduce the merged model: {problem}",
                 hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; raise export.parity_tolerance only if that difference is acceptable",
             )
-        runner = exporter.load(form.path, self.threads)
-        self.new["latency_ms"][form.name] = self.time_runner(runner, self.one)
-        if self.many is not None:
-            self.new["latency_ms_batch"][form.name] = self.time_runner(runner, self.many)
+        self.to_time(form.name, exporter.load(form.path, self.threads))
         if self.generation is not None and form.path.suffix == ".onnx":
             self.verify_generation(exporter, form)
         if callable(getattr(self.plan.task, "final_predictions", None)):

@@ -18,8 +18,6 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from adapt.export_stage import measure
-
 #: Idle seconds before each turn (the previous contender's threads stop spinning).
 PAUSE_S = 0.5
 #: A reference whose slowest round is more than this many times its fastest is too
@@ -27,14 +25,34 @@ PAUSE_S = 0.5
 MAX_SPREAD = 2.0
 
 
-def take_turns(contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S) -> dict[str, list[float]]:
-    """Each contender's median latency (ms) in each round; within a round they take turns."""
-    per_round: dict[str, list[float]] = {name: [] for name in contenders}
+def timed_rounds(contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S, warmup: int = 2) -> dict[str, list[list[float]]]:
+    """Every call's milliseconds, by contender and round; within a round the contenders
+    take turns, each after ``pause`` seconds and ``warmup`` untimed calls."""
+    times: dict[str, list[list[float]]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, call in contenders.items():
             time.sleep(pause)
-            per_round[name].append(measure(call, runs, warmup=2)["median"])
-    return per_round
+            for _ in range(warmup):
+                call()
+            this_round = []
+            for _ in range(runs):
+                started = time.perf_counter()
+                call()
+                this_round.append((time.perf_counter() - started) * 1000)
+            times[name].append(this_round)
+    return times
+
+
+def take_turns(contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S) -> dict[str, list[float]]:
+    """Each contender's median latency (ms) in each round; within a round they take turns."""
+    return {name: [statistics.median(r) for r in rounds_] for name, rounds_ in timed_rounds(contenders, rounds, runs, pause).items()}
+
+
+def figures(rounds: list[list[float]]) -> dict[str, float]:
+    """One contender's ``median`` and ``p90`` over all its calls (ms), and the ``spread``
+    of its per-round medians (the slowest over the fastest)."""
+    calls = sorted(t for r in rounds for t in r)
+    return {"median": round(statistics.median(calls), 3), "p90": round(calls[min(len(calls) - 1, int(0.9 * len(calls)))], 3), "spread": round(spread([statistics.median(r) for r in rounds]), 3)}
 
 
 def ratio(per_round: dict[str, list[float]], name: str, reference: str) -> dict[str, Any]:

@@ -146,21 +146,35 @@ def render_markdown(report: dict[str, Any]) -> str:
 
 
 def latency_table(report: dict[str, Any]) -> str:
-    """Markdown table: each form's batch-1 latency (and ratio to PyTorch), size and primary
-    metric; for text-generation also its greedy generation speed (new tokens per second)."""
+    """Markdown table: each form's batch-1 latency, its ratio to PyTorch eager (measured
+    taking turns: median and range of the per-round ratios), size and primary metric;
+    for text-generation also its greedy generation speed (new tokens per second)."""
     latency, metrics, files = report.get("latency_ms", {}), report.get("metrics", {}), report.get("files", {})
-    base = latency.get("pytorch", {}).get("median")
+    versus = report.get("latency_vs_pytorch", {})
     primary = PRIMARY_METRICS.get(str(report.get("task")), "accuracy")
     generation = any("tokens_per_s" in v for v in latency.values())
-    rows = ["| form | median ms | p90 ms | vs PyTorch | threads | bytes | test " + primary + (" | tokens/s |" if generation else " |"), "|---|---|---|---|---|---|---|" + ("---|" if generation else "")]
+    rows = ["| form | median ms | p90 ms | vs PyTorch (range) | threads | bytes | test " + primary + (" | tokens/s |" if generation else " |"), "|---|---|---|---|---|---|---|" + ("---|" if generation else "")]
     forms = report.get("forms", {})
     for form, v in latency.items():
-        ratio = f"{v['median'] / base:.2f}x" if base else ""
         size = files.get(forms.get(form, ""), "")
         metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
         speed = f" {_fmt(v.get('tokens_per_s', ''))} |" if generation else ""
-        rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {ratio} | {v.get('threads', '')} | {size} | {_fmt(metric)} |{speed}")
+        rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {_versus(form, versus, latency)} | {v.get('threads', '')} | {size} | {_fmt(metric)} |{speed}")
+    if versus.get("note"):
+        rows.append(f"\n{versus['note']}")
     return "\n".join(rows)
+
+
+def _versus(form: str, versus: dict[str, Any], latency: dict[str, Any]) -> str:
+    """A form's ratio to eager: the interleaved one (with its range) where the report has
+    it; a report from before interleaving: the plain ratio of medians."""
+    if form == "pytorch":
+        return "1.00x"
+    entry = versus.get(form)
+    if isinstance(entry, dict):
+        return f"{entry['ratio']:.3f}x ({entry['range'][0]:.3f}-{entry['range'][1]:.3f})"
+    base = latency.get("pytorch", {}).get("median")
+    return "" if versus.get("note") or not base else f"{latency[form].get('median', 0) / base:.2f}x"
 
 
 def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Path | None:

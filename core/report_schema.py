@@ -74,6 +74,8 @@ class Latency(_Strict):
     median: float
     p90: float
     threads: int
+    #: the slowest round's median over the fastest's (the forms are timed taking turns)
+    spread: float | None = None
     #: text-generation: new tokens per second of greedy generation with the KV cache (batch 1).
     tokens_per_s: float | None = None
 
@@ -99,6 +101,10 @@ class Report(_Strict):
     metrics: dict[str, dict[str, float]] | None = None
     #: wall seconds per stage of `adapt run` (load, train, merge, export) and the total
     timings: dict[str, float] | None = None
+    #: each exported form's latency over PyTorch eager's, measured taking turns: {"ratio", "range"} (or a "note")
+    latency_vs_pytorch: dict[str, Any] | None = None
+    #: the machine the latencies were measured on (CPU model and flags, threads, denormals)
+    latency_machine: dict[str, Any] | None = None
     #: `adapt bench --save`: interleaved latency measured on the machine that ran it
     bench: dict[str, Any] | None = None
     merge: Literal["folded", "inline"] | None = None

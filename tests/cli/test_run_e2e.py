@@ -137,6 +137,10 @@ def check_export(run: Path, report: dict) -> None:
     """The export stage ran with the default export settings; the deployable file answers without torch."""
     for form in ("onnx", "onnx_optimized", "onnx_int8"):
         assert form in report["metrics"] and form in report["latency_ms"] and report["latency_ms"][form]["threads"] >= 1
+        assert report["latency_ms"][form]["spread"] >= 1.0  # timed in rounds, taking turns with eager
+    versus = report["latency_vs_pytorch"]  # a ratio per form, or a note saying eager was too unsteady for one
+    assert "note" in versus or {"onnx", "onnx_optimized", "onnx_int8"} <= set(versus)
+    assert isinstance(report["latency_machine"]["cpu_flags"], list) and report["latency_machine"]["denormals_flushed"] is False
     assert report["parity"]["onnx"]["max_abs_diff"] <= 1e-4 and report["parity"]["onnx"]["label_agreement"] == 1.0
     assert report["deployable"] in report["files"]
     assert "export/mobile/model.ort" in report["files"] and "latency_ms" in report and "pytorch" in report["latency_ms"]
