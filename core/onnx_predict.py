@@ -34,6 +34,7 @@ REQUIRED_KEYS = {
     "text": ("kind", "labels", "tokenizer", "max_length"),
     "tokens": ("kind", "labels", "tokenizer", "max_length"),
     "generation": ("kind", "tokenizer", "max_length", "eos_id"),
+    "items": ("kind", "buckets"),  # recommendation's item-table tower: predictions read the index, not the model
 }
 #: object-detection settings and their defaults: detections below min_score are not printed.
 DETECTION: dict[str, Any] = {"min_score": 0.3, "draw": None}

@@ -75,7 +75,7 @@ def build_model(plan: Plan, num_labels: int) -> BuiltModel:
     cfg, task = plan.config.backbone, plan.task
     size = getattr(task, "head_size", None)
     outputs = size(num_labels) if callable(size) else num_labels  # an embedding head has `dim` outputs
-    built = plan.backbone.build(model_task(task, plan.config.task), outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
+    built = plan.backbone.build(model_task(plan.backbone, task, plan.config.task), outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
     if cfg.checkpoint and built.checkpoint is None:
         found = resolve_checkpoint(cfg.checkpoint)
         built.checkpoint = str(Path(found).resolve()) if Path(found).exists() else found

@@ -76,10 +76,11 @@ def _check_task(plugin: Any, kind: str, key: str, task: str) -> None:
         )
 
 
-def model_task(task: Any, name: str) -> str:
-    """The task a backbone builds the model for: the task's own, or the one it names in
-    ``model_task`` (recommendation's item tower is a text-embedding model)."""
-    return str(getattr(task, "model_task", name))
+def model_task(backbone: Any, task: Any, name: str) -> str:
+    """The task a backbone builds the model for: the task's own where the backbone lists
+    it (recommendation's ``item-table``), else the one the task names in ``model_task``
+    (recommendation's text item tower is a text-embedding model)."""
+    return name if name in backbone.tasks else str(getattr(task, "model_task", name))
 
 
 def make_plan(config: RunConfig, host: Host) -> Plan:
@@ -89,7 +90,7 @@ def make_plan(config: RunConfig, host: Host) -> Plan:
     if head is not None:
         task = task.configure(head)
     backbone = _lookup(host.backbones, config.backbone.name, "backbone.name")
-    _check_task(backbone, "backbone", "backbone.name", model_task(task, config.task))
+    _check_task(backbone, "backbone", "backbone.name", model_task(backbone, task, config.task))
     method = _lookup(host.methods, config.method.name, "method.name")
     source = _lookup(host.data_sources, config.data.source, "data.source")
     _check_task(source, "data source", "data.source", config.task)

@@ -417,14 +417,18 @@ def stamp(path: Path, metadata: dict[str, str]) -> None:
 
 
 def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Run an ONNX Runtime quantisation call without its advice on the root logger."""
+    """Run an ONNX Runtime quantisation call without its advice on the root logger or
+    its progress prints (the histogram calibrators print to stdout)."""
+    import contextlib
+    import io
     import logging
 
     root = logging.getLogger()
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        return fn(*args, **kwargs)
+        with contextlib.redirect_stdout(io.StringIO()):
+            return fn(*args, **kwargs)
     finally:
         root.setLevel(level)
 

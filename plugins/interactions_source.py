@@ -2,7 +2,8 @@
 
 ``data.path`` is a CSV with a header holding ``user`` and ``item`` (and optionally
 ``rating`` and ``timestamp``); ``data.items`` a CSV or jsonl file with ``item`` and
-``text`` (the item tower reads the text). The splits are leave-last-out, per user, in
+``text`` (a text item tower reads the text). Without ``data.items`` each item's text is
+its id, for the id-table item tower (``backbone: {name: item-table}``). The splits are leave-last-out, per user, in
 time order (``timestamp``, else the file's order): the last item is the user's test
 target, the one before it the validation target, and every earlier item a training
 target predicted from the items before it. Val and test also hold the whole catalogue
@@ -77,13 +78,8 @@ def _need(rows: Sequence[dict[str, str]], keys: Sequence[str], path: Path, examp
         raise DataError(f"{path}: {found}", hint=f"a header line and one row per entry, e.g. {example}")
 
 
-def read_items(path: Path | None) -> dict[str, str]:
+def read_items(path: Path) -> dict[str, str]:
     """Item id -> text from ``data.items``."""
-    if path is None:
-        raise DataError(
-            "task recommendation needs the items' text: data.items is not set",
-            hint="set data.items to a CSV or jsonl file with `item` and `text` (the item tower is a text model; an id-only item table is not built yet)",
-        )
     rows = _rows(path, "item file")
     _need(rows, ("item", "text"), path, "item,text")
     return {row["item"].strip(): (row["text"] or "").strip() for row in rows if (row.get("item") or "").strip()}
@@ -141,9 +137,13 @@ class InteractionsSource:
         if request.path is None:
             raise DataError("the interactions data source needs data.path", hint="set data.path to a CSV with columns user,item[,rating,timestamp]")
         options = request.options or InteractionsOptions()
-        texts = read_items(request.items)
         sequences = user_sequences(request.path, options, request)
-        unknown = sorted({i for items in sequences.values() for i in items} - set(texts))
+        read = {i for items in sequences.values() for i in items}
+        if request.items is None:  # no text: each item's "text" is its id (backbone item-table)
+            texts = {i: i for i in read}
+        else:
+            texts = read_items(request.items)
+        unknown = sorted(read - set(texts))
         if unknown:
             raise DataError(f"{len(unknown)} item(s) of {request.path.name} have no text in {request.items}, e.g. {unknown[0]!r}", hint="add a row (item, text) for every item the interactions name")
         empty = sorted(i for i, t in texts.items() if not t)

@@ -99,3 +99,35 @@ def test_pytorch_onnx_and_predict_py_recommend_the_same_items(run):
     assert sum(r["item"].startswith("sport") for r in device["recommended"]) >= 5  # the reader's topic comes first
     result = invoke(["predict", str(run), "sport1,nothing"], code=2)
     assert "unknown item 'nothing'" in result.output and "hint" in result.output
+
+
+@pytest.fixture(scope="module")
+def id_run(tmp_path_factory):
+    """The same readers without item texts: the item-table tower (one learnt vector per id)."""
+    tmp_path = tmp_path_factory.mktemp("rec-ids")
+    write_data(tmp_path)
+    config = {
+        "name": "rec-ids",
+        "task": "recommendation",
+        "backbone": {"name": "item-table", "options": {"width": 16, "buckets": 4096}},
+        "method": {"name": "freeze"},
+        "data": {"source": "interactions", "path": str(tmp_path / "log.csv")},
+        "head": {"temperature": 0.1, "history": 4},
+        "train": {"epochs": 15, "batch_size": 16, "lr": 5e-2},
+        "export": {"latency_runs": 3, "mobile": False},
+        "output_dir": str(tmp_path / "runs"),
+    }
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    invoke(["run", str(path)])
+    return tmp_path / "runs" / "rec-ids"
+
+
+def test_the_id_table_tower_learns_which_items_go_together(id_run):
+    report = json.loads((id_run / "report.json").read_text())
+    assert report["metrics"]["merged"]["recall@10"] > 2 * report["metrics"]["baseline"]["recall@10"]  # co-reads, no text
+    assert report["parity"]["onnx"]["min_cosine"] >= 0.9999 and np.load(id_run / "export" / "gallery.npy").shape == (50, 16)
+    history = "music1,music2"
+    eager = json.loads(invoke(["predict", str(id_run), history]).output)
+    device = json.loads(subprocess.run([sys.executable, str(id_run / "export" / "predict.py"), str(id_run / "export" / "model.onnx"), history], capture_output=True, text=True, check=True).stdout)
+    assert eager == device and sum(r["item"].startswith("music") for r in device["recommended"]) >= 5

@@ -123,6 +123,20 @@ def test_interactions_split_leave_last_out_in_time_order(tmp_path):
     assert len(request.skipped) == 1 and "u2" in request.skipped[0]  # two distinct items: too few
 
 
+def test_without_an_item_file_each_items_text_is_its_id(tmp_path):
+    splits, _ = read(tmp_path, "user,item\n" + "".join(f"u1,i{k}\n" for k in range(4)))
+    catalogue = splits["test"][0]["catalogue"]
+    assert catalogue.ids == catalogue.texts == ("i0", "i1", "i2", "i3")
+
+
+def test_the_item_table_hashes_ids_stably_into_its_rows():
+    from adapt.plugins.item_table import row_of
+
+    assert row_of("", 2**64) == 0xCBF29CE484222325 and row_of("a", 2**64) == 0xAF63DC4C8601EC8C  # FNV-1a 64 test vectors
+    rows = [row_of(f"item-{k}", 65536) for k in range(1000)]
+    assert all(0 <= r < 65536 for r in rows) and len(set(rows)) > 990
+
+
 def test_interactions_min_rating_keeps_the_liked_ones(tmp_path):
     rows = "user,item,rating\n" + "".join(f"u1,i{k},{5 if k != 2 else 1}\n" for k in range(6))
     splits, _ = read(tmp_path, rows, ITEMS, min_rating=3)
@@ -132,7 +146,6 @@ def test_interactions_min_rating_keeps_the_liked_ones(tmp_path):
 @pytest.mark.parametrize(
     ("rows", "items", "message"),
     [
-        ("user,item\nu1,i1\n", None, "data.items is not set"),
         ("user,item\nu1,i9\nu1,i1\nu1,i2\nu1,i3\n", ITEMS, "have no text"),
         ("person,item\nu1,i1\n", ITEMS, "no 'user' column"),
         ("user,item,timestamp\nu1,i1,yesterday\n", ITEMS, "not a number"),
