@@ -127,15 +127,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 10 <= args.items <= 2200 or args.users < 1:
         parser.error("--items must be between 10 and 2200 and --users at least 1")
-    from adapt.errors import AdaptError
+    from adapt.errors import run_or_report
 
-    try:
-        make_bbc_interactions(args.out, args.users, args.items, args.seed)
-    except AdaptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.users} users' reads of {args.items} articles to {args.out}")
-    return 0
+    return run_or_report(lambda: make_bbc_interactions(args.out, args.users, args.items, args.seed), f"wrote {args.users} users' reads of {args.items} articles to {args.out}")
 
 
 if __name__ == "__main__":

@@ -266,6 +266,12 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
         export(run_dir, host)
         click.echo(f"report: {run_dir / 'report.md'}")
 
+    _add_bench_command(cli, host, run_dir_argument)
+    _add_predict_command(cli, host, run_dir_argument)
+
+
+def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
+    """`adapt bench`: time the run's model and files here and now, taking turns."""
     @cli.command("bench")
     @run_dir_argument
     @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's).")
@@ -296,8 +302,6 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
                 write_report(run_dir, report)
             click.echo(f"saved to {run_dir / 'report.json'} (bench)")
         click.echo(json.dumps({"ms": result["ms"], "to_pytorch": {k: v["ratio"] for k, v in result.get("to_pytorch", {}).items()}, **{k: result[k] for k in ("batch_size", "seq_len", "image_size") if k in result}, "threads": result["machine"]["threads"]}))
-
-    _add_predict_command(cli, host, run_dir_argument)
 
 
 def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:

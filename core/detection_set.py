@@ -120,15 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 32 <= args.size <= 427:
         parser.error("--size must be between 32 and 427 (the photographs are 427 pixels high)")
-    from adapt.errors import AdaptError
+    from adapt.errors import run_or_report
 
-    try:
-        make_detection_set(args.out, args.images, args.size, args.seed)
-    except AdaptError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.images} images to {args.out}")
-    return 0
+    return run_or_report(lambda: make_detection_set(args.out, args.images, args.size, args.seed), f"wrote {args.images} images to {args.out}")
 
 
 if __name__ == "__main__":

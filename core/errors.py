@@ -9,6 +9,9 @@ is a bug in adapt or in a plugin.
 
 from __future__ import annotations
 
+import sys
+from typing import Callable
+
 
 class AdaptError(Exception):
     """A problem the user can fix; ``hint`` says how. A stage that fails after it
@@ -61,3 +64,15 @@ class Interrupted(AdaptError):
     """The user pressed Ctrl-C (SIGINT); what was finished is saved."""
 
     exit_code = 130
+
+
+def run_or_report(write: Callable[[], object], done: str) -> int:
+    """A data-set writer's command-line exit: ``done`` printed and 0, or the AdaptError's
+    message (and hint) on stderr and 2, the code adapt's own commands use for user errors."""
+    try:
+        write()
+    except AdaptError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(done)
+    return 0
