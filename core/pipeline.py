@@ -389,19 +389,23 @@ def save_merged(model: Any, session: Session, folder: Path, *, folded: bool, car
     weights, the tokenizer at the trained max length) when the network is a
     transformers model and the method folded, so ``transformers.pipeline`` opens it;
     else ``model.safetensors`` (the network's own tensor names when folded, adapt's
-    when adapters stay inline). With a model card (README.md). Swapped in whole."""
+    when adapters stay inline or the wrapper adds layers of its own, such as an
+    embedding projection). With a model card (README.md). Swapped in whole."""
     from safetensors.torch import save
 
     from adapt.rundir import atomic_folder
 
     inner = getattr(model, "model", model)
+    # a wrapper with layers of its own (text-embedding's projection) is saved whole: a
+    # transformers folder of the inner model alone would drop them
+    own = [n for n, _ in model.named_parameters() if not n.startswith("model.")] if inner is not model else []
     with atomic_folder(folder) as partial:
         if card:
             (partial / "README.md").write_text(card, encoding="utf-8")
-        if folded and hasattr(inner, "save_pretrained"):
+        if folded and hasattr(inner, "save_pretrained") and not own:
             _save_transformers(inner, session, partial)
             return
-        source = inner if folded else model
+        source = inner if folded and not (own and hasattr(inner, "save_pretrained")) else model
         state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
         (partial / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
 

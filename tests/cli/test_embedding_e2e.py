@@ -116,6 +116,10 @@ def test_search_reports_retrieval_next_to_the_untuned_baseline(search_run):
     gallery = np.load(search_run / "export" / "gallery.npy")
     index = json.loads((search_run / "export" / "gallery.json").read_text())
     assert gallery.shape == (report["data"]["sizes"]["train"], 16) and len(index["ids"]) == len(gallery)
+    from safetensors.numpy import load_file
+
+    merged = load_file(search_run / "merged" / "model.safetensors")  # the new projection is kept, not just the encoder
+    assert merged["projection.weight"].shape[0] == 16 and any(k.startswith("model.") for k in merged)
 
 
 def test_search_predictions_agree_between_pytorch_and_predict_py(search_run):
