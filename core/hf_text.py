@@ -55,7 +55,7 @@ class TextOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_length: int = Field(128, ge=8, le=8192, description="tokens kept per text (longer texts are truncated)")
-    pooling: Literal["mean", "cls"] = Field("mean", description="text-embedding: how the last hidden states become one vector: mean over the tokens that are not padding (sentence-transformers' checkpoints), or the first token")
+    pooling: Literal["mean", "cls"] | None = Field(None, description="how the last hidden states become one vector: mean over the tokens that are not padding (what sentence-transformers' checkpoints are trained for), or cls (the first token). text-embedding and recommendation: default mean. text-classification: default the architecture's own head (its [CLS] pooler); mean replaces it by mean pooling and a new linear classifier")
 
 
 @contextlib.contextmanager
@@ -107,9 +107,10 @@ class TransformersTextBackbone:
 
         from transformers import AutoModel
 
-        autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM, EMBEDDING: AutoModel}
-        auto = autos.get(task, AutoModelForSequenceClassification)
-        labels = {} if task in (GENERATION, EMBEDDING) else {"num_labels": num_labels}
+        pooled = task == EMBEDDING or (task == "text-classification" and getattr(options, "pooling", None) == "mean")
+        autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM}
+        auto = AutoModel if pooled else autos.get(task, AutoModelForSequenceClassification)
+        labels = {} if task == GENERATION or pooled else {"num_labels": num_labels}
         with quiet_transformers():
             config = self._load(lambda: AutoConfig.from_pretrained(source, **labels), checkpoint)
             if self.model_types and config.model_type not in self.model_types:
@@ -133,7 +134,7 @@ class TransformersTextBackbone:
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
-        wrapped = self._wrap(model, task, num_labels, options)
+        wrapped = self._wrap(model, task, num_labels, options, pooled)
         blocks = self.find_blocks(wrapped)
         if not blocks:
             raise CheckpointError(f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model", hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass TransformersTextBackbone and override find_blocks for this architecture")
@@ -141,7 +142,7 @@ class TransformersTextBackbone:
             model=wrapped,
             task=task,
             num_labels=0 if task in (GENERATION, EMBEDDING) else num_labels,
-            head=self.find_head(wrapped) if task != EMBEDDING else tuple(n for n, m in wrapped.named_children() if n == "projection"),
+            head=tuple(n for n, m in wrapped.named_children() if n == "projection") if pooled else self.find_head(wrapped),
             new_parameters=tuple(f"model.{n}" for n in new) + tuple(n for n, _ in wrapped.named_parameters() if n.startswith("projection.")),
             blocks=tuple(blocks),
             preprocessor=tokenizer,
@@ -150,13 +151,13 @@ class TransformersTextBackbone:
         return built
 
     @staticmethod
-    def _wrap(model: torch.nn.Module, task: str, num_labels: int, options: Any) -> torch.nn.Module:
+    def _wrap(model: torch.nn.Module, task: str, num_labels: int, options: Any, pooled: bool) -> torch.nn.Module:
         """The transformers model behind adapt's calling convention (``model(**inputs)`` -> logits)."""
         from adapt.wrappers import CausalLMWithCache, LogitsOnly, PooledEncoder
 
         if task == GENERATION:
             return CausalLMWithCache(model)
-        if task == EMBEDDING:  # num_labels: the projection's size (0: the pooled hidden state itself)
+        if pooled:  # an embedding (num_labels: the projection's size, 0: none) or a mean-pooled classifier
             return PooledEncoder(model, getattr(options, "pooling", None) or "mean", num_labels)
         return LogitsOnly(model)
 

@@ -28,14 +28,14 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {**encoders, **{model_type: decoder_checkpoint(root / model_type, model_type) for model_type in DECODERS}}
 
 
-def run(tmp_path: Path, checkpoint: Path, method: dict, task: str = "text-classification") -> dict:
+def run(tmp_path: Path, checkpoint: Path, method: dict, task: str = "text-classification", **options: str) -> dict:
     if task == "text-classification":
         (tmp_path / "data.csv").write_text(ROWS)
         data = {"source": "csv", "path": str(tmp_path / "data.csv")}
     else:
         (tmp_path / "ner.conll").write_text("".join(f"obama B-PER\nvisited O\nparis B-LOC\n{'the O' if i % 2 else 'london B-LOC'}\n\n" for i in range(30)))
         data = {"source": "conll", "path": str(tmp_path / "ner.conll")}
-    config = {"name": "r", "output_dir": str(tmp_path / "runs"), "task": task, "backbone": {"name": "transformers", "checkpoint": str(checkpoint), "options": {"max_length": 32}}, "method": method, "data": data, "train": {"epochs": 1, "batch_size": 8}, "export": {"quantize": "none", "mobile": False, "latency_runs": 2}}
+    config = {"name": "r", "output_dir": str(tmp_path / "runs"), "task": task, "backbone": {"name": "transformers", "checkpoint": str(checkpoint), "options": {"max_length": 32, **options}}, "method": method, "data": data, "train": {"epochs": 1, "batch_size": 8}, "export": {"quantize": "none", "mobile": False, "latency_runs": 2}}
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(tmp_path / "config.yaml")])
     assert result.exit_code == 0, result.output
@@ -52,6 +52,21 @@ def test_any_encoder_runs_end_to_end(tmp_path, checkpoints, model_type, method):
     for form in ("merged", "onnx"):
         assert report["parity"][form]["verified"] is True and report["parity"][form]["label_agreement"] == 1.0, (form, report["parity"][form])
     assert 0 < report["params"]["trainable"] < report["params"]["total"]
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_mean_pooling_replaces_the_classification_head(tmp_path, checkpoints, method):
+    """`pooling: mean`: mean over the tokens that are not padding and a new linear
+    classifier instead of the architecture's [CLS] head; trained, merged and exported
+    like any classifier, and the merged folder keeps the new classifier."""
+    from safetensors.numpy import load_file
+
+    report = run(tmp_path, checkpoints[next(iter(ENCODERS))], METHODS[method], pooling="mean")
+    for form in ("merged", "onnx"):
+        assert report["parity"][form]["verified"] is True and report["parity"][form]["label_agreement"] == 1.0, (form, report["parity"][form])
+    assert any(n.startswith("projection.") for n in report["new_parameters"])  # the new classifier trains under every method
+    if method == "lora":
+        assert load_file(tmp_path / "runs" / "r" / "merged" / "model.safetensors")["projection.weight"].shape[0] == 2
 
 
 @pytest.mark.parametrize("method", list(METHODS))
