@@ -47,7 +47,7 @@ def main() -> None:
     subprocess.run([adapt, "run", str(EXAMPLE), "--overwrite", *[a for o in overrides for a in ("--set", o)]], check=True)
     wall = time.perf_counter() - started
     report = json.loads((args.out / "detection-mobilenetv2-lora" / "report.json").read_text())
-    from adapt.exporters.onnx_exporter import cpu_flags
+    from adapt.latency import cpu_flags
 
     result = {
         "train_seconds": round(report["training"]["seconds"], 1),

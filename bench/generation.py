@@ -34,7 +34,7 @@ from typing import Callable
 
 import torch
 
-from adapt.exporters.onnx_exporter import cpu_flags
+from adapt.latency import cpu_flags
 
 PAUSE_S = 0.5  # idle time before each turn, so the previous contender's threads stop spinning
 

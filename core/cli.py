@@ -287,7 +287,15 @@ def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[
         Prints a table (median ms, the spread of the rounds, each file's ratio to eager
         with its range) and, last, one JSON line with the figures and the machine."""
         from adapt.bench import bench_run, bench_table
+        from adapt.report import latency_table, read_report
 
+        report = read_report(run_dir)  # a damaged report.json is named
+        if report.get("task") == "text-generation":  # its speed is generation, measured by the export
+            if not report.get("latency_ms"):
+                raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
+            click.echo(latency_table(report))
+            click.echo("note: text-generation: these are the export's figures (new tokens per second of greedy generation through the KV cache, timed taking turns); adapt bench does not time generation again: bench/generation.py does, against transformers and Optimum")
+            return
         result = bench_run(run_dir, host, **options)
         click.echo(bench_table(result))
         if "note" in result:

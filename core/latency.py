@@ -89,8 +89,6 @@ def machine() -> dict[str, Any]:
     import onnxruntime
     import torch
 
-    from adapt.exporters.onnx_exporter import cpu_flags
-
     return {
         "cpu": cpu_model(),
         "cpu_flags": cpu_flags(),
@@ -108,3 +106,13 @@ def cpu_model() -> str:
         return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> list[str]:
+    """The CPU's SIMD flags that ONNX Runtime's int8 kernels depend on (Linux; [] elsewhere)."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return []
+    words = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
+    return sorted(w for w in words if w.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve", "i8mm")) or "vnni" in w or w == "dotprod")

@@ -36,6 +36,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import ExportError
 from adapt.export_stage import Derived, DeriveContext, Form
+from adapt.latency import cpu_flags
 
 if TYPE_CHECKING:
     import numpy as np
@@ -388,16 +389,6 @@ def _choose_calibration(makers: dict[str, Callable[[Path], None]], plain: Path, 
         return {"chosen": "minmax", "val_score": scores, "errors": errors, "why": "no calibrator gave a finite score; MinMax without measuring"}
     best = max(measured, key=lambda k: (measured[k], -list(makers).index(k)))
     return {"chosen": best, "val_score": scores, **({"errors": errors} if errors else {}), "why": "the best validation score of the calibrators"}
-
-
-def cpu_flags() -> list[str]:
-    """The CPU's SIMD flags that ONNX Runtime's int8 kernels depend on (Linux; [] elsewhere)."""
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    words = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
-    return sorted(w for w in words if w.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve", "i8mm")) or "vnni" in w or w == "dotprod")
 
 
 def stamp(path: Path, metadata: dict[str, str]) -> None:
