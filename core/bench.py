@@ -57,6 +57,7 @@ def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch
             return model(**inputs)
 
     contenders = {"pytorch": eager, **{name: _onnx_call(loader, path, inputs, threads) for name, path in files.items()}}
+    _check_contenders(contenders, shape)
     per_round = take_turns(contenders, rounds, runs)
     return {**shape, "batch_size": batch_size, "runs": runs, **summary(per_round, "pytorch"), "machine": machine()}
 
@@ -81,13 +82,28 @@ def _inputs(session: Any, batch_size: int, seq_len: int | None, image_size: int 
         side = image_size or int(inputs[images[0]].shape[-1])
         generator = torch.Generator().manual_seed(0)
         return {n: (torch.rand(v.shape[0], v.shape[1], side, side, generator=generator) if n in images else v) for n, v in inputs.items()}, {"image_size": side}
-    tokens = seq_len or getattr(session.plan.backbone_options, "max_length", None) or max(int(v.shape[1]) for v in inputs.values())
+    sequences = [n for n, v in inputs.items() if 1 in axes.get(n, {}) and v.dim() == 2]
+    if not sequences:  # neither images nor token sequences (item-table's ids): the inputs as they are
+        return inputs, {}
+    tokens = seq_len or getattr(session.plan.backbone_options, "max_length", None) or int(inputs[sequences[0]].shape[1])
     stretched = {}
     for name, value in inputs.items():
-        if 1 in axes.get(name, {}) and value.dim() == 2:
+        if name in sequences:
             value = value.repeat(1, math.ceil(tokens / value.shape[1]))[:, :tokens]
         stretched[name] = value
     return stretched, {"seq_len": int(tokens)}
+
+
+def _check_contenders(contenders: dict[str, Any], shape: dict[str, int]) -> None:
+    """One call of each before timing: a file that cannot take these inputs (a graph
+    with a fixed image size) is one message naming it, not a traceback mid-measurement."""
+    for name, call in contenders.items():
+        try:
+            call()
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime and torch raise their own types
+            first = " ".join(str(exc).split())[:300] or type(exc).__name__
+            given = ", ".join(f"{k} {v}" for k, v in shape.items()) or "the backbone's example inputs"
+            raise AdaptError(f"{name} cannot run on the bench inputs ({given}): {first}", hint="leave out --image-size / --seq-len to use the run's own size (some graphs fix it)") from None
 
 
 def _onnx_call(loader: Any, path: Path, inputs: dict[str, Any], threads: int) -> Any:

@@ -76,6 +76,13 @@ def test_pytorch_the_exported_file_and_predict_py_name_the_same_identities(run, 
     assert max(abs(a["score"] - b["score"]) for a, b in zip(eager, device)) < 1e-4
 
 
+def test_bench_times_an_image_model_and_names_a_size_the_graph_cannot_take(run):
+    figures = json.loads(invoke(["bench", str(run), "--rounds", "1", "--runs", "2", "--batch-size", "3"]).output.strip().splitlines()[-1])
+    assert figures["image_size"] == 32 and figures["batch_size"] == 3 and {"pytorch", "onnx"} <= set(figures["ms"])
+    result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["bench", str(run), "--image-size", "48"])
+    assert result.exit_code == 2 and "cannot run on the bench inputs (image_size 48)" in result.output and "hint" in result.output
+
+
 @pytest.fixture(scope="module")
 def search_run(tmp_path_factory):
     """text-embedding on (query, positive) pairs from jsonl, a tiny random BERT, LoRA."""

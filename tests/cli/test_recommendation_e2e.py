@@ -131,3 +131,5 @@ def test_the_id_table_tower_learns_which_items_go_together(id_run):
     eager = json.loads(invoke(["predict", str(id_run), history]).output)
     device = json.loads(subprocess.run([sys.executable, str(id_run / "export" / "predict.py"), str(id_run / "export" / "model.onnx"), history], capture_output=True, text=True, check=True).stdout)
     assert eager == device and sum(r["item"].startswith("music") for r in device["recommended"]) >= 5
+    figures = json.loads(invoke(["bench", str(id_run), "--rounds", "1", "--runs", "2"]).output.strip().splitlines()[-1])
+    assert {"pytorch", "onnx"} <= set(figures["ms"]) and "seq_len" not in figures  # ids in, neither tokens nor pixels
