@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 GENERATED = {
     "detection-mobilenetv2-lora": ("digits-detection", ["-m", "adapt.detection_set", "digits-detection", "--images", "1500"]),
     "bbc-minilm-recommend": ("bbc-interactions", ["-m", "adapt.bbc_interactions", "bbc-interactions"]),
+    "bbc-itemtable-recommend": ("bbc-interactions", ["-m", "adapt.bbc_interactions", "bbc-interactions"]),
 }
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import shutil
 import statistics
-import time
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,15 +28,11 @@ from adapt.interfaces import Derived, DeriveContext, Form  # noqa: E402,F401
 
 
 def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - start) * 1000)
-    times.sort()
-    return {"median": round(statistics.median(times), 3), "p90": round(times[min(len(times) - 1, int(0.9 * len(times)))], 3)}
+    """Median and p90 milliseconds of ``runs`` calls of ``fn`` (one contender, one round)."""
+    from adapt.latency import figures, timed_rounds
+
+    found = figures(timed_rounds({"fn": fn}, 1, runs, pause=0, warmup=warmup)["fn"])
+    return {"median": found["median"], "p90": found["p90"]}
 
 
 #: What the export stage writes into the report (besides the exported forms' metrics and parity).

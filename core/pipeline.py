@@ -216,7 +216,7 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
         on_epoch=lambda epoch, metrics: _epoch_ended(host, session.run.path, epoch, metrics),
         dist=session.dist,
     )
-    baseline = _untuned_metrics(session)
+    baseline = _baseline_metrics(session)
     result = trainer.fit(resume=resume)
     section = {
         "best_epoch": result.best_epoch,
@@ -236,7 +236,7 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
     return {"training": section, **({"metrics": {"baseline": baseline}} if baseline else {})}
 
 
-def _untuned_metrics(session: Session) -> dict[str, Any]:
+def _baseline_metrics(session: Session) -> dict[str, Any]:
     """The report's ``metrics.baseline``, for a task that asks for one, so that a gain is
     measured in the same run: a model-free one (``baseline_metrics(train, test)``:
     recommendation's popularity ranking), or with ``baseline = True`` (text-embedding)

@@ -49,12 +49,12 @@ class InteractionsOptions(BaseModel):
     min_rating: float | None = Field(None, description="keep only interactions rated at least this (needs a `rating` column); none: every row is an interaction")
 
 
-def _rows(path: Path, what: str) -> list[dict[str, str]]:
-    """The rows of a CSV (with a header) or jsonl file, as dicts."""
+def _rows(path: Path, what: str, key: str) -> list[dict[str, str]]:
+    """The rows of a CSV (with a header) or jsonl file, as dicts (``key``: the config key naming it)."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise DataError(f"{what} not found: {path}", hint=f"point data.{'items' if what == 'item file' else 'path'} at an existing file") from None
+        raise DataError(f"{what} not found: {path}", hint=f"point {key} at an existing file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"cannot read {what} {path} ({type(exc).__name__}: {exc})", hint="save it as UTF-8 text") from None
     if path.suffix.lower() in (".jsonl", ".json"):
@@ -80,14 +80,14 @@ def _need(rows: Sequence[dict[str, str]], keys: Sequence[str], path: Path, examp
 
 def read_items(path: Path) -> dict[str, str]:
     """Item id -> text from ``data.items``."""
-    rows = _rows(path, "item file")
+    rows = _rows(path, "item file", "data.items")
     _need(rows, ("item", "text"), path, "item,text")
     return {row["item"].strip(): (row["text"] or "").strip() for row in rows if (row.get("item") or "").strip()}
 
 
 def user_sequences(path: Path, options: InteractionsOptions, request: DataRequest) -> dict[str, list[str]]:
     """Each user's distinct items in time order (the first interaction with an item counts)."""
-    rows = _rows(path, "interactions file")
+    rows = _rows(path, "interactions file", "data.path")
     _need(rows, ("user", "item"), path, "user,item,rating,timestamp")
     if options.min_rating is not None:
         _need(rows, ("rating",), path, "user,item,rating")
