@@ -122,6 +122,12 @@ class TrainConfig(_Section):
         return self.eval_batch_size or 2 * self.batch_size
 
 
+class QatConfig(_Section):
+    epochs: Int = Field(2, ge=1, description="epochs of quantisation-aware fine-tuning over the training split")
+    lr: Float = Field(1e-4, gt=0, description="its learning rate (AdamW, every weight of the merged model trains)")
+    batch_size: Int | None = Field(None, ge=1, description="its batch size (default: train.batch_size)")
+
+
 class ExportConfig(_Section):
     formats: list[str] = Field(default_factory=lambda: ["onnx"], description="registered exporters to run after the merge")
     quantize: Literal["int8", "int4", "all", "none"] = Field("int8", description="int8 (dynamic for transformers, static for CNNs), int4 (weight-only, for MatMul weights: transformers), all (both), or none")
@@ -134,6 +140,7 @@ class ExportConfig(_Section):
     latency_runs: Int = Field(30, ge=1, description="timed runs per form for the latency figures")
     latency_batch: Int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")
     options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options per exporter, e.g. {onnx: {opset: 17}}")
+    qat: QatConfig | None = Field(None, description="static int8: quantisation-aware fine-tuning of the merged model as a remedy when post-training int8 fails the gate ({epochs, lr}); off when absent")
 
 
 class MergeConfig(_Section):

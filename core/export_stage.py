@@ -238,16 +238,18 @@ class _ExportJob:
         atomic_write_json(self.staging / PREPROCESS_FILE, {**save(built, self.plan.backbone_options, self.staging), "labels": session.label_names, "task": session.config.task})
         shutil.copyfile(onnx_predict.__file__, self.staging / "predict.py")  # the standalone predictor a device runs
 
-    def graph(self) -> tuple[Any, Any]:
-        """What to export and its names: the merged model, or, for a task with
-        ``graph_outputs`` (object-detection), the model followed by the task's final
-        outputs (boxes after NMS), so a device needs no post-processing code."""
+    def graph(self, model: Any = None) -> tuple[Any, Any]:
+        """What to export and its names: the merged model (or ``model``, a fine-tuned copy
+        of it), or, for a task with ``graph_outputs`` (object-detection), the model
+        followed by the task's final outputs (boxes after NMS), so a device needs no
+        post-processing code."""
         from adapt.interfaces import OnnxIO
 
+        model = self.merged_model if model is None else model
         extend = getattr(self.plan.task, "graph_outputs", None)
         if not callable(extend):
-            return self.merged_model, self.io
-        module, extra = extend(self.merged_model)
+            return model, self.io
+        module, extra = extend(model)
         axes = {**self.io.dynamic_axes, **{name: {0: "detections"} for name in extra}}
         return module.eval(), OnnxIO(self.io.input_names, (*self.io.output_names, *extra), axes)
 
@@ -316,7 +318,25 @@ class _ExportJob:
         hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
         model_info = hints(session.built) if callable(hints) else {}
         budget = math.log1p(cfg.max_perplexity_increase) if lower_is_better else cfg.max_accuracy_drop
-        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, self.plan.exporter_options.get(exporter.name), self.metadata(), cfg.target, cfg.prefer)
+        options = self.plan.exporter_options.get(exporter.name)
+        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, options, self.metadata(), cfg.target, cfg.prefer, self.qat(exporter, options))
+
+    def qat(self, exporter: Any, options: Any) -> Callable[[Path], dict[str, Any]] | None:
+        """``export.qat``: the DeriveContext.qat callable (None when not configured)."""
+        settings = self.cfg.qat
+        if settings is None:
+            return None
+
+        def fine_tune_and_export(path: Path) -> dict[str, Any]:
+            from adapt import qat
+
+            session, train = self.session, self.session.config.train
+            tuned, info = qat.finetune(self.merged_model, session.splits.train, session.collate, self.plan.task, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size or train.batch_size, seed=train.seed, device=train.device, say=session.say)
+            model, io = self.graph(tuned)
+            exporter.export(model, self.plan.backbone.example_inputs(session.built, 2), io, path, options)
+            return info
+
+        return fine_tune_and_export
 
     def metadata(self) -> dict[str, str]:
         """Labels, task and preprocessing, as JSON strings to embed in deployed files."""

@@ -284,6 +284,11 @@ class DeriveContext:
     #: ``export.prefer``: "size" deploys the smallest quantised file within the accuracy
     #: budget; "speed" the fastest file at batch 1 among those and the fp32 one.
     prefer: str = "size"
+    #: ``export.qat``: fine-tunes a copy of the merged model with simulated int8 (fake
+    #: quantisation of weights per channel and of activations) and writes it as an fp32
+    #: ONNX file at the given path, for a static quantiser to quantise; returns what it
+    #: did ({"epochs", "lr", "seconds", ...}). None where export.qat is not set.
+    qat: Callable[[Path], dict[str, Any]] | None = None
 
 
 @runtime_checkable

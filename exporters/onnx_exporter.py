@@ -169,24 +169,26 @@ class OnnxExporter:
         for number, (label, make) in enumerate(attempts, 1):
             out = base.with_name(f"model.int8{'' if number == 1 else f'.try{number}'}.onnx")
             try:
-                make(out)
+                extra = make(out) or {}
             except Exception as exc:  # noqa: BLE001 - record and try the next remedy
                 result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
                 continue
             score = ctx.score(out)
             drop = baseline - score
             ok = drop <= ctx.max_accuracy_drop
-            result.attempts.append({"attempt": label, "file": out.name, "val_score": score, "val_drop": drop, "passed": ok, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size})
+            result.attempts.append({"attempt": label, "file": out.name, "val_score": score, "val_drop": drop, "passed": ok, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size, **extra})
             if number == 1 or ok:
                 result.forms.append(Form("onnx_int8" if number == 1 else f"onnx_int8_try{number}", out, exact=False))
             if ok:
                 passed = out
+                result.info["int8_remedy"] = "none needed (the first attempt)" if number == 1 else label
                 fp32 = ctx.latency(base)["median"]
                 if result.attempts[-1]["latency_ms"]["median"] > fp32:
                     result.notes.append(f"{out.name} keeps the accuracy and is {base.stat().st_size / out.stat().st_size:.1f}x smaller, but slower than fp32 on this CPU ({result.attempts[-1]['latency_ms']['median']:.2f} vs {fp32:.2f} ms at batch 1); deploy {base.name} where speed matters more than size")
                 break
         base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
         if passed is None:
+            result.info["int8_remedy"] = None
             result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for text-generation): the int8 file is kept but not recommended")
         return passed
 
@@ -223,7 +225,7 @@ class OnnxExporter:
     def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> tuple[list[tuple[str, Callable[[Path], None]]], dict[str, Any]]:
         """The int8 attempts in the order they are tried, and (static int8) how its activation type was chosen."""
         import onnx
-        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         if ctx.model_info.get("model_type") or ctx.model_info.get("quantization") == "dynamic":
             def dynamic(exclude: list[str]) -> Callable[[Path], None]:
@@ -231,36 +233,21 @@ class OnnxExporter:
 
             return [("dynamic int8", dynamic([])), ("dynamic int8, head in fp32", dynamic(_head_nodes(base)))], {}
 
-        from onnxruntime.quantization.shape_inference import quant_pre_process
-
-        prepared = plain.with_name("model.preprocessed.onnx")
-
-        activations = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-        methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}
-        chosen = {"activation": "int8", "method": "minmax"}
-
-        def static(examples: int, keep_sensitive_in_fp32: bool, activation: str | None = None, method: str | None = None) -> Callable[[Path], None]:
-            def make(out: Path) -> None:
-                if not prepared.exists():
-                    quant_pre_process(str(plain), str(prepared), skip_symbolic_shape=True)
-                exclude = shape_nodes(prepared) + tail_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
-                kind = activations[activation or chosen["activation"]]
-                ranges = methods[method or chosen["method"]]
-                _quietly(quantize_static, str(prepared), str(out), _Reader(ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges)
-
-            return make
-
         n = ctx.options.calibration_examples if ctx.options else 100
-        choice = _choose_activations(static(n, False, "int8"), static(n, False, "uint8"), plain, ctx)
-        chosen["activation"] = choice["chosen"]
+        static = _StaticInt8(plain, ctx)
+        choice = _choose_activations(static.maker(n, activation="int8"), static.maker(n, activation="uint8"), plain, ctx)
+        static.activation = choice["chosen"]
         wanted = ctx.options.calibration_method if ctx.options else "auto"
-        choice["calibration"] = _choose_calibration({m: static(n, False, method=m) for m in methods}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
-        chosen["method"] = choice["calibration"]["chosen"]
-        return [
-            (f"static QDQ per-channel ({chosen['activation']} activations, {chosen['method']} ranges), {n} calibration inputs", static(n, False)),
-            (f"more calibration data ({2 * n} inputs)", static(2 * n, False)),
-            (f"{2 * n} inputs, first conv, depthwise convs and head in fp32", static(2 * n, True)),
-        ], choice
+        choice["calibration"] = _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
+        static.method = choice["calibration"]["chosen"]
+        attempts = [
+            (f"static QDQ per-channel ({static.activation} activations, {static.method} ranges), {n} calibration inputs", static.maker(n)),
+            (f"more calibration data ({2 * n} inputs)", static.maker(2 * n)),
+            (f"{2 * n} inputs, cross-layer equalisation and bias correction", static.equalised(2 * n)),
+        ]
+        if ctx.qat is not None:
+            attempts.append((f"quantisation-aware fine-tuning (export.qat), {2 * n} inputs", static.after_qat(2 * n)))
+        return [*attempts, (f"{2 * n} inputs, first conv, depthwise convs and head in fp32", static.maker(2 * n, keep_sensitive_in_fp32=True))], choice
 
     def _mobile(self, path: Path, ctx: DeriveContext, result: Derived) -> None:
         folder = ctx.out_dir / "mobile"
@@ -389,6 +376,71 @@ def _choose_calibration(makers: dict[str, Callable[[Path], None]], plain: Path, 
         return {"chosen": "minmax", "val_score": scores, "errors": errors, "why": "no calibrator gave a finite score; MinMax without measuring"}
     best = max(measured, key=lambda k: (measured[k], -list(makers).index(k)))
     return {"chosen": best, "val_score": scores, **({"errors": errors} if errors else {}), "why": "the best validation score of the calibrators"}
+
+
+class _StaticInt8:
+    """Static QDQ int8 (per-channel int8 weights; activations and calibrator as chosen)
+    of the plain fp32 file, and the remedies that change its weights before quantising."""
+
+    METHODS = ("minmax", "percentile", "entropy")
+
+    def __init__(self, plain: Path, ctx: DeriveContext) -> None:
+        self.plain, self.ctx = plain, ctx
+        self.activation, self.method = "int8", "minmax"
+
+    def quantise(self, source: Path, out: Path, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None) -> None:
+        from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+        from onnxruntime.quantization.shape_inference import quant_pre_process
+
+        prepared = source.with_name("model.preprocessed.onnx" if source == self.plain else f"{source.stem}.preprocessed.onnx")
+        if not prepared.exists() or source != self.plain:
+            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+        exclude = shape_nodes(prepared) + tail_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
+        kind = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation or self.activation]
+        ranges = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method or self.method]
+        _quietly(quantize_static, str(prepared), str(out), _Reader(self.ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges)
+        if source != self.plain:
+            prepared.unlink(missing_ok=True)
+
+    def maker(self, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None) -> Callable[[Path], None]:
+        return lambda out: self.quantise(self.plain, out, examples, keep_sensitive_in_fp32, activation, method)
+
+    def equalised(self, examples: int) -> Callable[[Path], dict[str, Any]]:
+        """Cross-layer equalisation, then int8, then bias correction measured against that
+        int8 file and int8 again (adapt.exporters.equalise). The equalised fp32 file's
+        validation score is reported: where a ReLU6 became a ReLU it is not the same function."""
+        from adapt.exporters.equalise import correct_bias, equalise
+
+        def make(out: Path) -> dict[str, Any]:
+            equal, corrected = (out.with_name(f"{out.stem}.{part}.onnx") for part in ("equalised", "corrected"))
+            try:
+                info = equalise(self.plain, equal)
+                info["fp32_val_score"] = self.ctx.score(equal)
+                self.quantise(equal, out, examples)
+                info["biases_corrected"] = correct_bias(equal, out, self.ctx.calibration[:examples], corrected)
+                self.quantise(corrected, out, examples)
+            finally:  # intermediate files of this attempt, in adapt's own staging folder
+                equal.unlink(missing_ok=True)
+                corrected.unlink(missing_ok=True)
+            return {"equalisation": info}
+
+        return make
+
+    def after_qat(self, examples: int) -> Callable[[Path], dict[str, Any]]:
+        """Quantisation-aware fine-tuning (the pipeline's ``ctx.qat``) writes an fp32 file
+        whose weights have learnt int8's rounding; that file is quantised like the others."""
+
+        def make(out: Path) -> dict[str, Any]:
+            tuned = out.with_name(f"{out.stem}.qat-fp32.onnx")
+            try:
+                info = self.ctx.qat(tuned)  # type: ignore[misc]
+                info["fp32_val_score"] = self.ctx.score(tuned)
+                self.quantise(tuned, out, examples)
+            finally:
+                tuned.unlink(missing_ok=True)
+            return {"qat": info}
+
+        return make
 
 
 def stamp(path: Path, metadata: dict[str, str]) -> None:

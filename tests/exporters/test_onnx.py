@@ -113,16 +113,18 @@ def test_the_int8_gate_tries_every_remedy_and_keeps_fp32_when_all_fail(tmp_path)
 
     ctx = DeriveContext(tmp_path, {}, "int8", True, 0.01, calibration, score, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1}, validate_options(ONNX, "e", {"calibration_examples": 4}, "e"))
     derived = ONNX.derive(path, ctx)
-    assert [a["passed"] for a in derived.attempts] == [False, False, False]
-    assert "first conv, depthwise convs and head in fp32" in derived.attempts[2]["attempt"]
+    assert [a["passed"] for a in derived.attempts] == [False, False, False, False]
+    assert "cross-layer equalisation" in derived.attempts[2]["attempt"] and derived.attempts[2]["equalisation"]["pairs"] > 0
+    assert "first conv, depthwise convs and head in fp32" in derived.attempts[3]["attempt"]
+    assert derived.info["int8_remedy"] is None
     assert derived.deployable.name == "model.optimized.onnx"
     assert any("not recommended" in note for note in derived.notes)
     assert (tmp_path / "model.int8.onnx").exists()
     names = [f.name for f in derived.forms]
     assert names[:2] == ["onnx_optimized", "onnx_int8"] and "ort_mobile" in names
     assert (tmp_path / "mobile" / "model.ort").exists() and (tmp_path / "mobile" / "model.required_operators.config").exists()
-    # the third attempt really keeps the depthwise convs in fp32
-    third = onnx.load(str(tmp_path / "model.int8.try3.onnx"))
+    # the last attempt really keeps the depthwise convs in fp32
+    third = onnx.load(str(tmp_path / "model.int8.try4.onnx"))
     float_convs = [n for n in third.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)]
     inputs_from_dq = {o for n in third.graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     assert float_convs and not all(n.input[0] in inputs_from_dq for n in float_convs)
