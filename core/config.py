@@ -115,6 +115,7 @@ class TrainConfig(_Section):
     group_by_length: StrictBool = Field(False, description="batch examples of similar length together (less padding: faster on texts of uneven length)")
     augment: StrictBool | list[Literal["flip", "crop"]] = Field(True, description="the task's training augmentation where it has one: true (all its kinds), false, or a list of kinds (object-detection: flip, crop; leave out flip for digits or text, which a mirror changes); evaluation never sees it")
     fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
+    cache_features: StrictBool = Field(True, description="linear probes (only the head trains): compute the frozen backbone once per example and train the head on its outputs; the frozen part runs in eval mode either way")
 
     @property
     def eval_batch(self) -> int:
@@ -124,7 +125,7 @@ class TrainConfig(_Section):
 
 class QatConfig(_Section):
     epochs: Int = Field(2, ge=1, description="epochs of quantisation-aware fine-tuning over the training split")
-    lr: Float = Field(1e-4, gt=0, description="its learning rate (AdamW, every weight of the merged model trains)")
+    lr: Float = Field(1e-5, gt=0, description="its learning rate (AdamW, every weight of the merged model trains)")
     batch_size: Int | None = Field(None, ge=1, description="its batch size (default: train.batch_size)")
 
 

@@ -28,7 +28,7 @@ from typing import Any, Callable, Iterator, Sequence, cast
 import torch
 from torch import nn
 
-from adapt import distributed, fast_path
+from adapt import distributed, fast_path, feature_cache
 from adapt.adapter_io import load_adapter, save_adapter
 from adapt.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state
 from adapt.config import TrainConfig
@@ -257,6 +257,9 @@ class Trainer:
             self.device = torch.device("cuda", self.dist.local_rank)
         self.dtype = resolve_precision(config.precision, self.device)
         self.log: list[dict[str, Any]] = []
+        #: a linear probe's head (feature_cache.probe_head) and, when used, its cached inputs
+        self.probe: tuple[str, nn.Module] | None = None
+        self.cache: feature_cache.FeatureCache | None = None
 
     # -- set-up ---------------------------------------------------------------
 
@@ -282,11 +285,28 @@ class Trainer:
         if not params:
             raise nothing_trainable(self.built)
         fast = fast_path.prepare(model, self.config.fast, self.device)
+        self.probe = feature_cache.probe_head(model)
+        if self.probe is not None:
+            self._cache_features(model)
         try:
             with stop_on_interrupt(not self.dist.active) as self._stop_asked:
                 return self._fit(model, params, fast, resume)
         finally:
             fast.restore()  # the merge and the export see the model as the backbone built it
+
+    def _cache_features(self, model: nn.Module) -> None:
+        """A probe's head inputs for the training and validation splits, computed once
+        (``train.cache_features``); from here on the loop trains and validates the head on them."""
+        assert self.probe is not None
+        name = self.probe[0]
+        why = "train.cache_features is false" if not self.config.cache_features else "training is distributed" if self.dist.active else "augmentation changes the inputs every epoch (train.augment: false allows caching)" if self._augment() is not None else ""
+        built = why or feature_cache.build(model, name, {"train": self.train_set, "val": self.val_set}, self.collate, batch_size=self.config.eval_batch, device=self.device, dtype=self.dtype)
+        if isinstance(built, str):
+            self._say(f"train: linear probe ({name} trains, the rest in eval mode); features not cached: {built}")
+            return
+        self.cache = built
+        self.train_set, self.val_set, self.collate = built.train, built.val, feature_cache.collate
+        self._say(f"train: linear probe: the frozen part ran once ({len(built.train)} training + {len(built.val)} validation examples, {built.seconds:.1f} s); {name} trains on its outputs")
 
     def _fit(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath, resume: bool) -> TrainResult:
         cfg = self.config
@@ -305,13 +325,21 @@ class Trainer:
         state = loop.state
         names: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
         precision = names.get(self.dtype, "fp32")
-        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, fast.as_dict(), str(self.device), precision)
+        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, {**fast.as_dict(), **self._cache_entry()}, str(self.device), precision)
+
+    def _cache_entry(self) -> dict[str, Any]:
+        """The report's ``training.fast_path.feature_cache`` for a probe (absent otherwise)."""
+        if self.probe is None:
+            return {}
+        return {"feature_cache": self.cache.describe() if self.cache else {"head": self.probe[0], "used": False}}
 
     def _loop(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath) -> _Loop:
         """The runner (DDP-wrapped, compiled), optimiser, schedule, grad scaler and a fresh state."""
         cfg, dist = self.config, self.dist
         runner: nn.Module = model
-        if dist.active:
+        if self.cache is not None:
+            runner = feature_cache.HeadOnly(self.cache.head)
+        elif dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
             runner = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
@@ -370,6 +398,8 @@ class Trainer:
         batches = epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, epoch, dist, self.lengths)
         loop.runner.train()
         freeze_frozen_norms(model)
+        if self.probe is not None:
+            feature_cache.set_probe_modes(model, self.probe[1])
         loop.losses, loop.pending = [], []  # pending: losses still on the device
         seen, tick = 0, time.perf_counter()
         sync_every = sync_interval(self.device)
@@ -431,7 +461,7 @@ class Trainer:
         cfg, dist, state = self.config, self.dist, loop.state
         train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
         throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
-        val = evaluate(model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
+        val = evaluate(feature_cache.HeadOnly(self.cache.head) if self.cache else model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
         metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
         primary = self.task.primary_metric
         score = val.metrics.get(primary)

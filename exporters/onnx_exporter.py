@@ -169,7 +169,7 @@ class OnnxExporter:
         for number, (label, make) in enumerate(attempts, 1):
             out = base.with_name(f"model.int8{'' if number == 1 else f'.try{number}'}.onnx")
             try:
-                extra = make(out) or {}
+                extra: dict[str, Any] = make(out) or {}
             except Exception as exc:  # noqa: BLE001 - record and try the next remedy
                 result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
                 continue
@@ -222,7 +222,7 @@ class OnnxExporter:
             result.notes.append(f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept but not recommended")
         return out if ok else None
 
-    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> tuple[list[tuple[str, Callable[[Path], None]]], dict[str, Any]]:
+    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
         """The int8 attempts in the order they are tried, and (static int8) how its activation type was chosen."""
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
@@ -240,7 +240,7 @@ class OnnxExporter:
         wanted = ctx.options.calibration_method if ctx.options else "auto"
         choice["calibration"] = _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
         static.method = choice["calibration"]["chosen"]
-        attempts = [
+        attempts: list[tuple[str, Callable[[Path], dict[str, Any] | None]]] = [
             (f"static QDQ per-channel ({static.activation} activations, {static.method} ranges), {n} calibration inputs", static.maker(n)),
             (f"more calibration data ({2 * n} inputs)", static.maker(2 * n)),
             (f"{2 * n} inputs, cross-layer equalisation and bias correction", static.equalised(2 * n)),
