@@ -6,7 +6,7 @@ data (200); cross-layer equalisation + bias correction; quantisation-aware fine-
 head in fp32. Each file's validation and test accuracy and size. Files are written to
 a temporary folder, never into the run.
 
-Usage: python bench/int8_remedies.py RUN_DIR [--activations int8|uint8] [--qat-epochs N]
+Usage: python bench/int8_remedies.py RUN_DIR [--activations int8|uint8] [--qat-epochs N] [--qat-lr LR] [--skip-qat]
 The last line printed is one JSON object with every attempt and the machine.
 """
 
@@ -25,12 +25,26 @@ import numpy as np
 from adapt.latency import machine
 
 
+def file_accuracy(path: Path, batches: list[dict[str, Any]], names: list[str]) -> float:
+    """Top-1 accuracy of an ONNX file on collated batches."""
+    import onnxruntime as ort
+
+    runner = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    hits = total = 0
+    for batch in batches:
+        logits = runner.run(None, {n: batch[n].numpy() for n in names})[0]
+        hits += int((logits.argmax(1) == batch["labels"].numpy()).sum())
+        total += len(batch["labels"])
+    return hits / total
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--activations", choices=["int8", "uint8"], default="int8", help="int8: S8S8, the choice for ARM devices; uint8: U8S8")
     parser.add_argument("--qat-epochs", type=int, default=1)
     parser.add_argument("--qat-lr", type=float, default=1e-5)
+    parser.add_argument("--skip-qat", action="store_true", help="leave out the quantisation-aware fine-tuning row (minutes at 224 px)")
     args = parser.parse_args()
 
     from adapt.export_stage import DeriveContext
@@ -45,15 +59,7 @@ def main() -> None:
     calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
 
     def accuracy(path: Path, which: str) -> float:
-        import onnxruntime as ort
-
-        runner = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-        hits = total = 0
-        for batch in split[which]:
-            logits = runner.run(None, {n: batch[n].numpy() for n in names})[0]
-            hits += int((logits.argmax(1) == batch["labels"].numpy()).sum())
-            total += len(batch["labels"])
-        return hits / total
+        return file_accuracy(path, split[which], names)
 
     exporter = OnnxExporter()
     results: list[dict[str, Any]] = []
@@ -79,6 +85,8 @@ def main() -> None:
             f"quantisation-aware fine-tuning ({args.qat_epochs} epoch, lr {args.qat_lr:g}) (200)": static.after_qat(200),
             "first conv, depthwise convs, head in fp32 (200)": static.maker(200, keep_sensitive_in_fp32=True),
         }
+        if args.skip_qat:
+            attempts = {k: v for k, v in attempts.items() if not k.startswith("quantisation-aware")}
         for number, (label, make) in enumerate(attempts.items()):
             out = Path(folder) / f"model.int8.try{number}.onnx"
             extra = make(out) or {}

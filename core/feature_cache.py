@@ -83,6 +83,7 @@ def build(model: nn.Module, head_name: str, splits: dict[str, Sequence[Any]], co
     head = model.get_submodule(head_name)
     cache, started = FeatureCache(head, head_name), time.perf_counter()
     captured: list[Any] = []
+    shape: tuple[int, ...] | None = None
     hook = head.register_forward_pre_hook(lambda module, args, kwargs: captured.append((args, kwargs)), with_kwargs=True)
     was_training = model.training
     model.eval()
@@ -98,10 +99,10 @@ def build(model: nn.Module, head_name: str, splits: dict[str, Sequence[Any]], co
                 if problem:
                     return problem
                 features = captured[0][0][0].float()
+                shape = shape or tuple(features.shape[1:])
+                if tuple(features.shape[1:]) != shape:
+                    return f"the head's input differs in shape between batches ({shape} and {tuple(features.shape[1:])})"
                 getattr(cache, split).extend({"features": f, "labels": y} for f, y in zip(features.detach(), labels))
-        shapes = {tuple(e["features"].shape) for e in cache.train + cache.val}
-        if len(shapes) > 1:
-            return f"the head's input differs in shape between examples ({len(shapes)} shapes)"
     finally:
         hook.remove()
         model.train(was_training)

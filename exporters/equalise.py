@@ -29,9 +29,10 @@ if TYPE_CHECKING:
 _JOINS = {"Relu", "Clip"}
 
 
-def equalise(source: Path, out: Path, sweeps: int = 20) -> dict[str, Any]:
+def equalise(source: Path, out: Path, sweeps: int = 20, relu6_to_relu: bool = True) -> dict[str, Any]:
     """Write ``source`` with every equalisable conv pair rescaled to ``out``; returns
-    ``{"pairs", "relu6_replaced", "sweeps"}``."""
+    ``{"pairs", "relu6_replaced", "sweeps"}``. ``relu6_to_relu=False`` equalises only
+    the pairs joined by a ReLU or by nothing, so the fp32 function stays exactly the same."""
     import onnx
     from onnx import numpy_helper
 
@@ -39,7 +40,7 @@ def equalise(source: Path, out: Path, sweeps: int = 20) -> dict[str, Any]:
     graph = model.graph
     _materialise(graph)
     weights = {init.name: init for init in graph.initializer}
-    pairs = conv_pairs(model)
+    pairs = conv_pairs(model, through_clip=relu6_to_relu)
     arrays = {name: numpy_helper.to_array(weights[name]).astype(np.float64) for pair in pairs for name in _names(pair) if name}
     done = 0
     while done < sweeps:  # a conv in two pairs moves twice: repeat towards a fixed point
@@ -53,10 +54,10 @@ def equalise(source: Path, out: Path, sweeps: int = 20) -> dict[str, Any]:
     return {"pairs": len(pairs), "relu6_replaced": replaced, "sweeps": done}
 
 
-def conv_pairs(model: onnx.ModelProto) -> list[dict[str, Any]]:
-    """Conv -> (Relu | Clip with lower bound 0 | nothing) -> Conv chains whose middle
-    tensors feed nothing else, with weights held by one conv each, the second conv
-    ungrouped or depthwise."""
+def conv_pairs(model: onnx.ModelProto, through_clip: bool = True) -> list[dict[str, Any]]:
+    """Conv -> (Relu | Clip with lower bound 0, if ``through_clip`` | nothing) -> Conv
+    chains whose middle tensors feed nothing else, with weights held by one conv each,
+    the second conv ungrouped or depthwise."""
     graph = model.graph
     weights = {init.name: init for init in graph.initializer}
     consumers: dict[str, list[Any]] = {}
@@ -75,7 +76,7 @@ def conv_pairs(model: onnx.ModelProto) -> list[dict[str, Any]]:
         if not _plain_conv(first, weights, uses):
             continue
         join = only(first.output[0])
-        if join is not None and join.op_type in _JOINS and _from_zero(join, weights):
+        if join is not None and join.op_type in _JOINS and _from_zero(join, weights) and (through_clip or join.op_type == "Relu"):
             second = only(join.output[0])
         else:
             join, second = None, join

@@ -66,6 +66,8 @@ class OnnxExporter:
         path.parent.mkdir(parents=True, exist_ok=True)
         model = conv1d_as_linear(model).eval()
         args = tuple(inputs[name] for name in io.input_names)
+        if all(set(io.dynamic_axes.get(name, {})) <= {0} for name in io.input_names):  # only the batch varies
+            model = static_same_padding(model, args)
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -308,6 +310,57 @@ def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def static_same_padding(model: torch.nn.Module, args: tuple[Any, ...]) -> torch.nn.Module:
+    """``model``, or a copy in which timm's ``Conv2dSame`` layers (the ``tf_*`` models:
+    EfficientNet-Lite) pad by a constant. Conv2dSame computes TensorFlow's "same"
+    padding from the input's shape at run time, which exports as some 30 small shape
+    arithmetic nodes per strided conv (Shape, Gather, Div, Ceil, Clip, Concat) before a
+    Pad; with the image's height and width fixed in the graph, as adapt exports them,
+    that padding is a constant, found by running the model once on ``args``. The same
+    maths (the export's parity check compares it with the merged model), less work:
+    ONNX Runtime folds a constant Pad into the conv."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from adapt.targets import replace_module
+
+    names = [n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame" and isinstance(m, torch.nn.Conv2d)]
+    if not names:
+        return model
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda module, inputs, name=n: sizes.__setitem__(name, tuple(inputs[0].shape[-2:]))) for n in names]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    class StaticPadConv(torch.nn.Module):
+        def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
+            super().__init__()
+            self.conv, self.pads = conv, pads
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            conv = self.conv
+            return F.conv2d(F.pad(x, self.pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    model = copy.deepcopy(model)
+    for name in names:
+        conv = model.get_submodule(name)
+        assert isinstance(conv, torch.nn.Conv2d)
+        pad_h, pad_w = (_same_padding(size, k, s, d) for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation))  # type: ignore[arg-type]
+        replace_module(model, name, StaticPadConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
+    return model
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """TensorFlow's "same" padding along one axis (timm's get_same_padding)."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
+
+
 def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
     """A length-0 cache for a cached decoder's ``past_key_values.*`` input, which batches
     do not hold (adapt.onnx_predict.empty_cache); any other missing input is an error."""
@@ -408,7 +461,9 @@ class _StaticInt8:
     def equalised(self, examples: int) -> Callable[[Path], dict[str, Any]]:
         """Cross-layer equalisation, then int8, then bias correction measured against that
         int8 file and int8 again (adapt.exporters.equalise). The equalised fp32 file's
-        validation score is reported: where a ReLU6 became a ReLU it is not the same function."""
+        validation score is reported: where a ReLU6 became a ReLU it is not the same
+        function, and where that costs more than the accuracy budget only the pairs
+        joined by a ReLU or by nothing are equalised (the fp32 function unchanged)."""
         from adapt.exporters.equalise import correct_bias, equalise
 
         def make(out: Path) -> dict[str, Any]:
@@ -416,6 +471,10 @@ class _StaticInt8:
             try:
                 info = equalise(self.plain, equal)
                 info["fp32_val_score"] = self.ctx.score(equal)
+                if info["relu6_replaced"] and self.ctx.score(self.plain) - info["fp32_val_score"] > self.ctx.max_accuracy_drop:
+                    # ReLU6 -> ReLU changed what the network computes: only the exact pairs
+                    info = {**equalise(self.plain, equal, relu6_to_relu=False), "relu6_to_relu_val_score": info["fp32_val_score"]}
+                    info["fp32_val_score"] = self.ctx.score(equal)
                 self.quantise(equal, out, examples)
                 info["biases_corrected"] = correct_bias(equal, out, self.ctx.calibration[:examples], corrected)
                 self.quantise(corrected, out, examples)

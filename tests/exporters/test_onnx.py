@@ -162,7 +162,8 @@ def test_static_int8_leaves_the_shape_arithmetic_of_same_padding_exact(tmp_path)
 
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnet_lite0", num_classes=4).eval()
-    io = OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+    # height and width dynamic: the padding stays computed in the graph (a fixed size pads by constants, below)
+    io = OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch", 2: "height", 3: "width"}, "logits": {0: "batch"}})
     path = ONNX.export(model, {"pixel_values": torch.randn(2, 3, 64, 64)}, io, tmp_path / "model.onnx", None)
     rng = np.random.default_rng(0)
     calibration = [{"pixel_values": rng.uniform(-1, 1, (1, 3, 64, 64)).astype(np.float32)} for _ in range(16)]
@@ -176,6 +177,29 @@ def test_static_int8_leaves_the_shape_arithmetic_of_same_padding_exact(tmp_path)
     quantised = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     pads = {n.input[1] for n in quantised.node if n.op_type == "Pad"}
     assert not any(n.op_type == "DequantizeLinear" and n.output[0] in pads for n in quantised.node), "a Pad's pads come through a DequantizeLinear"
+
+
+def test_a_fixed_image_size_exports_same_padding_as_constants_with_the_same_outputs(tmp_path):
+    """timm's Conv2dSame computes its padding from the input's shape; with height and
+    width fixed in the graph (how adapt exports images) it is a constant Pad: no shape
+    arithmetic left, the same logits, also at a size whose padding is asymmetric."""
+    import timm
+
+    from adapt.interfaces import OnnxIO
+
+    torch.manual_seed(0)
+    model = timm.create_model("tf_efficientnet_lite0", num_classes=4).eval()
+    io = OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
+    for size in (64, 67):
+        path = ONNX.export(model, {"pixel_values": torch.randn(2, 3, size, size)}, io, tmp_path / f"model{size}.onnx", None)
+        ops = op_histogram(path)
+        assert not {"Shape", "Ceil", "Gather"} & set(ops) and ops["Pad"] == 5, ops
+        x = torch.randn(3, 3, size, size)
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x.numpy()})[0]
+        with torch.no_grad():
+            want = model(x).numpy()
+        assert np.abs(got - want).max() <= 1e-4 * max(1.0, np.abs(want).max())
+    assert type(model.conv_stem).__name__ == "Conv2dSame"  # the model itself is left as it was
 
 
 @pytest.mark.parametrize("target", ["auto", "arm"])
