@@ -351,7 +351,7 @@ def static_same_padding(model: torch.nn.Module, args: tuple[Any, ...]) -> torch.
     for name in names:
         conv = model.get_submodule(name)
         assert isinstance(conv, torch.nn.Conv2d)
-        pad_h, pad_w = (_same_padding(size, k, s, d) for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation))  # type: ignore[arg-type]
+        pad_h, pad_w = (_same_padding(size, k, s, d) for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation))
         replace_module(model, name, StaticPadConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
     return model
 
