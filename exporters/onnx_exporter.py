@@ -165,6 +165,7 @@ class OnnxExporter:
         attempts, choice = self._attempts(base, plain, ctx)
         if choice:
             result.info["int8_calibration"] = choice.pop("calibration")
+            result.info["int8_format"] = choice.pop("format")
             result.info["int8_activations"] = choice
         baseline = ctx.score(base)
         passed = None
@@ -239,11 +240,13 @@ class OnnxExporter:
         static = _StaticInt8(plain, ctx)
         choice = _choose_activations(static.maker(n, activation="int8"), static.maker(n, activation="uint8"), plain, ctx)
         static.activation = choice["chosen"]
+        choice["format"] = _choose_format({"qdq": static.maker(n), "qoperator": static.maker(n, fmt="qoperator")}, plain, ctx, measured="latency_ms" in choice)
+        static.format = choice["format"]["chosen"]
         wanted = ctx.options.calibration_method if ctx.options else "auto"
         choice["calibration"] = _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
         static.method = choice["calibration"]["chosen"]
         attempts: list[tuple[str, Callable[[Path], dict[str, Any] | None]]] = [
-            (f"static QDQ per-channel ({static.activation} activations, {static.method} ranges), {n} calibration inputs", static.maker(n)),
+            (f"static {'QDQ' if static.format == 'qdq' else 'QOperator'} per-channel ({static.activation} activations, {static.method} ranges), {n} calibration inputs", static.maker(n)),
             (f"more calibration data ({2 * n} inputs)", static.maker(2 * n)),
             (f"{2 * n} inputs, cross-layer equalisation and bias correction", static.equalised(2 * n)),
         ]
@@ -393,18 +396,42 @@ def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path
     target = machine if ctx.target == "auto" else ctx.target
     if target != machine:
         return {"chosen": "int8", "target": target, "why": f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there"}
+    try:
+        timings = _timed_probes({"int8": signed, "uint8": unsigned}, plain, ctx, "activations")
+    except RuntimeError as exc:
+        return {"chosen": "int8", "target": target, "why": f"{exc}; S8S8 without measuring"}
+    chosen = min(timings, key=lambda k: timings[k])
+    return {"chosen": chosen, "target": target, "latency_ms": timings, "cpu_flags": cpu_flags(), "why": f"the faster at batch 1 on this {machine} CPU"}
+
+
+def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext, measured: bool) -> dict[str, Any]:
+    """QDQ (QuantizeLinear/DequantizeLinear around float operators, which ONNX Runtime
+    fuses into int8 kernels) or QOperator (QLinearConv and the like in the file itself),
+    timed at batch 1 where the activation type was (the export is for this machine's
+    CPU family); otherwise QDQ, the format mobile execution providers take."""
+    if not measured:
+        return {"chosen": "qdq", "why": "not measured (the export is for another CPU family): QDQ, the format NNAPI, XNNPACK and Core ML take"}
+    try:
+        timings = _timed_probes(makers, plain, ctx, "format")
+    except RuntimeError as exc:
+        return {"chosen": "qdq", "why": f"{exc}; QDQ without measuring"}
+    chosen = min(timings, key=lambda k: (timings[k], k != "qdq"))
+    return {"chosen": chosen, "latency_ms": timings, "why": "the faster at batch 1 on this CPU (ties: QDQ)"}
+
+
+def _timed_probes(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext, what: str) -> dict[str, float]:
+    """Each maker's file timed at batch 1, then removed; RuntimeError naming the one that failed."""
     timings = {}
-    for name, make in (("int8", signed), ("uint8", unsigned)):
-        out = plain.with_name(f"model.{name}-activations.onnx")  # a probe in adapt's own staging folder
+    for name, make in makers.items():
+        out = plain.with_name(f"model.{name}-{what}.onnx")  # a probe in adapt's own staging folder
         try:
             make(out)
             timings[name] = ctx.latency(out)["median"]
         except Exception as exc:  # noqa: BLE001 - the attempts proper record their own failures
-            return {"chosen": "int8", "target": target, "why": f"measuring the {name} activations failed ({type(exc).__name__}: {exc}); S8S8 without measuring"}
+            raise RuntimeError(f"measuring the {name} {what} failed ({type(exc).__name__}: {exc})") from exc
         finally:
             out.unlink(missing_ok=True)
-    chosen = min(timings, key=lambda k: timings[k])
-    return {"chosen": chosen, "target": target, "latency_ms": timings, "cpu_flags": cpu_flags(), "why": f"the faster at batch 1 on this {machine} CPU"}
+    return timings
 
 
 def _choose_calibration(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext) -> dict[str, Any]:
@@ -439,9 +466,9 @@ class _StaticInt8:
 
     def __init__(self, plain: Path, ctx: DeriveContext) -> None:
         self.plain, self.ctx = plain, ctx
-        self.activation, self.method = "int8", "minmax"
+        self.activation, self.method, self.format = "int8", "minmax", "qdq"
 
-    def quantise(self, source: Path, out: Path, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None) -> None:
+    def quantise(self, source: Path, out: Path, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None, fmt: str | None = None) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
@@ -451,12 +478,12 @@ class _StaticInt8:
         exclude = shape_nodes(prepared) + tail_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
         kind = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation or self.activation]
         ranges = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method or self.method]
-        _quietly(quantize_static, str(prepared), str(out), _Reader(self.ctx.calibration[:examples]), quant_format=QuantFormat.QDQ, per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges)
+        _quietly(quantize_static, str(prepared), str(out), _Reader(self.ctx.calibration[:examples]), quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt or self.format], per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges)
         if source != self.plain:
             prepared.unlink(missing_ok=True)
 
-    def maker(self, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None) -> Callable[[Path], None]:
-        return lambda out: self.quantise(self.plain, out, examples, keep_sensitive_in_fp32, activation, method)
+    def maker(self, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None, fmt: str | None = None) -> Callable[[Path], None]:
+        return lambda out: self.quantise(self.plain, out, examples, keep_sensitive_in_fp32, activation, method, fmt)
 
     def equalised(self, examples: int) -> Callable[[Path], dict[str, Any]]:
         """Cross-layer equalisation, then int8, then bias correction measured against that

@@ -233,6 +233,24 @@ def test_static_int8_activation_type_is_measured_for_this_cpu_and_stated_for_ano
     assert (onnx.TensorProto.UINT8 in zero_points) == (choice["chosen"] == "uint8"), zero_points  # weights stay int8; activations say the type
 
 
+def test_the_int8_format_is_measured_too_and_qoperator_files_hold_qlinear_operators(tmp_path):
+    """QDQ or QOperator, timed like the activation type (scripted here: QOperator faster)."""
+    backbone, built = build("mobilenet", "")
+    path = ONNX.export(built.model.eval(), backbone.example_inputs(built, 2), backbone.onnx_io(built), tmp_path / "model.onnx", None)
+    rng = np.random.default_rng(0)
+    calibration = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(4)]
+
+    def latency(candidate: Path) -> dict:
+        ms = 1.0 if candidate.name == "model.qoperator-format.onnx" else 2.0
+        return {"median": ms, "p90": ms, "threads": 1}
+
+    ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, calibration, lambda p: 1.0, latency, validate_options(ONNX, "e", {"calibration_examples": 4, "calibration_method": "minmax"}, "e"))
+    derived = ONNX.derive(path, ctx)
+    assert derived.info["int8_format"] == {"chosen": "qoperator", "latency_ms": {"qdq": 2.0, "qoperator": 1.0}, "why": "the faster at batch 1 on this CPU (ties: QDQ)"}
+    assert derived.attempts[0]["attempt"].startswith("static QOperator per-channel")
+    assert "QLinearConv" in op_histogram(tmp_path / "model.int8.onnx") and not list(tmp_path.glob("*-format.onnx"))
+
+
 @pytest.mark.parametrize("prefer", ["size", "speed"])
 def test_prefer_speed_deploys_fp32_where_int8_is_slower_and_size_keeps_the_smaller_file(tmp_path, prefer):
     """At tiny inputs int8 can be slower than fp32: `export.prefer` decides, and says so."""
