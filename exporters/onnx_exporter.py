@@ -408,15 +408,17 @@ def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: 
     """QDQ (QuantizeLinear/DequantizeLinear around float operators, which ONNX Runtime
     fuses into int8 kernels) or QOperator (QLinearConv and the like in the file itself),
     timed at batch 1 where the activation type was (the export is for this machine's
-    CPU family); otherwise QDQ, the format mobile execution providers take."""
+    CPU family), QOperator only where clearly faster; otherwise QDQ, the format
+    mobile execution providers take."""
     if not measured:
         return {"chosen": "qdq", "why": "not measured (the export is for another CPU family): QDQ, the format NNAPI, XNNPACK and Core ML take"}
     try:
         timings = _timed_probes(makers, plain, ctx, "format")
     except RuntimeError as exc:
         return {"chosen": "qdq", "why": f"{exc}; QDQ without measuring"}
-    chosen = min(timings, key=lambda k: (timings[k], k != "qdq"))
-    return {"chosen": chosen, "latency_ms": timings, "why": "the faster at batch 1 on this CPU (ties: QDQ)"}
+    if timings["qoperator"] < 0.9 * timings["qdq"]:
+        return {"chosen": "qoperator", "latency_ms": timings, "why": "more than 10% faster at batch 1 on this CPU"}
+    return {"chosen": "qdq", "latency_ms": timings, "why": "QOperator is not more than 10% faster here (timings move that much between calls); QDQ is the format more execution providers take (NNAPI, XNNPACK, Core ML)"}
 
 
 def _timed_probes(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext, what: str) -> dict[str, float]:
