@@ -100,3 +100,38 @@ def test_the_int8_gate_tries_qat_after_equalisation_and_before_fp32_layers(tmp_p
     assert made == ["model.int8.try4.qat-fp32.onnx"] and not (tmp_path / made[0]).exists()
     assert derived.attempts[3]["qat"]["epochs"] == 1 and derived.attempts[3]["qat"]["fp32_val_score"] == 0.9
     assert derived.info["int8_remedy"] == labels[3] and derived.deployable.name == "model.int8.try4.onnx"
+
+
+def test_export_qat_in_a_run_config_gives_the_exporter_a_working_qat_callable(tmp_path):
+    """The pipeline's wiring: a real (tiny CNN, digits) run with `export.qat` set hands the
+    ONNX exporter a `qat(path)` that fine-tunes the merged model on the run's own training
+    split and writes an fp32 ONNX file ONNX Runtime runs; without `export.qat`, None."""
+    import onnxruntime as ort
+    import yaml
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+    from adapt.export_stage import _ExportJob
+    from adapt.pipeline import restore
+    from tests.conftest import TinyPlugin
+
+    def tiny_host():
+        return make_host([TinyPlugin()], autoload=False)
+
+    config = {"name": "tiny", "output_dir": str(tmp_path / "runs"), "task": "image-classification", "backbone": {"name": "tiny-cnn"}, "data": {"source": "digits"}, "train": {"epochs": 1, "batch_size": 64}, "export": {"formats": [], "qat": {"epochs": 1, "lr": 1e-4}}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    result = CliRunner().invoke(make_cli(tiny_host), ["run", str(tmp_path / "config.yaml")])
+    assert result.exit_code == 0, result.output
+    session = restore(tmp_path / "runs" / "tiny", tiny_host())
+    merged = session.plan.method.merge(session.built).model.eval()
+    staging = tmp_path / "staging"
+    staging.mkdir()
+    job = _ExportJob(session, merged, None, staging)
+    qat_export = job.qat(ONNX, None)
+    assert qat_export is not None
+    info = qat_export(staging / "qat.onnx")
+    assert info["epochs"] == 1 and info["lr"] == 1e-4 and info["layers"] >= 2 and len(info["train_loss"]) == 1
+    feed = {"pixel_values": session.collate(session.splits.test[:4])["pixel_values"].numpy()}
+    assert ort.InferenceSession(str(staging / "qat.onnx"), providers=["CPUExecutionProvider"]).run(None, feed)[0].shape == (4, 10)
+    session.config.export.qat = None
+    assert job.qat(ONNX, None) is None
