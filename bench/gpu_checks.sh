@@ -3,7 +3,9 @@
 # PyTorch, transformers, PEFT and timm installed but not adapt (see docs/benchmarks.md).
 # Before: `pip wheel --no-deps -w .whl .` plus wheels of anything the machine lacks or
 # has in another version than a user gets from PyPI (pydantic and its three
-# dependencies; onnxruntime). Figures go to $OUT (default: ./gpu-out).
+# dependencies; onnxruntime), for the machine's Python (3.12 on the H200 of
+# 2026-11-27: `pip download --only-binary=:all: --python-version 3.12 --platform
+# manylinux2014_x86_64 pydantic-core==VERSION -d .whl`). Figures go to $OUT (default: ./gpu-out).
 set -uo pipefail
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
@@ -23,3 +25,6 @@ TORCHINDUCTOR_COMPILE_THREADS=1 timeout "${TRAIN_LIMIT2:-100}" python3 bench/tra
     --out "$OUT/train_vs_peft_warm.json" 2>&1 | quiet | tail -2 | cut -c1-400
 # 3. export latency on this machine's CPU (16 cores), for issue 6's ratios
 timeout "${EXPORT_LIMIT:-110}" python3 bench/export_latency.py --runs 10 --rounds 5 2>&1 | quiet | tail -1 | tee "$OUT/export_latency.json"
+# 4. CUDA paths of CPU-built features: a cached linear probe trains like the uncached
+#    loop (same losses), quantisation-aware fine-tuning runs on CUDA (issues 19, 20)
+timeout "${CUDA_PATHS_LIMIT:-120}" python3 bench/gpu_cuda_paths.py 2>&1 | quiet | tail -1 | tee "$OUT/cuda_paths.json"

@@ -102,7 +102,8 @@ def build(model: nn.Module, head_name: str, splits: dict[str, Sequence[Any]], co
                 shape = shape or tuple(features.shape[1:])
                 if tuple(features.shape[1:]) != shape:
                     return f"the head's input differs in shape between batches ({shape} and {tuple(features.shape[1:])})"
-                getattr(cache, split).extend({"features": f, "labels": y} for f, y in zip(features.detach(), labels))
+                # held on the CPU like any batch, so the loop pins and moves them as usual
+                getattr(cache, split).extend({"features": f, "labels": y} for f, y in zip(features.detach().cpu(), labels.cpu()))
     finally:
         hook.remove()
         model.train(was_training)

@@ -50,8 +50,9 @@ def simulate_int8(model: nn.Module) -> Callable[[], int]:
     layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(getattr(m, "weight", None), nn.Parameter)]
     hooks = []
     for layer in layers:
-        parametrize.register_parametrization(layer, "weight", _RoundedWeight())
-        rounding = _rounded_input().to(layer.weight.device)
+        device = layer.weight.device  # the observers' scales live beside the weights (CUDA too)
+        parametrize.register_parametrization(layer, "weight", _RoundedWeight().to(device))
+        rounding = _rounded_input().to(device)
         layer.add_module("input_rounding", rounding)
         hooks.append(layer.register_forward_pre_hook(lambda module, args: (module.input_rounding(args[0]), *args[1:])))
 
