@@ -35,8 +35,6 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
     """What the tables need from one run's report.json."""
     onnx = report["export"]["onnx"]
     metrics = report["metrics"]
-    deployed = report.get("deployable", "")
-    deployed_form = next((form for form, info in report.get("files", {}).items() if isinstance(info, dict) and info.get("path", "").endswith(deployed)), None)
     return {
         "attempts": [{k: a.get(k) for k in ("attempt", "file", "val_score", "val_drop", "passed", "bytes", "error")} | {"latency_ms": (a.get("latency_ms") or {}).get("median")} for a in onnx.get("attempts", [])],
         "calibration": onnx.get("int8_calibration"),
@@ -45,8 +43,7 @@ def summary(report: dict[str, Any]) -> dict[str, Any]:
         "equalisation": next((a["equalisation"] for a in onnx.get("attempts", []) if "equalisation" in a), None),
         "qat": next((a["qat"] for a in onnx.get("attempts", []) if "qat" in a), None),
         "test": {form: m.get("accuracy") for form, m in metrics.items() if isinstance(m, dict) and "accuracy" in m},
-        "deployable": deployed,
-        "deployed_form": deployed_form,
+        "deployable": report.get("deployable"),
         "latency_ms": {form: {k: v.get(k) for k in ("median", "spread")} for form, v in report.get("latency_ms", {}).items() if isinstance(v, dict)},
         "timings": report.get("timings"),
     }

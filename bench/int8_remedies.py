@@ -75,7 +75,7 @@ def main() -> None:
             return info
 
         ctx = DeriveContext(Path(folder), {}, "int8", False, 0.01, calibration, lambda p: accuracy(p, "val"), lambda p: {"median": 0.0, "p90": 0.0, "threads": 1}, None, qat=fine_tune_and_export)
-        static = _StaticInt8(plain, ctx)
+        static = _StaticInt8(plain, ctx, baseline=accuracy(plain, "val"))
         static.activation = args.activations
         attempts = {
             "fp32 ONNX": lambda out: shutil.copyfile(plain, out) and None,

@@ -338,7 +338,7 @@ class Trainer:
         cfg, dist = self.config, self.dist
         runner: nn.Module = model
         if self.cache is not None:
-            runner = feature_cache.HeadOnly(self.cache.head)
+            runner = self.cache.runner
         elif dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -461,7 +461,7 @@ class Trainer:
         cfg, dist, state = self.config, self.dist, loop.state
         train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
         throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
-        val = evaluate(feature_cache.HeadOnly(self.cache.head) if self.cache else model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
+        val = evaluate(self.cache.runner if self.cache else model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
         metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
         primary = self.task.primary_metric
         score = val.metrics.get(primary)

@@ -9,8 +9,9 @@ The rule that makes cached and uncached training the same maths: in a probe, the
 part always runs in eval mode (dropout off, BatchNorm statistics fixed), with or without
 the cache; only the head is in train mode. The cache is used only when it provably
 reproduces the model: the head is called once per forward with one tensor, every
-example's feature has the same shape, no augmentation changes the inputs, and on the
-first batch the head applied to the captured feature gives the model's own output.
+example's feature has the same shape, no augmentation changes the inputs, and on every
+batch the head applied to the captured feature gives the model's own output (a cheap
+check: the head is small).
 Otherwise training runs uncached, and the reason is said.
 """
 
@@ -37,6 +38,11 @@ class FeatureCache:
     train: list[dict[str, torch.Tensor]] = field(default_factory=list)
     val: list[dict[str, torch.Tensor]] = field(default_factory=list)
     seconds: float = 0.0
+    #: the head as the loop calls a model, for training and validation alike
+    runner: HeadOnly = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.runner = HeadOnly(self.head)
 
     def describe(self) -> dict[str, Any]:
         return {"head": self.head_name, "train_examples": len(self.train), "val_examples": len(self.val), "seconds": round(self.seconds, 2)}

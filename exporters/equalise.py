@@ -49,7 +49,7 @@ def equalise(source: Path, out: Path, sweeps: int = 20, relu6_to_relu: bool = Tr
             break
     for name, array in arrays.items():
         weights[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
-    replaced = sum(_relu6_to_relu(graph, pair["join"]) for pair in pairs if pair["join"] is not None)
+    replaced = sum(_relu6_to_relu(pair["join"]) for pair in pairs if pair["join"] is not None)
     onnx.save(model, str(out))
     return {"pairs": len(pairs), "relu6_replaced": replaced, "sweeps": done}
 
@@ -116,6 +116,7 @@ def correct_bias(fp32: Path, int8: Path, calibration: list[dict[str, Any]], out:
         for name, value in zip(names, session.run(None, feed)):
             if value.ndim == 4:
                 sums[name] = sums.get(name, 0) + value.mean(axis=(0, 2, 3))
+    convs = [node for node in convs if node.input[0] in sums]  # image convs (NCHW inputs) only
     for node in convs:
         mean_input = sums[node.input[0]] / len(calibration)
         weight = numpy_helper.to_array(weights[node.input[1]])
@@ -228,7 +229,7 @@ def _from_zero(node: Any, weights: dict[str, Any]) -> bool:
     return bool(bound) and bound in weights and float(numpy_helper.to_array(weights[bound])) == 0.0
 
 
-def _relu6_to_relu(graph: Any, node: Any) -> int:
+def _relu6_to_relu(node: Any) -> int:
     if node.op_type != "Clip":
         return 0
     node.op_type = "Relu"

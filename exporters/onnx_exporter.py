@@ -162,12 +162,12 @@ class OnnxExporter:
 
     def _quantise(self, base: Path, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
         """Try int8 and its remedies in turn; return the first file within the accuracy budget."""
-        attempts, choice = self._attempts(base, plain, ctx)
+        baseline = ctx.score(base)
+        attempts, choice = self._attempts(base, plain, ctx, baseline)
         if choice:
             result.info["int8_calibration"] = choice.pop("calibration")
             result.info["int8_format"] = choice.pop("format")
             result.info["int8_activations"] = choice
-        baseline = ctx.score(base)
         passed = None
         for number, (label, make) in enumerate(attempts, 1):
             out = base.with_name(f"model.int8{'' if number == 1 else f'.try{number}'}.onnx")
@@ -225,8 +225,10 @@ class OnnxExporter:
             result.notes.append(f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept but not recommended")
         return out if ok else None
 
-    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
-        """The int8 attempts in the order they are tried, and (static int8) how its activation type was chosen."""
+    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext, baseline: float) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
+        """The int8 attempts in the order they are tried, and (static int8) how its
+        activation type, format and calibrator were chosen. ``baseline``: the fp32
+        file's validation score, which an equalised file is held to."""
         import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
@@ -237,10 +239,10 @@ class OnnxExporter:
             return [("dynamic int8", dynamic([])), ("dynamic int8, head in fp32", dynamic(_head_nodes(base)))], {}
 
         n = ctx.options.calibration_examples if ctx.options else 100
-        static = _StaticInt8(plain, ctx)
+        static = _StaticInt8(plain, ctx, baseline)
         choice = _choose_activations(static.maker(n, activation="int8"), static.maker(n, activation="uint8"), plain, ctx)
         static.activation = choice["chosen"]
-        choice["format"] = _choose_format({"qdq": static.maker(n), "qoperator": static.maker(n, fmt="qoperator")}, plain, ctx, measured="latency_ms" in choice)
+        choice["format"] = _choose_format({"qdq": static.maker(n), "qoperator": static.maker(n, fmt="qoperator")}, plain, ctx)
         static.format = choice["format"]["chosen"]
         wanted = ctx.options.calibration_method if ctx.options else "auto"
         choice["calibration"] = _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
@@ -391,9 +393,7 @@ def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path
     both are made and timed at batch 1 and the faster is used (the report's
     ``export.onnx.int8_activations`` says which and why); for another family (an ARM
     phone from an x86 build machine), S8S8, ONNX Runtime's usual QDQ choice there, unmeasured."""
-    arch = platform.machine().lower()
-    machine = "arm" if arch.startswith(("arm", "aarch")) else "x86"
-    target = machine if ctx.target == "auto" else ctx.target
+    target, machine = _families(ctx)
     if target != machine:
         return {"chosen": "int8", "target": target, "why": f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there"}
     try:
@@ -404,14 +404,21 @@ def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path
     return {"chosen": chosen, "target": target, "latency_ms": timings, "cpu_flags": cpu_flags(), "why": f"the faster at batch 1 on this {machine} CPU"}
 
 
-def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext, measured: bool) -> dict[str, Any]:
+def _families(ctx: DeriveContext) -> tuple[str, str]:
+    """The CPU family the export is for (``export.target``) and this machine's."""
+    machine = "arm" if platform.machine().lower().startswith(("arm", "aarch")) else "x86"
+    return (machine if ctx.target == "auto" else ctx.target), machine
+
+
+def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext) -> dict[str, Any]:
     """QDQ (QuantizeLinear/DequantizeLinear around float operators, which ONNX Runtime
     fuses into int8 kernels) or QOperator (QLinearConv and the like in the file itself),
     timed at batch 1 where the activation type was (the export is for this machine's
     CPU family), QOperator only where clearly faster; otherwise QDQ, the format
     mobile execution providers take."""
-    if not measured:
-        return {"chosen": "qdq", "why": "not measured (the export is for another CPU family): QDQ, the format NNAPI, XNNPACK and Core ML take"}
+    target, machine = _families(ctx)
+    if target != machine:
+        return {"chosen": "qdq", "why": f"the export is for {target}, this machine is {machine}: not measured; QDQ, the format NNAPI, XNNPACK and Core ML take"}
     try:
         timings = _timed_probes(makers, plain, ctx, "format")
     except RuntimeError as exc:
@@ -466,8 +473,8 @@ class _StaticInt8:
 
     METHODS = ("minmax", "percentile", "entropy")
 
-    def __init__(self, plain: Path, ctx: DeriveContext) -> None:
-        self.plain, self.ctx = plain, ctx
+    def __init__(self, plain: Path, ctx: DeriveContext, baseline: float) -> None:
+        self.plain, self.ctx, self.baseline = plain, ctx, baseline
         self.activation, self.method, self.format = "int8", "minmax", "qdq"
 
     def quantise(self, source: Path, out: Path, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None, fmt: str | None = None) -> None:
@@ -500,7 +507,7 @@ class _StaticInt8:
             try:
                 info = equalise(self.plain, equal)
                 info["fp32_val_score"] = self.ctx.score(equal)
-                if info["relu6_replaced"] and self.ctx.score(self.plain) - info["fp32_val_score"] > self.ctx.max_accuracy_drop:
+                if info["relu6_replaced"] and self.baseline - info["fp32_val_score"] > self.ctx.max_accuracy_drop:
                     # ReLU6 -> ReLU changed what the network computes: only the exact pairs
                     info = {**equalise(self.plain, equal, relu6_to_relu=False), "relu6_to_relu_val_score": info["fp32_val_score"]}
                     info["fp32_val_score"] = self.ctx.score(equal)
@@ -518,10 +525,13 @@ class _StaticInt8:
         """Quantisation-aware fine-tuning (the pipeline's ``ctx.qat``) writes an fp32 file
         whose weights have learnt int8's rounding; that file is quantised like the others."""
 
+        fine_tune = self.ctx.qat
+        assert fine_tune is not None, "after_qat is only offered when ctx.qat is set"
+
         def make(out: Path) -> dict[str, Any]:
             tuned = out.with_name(f"{out.stem}.qat-fp32.onnx")
             try:
-                info = self.ctx.qat(tuned)  # type: ignore[misc]
+                info = fine_tune(tuned)
                 info["fp32_val_score"] = self.ctx.score(tuned)
                 self.quantise(tuned, out, examples)
             finally:

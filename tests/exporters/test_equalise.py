@@ -96,7 +96,7 @@ def test_bias_correction_removes_the_mean_shift_that_weight_rounding_causes(tmp_
     rng = np.random.default_rng(0)
     calibration = [{"pixel_values": rng.standard_normal((1, 3, 32, 32)).astype(np.float32)} for _ in range(32)]
     ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, calibration, lambda p: 1.0, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1}, validate_options(ONNX, "e", {}, "e"))
-    static = _StaticInt8(plain, ctx)
+    static = _StaticInt8(plain, ctx, baseline=1.0)
     first, corrected, second = tmp_path / "first.onnx", tmp_path / "corrected.onnx", tmp_path / "second.onnx"
     static.quantise(plain, first, 32)
     assert correct_bias(plain, first, calibration, corrected) >= 10
@@ -153,6 +153,6 @@ def test_where_relu6_to_relu_costs_accuracy_only_the_exact_pairs_are_equalised(t
     ctx = DeriveContext(tmp_path, {}, "int8", False, 0.01, calibration, score, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1}, validate_options(ONNX, "e", {}, "e"))
     from adapt.exporters.onnx_exporter import _StaticInt8
 
-    info = _StaticInt8(plain, ctx).equalised(4)(tmp_path / "model.int8.try3.onnx")["equalisation"]
+    info = _StaticInt8(plain, ctx, baseline=score(plain)).equalised(4)(tmp_path / "model.int8.try3.onnx")["equalisation"]
     assert info["relu6_to_relu_val_score"] == 0.3 and info["relu6_replaced"] == 0 and info["fp32_val_score"] == 0.9
     assert (tmp_path / "model.int8.try3.onnx").exists() and not list(tmp_path.glob("*equalised*"))

@@ -227,6 +227,7 @@ def test_static_int8_activation_type_is_measured_for_this_cpu_and_stated_for_ano
         assert {"model.int8-activations.onnx", "model.uint8-activations.onnx"} <= set(timed) and not (tmp_path / "model.uint8-activations.onnx").exists()
     else:
         assert choice["chosen"] == "int8" and "not measured" in choice["why"] and "model.uint8-activations.onnx" not in timed
+        assert derived.info["int8_format"]["chosen"] == "qdq" and "the export is for arm" in derived.info["int8_format"]["why"] and "model.qoperator-format.onnx" not in timed
     assert f"({choice['chosen']} activations, minmax ranges)" in derived.attempts[0]["attempt"]
     quantised = onnx.load(str(tmp_path / "model.int8.onnx")).graph
     zero_points = {t.data_type for t in quantised.initializer if t.name.endswith("zero_point")}
