@@ -46,6 +46,7 @@ def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch
     import torch
 
     threads = torch.get_num_threads()
+    _check_request(session, files, batch_size, seq_len, image_size)
     inputs, shape = _inputs(session, batch_size, seq_len, image_size)
     model = session.plan.method.merge(session.built).model.eval()
     loader = next((e for e in session.plan.exporters if e.suffix == ".onnx"), None)
@@ -63,7 +64,11 @@ def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch
 
 
 def _exported_files(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
-    files = {name: run_dir / rel for name, rel in report.get("forms", {}).items() if str(rel).endswith(".onnx") and (run_dir / rel).is_file()}
+    from adapt.report import REPORT_JSON, report_forms
+
+    if not (run_dir / REPORT_JSON).exists():
+        raise AdaptError(f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)", hint=f"export the run again to write it: adapt export {run_dir}")
+    files = {name: path for name, path in report_forms(run_dir, report).items() if path.suffix == ".onnx" and path.is_file()}
     if not files:
         raise AdaptError(f"{run_dir} has no exported .onnx file to time", hint=f"export it first: adapt export {run_dir}")
     return files
@@ -106,8 +111,65 @@ def _check_contenders(contenders: dict[str, Any], shape: dict[str, int]) -> None
             raise AdaptError(f"{name} cannot run on the bench inputs ({given}): {first}", hint="leave out --image-size / --seq-len to use the run's own size (some graphs fix it)") from None
 
 
+#: A request's inputs times this is taken as the least memory the model's activations need
+#: (a rough lower bound for CNNs and transformers; it only stops requests that cannot fit).
+ACTIVATION_FACTOR = 16
+
+
+def _check_request(session: Any, files: dict[str, Path], batch_size: int, seq_len: int | None, image_size: int | None) -> None:
+    """Before anything is allocated: the requested size fits every file's fixed input
+    sizes, and the inputs (times :data:`ACTIVATION_FACTOR`) fit the memory available."""
+    from adapt.latency import available_memory
+
+    one = session.plan.backbone.example_inputs(session.built, 1)
+    for name, path in files.items():
+        for graph_input, fixed in _fixed_dims(path).items():
+            value = one.get(graph_input)
+            asked = _requested_axes(value, seq_len, image_size) if value is not None else {}
+            for axis, size in asked.items():
+                if fixed.get(axis, size) != size:
+                    raise AdaptError(f"{name} ({path.name}) fixes input {graph_input!r} at {fixed[axis]} along axis {axis}; the bench asked for {size}", hint="leave out --image-size / --seq-len to use the run's own size")
+    need = batch_size * ACTIVATION_FACTOR * sum(_input_bytes(v, seq_len, image_size) for v in one.values())
+    have = available_memory()
+    if have is not None and need > have:
+        asked_for = f"batch {batch_size}" + (f", {image_size} px" if image_size else "") + (f", {seq_len} tokens" if seq_len else "")
+        raise AdaptError(f"the bench inputs ({asked_for}) need about {need / 2**30:.1f} GiB with the model's activations; {have / 2**30:.1f} GiB is available", hint="ask for a smaller --batch-size, --image-size or --seq-len")
+
+
+def _requested_axes(value: Any, seq_len: int | None, image_size: int | None) -> dict[int, int]:
+    """The axes of one example input that the request sets: an image's height and width, a sequence's length."""
+    if value.dim() == 4 and image_size:
+        return {2: image_size, 3: image_size}
+    if value.dim() == 2 and seq_len:
+        return {1: seq_len}
+    return {}
+
+
+def _input_bytes(value: Any, seq_len: int | None, image_size: int | None) -> float:
+    """Bytes of one example input at the requested size."""
+    scale = {axis: size / value.shape[axis] for axis, size in _requested_axes(value, seq_len, image_size).items()}
+    return value.numel() * value.element_size() * math.prod(scale.values())
+
+
+def _fixed_dims(path: Path) -> dict[str, dict[int, int]]:
+    """Each graph input's axes that the file fixes to a size (from its header, no weights read)."""
+    import onnx
+
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:  # noqa: BLE001 - a damaged file raises protobuf's own errors
+        raise AdaptError(f"{path} cannot be read as an ONNX model (truncated, damaged or another format): {type(exc).__name__}", hint=f"export the run again: adapt export {path.parent.parent}") from None
+    if not model.graph.input:
+        raise AdaptError(f"{path} holds no graph (an empty or damaged ONNX file)", hint=f"export the run again: adapt export {path.parent.parent}")
+    return {i.name: {axis: d.dim_value for axis, d in enumerate(i.type.tensor_type.shape.dim) if d.dim_value > 0} for i in model.graph.input}
+
+
 def _onnx_call(loader: Any, path: Path, inputs: dict[str, Any], threads: int) -> Any:
-    run = loader.load(path, threads)
+    try:
+        run = loader.load(path, threads)
+    except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
+        first = " ".join(str(exc).split())[:300] or type(exc).__name__
+        raise AdaptError(f"{path} cannot be loaded by ONNX Runtime: {first}", hint=f"export the run again: adapt export {path.parent.parent}") from None
     feed = {k: v.numpy() for k, v in inputs.items()}
     return lambda: run(feed)
 

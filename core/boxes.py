@@ -48,7 +48,7 @@ def checked_box(box: object, width: int, height: int) -> tuple[list[float] | Non
 
 
 def image_size(path: Path) -> tuple[tuple[int, int] | None, str]:
-    """``(width, height)`` from the image's header, or None with why the file cannot be read."""
+    """``(width, height)`` of an image whose pixels decode, or None with why the file cannot be read."""
     from PIL import Image
 
     if not path.is_file():
@@ -57,6 +57,7 @@ def image_size(path: Path) -> tuple[tuple[int, int] | None, str]:
         with Image.open(path) as image:
             image.verify()
         with Image.open(path) as image:
+            image.load()  # the pixel data, not only the header: a short file fails here, not mid-training
             return (int(image.width), int(image.height)), ""
     except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
         return None, f"unreadable image ({type(exc).__name__}: {exc})"

@@ -21,13 +21,27 @@ if TYPE_CHECKING:
 TASK = "text-generation"
 
 
+def _chat_prompt(tokenizer: Any, messages: list[Any]) -> str:
+    """The checkpoint's chat template applied to ``messages``. transformers renders it in
+    jinja's sandbox; a template that reaches past it (``__globals__``) or fails to render
+    is one message naming the template, not a traceback."""
+    from jinja2.exceptions import SecurityError, TemplateError
+
+    try:
+        return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
+    except SecurityError as exc:
+        raise DataError(f"the checkpoint's chat template tried something jinja's sandbox forbids ({exc}) and was stopped", hint="use a checkpoint whose tokenizer_config.json has a plain chat_template; this one may be malicious") from None
+    except TemplateError as exc:
+        raise DataError(f"the checkpoint's chat template cannot render these messages ({type(exc).__name__}: {exc})", hint="check the chat_template in the checkpoint's tokenizer_config.json, or write the data as prompt/completion pairs") from None
+
+
 def split_example(tokenizer: Any, example: Example) -> tuple[str, str]:
     """``(prompt, completion)`` text of an example (the prompt is empty for plain text)."""
     if "messages" in example:
         if not getattr(tokenizer, "chat_template", None):
             raise DataError("the data holds chat `messages`, but the checkpoint's tokenizer has no chat template", hint="use a chat checkpoint (its tokenizer_config.json has chat_template), or write the data as prompt/completion pairs")
         messages = example["messages"]
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
+        prompt = _chat_prompt(tokenizer, messages[:-1])
         return prompt, messages[-1]["content"]
     if "completion" in example:
         return str(example.get("prompt") or ""), str(example["completion"])
@@ -197,20 +211,34 @@ def agreement(reference: Sequence[Sequence[int]], candidate: Sequence[Sequence[i
     return sum(1 for a, b in zip(reference, candidate) if list(a) == list(b)) / len(reference) if reference else 1.0
 
 
-def generate_text(inner: torch.nn.Module, tokenizer: Any, prompt: str, settings: dict[str, Any]) -> str:
+def positions(inner: torch.nn.Module) -> int | None:
+    """How many positions the decoder has (None where its config does not say: rotary
+    models without a limit), recorded in preprocess.json for the standalone predictor."""
+    value = getattr(getattr(inner, "config", None), "max_position_embeddings", None)
+    return int(value) if isinstance(value, int) and value > 0 else None
+
+
+def generate_text(inner: torch.nn.Module, tokenizer: Any, prompt: str, settings: dict[str, Any]) -> dict[str, Any]:
     """A prompt's continuation by transformers' ``generate`` (KV cache on): greedy at
-    temperature 0, else sampled with ``top_k`` / ``top_p`` and ``seed``; cut at ``stop`` strings."""
+    temperature 0, else sampled with ``top_k`` / ``top_p`` and ``seed``; cut at ``stop``
+    strings. ``{"generated": text}``, with ``notes`` where the prompt was cut to the
+    model's positions or generation stopped at them (as the ONNX predictor does)."""
     import torch
     from transformers import GenerationConfig
 
-    ids = torch.tensor([prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id]], dtype=torch.long)
+    from adapt.onnx_predict import cut_at_stops, fit_prompt, new_token_budget
+
+    limit = positions(inner)
+    start, notes = fit_prompt(prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id], limit, tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None)
+    budget, stop_note = new_token_budget(len(start), int(settings.get("max_new_tokens", 64)), limit)
+    ids = torch.tensor([start], dtype=torch.long)
     temperature = float(settings.get("temperature", 0.0))
     sampling = {"do_sample": True, "temperature": temperature, "top_k": int(settings.get("top_k", 0)), "top_p": float(settings.get("top_p", 1.0))} if temperature > 0 else {"do_sample": False}
-    config = GenerationConfig(max_new_tokens=int(settings.get("max_new_tokens", 64)), eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+    config = GenerationConfig(max_new_tokens=budget, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
     torch.manual_seed(int(settings.get("seed", 0)))
     inner.eval()
     with torch.no_grad():
-        new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist()  # type: ignore[operator]
-    from adapt.onnx_predict import cut_at_stops
-
-    return cut_at_stops(tokenizer.decode(before_end(new, tokenizer.eos_token_id)), settings.get("stop", ()))
+        new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist() if budget else []  # type: ignore[operator]
+    new = before_end(new, tokenizer.eos_token_id)
+    notes += [stop_note] if stop_note and len(new) == budget else []
+    return {"generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())), **({"notes": notes} if notes else {})}

@@ -333,26 +333,35 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
         boxes in image paths (object-detection), nearest identities (image-embedding) or
         documents (text-embedding), or next items for a history of item ids, comma-separated,
         oldest first (recommendation), by the run's task. One JSON line each."""
-        if use_onnx:
-            from adapt.onnx_predict import InputError, PredictError
-            from adapt.onnx_predict import predict as predict_onnx
-            from adapt.report import read_report
+        from adapt.onnx_predict import InputError, PredictError
 
-            deployable = read_report(run_dir).get("deployable")
-            if model_file is None and not deployable:
-                raise AdaptError(f"{run_dir} has no exported model", hint=f"export it first: adapt export {run_dir}")
-            try:
-                rows = predict_onnx(model_file if model_file is not None else run_dir / str(deployable), inputs, **settings)
-            except InputError as exc:
-                raise AdaptError(str(exc), hint="check the inputs: `adapt predict --help` says what each task takes") from None
-            except PredictError as exc:
-                raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
-        else:
-            from adapt.pipeline import predict_command as predict
-
-            rows = predict(run_dir, host, inputs, settings)
+        try:
+            rows = _predict_rows(run_dir, host, inputs, use_onnx, model_file, settings)
+        except InputError as exc:
+            raise AdaptError(str(exc), hint="check the inputs: `adapt predict --help` says what each task takes") from None
+        except PredictError as exc:
+            raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
         for row in rows:
             click.echo(json.dumps(row))
+
+
+def _predict_rows(run_dir: Path, host: Host, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """`adapt predict`'s rows: from the exported file with ONNX Runtime alone, or from the
+    run's PyTorch model. Both raise the standalone predictor's InputError / PredictError."""
+    from adapt.onnx_predict import check_settings
+
+    check_settings(settings)
+    if not use_onnx:
+        from adapt.pipeline import predict_command as predict
+
+        return predict(run_dir, host, inputs, settings)
+    from adapt.onnx_predict import predict as predict_onnx
+    from adapt.report import read_report, report_file
+
+    deployable = model_file or report_file(run_dir, read_report(run_dir), "deployable")
+    if deployable is None:
+        raise AdaptError(f"{run_dir} has no exported model (report.json names no deployable file)", hint=f"export it first: adapt export {run_dir}")
+    return predict_onnx(deployable, inputs, **settings)
 
 
 def main(argv: Sequence[str] | None = None) -> None:

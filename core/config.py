@@ -134,7 +134,7 @@ class ExportConfig(_Section):
     quantize: Literal["int8", "int4", "all", "none"] = Field("int8", description="int8 (dynamic for transformers, static for CNNs), int4 (weight-only, for MatMul weights: transformers), all (both), or none")
     mobile: StrictBool = True
     prefer: Literal["size", "speed"] = Field("size", description="which passing file to deploy: the smallest quantised one, or the fastest at batch 1 (fp32 included)")
-    target: Literal["auto", "x86", "arm"] = Field("auto", description="the CPU family the export is for: int8 formats are measured on the exporting machine when it is that family (auto: it is)")
+    target: Literal["auto", "x86", "x86-vnni", "arm"] = Field("auto", description="the CPU the export is for: auto (this machine: its int8 arithmetic is probed), x86 (any x86 CPU: 7-bit int8 weights, which cannot saturate on CPUs without VNNI), x86-vnni (8-bit weights) or arm; int8 formats are timed on the exporting machine when it is of that family")
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
     max_perplexity_increase: Float = Field(0.05, ge=0, description="text-generation: largest relative increase of validation perplexity a quantised model may have and still be recommended")
     parity_tolerance: Float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")

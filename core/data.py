@@ -8,10 +8,12 @@ a label met only in val or test is an error, not a silent new class.
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import random
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 from adapt.config import SplitConfig
 from adapt.errors import DataError
@@ -45,6 +47,17 @@ def generation_example(row: dict[str, Any], request: DataRequest, where: str) ->
 
 
 #: File stems that name a split, for sources that read ``train.<ext>`` beside ``test.<ext>``.
+@contextlib.contextmanager
+def long_fields() -> Iterator[None]:
+    """Let the csv module read cells of any length (its default stops at 128 KiB);
+    a long article is cut to the backbone's max_length later anyway."""
+    previous = csv.field_size_limit(2**31 - 1)
+    try:
+        yield
+    finally:
+        csv.field_size_limit(previous)
+
+
 SPLIT_STEMS = {"train": ("train",), "val": ("val", "valid", "validation", "dev"), "test": ("test",)}
 
 

@@ -77,11 +77,15 @@ def identification(embeddings: np.ndarray, ids: np.ndarray) -> dict[str, float]:
     return {"top1": float(hits[:, 0].mean()), "top5": float(hits[:, :5].any(axis=1).mean())}
 
 
+def ranks(queries: np.ndarray, documents: np.ndarray, relevant: np.ndarray) -> np.ndarray:
+    """Each query's 1-based rank of its one relevant document ``documents[relevant[i]]``."""
+    scores = queries @ documents.T
+    return (scores > scores[np.arange(len(queries)), relevant][:, None]).sum(axis=1) + 1
+
+
 def retrieval(queries: np.ndarray, documents: np.ndarray, relevant: np.ndarray) -> dict[str, float]:
     """Query ``i``'s one relevant document is ``documents[relevant[i]]``."""
-    scores = queries @ documents.T
-    rank = (scores > scores[np.arange(len(queries)), relevant][:, None]).sum(axis=1) + 1  # 1 = first
-    return rank_metrics(rank)
+    return rank_metrics(ranks(queries, documents, relevant))
 
 
 def rank_metrics(rank: np.ndarray) -> dict[str, float]:

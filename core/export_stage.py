@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import shutil
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -104,6 +105,17 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
     return job.new
 
 
+@dataclass
+class FileRun:
+    """What running an exported file over some batches gave."""
+
+    metrics: dict[str, float]
+    logits: list[Any]
+    predictions: list[Any]
+    references: list[Any]
+    finals: list[Any] | None
+
+
 class _ExportJob:
     """One export into ``staging``: every form made, verified against the merged model,
     scored and timed; the report entries collect in ``new`` with their final paths."""
@@ -128,6 +140,8 @@ class _ExportJob:
         self.artifacts: list[tuple[Path, str]] = []
         #: name -> calls at batch 1 and at latency_batch, timed together at the end
         self.timed: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
+        #: (file, mtime) -> its validation metric and per-example scores (see val_outcome)
+        self._val_cache: dict[tuple[Path, int], tuple[float, list[float]]] = {}
 
     def _batches(self, examples: list, size: int) -> list[dict[str, Any]]:
         return [self.session.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
@@ -151,10 +165,10 @@ class _ExportJob:
         load = exporter.load(path, self.threads)
         return (lambda feed: {"logits": load(feed)}), False
 
-    def run_file(self, exporter: Any, path: Path, data: list[dict[str, Any]], finals: bool = False) -> tuple[dict[str, float], list[Any], list[Any], list[Any] | None]:
-        """The task's metrics, the logits and the predictions of an exported file on ``data``;
-        with ``finals``, in the same pass, the task's predictions from the file's own final
-        outputs (None where the task or the exporter has none)."""
+    def run_file(self, exporter: Any, path: Path, data: list[dict[str, Any]], finals: bool = False) -> FileRun:
+        """The task's metrics, the logits, predictions and references of an exported file on
+        ``data``; with ``finals``, in the same pass, the task's predictions from the file's
+        own final outputs (None where the task or the exporter has none)."""
         import numpy as np
         import torch
 
@@ -171,7 +185,7 @@ class _ExportJob:
             predictions += pred
             references += ref
             logits.append(out_logits)
-        return task.metrics(predictions, references, self.session.label_names), logits, predictions, final
+        return FileRun(task.metrics(predictions, references, self.session.label_names), logits, predictions, references, final)
 
     def latency(self, fn: Callable[[], Any]) -> dict[str, float]:
         return {**measure(fn, self.cfg.latency_runs), "threads": self.threads}
@@ -307,7 +321,7 @@ class _ExportJob:
         lower_is_better = getattr(self.plan.task, "lower_is_better", False)
 
         def score(candidate: Path) -> float:
-            value = self.run_file(exporter, candidate, self.val_batches)[0].get(self.plan.task.primary_metric, math.nan)
+            value = self.run_file(exporter, candidate, self.val_batches).metrics.get(self.plan.task.primary_metric, math.nan)
             return -math.log(max(value, 1e-300)) if lower_is_better else value  # see DeriveContext.score
 
         def file_latency(candidate: Path) -> dict[str, float]:
@@ -319,7 +333,31 @@ class _ExportJob:
         model_info = hints(session.built) if callable(hints) else {}
         budget = math.log1p(cfg.max_perplexity_increase) if lower_is_better else cfg.max_accuracy_drop
         options = self.plan.exporter_options.get(exporter.name)
-        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, options, self.metadata(), cfg.target, cfg.prefer, self.qat(exporter, options))
+        judge = None if lower_is_better else (lambda candidate, reference: self.judge(exporter, candidate, reference, budget))
+        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, options, self.metadata(), cfg.target, cfg.prefer, self.qat(exporter, options), judge)
+
+    def judge(self, exporter: Any, candidate: Path, reference: Path, budget: float) -> dict[str, Any] | None:
+        """DeriveContext.judge: the candidate's drop against the reference on the validation
+        split, paired over the examples (adapt.paired); None where the task gives no
+        per-example scores (``example_scores``), whose metric then is compared as a whole."""
+        from adapt.paired import paired_drop
+
+        per_example = getattr(self.plan.task, "example_scores", None)
+        if not callable(per_example):
+            return None
+        (_, ref), (score, cand) = (self.val_outcome(exporter, path) for path in (reference, candidate))
+        found = paired_drop(ref, cand, budget)
+        return {"val_score": score, **found, "passed": found["verdict"] == "passed"}
+
+    def val_outcome(self, exporter: Any, path: Path) -> tuple[float, list[float]]:
+        """A file's primary metric on the validation split and its per-example scores,
+        kept per file (and its modification time) so a reference is run once."""
+        key = (path, path.stat().st_mtime_ns)
+        if key not in self._val_cache:
+            done = self.run_file(exporter, path, self.val_batches)
+            scores = self.plan.task.example_scores(done.predictions, done.references, self.session.label_names)
+            self._val_cache[key] = (done.metrics.get(self.plan.task.primary_metric, math.nan), [float(v) for v in scores])
+        return self._val_cache[key]
 
     def qat(self, exporter: Any, options: Any) -> Callable[[Path], dict[str, Any]] | None:
         """``export.qat``: the DeriveContext.qat callable (None when not configured)."""
@@ -356,7 +394,8 @@ class _ExportJob:
         from adapt.errors import ExportError
         from adapt.parity import compare, report_entry, verdict
 
-        metrics, logits, predictions, finals = self.run_file(exporter, form.path, self.test_batches, finals=True)
+        done = self.run_file(exporter, form.path, self.test_batches, finals=True)
+        metrics, logits, predictions, finals = done.metrics, done.logits, done.predictions, done.finals
         parity = compare(self.merged.logits, logits, self.merged.predictions, predictions, getattr(self.plan.task, "agreement", None))
         bound = self.cfg.parity_tolerance if form.exact else None
         problem = verdict(parity, bound, reference="the merged model", candidate=form.path.name)

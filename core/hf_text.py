@@ -55,6 +55,7 @@ class TextOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_length: int = Field(128, ge=8, le=8192, description="tokens kept per text (longer texts are truncated)")
+    trust_remote_code: bool = Field(False, description="run the Python code a checkpoint ships (config.json's auto_map) to build its model and tokenizer; off: such a checkpoint is refused unless transformers has the architecture itself. Only for checkpoints whose code you have read: it runs with your permissions")
     pooling: Literal["mean", "cls"] | None = Field(None, description="how the last hidden states become one vector: mean over the tokens that are not padding (what sentence-transformers' checkpoints are trained for), or cls (the first token). text-embedding and recommendation: default mean. text-classification: default the architecture's own head (its [CLS] pooler); mean replaces it by mean pooling and a new linear classifier")
 
 
@@ -71,6 +72,19 @@ def quiet_transformers() -> Iterator[None]:
     finally:
         hf_logging.set_verbosity(level)
         hf_logging.enable_progress_bar()
+
+
+def remote_code_consent(source: str, checkpoint: str, allowed: bool) -> bool:
+    """The ``trust_remote_code`` every transformers call gets: always explicit, so
+    transformers never asks on standard input. Where the user opted in and a local
+    checkpoint ships code, a warning names the files that will run."""
+    if allowed:
+        folder = Path(source)
+        files = sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
+        import click
+
+        click.echo(f"warning: backbone.options.trust_remote_code is on: checkpoint {checkpoint!r} may run its own code" + (f" ({', '.join(files)})" if files else " (fetched with the model)"), err=True)
+    return allowed
 
 
 class TransformersTextBackbone:
@@ -111,6 +125,8 @@ class TransformersTextBackbone:
         autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM}
         auto = AutoModel if pooled else autos.get(task, AutoModelForSequenceClassification)
         labels = {} if task == GENERATION or pooled else {"num_labels": num_labels}
+        trust = remote_code_consent(source, checkpoint, bool(getattr(options, "trust_remote_code", False)))
+        labels["trust_remote_code"] = trust
         with quiet_transformers():
             config = self._load(lambda: AutoConfig.from_pretrained(source, **labels), checkpoint)
             if self.model_types and config.model_type not in self.model_types:
@@ -118,19 +134,20 @@ class TransformersTextBackbone:
                     f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects {' or '.join(self.model_types)}",
                     hint="use backbone `transformers`, which takes any encoder architecture, or the backbone that matches the checkpoint (`adapt plugins` lists them)",
                 )
-            if type(config) not in auto._model_mapping:
+            remote = trust and auto.__name__ in (getattr(config, "auto_map", None) or {})  # the checkpoint's own class, opted in
+            if type(config) not in auto._model_mapping and not remote:
                 raise CheckpointError(
                     f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build for {task} ({auto.__name__} has no class for it)",
                     hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, ...), or write a backbone plugin for this one (docs/plugins.md)",
                 )
-            tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, **self.tokenizer_options(config)), checkpoint)
+            tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, trust_remote_code=trust, **self.tokenizer_options(config)), checkpoint)
             if task == "text-generation":
                 from adapt.causal_lm import check_tokenizer
 
                 check_tokenizer(tokenizer, checkpoint)
                 config.use_cache = False  # training and scoring see whole sequences; generation asks for the cache itself
             set_padding(tokenizer, config)
-            model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True), checkpoint)
+            model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True, trust_remote_code=trust), checkpoint)
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
         new = self._new_parameters(model, info, checkpoint)
@@ -203,10 +220,23 @@ class TransformersTextBackbone:
 
     @staticmethod
     def _load(load: Callable[[], Any], checkpoint: str) -> Any:
+        import pickle
+
         try:
             return load()
         except Exception as exc:  # noqa: BLE001 - a damaged file fails in many ways (OSError, SafetensorError, JSON, ...)
-            first = (str(exc).splitlines() or [""])[0]
+            text = str(exc)
+            if "trust_remote_code" in text:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r} needs the Python code it ships to build its model, and adapt does not run a checkpoint's code unless asked",
+                    hint="read that code first; to run it, set backbone.options.trust_remote_code: true",
+                ) from None
+            if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r}: its weights file holds pickled Python objects, not only tensors, and is refused: loading it could run code",
+                    hint="use a checkpoint saved as safetensors (model.safetensors); where you trust the file, convert it yourself",
+                ) from None
+            first = (text.splitlines() or [""])[0]
             raise CheckpointError(
                 f"cannot load checkpoint {checkpoint!r}: {type(exc).__name__}: {first}",
                 hint="check backbone.checkpoint: a folder with config.json and weights, pkg:<module>/<path>, or a hub id (needs network)",
@@ -303,6 +333,16 @@ class TransformersTextBackbone:
     def default_targets(self, method: str) -> list[str]:
         return list(self.targets.get(method, []))
 
+    @staticmethod
+    def _generation_spec(built: BuiltModel) -> dict[str, Any]:
+        """What the standalone predictor needs to generate: the end (and begin) of text
+        tokens, and the model's positions, which prompts and generation stay within."""
+        from adapt.causal_lm import positions
+
+        tokenizer = built.preprocessor
+        bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+        return {"eos_id": tokenizer.eos_token_id, "bos_id": bos, "positions": positions(inner_model(built.model))}
+
     def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any]:
         """The tokenizer as ``tokenizer.json`` and its settings, for inference without torch."""
         built.preprocessor.backend_tokenizer.save(str(folder / "tokenizer.json"))
@@ -312,7 +352,7 @@ class TransformersTextBackbone:
             "max_length": self.max_length(built, options),
             "input_names": list(self.graph_inputs(built)),
             "pad_id": built.preprocessor.pad_token_id or 0,
-            **({"eos_id": built.preprocessor.eos_token_id, "bos_id": built.preprocessor.bos_token_id if getattr(built.preprocessor, "add_bos_token", False) else None} if built.task == "text-generation" else {}),
+            **(self._generation_spec(built) if built.task == "text-generation" else {}),
         }
 
     def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:

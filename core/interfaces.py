@@ -149,6 +149,9 @@ class Task(Protocol):
     #: ``agreement(reference, candidate) -> float`` and ``agreement_name``: how many of the
     #: reference's predictions the candidate reproduces (parity where equality means nothing).
     #: ``draw(examples, predictions, label_names, folder) -> {name: path}``: report pictures.
+    #: ``example_scores(predictions, references, label_names) -> list[float]``: each
+    #: example's share of the primary metric (their mean is it), so the int8 gate judges a
+    #: drop paired over the examples with a bootstrap interval (adapt.paired).
     #: docs/plugins.md, "Task", says what each must do.
 
     def label_names(self, examples: Sequence[Example]) -> list[str]:
@@ -289,6 +292,12 @@ class DeriveContext:
     #: ONNX file at the given path, for a static quantiser to quantise; returns what it
     #: did ({"epochs", "lr", "seconds", ...}). None where export.qat is not set.
     qat: Callable[[Path], dict[str, Any]] | None = None
+    #: ``judge(candidate, reference)``: the candidate file's validation score and its drop
+    #: against the reference file, judged paired over the same examples with a bootstrap
+    #: interval (adapt.paired): {"val_score", "val_drop", "drop_interval", "examples",
+    #: "verdict": passed | rejected | undecided, "passed", "why"}. None (or a None answer,
+    #: where the task has no per-example scores): compare ``score``s against the budget.
+    judge: Callable[[Path, Path], dict[str, Any] | None] | None = None
 
 
 @runtime_checkable

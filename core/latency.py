@@ -116,3 +116,13 @@ def cpu_flags() -> list[str]:
         return []
     words = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
     return sorted(w for w in words if w.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve", "i8mm")) or "vnni" in w or w == "dotprod")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory the kernel says are available (Linux ``MemAvailable``; None elsewhere)."""
+    try:
+        text = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    line = next((ln for ln in text.splitlines() if ln.startswith("MemAvailable:")), None)
+    return int(line.split()[1]) * 1024 if line else None

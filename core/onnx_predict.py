@@ -21,6 +21,7 @@ transform, redone with PIL and numpy), and holds the label names.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Sequence
@@ -100,7 +101,7 @@ def open_image(path: str) -> Any:
     except FileNotFoundError:
         raise InputError(f"input image not found: {path}") from None
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise PredictError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc})") from None
+        raise InputError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc}): give image files (JPEG, PNG, ...)") from None
 
 
 def detection_rows(outputs: dict[str, Any], spec: dict[str, Any], size: Sequence[int], min_score: float) -> list[dict[str, Any]]:
@@ -160,6 +161,49 @@ def empty_cache(shape: Sequence[Any], batch: int) -> Any:
     return np.zeros((batch, int(shape[1]), 0, int(shape[3])), dtype=np.float32)
 
 
+#: The bounds of every setting predict takes: (lowest, highest, integer?).
+BOUNDS: dict[str, tuple[float, float, bool]] = {
+    "max_new_tokens": (1, 100_000, True), "temperature": (0.0, 100.0, False), "top_k": (0, 1_000_000, True),
+    "top_p": (1e-9, 1.0, False), "seed": (0, 2**32 - 1, True), "min_score": (0.0, 1.0, False),
+}
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """Every generation and detection setting finite and within :data:`BOUNDS` (the same
+    check for ``adapt predict``, ``--onnx`` and the standalone predict.py); InputError else."""
+    import math
+
+    for key, (low, high, whole) in BOUNDS.items():
+        value = settings.get(key)
+        if value is None:
+            continue
+        number = value if isinstance(value, (int, float)) and not isinstance(value, bool) else math.nan
+        if not math.isfinite(number) or not low <= number <= high or (whole and number != int(number)):
+            kind = "a whole number" if whole else "a number"
+            raise InputError(f"--{key.replace('_', '-')} is {value!r}: give {kind} from {low:g} to {high:.10g}")
+
+
+def fit_prompt(ids: list[int], positions: int | None, bos_id: int | None = None) -> tuple[list[int], list[str]]:
+    """A prompt's tokens cut to the model's positions (leaving room for one new token):
+    its end is kept, which is what a continuation depends on, and its begin-of-text
+    token; the note says how much was cut. No cut where the positions are unknown."""
+    if positions is None or len(ids) < positions:
+        return ids, []
+    keep = positions - 1
+    head = [ids[0]] if bos_id is not None and ids and ids[0] == bos_id else []
+    kept = head + ids[len(ids) - (keep - len(head)):]
+    return kept, [f"the prompt has {len(ids)} tokens and the model {positions} positions: its first {len(ids) - len(kept)} tokens were cut"]
+
+
+def new_token_budget(prompt_length: int, wanted: int, positions: int | None) -> tuple[int, str | None]:
+    """How many new tokens fit after the prompt, and the note to give if generation runs
+    up to that limit before ``wanted`` (None where all of them fit)."""
+    if positions is None or prompt_length + wanted <= positions:
+        return wanted, None
+    room = max(0, positions - prompt_length)
+    return room, f"stopped at the model's {positions} positions after {room} new tokens (asked for {wanted})"
+
+
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """``text`` up to the first of the ``stops`` strings found in it (empty ones ignored)."""
     found = [text.find(s) for s in stops if s and s in text]
@@ -176,7 +220,10 @@ def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: A
     inputs = {i.name: i for i in session.get_inputs()}
     outputs = [o.name for o in session.get_outputs()]
     cache = {n: empty_cache(i.shape, 1) for n, i in inputs.items() if n.startswith("past_key_values.")}
-    step, done, new = np.array([list(prompt) or [eos_id]], dtype=np.int64), 0, []
+    step, done = np.array([list(prompt) or [eos_id]], dtype=np.int64), 0
+    new: list[int] = []
+    if options["max_new_tokens"] <= 0:
+        return new
     for _ in range(options["max_new_tokens"]):
         length = step.shape[1]
         feed = {"input_ids": step, "attention_mask": np.ones((1, done + length), dtype=np.int64), "position_ids": np.arange(done, done + length, dtype=np.int64)[None], **cache}
@@ -191,8 +238,22 @@ def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: A
     return new
 
 
+def escapes_folder(name: Any) -> bool:
+    """Whether a path read from a file (preprocess.json's ``tokenizer``, report.json's
+    ``deployable``) could leave the file's folder: not a relative path, or one with a
+    ``..`` part. (The one rule, shared by adapt.paths.inside and this standalone file.)"""
+    from pathlib import PurePosixPath, PureWindowsPath
+
+    if not isinstance(name, (str, Path)) or not str(name) or "\x00" in str(name):
+        return True
+    text = str(name)
+    windows = PureWindowsPath(text)
+    return PurePosixPath(text).is_absolute() or windows.is_absolute() or bool(windows.drive) or ".." in PurePosixPath(text.replace("\\", "/")).parts
+
+
 def read_spec(spec_path: Path) -> dict[str, Any]:
-    """preprocess.json, checked for the keys its kind of input needs."""
+    """preprocess.json, checked for the keys its kind of input needs; the tokenizer it
+    names must be a file beside it."""
     again = "export the run again (adapt export RUN_DIR) to write it"
     try:
         spec = json.loads(spec_path.read_text(encoding="utf-8"))
@@ -206,6 +267,8 @@ def read_spec(spec_path: Path) -> dict[str, Any]:
     missing = [k for k in REQUIRED_KEYS[kind] if k not in spec]
     if missing:
         raise PredictError(f"{spec_path} lacks {', '.join(missing)}: {again}")
+    if "tokenizer" in spec and escapes_folder(spec["tokenizer"]):
+        raise PredictError(f"{spec_path}: tokenizer is {spec['tokenizer']!r}, which is not a file inside {spec_path.parent}; a path in {PREPROCESS_FILE} must be relative, without '..': {again}")
     return spec
 
 
@@ -232,15 +295,22 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
     spec = read_spec(spec_path)
+    check_settings(settings)
+    check_draw(settings.get("draw"))
     session = open_session(model_path)
     try:
         if spec["kind"] == "generation":
             return _generate(session, spec, spec_path, inputs, settings)
-        return _predict(session, spec, spec_path, inputs, {**settings, "count": len(inputs)})
+        return _predict(session, spec, spec_path, inputs, {**settings, "sources": list(inputs)})
     except PredictError:
         raise
-    except Exception as exc:  # noqa: BLE001 - a model that does not fit its preprocess.json fails in many ways
-        raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {str(exc).strip()[:300]}): use the model file exported beside it") from None
+    except OSError as exc:
+        raise PredictError(f"cannot read or write {exc.filename or 'a file'}: {exc.strerror or exc}") from None
+    except Exception as exc:  # noqa: BLE001 - each kind of failure says its own cause
+        detail = " ".join(str(exc).split())[:300] or type(exc).__name__
+        if type(exc).__module__.startswith("onnxruntime"):
+            raise PredictError(f"ONNX Runtime could not run {model_path.name} on these inputs: {detail}") from None
+        raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {detail}): use the model file exported beside it") from None
 
 
 def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
@@ -306,20 +376,42 @@ def _detect(session: Any, spec: dict[str, Any], source: str, settings: dict[str,
 def detection_row(source: str, image: Any, outputs: dict[str, Any], spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
     """What predict prints for one image from the detection graph's outputs: its
     detections at ``min_score`` or above, and, with ``draw``, the picture written
-    (``count``: how many images the call predicts, see :func:`draw_path`)."""
+    (``sources``: every input of the call, see :func:`draw_path`)."""
     wanted = settings.get("min_score")
     found = detection_rows(outputs, spec, image.size, float(DETECTION["min_score"] if wanted is None else wanted))
     row: dict[str, Any] = {"input": source, "detections": found}
     if settings.get("draw"):
-        row["drawn"] = str(draw_path(Path(settings["draw"]), source, settings.get("count", 1)))
-        draw_detections(image, found, Path(row["drawn"]))
+        drawn = draw_path(Path(settings["draw"]), source, settings.get("sources", [source]))
+        try:
+            draw_detections(image, found, drawn)
+        except OSError as exc:
+            raise InputError(f"cannot write the drawing {drawn}: {exc.strerror or exc}; give --draw a path in a folder you can write") from None
+        row["drawn"] = str(drawn)
     return row
 
 
-def draw_path(out: Path, source: str, count: int) -> Path:
+def check_draw(out: Any) -> None:
+    """``--draw OUT``: its folder must exist and be writable, checked before any model runs."""
+    if not out:
+        return
+    folder = Path(out).parent
+    if not folder.is_dir():
+        raise InputError(f"--draw {out}: the folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise InputError(f"--draw {out}: the folder {folder} cannot be written; give --draw a path in a folder you can write")
+
+
+def draw_path(out: Path, source: str, sources: Sequence[str]) -> Path:
     """Where ``--draw OUT`` puts one input's picture: OUT itself for a single input, else
-    OUT's stem with the input's stem added (``out_cat.png``), so no picture overwrites another."""
-    return out if count <= 1 else out.with_name(f"{out.stem}_{Path(source).stem}{out.suffix or '.png'}")
+    OUT's stem with the input's stem added (``out_cat.png``); where two inputs share a
+    stem (``a/cat.jpg``, ``b/cat.jpg``), their positions too (``out_1_cat.png``), so no
+    picture overwrites another."""
+    if len(set(sources)) <= 1:
+        return out
+    stem, suffix = Path(source).stem, out.suffix or ".png"
+    if len({s for s in sources if Path(s).stem == stem}) > 1:
+        return out.with_name(f"{out.stem}_{list(sources).index(source) + 1}_{stem}{suffix}")
+    return out.with_name(f"{out.stem}_{stem}{suffix}")
 
 
 #: image-embedding: how many of the nearest gallery identities a prediction lists.
@@ -330,11 +422,14 @@ def read_gallery(folder: Path) -> tuple[Any, list[str]]:
     """The export's gallery: embeddings (identities x dim) and the identities' names."""
     import numpy as np
 
+    again = "export the run again (adapt export RUN_DIR)"
     try:
-        vectors = np.load(folder / "gallery.npy")
+        vectors = np.load(folder / "gallery.npy", allow_pickle=False)
         ids = json.loads((folder / "gallery.json").read_text(encoding="utf-8"))["ids"]
-    except (OSError, ValueError, KeyError) as exc:
-        raise PredictError(f"no readable gallery beside the model in {folder} ({type(exc).__name__}: {exc}): export the run again (adapt export RUN_DIR)") from None
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PredictError(f"no readable gallery beside the model in {folder} ({type(exc).__name__}: {exc}): {again}") from None
+    if not isinstance(ids, list) or vectors.ndim != 2 or len(ids) != vectors.shape[0]:
+        raise PredictError(f"the gallery in {folder} does not hold together: gallery.npy has {vectors.shape[0] if vectors.ndim else 0} vectors, gallery.json {len(ids) if isinstance(ids, list) else 'no list of'} ids: {again}")
     return vectors, ids
 
 
@@ -379,12 +474,16 @@ def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequ
     tokenizer.no_truncation()
     tokenizer.no_padding()
     results = []
+    positions = spec.get("positions")  # absent in exports made before adapt recorded it
     for prompt in prompts:
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
         if spec.get("bos_id") is not None:
             ids = [spec["bos_id"], *ids]
-        text = tokenizer.decode(generate_ids(session, ids, spec["eos_id"], **settings))
-        results.append({"input": prompt, "generated": cut_at_stops(text, settings.get("stop", ()))})
+        ids, notes = fit_prompt(ids or [spec["eos_id"]], positions, spec.get("bos_id"))
+        budget, limit = new_token_budget(len(ids), int(settings.get("max_new_tokens", SAMPLING["max_new_tokens"])), positions)
+        new = generate_ids(session, ids, spec["eos_id"], **{**settings, "max_new_tokens": budget})
+        notes += [limit] if limit and len(new) == budget else []
+        results.append({"input": prompt, "generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())), **({"notes": notes} if notes else {})})
     return results
 
 

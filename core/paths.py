@@ -67,3 +67,18 @@ def resolve_checkpoint(name: str) -> str:
     if name.startswith(LOCAL_HINTS) or path.suffix in {".pth", ".pt", ".bin", ".safetensors", ".ckpt"}:
         raise CheckpointError(f"checkpoint not found: {name}", hint="check the path in backbone.checkpoint")
     return name
+
+
+def inside(folder: Path, name: object, *, file: Path | str, key: str, error: type[AdaptError] = AdaptError) -> Path:
+    """``folder / name`` for a path read from a data file or a run/export file (``key`` in
+    ``file``): such a path is a claim, so it must be relative, have no ``..`` part and
+    stay inside ``folder``; anything else is refused, naming the file and the key. A
+    symlink the user placed inside their own folder is theirs and is followed."""
+    from adapt.onnx_predict import escapes_folder
+
+    if escapes_folder(name):
+        raise error(
+            f"{file}: {key} is {name!r}, which is not a relative path inside {folder}",
+            hint=f"a path inside {Path(file).name} must be relative to its folder, without '..' (move the file into {folder} and name it from there)",
+        )
+    return folder / str(name)

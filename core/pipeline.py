@@ -436,10 +436,11 @@ def _save_transformers(inner: Any, session: Session, folder: Path) -> None:
 
 
 def check_resumable(config: RunConfig, path: Path) -> None:
-    """A run can be continued only with the config it was started with."""
+    """A run can be continued only with the config it was started with (where it lies,
+    ``output_dir`` and ``name``, is ``path`` itself: a moved run continues)."""
     before = load_config(path / CONFIG_FILE).model_dump(mode="json")
     now = config.model_dump(mode="json")
-    changed = [k for k in _flat_keys(now) if _get(before, k) != _get(now, k)]
+    changed = [k for k in _flat_keys(now) if k not in ("output_dir", "name") and _get(before, k) != _get(now, k)]
     if changed:
         raise RunDirError(f"cannot resume {path}: the config differs from the saved one at {', '.join(changed[:5])}", hint="resume with the same config (or `adapt train RUN_DIR`), or start over with --overwrite")
 
@@ -599,7 +600,10 @@ def plan_from_run(run_dir: Path, host: Host, *, writing: bool = False) -> Plan:
     saved = run_dir / CONFIG_FILE
     if not saved.exists():
         raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
-    return make_plan(load_config(saved), host)
+    # the run is where it is now: the saved output_dir and name said where it was made,
+    # which a moved run (or an edited config.yaml) no longer is
+    config = load_config(saved).model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
+    return make_plan(config, host)
 
 
 def restore(run_dir: Path, host: Host, *, need_data: bool = True, writing: bool = False) -> Session:
@@ -676,7 +680,7 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: 
         from adapt import causal_lm
         from adapt.hf_text import inner_model
 
-        return [{"input": prompt, "generated": causal_lm.generate_text(inner_model(session.built.model), session.built.preprocessor, prompt, settings or {})} for prompt in inputs]
+        return [{"input": prompt, **causal_lm.generate_text(inner_model(session.built.model), session.built.preprocessor, prompt, settings or {})} for prompt in inputs]
     if callable(getattr(session.plan.task, "gallery", None)):
         return _identify(session, run_dir, inputs)
     if callable(getattr(session.plan.task, "graph_outputs", None)):
@@ -710,8 +714,9 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
     boxes) on each image; rows as the standalone predict.py prints them."""
     import torch
 
-    from adapt.onnx_predict import detection_row, open_image
+    from adapt.onnx_predict import check_draw, detection_row, open_image
 
+    check_draw(settings.get("draw"))
     task: Any = session.plan.task  # graph_outputs is an optional Task member
     module, names = task.graph_outputs(session.built.model.eval())
     rows = []
@@ -721,7 +726,7 @@ def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -
         with torch.no_grad():
             outputs = {name: tensor.numpy() for name, tensor in zip(("logits", *names), module.eval()(pixels))}
         spec = {"input_size": list(pixels.shape[1:]), "labels": session.label_names}
-        rows.append(detection_row(source, image, outputs, spec, {**settings, "count": len(inputs)}))
+        rows.append(detection_row(source, image, outputs, spec, {**settings, "sources": list(inputs)}))
     return rows
 
 

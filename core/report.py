@@ -44,6 +44,35 @@ def read_report(run_dir: Path, *, damaged_ok: bool = False) -> dict[str, Any]:
         raise RunDirError(f"{path} is damaged ({exc})", hint=f"`adapt export {run_dir}` writes it again") from None
 
 
+def report_file(run_dir: Path, report: dict[str, Any], key: str) -> Path | None:
+    """The run file that report.json's ``key`` (``deployable``, ``forms.<name>``) names,
+    held inside the run directory (adapt.paths.inside); None where the key is absent."""
+    from adapt.errors import RunDirError
+    from adapt.paths import inside
+
+    value: Any = report
+    for part in key.split(".", 1):
+        value = value.get(part) if isinstance(value, dict) else None
+    return None if value is None else inside(run_dir, value, file=run_dir / REPORT_JSON, key=key, error=RunDirError)
+
+
+def report_forms(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
+    """report.json's ``forms``: form name -> its file inside the run directory."""
+    from adapt.errors import RunDirError
+
+    forms = report.get("forms", {})
+    if not isinstance(forms, dict):
+        raise RunDirError(f"{run_dir / REPORT_JSON}: forms is a {type(forms).__name__}, not a mapping from form to file", hint=f"`adapt export {run_dir}` writes it again")
+    return {name: path for name in forms if (path := report_file(run_dir, report, f"forms.{name}")) is not None}
+
+
+def _drop(attempt: dict[str, Any]) -> str:
+    """An attempt's validation drop, with its paired interval where the gate had one."""
+    interval = attempt.get("drop_interval")
+    drop = _fmt(attempt.get("val_drop", ""))
+    return f"{drop} [{_fmt(interval[0])}, {_fmt(interval[1])}]" if isinstance(interval, list) and len(interval) == 2 else drop
+
+
 def list_files(run_dir: Path) -> dict[str, int]:
     """Every file of the run (checkpoints aside), by relative path, with its size."""
     files = {}
@@ -122,8 +151,8 @@ def render_markdown(report: dict[str, Any]) -> str:
     for name, details in export.items():
         attempts = details.get("attempts") or []
         if attempts:
-            lines += ["", f"## {name}: int8 attempts (scored on the validation split)", "", "| attempt | val score | drop | passed | median ms | bytes |", "|---|---|---|---|---|---|"]
-            lines += [f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_fmt(a.get('val_drop', ''))} | {a.get('passed', a.get('error', ''))} | {a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |" for a in attempts]
+            lines += ["", f"## {name}: int8 attempts (scored on the validation split)", "", "| attempt | val score | drop (95% interval) | verdict | median ms | bytes |", "|---|---|---|---|---|---|"]
+            lines += [f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_drop(a)} | {a.get('verdict', a.get('passed', a.get('error', '')))} | {a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |" for a in attempts]
         if details.get("notes"):
             lines.append("")
         for note in details.get("notes") or []:

@@ -174,9 +174,26 @@ def check_target(path: Path) -> str:
 
 
 def require_run(path: Path) -> None:
-    """Refuse to write into ``path`` unless it is a run directory adapt made."""
+    """Refuse to write into ``path`` unless it is a run directory adapt made and may write."""
     if check_target(path) != "run":
         raise RunDirError(f"{path} is not a run directory made by adapt (it has no {MARKER_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
+    require_writable(path)
+
+
+def require_writable(path: Path) -> None:
+    """Refuse a run directory its owner made read-only (``chmod -w``, even where this
+    process, as root, could write anyway) or that sits on a read-only file system."""
+    import stat
+
+    hint = f"make it writable (chmod u+w {path}), or copy the run elsewhere and give that copy"
+    if not path.stat().st_mode & stat.S_IWUSR:
+        raise RunDirError(f"{path} is read-only; adapt leaves it as it is", hint=hint)
+    probe = path / f".adapt-write-check-{uuid.uuid4().hex}"
+    try:
+        probe.touch(exist_ok=False)
+        probe.unlink()
+    except OSError as exc:
+        raise RunDirError(f"{path} cannot be written ({exc.strerror or exc})", hint=hint) from None
 
 
 def foreign_entries(path: Path) -> list[str]:

@@ -24,7 +24,6 @@ int8 quantisation behind an accuracy gate, and the ``.ort`` mobile format.
 from __future__ import annotations
 
 import math
-import platform
 import subprocess
 import sys
 import warnings
@@ -36,6 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import ExportError
 from adapt.export_stage import Derived, DeriveContext, Form
+from adapt.exporters import int8_arithmetic
 from adapt.latency import cpu_flags
 
 if TYPE_CHECKING:
@@ -51,6 +51,8 @@ class OnnxOptions(BaseModel):
     opset: int = Field(17, ge=14, le=23, description="ONNX opset version")
     calibration_examples: int = Field(100, ge=1, description="training inputs used to calibrate static int8 (CNNs); a remedy doubles it")
     calibration_method: Literal["auto", "minmax", "percentile", "entropy"] = Field("auto", description="how static int8 sets activation ranges from the calibration inputs (ONNX Runtime's CalibrationMethod); auto: each is tried and the one scoring best on the validation split is used")
+    int8_activations: Literal["auto", "int8", "uint8"] = Field("auto", description="static int8's activation type; auto: both are timed at batch 1 and the faster is kept (a choice by timing: pin it where two exports of the same run must be identical)")
+    int8_format: Literal["auto", "qdq", "qoperator"] = Field("auto", description="static int8's file format; auto: QOperator where timed more than 10% faster, else QDQ (pin it for identical exports)")
 
 
 class OnnxExporter:
@@ -164,10 +166,8 @@ class OnnxExporter:
         """Try int8 and its remedies in turn; return the first file within the accuracy budget."""
         baseline = ctx.score(base)
         attempts, choice = self._attempts(base, plain, ctx, baseline)
-        if choice:
-            result.info["int8_calibration"] = choice.pop("calibration")
-            result.info["int8_format"] = choice.pop("format")
-            result.info["int8_activations"] = choice
+        for key, value in choice.items():  # int8_activations, int8_format, int8_calibration
+            result.info[f"int8_{key}"] = value
         passed = None
         for number, (label, make) in enumerate(attempts, 1):
             out = base.with_name(f"model.int8{'' if number == 1 else f'.try{number}'}.onnx")
@@ -176,10 +176,9 @@ class OnnxExporter:
             except Exception as exc:  # noqa: BLE001 - record and try the next remedy
                 result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
                 continue
-            score = ctx.score(out)
-            drop = baseline - score
-            ok = drop <= ctx.max_accuracy_drop
-            result.attempts.append({"attempt": label, "file": out.name, "val_score": score, "val_drop": drop, "passed": ok, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size, **extra})
+            gate = _gate(ctx, out, base, baseline)
+            ok = gate["passed"]
+            result.attempts.append({"attempt": label, "file": out.name, **gate, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size, **extra})
             if number == 1 or ok:
                 result.forms.append(Form("onnx_int8" if number == 1 else f"onnx_int8_try{number}", out, exact=False))
             if ok:
@@ -192,7 +191,9 @@ class OnnxExporter:
         base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
         if passed is None:
             result.info["int8_remedy"] = None
-            result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for text-generation): the int8 file is kept but not recommended")
+            undecided = [a for a in result.attempts if a.get("verdict") == "undecided"]
+            result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for text-generation): the int8 file is kept but not recommended"
+                                + (f"; {len(undecided)} attempt(s) were undecided, not rejected: {undecided[0]['why']}" if undecided else ""))
         return passed
 
     def _quantise_int4(self, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
@@ -217,9 +218,9 @@ class OnnxExporter:
         except Exception as exc:  # noqa: BLE001 - record it; the other forms stand
             result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
             return None
-        baseline, score = ctx.score(plain), ctx.score(out)
-        ok = baseline - score <= ctx.max_accuracy_drop
-        result.attempts.append({"attempt": label, "file": out.name, "val_score": score, "val_drop": baseline - score, "passed": ok, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size})
+        gate = _gate(ctx, out, plain, ctx.score(plain))
+        ok = gate["passed"]
+        result.attempts.append({"attempt": label, "file": out.name, **gate, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size})
         result.forms.append(Form("onnx_int4", out, exact=False))
         if not ok:
             result.notes.append(f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept but not recommended")
@@ -233,22 +234,28 @@ class OnnxExporter:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         if ctx.model_info.get("model_type") or ctx.model_info.get("quantization") == "dynamic":
-            def dynamic(exclude: list[str]) -> Callable[[Path], None]:
-                return lambda out: _quietly(quantize_dynamic,str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+            safe = int8_arithmetic.settings(ctx.target)
+            seven = safe["reduce_range"]["uint8"]  # dynamic int8 quantises activations to uint8
 
-            return [("dynamic int8", dynamic([])), ("dynamic int8, head in fp32", dynamic(_head_nodes(base)))], {}
+            def dynamic(exclude: list[str]) -> Callable[[Path], None]:
+                return lambda out: _quietly(quantize_dynamic, str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=seven, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+
+            label = "dynamic int8" + (" (7-bit weights)" if seven else "")
+            arithmetic = {"activations": {"chosen": "uint8", "reduce_range": seven, "why": safe["why"], "cpu_flags": cpu_flags()}}
+            return [(label, dynamic([])), (f"{label}, head in fp32", dynamic(_head_nodes(base)))], arithmetic
 
         n = ctx.options.calibration_examples if ctx.options else 100
         static = _StaticInt8(plain, ctx, baseline)
-        choice = _choose_activations(static.maker(n, activation="int8"), static.maker(n, activation="uint8"), plain, ctx)
-        static.activation = choice["chosen"]
+        choice = {"activations": _choose_activations({kind: static.maker(n, activation=kind) for kind in int8_arithmetic.ACTIVATIONS}, plain, ctx)}
+        static.activation = choice["activations"]["chosen"]
         choice["format"] = _choose_format({"qdq": static.maker(n), "qoperator": static.maker(n, fmt="qoperator")}, plain, ctx)
         static.format = choice["format"]["chosen"]
         wanted = ctx.options.calibration_method if ctx.options else "auto"
         choice["calibration"] = _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
         static.method = choice["calibration"]["chosen"]
+        weights = ", 7-bit weights" if static.seven_bit[static.activation] else ""
         attempts: list[tuple[str, Callable[[Path], dict[str, Any] | None]]] = [
-            (f"static {'QDQ' if static.format == 'qdq' else 'QOperator'} per-channel ({static.activation} activations, {static.method} ranges), {n} calibration inputs", static.maker(n)),
+            (f"static {'QDQ' if static.format == 'qdq' else 'QOperator'} per-channel ({static.activation} activations, {static.method} ranges{weights}), {n} calibration inputs", static.maker(n)),
             (f"more calibration data ({2 * n} inputs)", static.maker(2 * n)),
             (f"{2 * n} inputs, cross-layer equalisation and bias correction", static.equalised(2 * n)),
         ]
@@ -376,6 +383,18 @@ def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
     return empty_cache(shape, batch)
 
 
+def _gate(ctx: DeriveContext, candidate: Path, reference: Path, baseline: float) -> dict[str, Any]:
+    """The accuracy gate of a quantised file against the file it was made from: paired
+    over the validation examples with an interval where the task allows (ctx.judge,
+    adapt.paired), else the two scores' difference against the budget. NaN fails."""
+    judged = ctx.judge(candidate, reference) if ctx.judge is not None else None
+    if judged is not None:
+        return judged
+    score = ctx.score(candidate)
+    drop = baseline - score
+    return {"val_score": score, "val_drop": drop, "passed": bool(math.isfinite(drop) and drop <= ctx.max_accuracy_drop)}
+
+
 def _fastest(files: list[Path], ctx: DeriveContext, result: Derived) -> Path:
     """``export.prefer: speed``: the file that runs fastest at batch 1 here, fp32 included."""
     timings = {f: ctx.latency(f)["median"] for f in files}  # timed together, not taken from the attempts: times from other moments do not compare
@@ -386,28 +405,38 @@ def _fastest(files: list[Path], ctx: DeriveContext, result: Derived) -> Path:
     return fastest
 
 
-def _choose_activations(signed: Callable[[Path], None], unsigned: Callable[[Path], None], plain: Path, ctx: DeriveContext) -> dict[str, Any]:
-    """S8S8 or U8S8 activations for static int8 (weights int8 per channel either way):
-    ONNX Runtime's int8 kernels differ by instruction set, and on some x86 CPUs only
-    U8S8 is faster than fp32 at all. Where the export is for this machine's CPU family,
-    both are made and timed at batch 1 and the faster is used (the report's
-    ``export.onnx.int8_activations`` says which and why); for another family (an ARM
-    phone from an x86 build machine), S8S8, ONNX Runtime's usual QDQ choice there, unmeasured."""
+def _choose_activations(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext) -> dict[str, Any]:
+    """S8S8 or U8S8 activations for static int8 (weights int8 per channel either way),
+    each with the weight range that is exact on the export's target CPU
+    (adapt.exporters.int8_arithmetic: 7-bit weights where the products saturate).
+    Among those safe settings, where the export is for this machine's CPU family, both
+    are made and timed at batch 1 and the faster is used; for another family (an ARM
+    phone from an x86 build machine), S8S8, ONNX Runtime's usual QDQ choice there,
+    unmeasured. ``export.options.onnx.int8_activations`` pins the type instead of timing.
+    The report's ``export.onnx.int8_activations`` says which, why, and the probe's figures."""
+    safe = int8_arithmetic.settings(ctx.target)
     target, machine = _families(ctx)
-    if target != machine:
-        return {"chosen": "int8", "target": target, "why": f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there"}
+    arithmetic = {"target": ctx.target if ctx.target != "auto" else target, "arithmetic": safe["why"], "cpu_flags": cpu_flags(), **({"saturation_probe": safe["probe"]} if "probe" in safe else {})}
+
+    def chosen(kind: str, why: str, **extra: Any) -> dict[str, Any]:
+        return {"chosen": kind, "reduce_range": safe["reduce_range"][kind], **extra, **arithmetic, "why": why}
+
+    pinned = ctx.options.int8_activations if ctx.options else "auto"
+    if pinned != "auto":
+        return chosen(pinned, "export.options.onnx.int8_activations")
+    if not safe["measurable"]:
+        return chosen("int8", f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there")
     try:
-        timings = _timed_probes({"int8": signed, "uint8": unsigned}, plain, ctx, "activations")
+        timings = _timed_probes(makers, plain, ctx, "activations")
     except RuntimeError as exc:
-        return {"chosen": "int8", "target": target, "why": f"{exc}; S8S8 without measuring"}
-    chosen = min(timings, key=lambda k: timings[k])
-    return {"chosen": chosen, "target": target, "latency_ms": timings, "cpu_flags": cpu_flags(), "why": f"the faster at batch 1 on this {machine} CPU"}
+        return chosen("int8", f"{exc}; S8S8 without measuring")
+    return chosen(min(timings, key=lambda k: timings[k]), f"the faster at batch 1 on this {machine} CPU", latency_ms=timings)
 
 
 def _families(ctx: DeriveContext) -> tuple[str, str]:
     """The CPU family the export is for (``export.target``) and this machine's."""
-    machine = "arm" if platform.machine().lower().startswith(("arm", "aarch")) else "x86"
-    return (machine if ctx.target == "auto" else ctx.target), machine
+    machine = int8_arithmetic.machine_family()
+    return (machine if ctx.target == "auto" else ctx.target.split("-")[0]), machine
 
 
 def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext) -> dict[str, Any]:
@@ -417,6 +446,9 @@ def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: 
     CPU family), QOperator only where clearly faster; otherwise QDQ, the format
     mobile execution providers take."""
     target, machine = _families(ctx)
+    pinned = ctx.options.int8_format if ctx.options else "auto"
+    if pinned != "auto":
+        return {"chosen": pinned, "why": "export.options.onnx.int8_format"}
     if target != machine:
         return {"chosen": "qdq", "why": f"the export is for {target}, this machine is {machine}: not measured; QDQ, the format NNAPI, XNNPACK and Core ML take"}
     try:
@@ -476,6 +508,8 @@ class _StaticInt8:
     def __init__(self, plain: Path, ctx: DeriveContext, baseline: float) -> None:
         self.plain, self.ctx, self.baseline = plain, ctx, baseline
         self.activation, self.method, self.format = "int8", "minmax", "qdq"
+        #: per activation type: 7-bit weights where the target CPU's int8 products saturate (adapt.exporters.int8_arithmetic)
+        self.seven_bit: dict[str, bool] = int8_arithmetic.settings(ctx.target)["reduce_range"]
 
     def quantise(self, source: Path, out: Path, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None, fmt: str | None = None) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
@@ -485,9 +519,11 @@ class _StaticInt8:
         if not prepared.exists() or source != self.plain:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
         exclude = shape_nodes(prepared) + tail_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
-        kind = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation or self.activation]
+        activation = activation or self.activation
+        kind = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation]
+
         ranges = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method or self.method]
-        _quietly(quantize_static, str(prepared), str(out), _Reader(self.ctx.calibration[:examples]), quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt or self.format], per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges)
+        _quietly(quantize_static, str(prepared), str(out), _Reader(self.ctx.calibration[:examples]), quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt or self.format], per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges, reduce_range=self.seven_bit[activation])
         if source != self.plain:
             prepared.unlink(missing_ok=True)
 

@@ -16,6 +16,7 @@ from adapt import hookimpl
 from adapt.boxes import checked_box, corners, image_size
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, Example
+from adapt.paths import inside
 
 SPLIT_FILES = {"train": ("train.json",), "val": ("val.json", "valid.json", "validation.json"), "test": ("test.json",)}
 
@@ -34,6 +35,8 @@ def annotation_files(root: Path) -> dict[str, Path]:
 def _load(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except RecursionError:
+        raise DataError(f"{path} is nested too deeply to be COCO JSON", hint="give the annotations file COCO tools write: {\"images\": [...], \"annotations\": [...], \"categories\": [...]}") from None
     except (OSError, ValueError) as exc:
         raise DataError(f"{path} is not readable COCO JSON ({exc})", hint="give the annotations file COCO tools write: {\"images\": [...], \"annotations\": [...], \"categories\": [...]}") from None
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
@@ -41,19 +44,34 @@ def _load(path: Path) -> dict[str, Any]:
     return data
 
 
+def _is_id(value: Any) -> bool:
+    """COCO ids are numbers or strings; a list or an object cannot name an image."""
+    return isinstance(value, (int, str)) and not isinstance(value, bool)
+
+
 def read_coco(path: Path, request: DataRequest) -> list[Example]:
-    """Detection examples of one COCO file (images without boxes included)."""
+    """Detection examples of one COCO file (images without boxes included). An entry
+    that is not an object or has no usable id is skipped and counted; an image path
+    must stay inside the images folder; two images with one id are an error (their
+    boxes could not be told apart)."""
     data = _load(path)
     folder = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    names = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"] if isinstance(c, dict) and "id" in c}
+    names = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"] if isinstance(c, dict) and _is_id(c.get("id"))}
     examples: dict[Any, Example] = {}
-    for image in data["images"]:
-        where = f"{path.name}: image {image.get('id')!r} ({image.get('file_name')})"
-        size, problem = image_size(folder / str(image.get("file_name", "")))
-        if size is None:
-            request.skip(where, problem)
+    first: dict[Any, int] = {}
+    for number, image in enumerate(data["images"]):
+        if not isinstance(image, dict) or not _is_id(image.get("id")):
+            request.skip(f"{path.name}: images[{number}]", "not an object with a number or string id")
             continue
-        examples[image.get("id")] = {"image": folder / str(image["file_name"]), "size": list(size), "boxes": [], "labels": []}
+        if image["id"] in first:
+            raise DataError(f"{path}: images[{first[image['id']]}] and images[{number}] have the same id {image['id']!r}", hint="give every image its own id (annotations name their image by id, so boxes of the two would be mixed)")
+        first[image["id"]] = number
+        file = inside(folder, image.get("file_name"), file=path, key=f"images[{number}].file_name", error=DataError)
+        size, problem = image_size(file)
+        if size is None:
+            request.skip(f"{path.name}: image {image['id']!r} ({image.get('file_name')})", problem)
+            continue
+        examples[image["id"]] = {"image": file, "size": list(size), "boxes": [], "labels": []}
     for number, note in enumerate(data["annotations"]):
         _add(note, examples, names, request, f"{path.name}: annotation {note.get('id', number) if isinstance(note, dict) else number}")
     if not examples:
@@ -62,9 +80,9 @@ def read_coco(path: Path, request: DataRequest) -> list[Example]:
 
 
 def _add(note: Any, examples: dict[Any, Example], names: dict[Any, str], request: DataRequest, where: str) -> None:
-    if not isinstance(note, dict) or note.get("image_id") not in examples:
+    if not isinstance(note, dict) or not _is_id(note.get("image_id")) or note["image_id"] not in examples:
         return  # its image was skipped (and counted) already, or it names none
-    if note.get("category_id") not in names:
+    if not _is_id(note.get("category_id")) or note["category_id"] not in names:
         request.skip(where, f"unknown category id {note.get('category_id')!r}")
         return
     if note.get("iscrowd"):

@@ -4,7 +4,6 @@ used as the splits instead of a random one)."""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 from pathlib import Path
 from typing import Any
@@ -13,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.data import generation_example, split_files
+from adapt.data import generation_example, long_fields, split_files
 from adapt.causal_lm import TASK
 from adapt.interfaces import DataRequest, Example
 
@@ -24,17 +23,6 @@ class CsvOptions(BaseModel):
 
     delimiter: str = Field(",", min_length=1, max_length=1, description="field separator")
     encoding: str = Field("utf-8-sig", description="text encoding of the files")
-
-
-@contextlib.contextmanager
-def long_fields() -> Any:
-    """Let the csv module read cells of any length (its default stops at 128 KiB);
-    a long article is cut to the backbone's max_length later anyway."""
-    previous = csv.field_size_limit(2**31 - 1)
-    try:
-        yield
-    finally:
-        csv.field_size_limit(previous)
 
 
 def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Example]:

@@ -152,6 +152,17 @@ class TextEmbedding(EmbeddingTask):
         queries, documents = embeddings[roles == 0], embeddings[roles == 1]  # in pair order: batches keep it
         return {**retrieval(queries, documents, np.arange(len(queries))), "queries": float(len(queries))}
 
+    def example_scores(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> list[float]:
+        """Per query, 1 where its positive ranks in the top 10 of the split's positives:
+        their mean is recall@10, so the int8 gate judges a drop paired over the queries."""
+        import numpy as np
+
+        from adapt.embedding_metrics import ranks
+
+        embeddings, roles = np.asarray(predictions, dtype=np.float32), np.asarray(references)
+        queries, documents = embeddings[roles == 0], embeddings[roles == 1]
+        return [float(r <= 10) for r in ranks(queries, documents, np.arange(len(queries)))]
+
     def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
         """The search index: the training split's positives (``gallery.npy``) and, in that
         order, their opening words (``gallery.json`` ``ids``, :data:`SNIPPET` characters)."""

@@ -27,6 +27,7 @@ from typing import Any, Sequence
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
+from adapt.data import long_fields
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, Example
 
@@ -62,12 +63,18 @@ def _rows(path: Path, what: str, key: str) -> list[dict[str, str]]:
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 row = json.loads(line) if line.strip() else None
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})", hint="one JSON object per line") from None
+            except (json.JSONDecodeError, RecursionError) as exc:
+                raise DataError(f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})", hint="one JSON object per line") from None
+            if row is not None and not isinstance(row, dict):
+                raise DataError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object", hint='one JSON object per line, e.g. {"item": "a1", "text": "..."}')
             if row is not None:
-                rows.append({k: "" if v is None else str(v) for k, v in row.items()})
+                rows.append({str(k): "" if v is None else str(v) for k, v in row.items()})
         return rows
-    return list(csv.DictReader(text.splitlines()))
+    try:
+        with long_fields():
+            return list(csv.DictReader(text.splitlines()))
+    except csv.Error as exc:
+        raise DataError(f"{path} is not a readable CSV file: {exc}", hint="a header line, then one row per entry, comma-separated") from None
 
 
 def _need(rows: Sequence[dict[str, str]], keys: Sequence[str], path: Path, example: str) -> None:
@@ -82,7 +89,17 @@ def read_items(path: Path) -> dict[str, str]:
     """Item id -> text from ``data.items``."""
     rows = _rows(path, "item file", "data.items")
     _need(rows, ("item", "text"), path, "item,text")
-    return {row["item"].strip(): (row["text"] or "").strip() for row in rows if (row.get("item") or "").strip()}
+    texts: dict[str, str] = {}
+    first: dict[str, int] = {}
+    for number, row in enumerate(rows, 1):
+        item, text = (row.get("item") or "").strip(), (row.get("text") or "").strip()
+        if not item:
+            continue
+        if item in texts and texts[item] != text:
+            raise DataError(f"{path}: item {item!r} has two different texts (entries {first[item]} and {number})", hint="give each item one row (or the same text in every row)")
+        texts.setdefault(item, text)
+        first.setdefault(item, number)
+    return texts
 
 
 def user_sequences(path: Path, options: InteractionsOptions, request: DataRequest) -> dict[str, list[str]]:

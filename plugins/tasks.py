@@ -80,6 +80,11 @@ class _SequenceClassification:
         correct = sum(1 for p, r in zip(predictions, references) if p == r)
         return {"accuracy": correct / n if n else 0.0, "macro_f1": macro_f1(predictions, references), "examples": float(n)}
 
+    def example_scores(self, predictions: Sequence[int], references: Sequence[int], label_names: Sequence[str]) -> list[float]:
+        """1 for each example labelled right, else 0: their mean is the accuracy, so the
+        int8 gate can judge a drop paired over the examples (adapt.paired)."""
+        return [float(p == r) for p, r in zip(predictions, references)]
+
 
 class TextClassification(_SequenceClassification):
     name = "text-classification"

@@ -25,18 +25,50 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 def class_names(root: Path) -> list[str]:
+    """The class names from names.txt or data.yaml's ``names`` (a list, or a mapping
+    from class index to name); any other shape is one message naming the file."""
     if (root / "names.txt").is_file():
-        names = [line.strip() for line in (root / "names.txt").read_text(encoding="utf-8").splitlines() if line.strip()]
+        names = [line.strip() for line in _text(root / "names.txt").splitlines() if line.strip()]
     elif (root / "data.yaml").is_file():
-        import yaml
-
-        raw = (yaml.safe_load((root / "data.yaml").read_text(encoding="utf-8")) or {}).get("names")
-        names = [str(raw[k]) for k in sorted(raw)] if isinstance(raw, dict) else [str(n) for n in raw or []]
+        names = _yaml_names(root / "data.yaml")
     else:
         raise DataError(f"{root} has no names.txt or data.yaml naming the classes", hint="write names.txt: one class name per line, line N naming class N")
     if not names:
         raise DataError(f"the class names of {root} are empty", hint="names.txt: one class name per line")
     return names
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})", hint=f"save {path.name} as UTF-8 (for example `iconv -f latin1 -t utf-8`)") from None
+    except OSError as exc:
+        raise DataError(f"cannot read {path}: {exc.strerror or exc}", hint="check the file's permissions") from None
+
+
+def _yaml_names(path: Path) -> list[str]:
+    import yaml
+
+    hint = "data.yaml needs `names:` as a list of class names, or a mapping from class index (0, 1, ...) to name"
+    try:
+        data = yaml.safe_load(_text(path))
+    except yaml.YAMLError as exc:
+        raise DataError(f"{path} is not YAML ({str(exc).splitlines()[0]})", hint=hint) from None
+    raw = data.get("names") if isinstance(data, dict) else None
+    if isinstance(raw, list):
+        return [str(n) for n in raw]
+    if isinstance(raw, dict):
+        try:
+            index = {int(k): str(v) for k, v in raw.items()}
+        except (TypeError, ValueError):
+            raise DataError(f"{path}: names has a key that is not a class index ({', '.join(repr(k) for k in list(raw)[:3])})", hint=hint) from None
+        if len(index) != len(raw) or sorted(index) != list(range(len(index))):
+            raise DataError(f"{path}: names' indices are {sorted(index)[:8]}, not 0..{len(raw) - 1} once each", hint=hint)
+        return [index[i] for i in range(len(index))]
+    if not isinstance(data, dict):
+        raise DataError(f"{path} is a YAML {type(data).__name__}, not a mapping with `names`", hint=hint)
+    raise DataError(f"{path}: `names` is " + ("missing" if raw is None else f"a {type(raw).__name__} ({raw!r})"), hint=hint)
 
 
 def read_yolo(images: Path, labels: Path, names: list[str], request: DataRequest) -> list[Example]:

@@ -128,3 +128,27 @@ def test_several_images_are_drawn_into_one_file_each(run, detection_set, tmp_pat
     rows = [json.loads(line) for line in invoke(["predict", str(run), *images, "--min-score", "0", "--draw", str(tmp_path / "out.png")]).output.splitlines()]
     assert [r["drawn"] for r in rows] == [str(tmp_path / "out_00000.png"), str(tmp_path / "out_00001.png")]
     assert all((tmp_path / f"out_0000{i}.png").is_file() for i in range(2)) and not (tmp_path / "out.png").exists()
+
+
+def test_two_images_of_the_same_name_are_drawn_into_two_files(run, detection_set, tmp_path):
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+    first, second = (tmp_path / f / "photo.jpg" for f in ("a", "b"))
+    Image.open(detection_set / "images" / "00000.jpg").save(first)
+    Image.open(detection_set / "images" / "00001.jpg").save(second)
+    rows = [json.loads(line) for line in invoke(["predict", str(run), str(first), str(second), "--min-score", "0", "--draw", str(tmp_path / "out.png")]).output.splitlines()]
+    assert [r["drawn"] for r in rows] == [str(tmp_path / "out_1_photo.png"), str(tmp_path / "out_2_photo.png")]
+    assert Image.open(rows[0]["drawn"]).tobytes() != Image.open(rows[1]["drawn"]).tobytes()
+
+
+@pytest.mark.parametrize("onnx", [False, True], ids=["pytorch", "onnx"])
+def test_a_non_image_and_a_draw_folder_that_cannot_be_written_are_one_message_each(run, detection_set, tmp_path, onnx):
+    cli = make_cli(lambda: make_host(autoload=False))
+    flag = ["--onnx"] if onnx else []
+    (tmp_path / "notes.txt").write_text("not a picture")
+    result = CliRunner().invoke(cli, ["predict", str(run), *flag, str(tmp_path / "notes.txt")])
+    assert result.exit_code == 2 and "is not an image this model can read" in result.output and "check the inputs" in result.output, result.output
+    assert "export it again" not in result.output and "Traceback" not in result.output
+    image = str(detection_set / "images" / "00000.jpg")
+    result = CliRunner().invoke(cli, ["predict", str(run), *flag, image, "--draw", str(tmp_path / "missing" / "out.png")])
+    assert result.exit_code == 2 and "--draw" in result.output and "does not exist" in result.output and "does not fit" not in result.output, result.output

@@ -288,7 +288,7 @@ def test_a_failed_activation_probe_falls_back_to_s8s8_and_leaves_no_file(tmp_pat
         raise RuntimeError("quantiser broke")
 
     ctx = DeriveContext(tmp_path, {}, "int8", False, 1.0, [], lambda p: 1.0, lambda p: {"median": 1.0, "p90": 1.0, "threads": 1})
-    choice = _choose_activations(works, fails, plain, ctx)
+    choice = _choose_activations({"int8": works, "uint8": fails}, plain, ctx)
     assert choice["chosen"] == "int8" and "quantiser broke" in choice["why"]
     assert not list(tmp_path.iterdir())  # both probes removed, the failed one too
 
