@@ -356,8 +356,10 @@ def _predict_rows(run_dir: Path, host: Host, inputs: tuple[str, ...], use_onnx: 
 
         return predict(run_dir, host, inputs, settings)
     from adapt.onnx_predict import predict as predict_onnx
-    from adapt.report import read_report, report_file
+    from adapt.report import REPORT_JSON, read_report, report_file
 
+    if model_file is None and not (run_dir / REPORT_JSON).exists():
+        raise AdaptError(f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)", hint=f"export the run again to write it: adapt export {run_dir}, or name the file with --model")
     deployable = model_file or report_file(run_dir, read_report(run_dir), "deployable")
     if deployable is None:
         raise AdaptError(f"{run_dir} has no exported model (report.json names no deployable file)", hint=f"export it first: adapt export {run_dir}")

@@ -170,11 +170,12 @@ def test_bench_on_a_damaged_report_is_one_message(finished, tmp_path, content):
     assert result.exit_code == 2 and "report.json" in result.output and "Traceback" not in result.output, result.output
 
 
-def test_bench_names_a_report_that_is_gone(finished, tmp_path):
+def test_bench_and_predict_name_a_report_that_is_gone(finished, tmp_path):
     run = copy_run(finished, tmp_path / "run")
     (run / "report.json").unlink()
-    result = CliRunner().invoke(cli(), ["bench", str(run), "--rounds", "1", "--runs", "1"])
-    assert result.exit_code == 2 and "has no report.json" in result.output, result.output
+    for args in (["bench", str(run), "--rounds", "1", "--runs", "1"], ["predict", str(run), "--onnx", "x.png"]):
+        result = CliRunner().invoke(cli(), args)
+        assert result.exit_code == 2 and "has no report.json" in result.output, result.output
 
 
 def text_export(tmp_path_factory) -> Path:
