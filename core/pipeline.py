@@ -602,7 +602,8 @@ def plan_from_run(run_dir: Path, host: Host, *, writing: bool = False) -> Plan:
         raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
     # the run is where it is now: the saved output_dir and name said where it was made,
     # which a moved run (or an edited config.yaml) no longer is
-    config = load_config(saved).model_copy(update={"output_dir": str(run_dir.parent), "name": run_dir.name})
+    here = run_dir if run_dir.name not in ("", ".", "..") else run_dir.resolve()  # `adapt train .` from inside the run
+    config = load_config(saved).model_copy(update={"output_dir": str(here.parent), "name": here.name})
     return make_plan(config, host)
 
 

@@ -115,9 +115,26 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     return built
 
 
+#: How far :func:`perturb` moves each trainable parameter (standard deviation of the noise).
+PERTURBATION = 0.05
+
+
+def perturb(model: torch.nn.Module, scale: float = PERTURBATION, seed: int = 0) -> None:
+    """Add seeded Gaussian noise to every trainable parameter. A freshly applied adapter
+    is often zero (LoRA's B, an adapter's up-projection) or the identity, and a few
+    training steps leave it near there, so a merge that folds it wrongly still matches;
+    with every factor moved, a wrong fold shows whatever the method's initialisation."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for parameter in model.parameters():
+            if parameter.requires_grad:
+                parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * scale)
+
+
 def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None, bad_options: Any = None, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> MergeResult:
-    """Apply, train a few steps, merge, and check the merge reproduces the adapted model
-    (and, when folded, the base architecture and parameter count); round-trip the adapter.
+    """Apply, move every trainable parameter off its initialisation (:func:`perturb`),
+    train a few steps, merge, and check the merge reproduces the adapted model (and, when
+    folded, the base architecture and parameter count); round-trip the adapter.
     With ``bad_options`` (say, targets that match nothing), check applying them gives a
     clear error. ``loss``: the task's (``task.loss``); cross-entropy when not given."""
     schema = getattr(method, "options_schema", None)
@@ -135,6 +152,7 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     trainable = method.apply(built, options, list(default_targets))
     assert trainable, "apply left nothing trainable"
     assert set(built.new_parameters) <= set(trainable), "parameters the checkpoint lacked must stay trainable"
+    perturb(built.model)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
     params = [p for p in built.model.parameters() if p.requires_grad]
     optimiser = torch.optim.AdamW(params, lr=1e-2)

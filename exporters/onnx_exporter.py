@@ -241,7 +241,8 @@ class OnnxExporter:
                 return lambda out: _quietly(quantize_dynamic, str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=seven, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
 
             label = "dynamic int8" + (" (7-bit weights)" if seven else "")
-            arithmetic = {"activations": {"chosen": "uint8", "reduce_range": seven, "why": safe["why"], "cpu_flags": cpu_flags()}}
+            probe = {"saturation_probe": safe["probe"]} if "probe" in safe else {}
+            arithmetic = {"activations": {"chosen": "uint8", "reduce_range": seven, "arithmetic": safe["why"], "cpu_flags": cpu_flags(), **probe, "why": "dynamic int8 quantises activations to uint8 as they arrive"}}
             return [(label, dynamic([])), (f"{label}, head in fp32", dynamic(_head_nodes(base)))], arithmetic
 
         n = ctx.options.calibration_examples if ctx.options else 100
