@@ -17,7 +17,7 @@ import click
 
 from adapt import __version__
 from adapt.errors import AdaptError, RunDirError
-from adapt.host import AUTOLOAD_ENV, Host, make_host
+from adapt.host import AUTOLOAD_ENV, LIFECYCLE_HOOKS, Host, make_host
 
 EXIT_USER_ERROR = 2
 
@@ -99,10 +99,19 @@ def plugin_rows(host: Host) -> list[dict[str, str]]:
             for owner in owners[1:]:
                 plugin = host.plugins.get(owner)
                 rows.append({"name": name, "kind": f"{registry.kind} clash", "plugin": owner, "package": plugin.package if plugin else "", "version": plugin.version if plugin else "", "families": "", "error": registry.clash_error(name).message})
+    registering = {row["plugin"] for row in rows}
     for name, info in host.plugins.items():
         if info.error:
             rows.append({"name": name, "kind": "error", "plugin": name, "package": info.package, "version": info.version, "families": "", "error": info.error})
+        elif name not in registering and (hooks := _hooks_of(host, name, LIFECYCLE_HOOKS + ("adapt_register_commands",))):
+            rows.append({"name": ", ".join(hooks), "kind": "hooks", "plugin": name, "package": info.package, "version": info.version, "families": ""})
     return rows
+
+
+def _hooks_of(host: Host, plugin_name: str, among: tuple[str, ...]) -> list[str]:
+    """The hooks of ``among`` that a plugin implements (a tracker's lifecycle hooks)."""
+    plugin = host.pm.get_plugin(plugin_name)
+    return sorted(c.name for c in host.pm.get_hookcallers(plugin) or [] if c.name in among) if plugin is not None else []
 
 
 def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:

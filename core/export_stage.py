@@ -100,9 +100,28 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         write_report(run_dir, with_export(report, {}))  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
         remove(run_dir / REJECTED_DIR)
-    for path, kind in job.artifacts:
-        host.call("adapt_artifact_exported", run_dir=run_dir, path=out / path.relative_to(staging), kind=kind)
+    owners = {job.new["forms"][form]: exporter for form, exporter in job.form_exporters.items()}
+    for path in sorted(p for p in out.rglob("*") if p.is_file()):
+        host.call("adapt_artifact_exported", run_dir=run_dir, path=path, kind=artifact_kind(path.relative_to(run_dir).as_posix(), owners))
     return job.new
+
+
+#: ``adapt_artifact_exported``'s kind for the files beside the exported forms, by name.
+SUPPORT_KINDS = {PREPROCESS_FILE: "preprocessing", "tokenizer.json": "preprocessing", "predict.py": "predictor", "README.md": "card"}
+
+
+def artifact_kind(relative: str, owners: dict[str, str]) -> str:
+    """What an exported file is, for trackers: the exporter's name for a model file it
+    made (every form, the .ort included), else ``preprocessing``, ``predictor``,
+    ``card``, ``mobile-config`` (the reduced build's operators), ``gallery``, ``export``."""
+    name = relative.rsplit("/", 1)[-1]
+    if relative in owners:
+        return owners[relative]
+    if name in SUPPORT_KINDS:
+        return SUPPORT_KINDS[name]
+    if name.endswith(".config"):
+        return "mobile-config"
+    return "gallery" if name.startswith("gallery") else "export"
 
 
 @dataclass
@@ -137,7 +156,8 @@ class _ExportJob:
         from adapt.generation_check import GenerationCheck
 
         self.generation = GenerationCheck(session, merged_model) if session.config.task == causal_lm.TASK else None
-        self.artifacts: list[tuple[Path, str]] = []
+        #: form name -> the exporter that made it (adapt_artifact_exported's kind)
+        self.form_exporters: dict[str, str] = {}
         #: name -> calls at batch 1 and at latency_batch, timed together at the end
         self.timed: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
         #: (file, mtime) -> its validation metric and per-example scores (see val_outcome)
@@ -271,7 +291,6 @@ class _ExportJob:
         plan, built = self.plan, self.session.built
         model, io = self.graph()
         path = exporter.export(model, plan.backbone.example_inputs(built, 2), io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
-        self.artifacts.append((path, exporter.name))
         forms, details, deployable = [Form(exporter.name, path)], {}, path
         derive = getattr(exporter, "derive", None)
         if callable(derive):
@@ -282,6 +301,7 @@ class _ExportJob:
         self.new["export"][exporter.name] = details
         for form in forms:
             self.new["forms"][form.name] = self.final_name(form.path)
+            self.form_exporters[form.name] = exporter.name
             if form.runnable:
                 self.verify(exporter, form)
         self.new["deployable"] = self.final_name(deployable)

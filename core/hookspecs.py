@@ -73,4 +73,8 @@ def adapt_epoch_ended(run_dir: Path, epoch: int, metrics: dict[str, float]) -> N
 
 @hookspec
 def adapt_artifact_exported(run_dir: Path, path: Path, kind: str) -> None:
-    """Called after a file is written for deployment (``kind``: exporter name or ``adapter``)."""
+    """Called once per file written for deployment, after it is in place: each adapter
+    file (``kind`` ``adapter``) and every file of the export folder: a model file with
+    its exporter's name (each form, the .ort too), ``preprocessing`` (preprocess.json,
+    tokenizer.json), ``predictor`` (predict.py), ``card`` (README.md), ``mobile-config``,
+    ``gallery`` or ``export``. An exception here is a warning, not a failed run."""

@@ -33,6 +33,11 @@ DISTRIBUTION = "adapt-edge"
 #: Set to 1 to load only the built-in plugins (third-party entry points are ignored).
 AUTOLOAD_ENV = "ADAPT_DISABLE_PLUGIN_AUTOLOAD"
 
+#: Set to 1 to make an exception in a lifecycle hook fail the run (by default: a warning).
+STRICT_HOOKS_ENV = "ADAPT_STRICT_HOOKS"
+#: Hooks that observe a run (a logger, a tracker): one that raises must not lose the run.
+LIFECYCLE_HOOKS = ("adapt_run_started", "adapt_run_finished", "adapt_epoch_ended", "adapt_artifact_exported")
+
 #: The plugin whose hook implementation is running (for error messages and registry owners).
 _RUNNING: contextvars.ContextVar[str] = contextvars.ContextVar("adapt_running_plugin", default="")
 
@@ -77,6 +82,8 @@ class Host:
         self.pm.add_hookspecs(hookspecs)
         self.plugins: dict[str, PluginInfo] = {}
         self._registries: dict[str, Registry[Any]] | None = None
+        #: problems that did not stop the run (see :meth:`warn`)
+        self.warnings: list[str] = []
 
     # -- adding plugins -------------------------------------------------
 
@@ -209,7 +216,29 @@ class Host:
             with self._running(plugin_name, hook_name):
                 return function(*args, **kwargs)
 
-        return call
+        if hook_name not in LIFECYCLE_HOOKS:
+            return call
+
+        @functools.wraps(function)
+        def observe(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return call(*args, **kwargs)
+            except AdaptError as exc:
+                if os.environ.get(STRICT_HOOKS_ENV) == "1":
+                    raise
+                named = exc.message if isinstance(exc, PluginError) else f"{self.describe(plugin_name)} raised in {hook_name}: {exc.message}"
+                self.warn(f"{named}; the run goes on ({STRICT_HOOKS_ENV}=1 makes this fatal)")
+                return None
+
+        return observe
+
+    def warn(self, message: str) -> None:
+        """A problem that does not stop the run (an observer that raised): printed now and
+        kept in ``warnings``, which the run's report lists (``plugin_warnings``)."""
+        import click
+
+        self.warnings.append(message)
+        click.echo(f"warning: {message}", err=True)
 
     @contextlib.contextmanager
     def _running(self, plugin_name: str, hook_name: str) -> Iterator[None]:

@@ -232,7 +232,8 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
     }
     if session.dist.main:
         plot_curve(session.run.path, result.history, session.plan.task.primary_metric)
-        host.call("adapt_artifact_exported", run_dir=session.run.path, path=session.run.path / "adapter", kind="adapter")
+        for path in sorted(p for p in (session.run.path / "adapter").rglob("*") if p.is_file()):
+            host.call("adapt_artifact_exported", run_dir=session.run.path, path=path, kind="adapter")
     return {"training": section, **({"metrics": {"baseline": baseline}} if baseline else {})}
 
 
@@ -583,6 +584,8 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
                         export_and_record(session, merged, report, host)
                 finally:
                     report["timings"] = clock.total()
+                    if host.warnings:  # observers that raised (adapt_run_finished's come after this write)
+                        report["plugin_warnings"] = list(host.warnings)
                     write_report(run.path, report)
                 session.say("timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items()))
                 session.say(f"report: {run.path / 'report.md'}")

@@ -121,6 +121,8 @@ class Report(_Strict):
     export_notes: list[str] | None = None
     rejected_export: RejectedExport | None = None
     notes: list[str] | None = None
+    #: warnings of observer plugins that raised in a lifecycle hook (the run went on)
+    plugin_warnings: list[str] | None = None
     #: name -> a picture in the run directory (object-detection: ``detections``, test images
     #: with their true boxes beside the merged model's)
     pictures: dict[str, str] | None = None

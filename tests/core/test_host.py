@@ -234,7 +234,7 @@ def test_a_misspelled_hook_name_gets_a_suggestion():
         make_host([Typo()], autoload=False)
 
 
-def test_run_finished_is_called_once_with_the_report_or_the_error(tmp_path, tiny_config):
+def test_run_finished_is_called_once_with_the_report_or_the_error(tmp_path, tiny_config, monkeypatch):
     """adapt_run_finished pairs with adapt_run_started, on success and on failure."""
     import yaml
     from click.testing import CliRunner
@@ -260,6 +260,7 @@ def test_run_finished_is_called_once_with_the_report_or_the_error(tmp_path, tiny
         def adapt_epoch_ended(self, epoch):
             raise RuntimeError("tracker offline")
 
+    monkeypatch.setenv("ADAPT_STRICT_HOOKS", "1")  # an observer's exception fails the run only when asked to
     failing = make_cli(lambda: make_host([TinyPlugin(), Tracker(), FailingLogger()], autoload=False))
     result = CliRunner().invoke(failing, ["run", str(tmp_path / "c.yaml"), "--overwrite"])
     assert result.exit_code == 2, result.output
