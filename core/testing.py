@@ -189,17 +189,31 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
 
 
 def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: Any, path: Path, options: Any = None, atol: float = 1e-4) -> Path:
-    """Export, run the file through ``load`` and compare with the model."""
+    """Export, run the file through ``load`` and compare the logits with the model's. A
+    model with several outputs (a task's ``graph_outputs``: logits, then boxes after NMS
+    or an embedding) must also give every other output by name through
+    ``load_outputs``, with the model's rank and trailing sizes; their values are
+    compared by the task's ``agreement`` in the export stage (a near-tie can reorder
+    boxes), not here."""
     model.eval()
     written = exporter.export(model, inputs, io, path, options)
     assert Path(written).exists(), "export wrote no file"
-    run = exporter.load(written)
-    got = run({k: v.numpy() for k, v in inputs.items()})
+    feed = {k: v.numpy() for k, v in inputs.items()}
     with torch.no_grad():
-        expected = model(**inputs).numpy()
+        output = model(**inputs)
+    outputs = list(output) if isinstance(output, (tuple, list)) else [output]
+    expected = outputs[0].numpy()
+    got = exporter.load(written)(feed)
     assert tuple(got.shape) == tuple(expected.shape), f"exported output shape {tuple(got.shape)} != {tuple(expected.shape)}"
     diff = float(abs(got - expected).max())
     assert diff <= atol, f"exported file differs from the model by {diff:.3g} > {atol}"
+    if len(outputs) > 1:
+        load_outputs = getattr(exporter, "load_outputs", None)
+        assert callable(load_outputs), "a graph with several outputs needs the exporter's load_outputs(path) to be checked"
+        named = load_outputs(written)(feed)
+        for name, want in zip(io.output_names[1:], outputs[1:]):
+            assert name in named, f"the exported file has no output {name!r} (it has {sorted(named)})"
+            assert named[name].ndim == want.dim() and tuple(named[name].shape[1:]) == tuple(want.shape[1:]), f"exported output {name!r} has shape {tuple(named[name].shape)}, the model's {tuple(want.shape)}"
     return Path(written)
 
 

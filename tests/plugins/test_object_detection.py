@@ -148,3 +148,21 @@ def test_every_method_adapts_the_detector_and_merges_exactly(method_name, task):
     batch = backbone.collator(build(), options)([{"image": image, "boxes": [[20.0, 10.0, 44.0, 40.0]], "labels": [1]}] * 2)
     merged = check_method(host.methods.get(method_name), build=build, batch=batch, loss=task.loss, atol=1e-4)
     assert merged.folded == (method_name != "adapters")
+
+
+def test_check_exporter_compares_every_graph_output_of_a_detector_with_nms_inside(task, tmp_path):
+    """adapt.testing.check_exporter on a task's graph_outputs (logits, then boxes after NMS):
+    each output by name, through the exporter's load_outputs."""
+    from adapt.interfaces import OnnxIO
+    from adapt.testing import check_exporter
+
+    host = make_host()
+    backbone = host.backbones.get("mobilenet")
+    options = backbone.options_schema(image_size=64, head={"channels": 16, "depth": 1})
+    torch.manual_seed(0)
+    built = backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options)
+    module, names = task.graph_outputs(built.model.eval())
+    base = backbone.onnx_io(built)
+    io = OnnxIO(base.input_names, (*base.output_names, *names), {**base.dynamic_axes, **{n: {0: "detections"} for n in names}})
+    inputs = backbone.example_inputs(built, 2)
+    check_exporter(host.exporters.get("onnx"), model=module, inputs=inputs, io=io, path=tmp_path / "det.onnx")
