@@ -366,6 +366,8 @@ class _ExportJob:
         if not callable(per_example):
             return None
         (_, ref), (score, cand) = (self.val_outcome(exporter, path) for path in (reference, candidate))
+        if not ref or len(ref) != len(cand):  # no examples, or a task whose scores do not pair up: compare the scores
+            return None
         found = paired_drop(ref, cand, budget)
         return {"val_score": score, **found, "passed": found["verdict"] == "passed"}
 
