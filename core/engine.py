@@ -285,7 +285,7 @@ class Trainer:
         if not params:
             raise nothing_trainable(self.built)
         fast = fast_path.prepare(model, self.config.fast, self.device)
-        self.probe = feature_cache.probe_head(model)
+        self.probe = feature_cache.probe_head(model, self.built.head)
         if self.probe is not None:
             self._cache_features(model)
         try:

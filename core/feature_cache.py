@@ -1,8 +1,9 @@
 """Linear probes compute the frozen backbone once (``train.cache_features``).
 
-A run is a *probe* when every trainable parameter sits in one small module at the end
-of the model, the head (``method: freeze`` with only the head trained: the classifier of
-a transformers or timm model). Then nothing before the head changes while training, so
+A run is a *probe* when every trainable parameter belongs to the task head its backbone
+declared (``BuiltModel.head``) and sits in one small module at the end of the model
+(``method: freeze`` with only the head trained: the classifier of a transformers or timm
+model). Then nothing before the head changes while training, so
 the head's input for each example can be computed once and the head trained on it.
 
 The rule that makes cached and uncached training the same maths: in a probe, the frozen
@@ -63,19 +64,23 @@ def collate(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tens
     return {"features": torch.stack([e["features"] for e in examples]), "labels": torch.stack([e["labels"] for e in examples])}
 
 
-def probe_head(model: nn.Module) -> tuple[str, nn.Module] | None:
+def probe_head(model: nn.Module, head: Sequence[str] = ()) -> tuple[str, nn.Module] | None:
     """The smallest module holding every trainable parameter, when it is a small part
-    at the model's end; None when the model is not a probe."""
-    trainable = [name.split(".")[:-1] for name, p in model.named_parameters() if p.requires_grad]
-    if not trainable:
+    at the model's end and every trainable parameter belongs to the task head the
+    backbone declared (``BuiltModel.head``): a probe is what the method made of the
+    model (only the head trains), not a guess from where the trainable weights sit
+    (LoRA in every encoder layer of an embedding model is not a probe, although the
+    encoder is under half the weights). None when the model is not a probe."""
+    names = [name for name, p in model.named_parameters() if p.requires_grad]
+    if not names or not head or not all(any(n.startswith(h + ".") for h in head) for n in names):
         return None
-    prefix = os.path.commonprefix(trainable)
+    prefix = os.path.commonprefix([n.split(".")[:-1] for n in names])
     if not prefix:
         return None
     name = ".".join(prefix)
-    head = model.get_submodule(name)
-    share = sum(p.numel() for p in head.parameters()) / max(1, sum(p.numel() for p in model.parameters()))
-    return (name, head) if share <= MAX_HEAD_SHARE else None
+    module = model.get_submodule(name)
+    share = sum(p.numel() for p in module.parameters()) / max(1, sum(p.numel() for p in model.parameters()))
+    return (name, module) if share <= MAX_HEAD_SHARE else None
 
 
 def set_probe_modes(model: nn.Module, head: nn.Module) -> None:

@@ -59,11 +59,30 @@ def test_a_cached_probe_trains_exactly_like_the_uncached_one(tmp_path):
 
 def test_only_a_small_head_holding_every_trainable_parameter_is_a_probe(tmp_path):
     built, *_ = probe_setup(tmp_path / "freeze")
-    assert feature_cache.probe_head(built.model)[0] == "model.classifier"
+    assert feature_cache.probe_head(built.model, built.head)[0] == "model.classifier"
     lora, *_ = probe_setup(tmp_path / "lora", "lora", {"r": 2})
-    assert feature_cache.probe_head(lora.model) is None  # LoRA trains inside every layer
+    assert feature_cache.probe_head(lora.model, lora.head) is None  # LoRA trains inside every layer
     deeper, *_ = probe_setup(tmp_path / "deeper", "freeze", {"last_blocks": 1})
-    assert feature_cache.probe_head(deeper.model) is None
+    assert feature_cache.probe_head(deeper.model, deeper.head) is None
+
+
+def test_lora_in_every_encoder_layer_of_an_embedding_model_is_not_a_probe(tmp_path):
+    """The #28 case: LoRA on every layer of a pooled encoder (no classifier) trains only
+    inside ``model.encoder``, under half the weights (the embedding table is the rest), so a
+    guess from parameter shares took it for a probe and ran the embeddings in eval mode.
+    A probe is only what trains the backbone's declared head."""
+    from adapt.hf_text import TextOptions, TransformersTextBackbone
+    from adapt.testing import make_test_host, tiny_text_checkpoint
+
+    checkpoint = tiny_text_checkpoint(tmp_path / "bert", words=[f"w{i}" for i in range(3000)])  # a large table, as MiniLM's
+    built = TransformersTextBackbone().build("text-embedding", 0, checkpoint=str(checkpoint), arch=None, options=TextOptions(max_length=16))
+    lora = make_test_host().methods.get("lora")
+    lora.apply(built, lora.options_schema(r=2, targets="all-linear"), [])
+    trainable = [n for n, p in built.model.named_parameters() if p.requires_grad]
+    encoder = sum(p.numel() for n, p in built.model.named_parameters() if n.startswith("model.encoder."))
+    assert trainable and all(n.startswith("model.encoder.") for n in trainable)
+    assert encoder / sum(p.numel() for p in built.model.parameters()) <= feature_cache.MAX_HEAD_SHARE  # what fooled the share rule
+    assert feature_cache.probe_head(built.model, built.head) is None
 
 
 def test_a_head_whose_output_is_changed_afterwards_is_not_cached():
@@ -82,7 +101,7 @@ def test_a_head_whose_output_is_changed_afterwards_is_not_cached():
     def collate(items):
         return {"x": torch.stack([e["x"] for e in items]), "labels": torch.stack([e["labels"] for e in items])}
 
-    assert feature_cache.probe_head(model)[0] == "head"
+    assert feature_cache.probe_head(model, ("head",))[0] == "head"
     why = feature_cache.build(model, "head", {"train": examples, "val": []}, collate, batch_size=4, device=torch.device("cpu"), dtype=None)
     assert why == "the model's output is not the head's output (something runs after the head)"
 
