@@ -96,6 +96,8 @@ class TransformersTextBackbone:
     tasks: tuple[str, ...] = ("text-classification", "token-classification", "text-generation", "text-embedding")
     #: Target families its models have (adapt.families), for ``adapt plugins --verbose``.
     families = TRANSFORMER_FAMILIES
+    #: what a method that names no default families adapts: the query and value projections (LoRA's classic choice)
+    recommended_families: tuple[str, ...] = ("attention-qv",)
     options_schema = TextOptions
     #: Inputs of the exported graph, in the order of ``LogitsOnly.forward``; empty:
     #: those of the tokenizer's ``model_input_names`` that LogitsOnly takes.

@@ -198,6 +198,8 @@ class Backbone(Protocol):
     #       (``kind``: text | tokens | image, and its keys, see adapt.onnx_predict);
     #       without it the export has no predict.py and preprocess.json (the report says so)
     #   onnx_optimizer_options(built) -> dict -- DeriveContext.model_info for the exporter
+    #   recommended_families: tuple[str, ...] -- the families a method that declares no
+    #       ``default_families`` adapts (its targets unset); the run says so
 
     def default_targets(self, method: str) -> list[str]:
         """Optional, the older way: module names (or suffixes) a method adapts when the

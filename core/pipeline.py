@@ -84,20 +84,38 @@ def build_model(plan: Plan, num_labels: int) -> BuiltModel:
 
 
 def default_targets(plan: Plan, built: BuiltModel) -> list[str]:
-    """The modules a method adapts when the config names none: those of the method's
-    default families the model has, else the backbone's older per-method list."""
+    """The modules a method adapts when the config names none (see :func:`chosen_targets`)."""
+    return chosen_targets(plan, built)[0]
+
+
+def chosen_targets(plan: Plan, built: BuiltModel) -> tuple[list[str], str | None]:
+    """The modules a method adapts when the config names none, and a note where they come
+    from the backbone rather than the method: those of the method's default families the
+    model has, else the backbone's older per-method list, else, for a method without a
+    ``default_families`` member (a plugin written before it existed; ``()`` says "none"),
+    those of the backbone's ``recommended_families``."""
     from adapt.families import default_target_names
 
-    names = default_target_names(built.families, getattr(plan.method, "default_families", ()))
+    declared = getattr(plan.method, "default_families", None)  # () : the method adapts no family (freeze)
+    names = default_target_names(built.families, tuple(declared or ()))
     legacy = getattr(plan.backbone, "default_targets", None)
-    return names or (list(legacy(plan.method.name)) if callable(legacy) else [])
+    names = names or (list(legacy(plan.method.name)) if callable(legacy) else [])
+    recommended = tuple(getattr(plan.backbone, "recommended_families", None) or ())
+    if names or declared is not None or not recommended:
+        return names, None
+    names = default_target_names(built.families, recommended)
+    note = f"method {plan.method.name!r} declares no default target families: it gets backbone {plan.backbone.name!r}'s recommended {', '.join(recommended)}" if names else None
+    return names, note
 
 
 def adapt_model(plan: Plan, built: BuiltModel) -> list[str]:
     """Apply the method; an error now (before any run directory) if it trains nothing."""
     from adapt.engine import nothing_trainable
 
-    trained = plan.method.apply(built, plan.method_options, default_targets(plan, built))
+    targets, note = chosen_targets(plan, built)
+    if note:
+        click.echo(f"adapt: {note}", err=True)
+    trained = plan.method.apply(built, plan.method_options, targets)
     if not any(p.requires_grad for p in built.model.parameters()):
         raise nothing_trainable(built)
     return trained
@@ -105,8 +123,8 @@ def adapt_model(plan: Plan, built: BuiltModel) -> list[str]:
 
 def check_targets(plan: Plan) -> list[str]:
     """For ``--dry-run``: build the model (two labels stand in for the data's) and apply
-    the method, so a target that matches nothing is an error now; return the
-    trainable parameter names."""
+    the method, so a target that matches nothing is an error now (and where the targets
+    come from the backbone's recommendation, it says so); return the trainable parameter names."""
     built = build_model(plan, 2)
     return adapt_model(plan, built)
 

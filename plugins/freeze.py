@@ -28,6 +28,8 @@ class FreezeOptions(BaseModel):
 class Freeze(SavesTrainedTensors):
     name = "freeze"
     options_schema = FreezeOptions
+    #: freeze adapts no target family: it trains the head (and ``last_blocks``, ``biases``)
+    default_families: tuple[str, ...] = ()
 
     def apply(self, built: BuiltModel, options: FreezeOptions, default_targets: Sequence[str]) -> list[str]:
         from adapt.params import freeze_all_but

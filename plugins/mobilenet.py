@@ -151,6 +151,8 @@ class MobileNet:
     tasks = ("image-classification", "object-detection", "image-embedding")
     #: Target families (adapt.families) of timm's mobile blocks.
     families = ("pointwise-conv", "depthwise-conv")
+    #: what a method that names no default families adapts: every convolution of the blocks
+    recommended_families = ("pointwise-conv", "depthwise-conv")
     options_schema = MobileNetOptions
 
     def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
