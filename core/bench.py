@@ -28,12 +28,12 @@ def bench_run(run_dir: Path, host: Host, *, threads: int | None = None, rounds: 
     import torch
 
     from adapt.pipeline import restore
-    from adapt.report import read_report
+    from adapt.report import require_report
 
     session = restore(run_dir, host, need_data=False)
     if session.config.task == "text-generation":
         raise AdaptError("adapt bench times one forward pass; a text generator's speed is new tokens per second", hint=f"see latency_ms.*.tokens_per_s in {run_dir / 'report.json'}, or run bench/generation.py")
-    files = _exported_files(run_dir, read_report(run_dir))
+    files = _exported_files(run_dir, require_report(run_dir))
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
     try:
@@ -64,10 +64,8 @@ def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch
 
 
 def _exported_files(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
-    from adapt.report import REPORT_JSON, report_forms
+    from adapt.report import report_forms
 
-    if not (run_dir / REPORT_JSON).exists():
-        raise AdaptError(f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)", hint=f"export the run again to write it: adapt export {run_dir}")
     files = {name: path for name, path in report_forms(run_dir, report).items() if path.suffix == ".onnx" and path.is_file()}
     if not files:
         raise AdaptError(f"{run_dir} has no exported .onnx file to time", hint=f"export it first: adapt export {run_dir}")
@@ -152,7 +150,8 @@ def _input_bytes(value: Any, seq_len: int | None, image_size: int | None) -> flo
 
 
 def _fixed_dims(path: Path) -> dict[str, dict[int, int]]:
-    """Each graph input's axes that the file fixes to a size (from its header, no weights read)."""
+    """Each graph input's axes that the file fixes to a size (read from the file's graph;
+    weights in external data files are not loaded)."""
     import onnx
 
     try:

@@ -226,19 +226,20 @@ def generate_text(inner: torch.nn.Module, tokenizer: Any, prompt: str, settings:
     import torch
     from transformers import GenerationConfig
 
-    from adapt.onnx_predict import cut_at_stops, fit_prompt, new_token_budget
+    from adapt.onnx_predict import cut_at_stops, generate_within
 
-    limit = positions(inner)
-    start, notes = fit_prompt(prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id], limit, tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None)
-    budget, stop_note = new_token_budget(len(start), int(settings.get("max_new_tokens", 64)), limit)
-    ids = torch.tensor([start], dtype=torch.long)
     temperature = float(settings.get("temperature", 0.0))
     sampling = {"do_sample": True, "temperature": temperature, "top_k": int(settings.get("top_k", 0)), "top_p": float(settings.get("top_p", 1.0))} if temperature > 0 else {"do_sample": False}
-    config = GenerationConfig(max_new_tokens=budget, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
-    torch.manual_seed(int(settings.get("seed", 0)))
     inner.eval()
-    with torch.no_grad():
-        new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist() if budget else []  # type: ignore[operator]
-    new = before_end(new, tokenizer.eos_token_id)
-    notes += [stop_note] if stop_note and len(new) == budget else []
+
+    def generate(start: list[int], budget: int) -> list[int]:
+        ids = torch.tensor([start], dtype=torch.long)
+        config = GenerationConfig(max_new_tokens=budget, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+        torch.manual_seed(int(settings.get("seed", 0)))
+        with torch.no_grad():
+            out = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist()  # type: ignore[operator]
+        return before_end(out, tokenizer.eos_token_id)
+
+    bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
+    new, notes = generate_within(prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id], int(settings.get("max_new_tokens", 64)), positions(inner), bos, generate)
     return {"generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())), **({"notes": notes} if notes else {})}

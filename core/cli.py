@@ -356,20 +356,18 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
 
 def _predict_rows(run_dir: Path, host: Host, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
     """`adapt predict`'s rows: from the exported file with ONNX Runtime alone, or from the
-    run's PyTorch model. Both raise the standalone predictor's InputError / PredictError."""
-    from adapt.onnx_predict import check_settings
-
-    check_settings(settings)
+    run's PyTorch model. Both raise the standalone predictor's InputError / PredictError
+    for a bad setting or input."""
     if not use_onnx:
+        from adapt.onnx_predict import check_settings
         from adapt.pipeline import predict_command as predict
 
+        check_settings(settings)  # the ONNX path checks them itself, as the standalone predict.py does
         return predict(run_dir, host, inputs, settings)
     from adapt.onnx_predict import predict as predict_onnx
-    from adapt.report import REPORT_JSON, read_report, report_file
+    from adapt.report import report_file, require_report
 
-    if model_file is None and not (run_dir / REPORT_JSON).exists():
-        raise AdaptError(f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)", hint=f"export the run again to write it: adapt export {run_dir}, or name the file with --model")
-    deployable = model_file or report_file(run_dir, read_report(run_dir), "deployable")
+    deployable = model_file or report_file(run_dir, require_report(run_dir), "deployable")
     if deployable is None:
         raise AdaptError(f"{run_dir} has no exported model (report.json names no deployable file)", hint=f"export it first: adapt export {run_dir}")
     return predict_onnx(deployable, inputs, **settings)

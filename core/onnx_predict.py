@@ -24,7 +24,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 PREPROCESS_FILE = "preprocess.json"
 RESAMPLING = {"bicubic": 3, "bilinear": 2, "nearest": 0, "lanczos": 1}
@@ -204,6 +204,18 @@ def new_token_budget(prompt_length: int, wanted: int, positions: int | None) -> 
     return room, f"stopped at the model's {positions} positions after {room} new tokens (asked for {wanted})"
 
 
+def generate_within(ids: list[int], wanted: int, positions: int | None, bos_id: int | None, generate: Callable[[list[int], int], list[int]]) -> tuple[list[int], list[str]]:
+    """A prompt's new tokens by ``generate(prompt, budget)`` (end-of-text not included),
+    the prompt cut to the model's positions and generation stopped at them, with the
+    notes saying so: the one rule `adapt predict`, ``--onnx`` and predict.py share."""
+    ids, notes = fit_prompt(ids, positions, bos_id)
+    budget, limit = new_token_budget(len(ids), wanted, positions)
+    new = generate(ids, budget) if budget else []
+    if limit and len(new) == budget:
+        notes.append(limit)
+    return new, notes
+
+
 def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     """``text`` up to the first of the ``stops`` strings found in it (empty ones ignored)."""
     found = [text.find(s) for s in stops if s and s in text]
@@ -222,8 +234,6 @@ def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: A
     cache = {n: empty_cache(i.shape, 1) for n, i in inputs.items() if n.startswith("past_key_values.")}
     step, done = np.array([list(prompt) or [eos_id]], dtype=np.int64), 0
     new: list[int] = []
-    if options["max_new_tokens"] <= 0:
-        return new
     for _ in range(options["max_new_tokens"]):
         length = step.shape[1]
         feed = {"input_ids": step, "attention_mask": np.ones((1, done + length), dtype=np.int64), "position_ids": np.arange(done, done + length, dtype=np.int64)[None], **cache}
@@ -479,10 +489,8 @@ def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequ
         ids = tokenizer.encode(prompt, add_special_tokens=False).ids if prompt else []
         if spec.get("bos_id") is not None:
             ids = [spec["bos_id"], *ids]
-        ids, notes = fit_prompt(ids or [spec["eos_id"]], positions, spec.get("bos_id"))
-        budget, limit = new_token_budget(len(ids), int(settings.get("max_new_tokens", SAMPLING["max_new_tokens"])), positions)
-        new = generate_ids(session, ids, spec["eos_id"], **{**settings, "max_new_tokens": budget})
-        notes += [limit] if limit and len(new) == budget else []
+        wanted = int(settings.get("max_new_tokens", SAMPLING["max_new_tokens"]))
+        new, notes = generate_within(ids or [spec["eos_id"]], wanted, positions, spec.get("bos_id"), lambda start, budget: generate_ids(session, start, spec["eos_id"], **{**settings, "max_new_tokens": budget}))
         results.append({"input": prompt, "generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())), **({"notes": notes} if notes else {})})
     return results
 

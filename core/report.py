@@ -44,6 +44,16 @@ def read_report(run_dir: Path, *, damaged_ok: bool = False) -> dict[str, Any]:
         raise RunDirError(f"{path} is damaged ({exc})", hint=f"`adapt export {run_dir}` writes it again") from None
 
 
+def require_report(run_dir: Path) -> dict[str, Any]:
+    """``report.json`` of a run that a command needs (``bench``, ``predict --onnx``): its
+    absence is named as such, not taken for a run without exports."""
+    from adapt.errors import RunDirError
+
+    if not (run_dir / REPORT_JSON).exists():
+        raise RunDirError(f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)", hint=f"export the run again to write it: adapt export {run_dir}")
+    return read_report(run_dir)
+
+
 def report_file(run_dir: Path, report: dict[str, Any], key: str) -> Path | None:
     """The run file that report.json's ``key`` (``deployable``, ``forms.<name>``) names,
     held inside the run directory (adapt.paths.inside); None where the key is absent."""

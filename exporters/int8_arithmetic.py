@@ -62,10 +62,9 @@ def settings(target: str) -> dict[str, Any]:
     if target == "auto" and here == "x86":
         probe = saturation_probe()
         reduce = {a: not probe[a]["8bit"] for a in ACTIVATIONS}
-        broken = [a for a in ACTIVATIONS if reduce[a] and not probe[a]["7bit"]]
         saturated = [f"{'U8S8' if a == 'uint8' else 'S8S8'} gave {probe[a]['got']:.0f} for {probe[a]['want']:.0f}" for a in ACTIVATIONS if reduce[a]]
         why = (f"this CPU's int8 products saturate with 8-bit weights ({'; '.join(saturated)}): 7-bit weights (reduce_range) for those" if saturated else "this CPU's int8 products are exact with 8-bit weights (probe)")
-        return {"reduce_range": reduce, "measurable": True, "why": why, "probe": probe, **({"inexact": broken} if broken else {})}
+        return {"reduce_range": reduce, "measurable": True, "why": why, "probe": probe}
     if target == "x86":
         return {"reduce_range": dict(SEVEN_BIT), "measurable": measurable, "why": "export.target x86: any x86 CPU, with or without VNNI, so 7-bit weights (reduce_range), which cannot saturate"}
     if target == "x86-vnni":
