@@ -27,9 +27,9 @@ def save_adapter(method: Any, built: BuiltModel, directory: Path) -> list[Path]:
     state = {k: v.detach().cpu().contiguous() for k, v in method.adapter_state(built).items()}
     written = [directory / WEIGHTS_FILE]
     atomic_write_bytes(written[0], save(state, metadata={"format": "pt", "method": method.name}))
-    config = getattr(method, "adapter_config", None)
-    if callable(config):
-        atomic_write_json(directory / CONFIG_FILE, config(built))
+    config = method.adapter_config(built)
+    if config is not None:
+        atomic_write_json(directory / CONFIG_FILE, config)
         written.append(directory / CONFIG_FILE)
     return written
 

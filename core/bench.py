@@ -31,7 +31,7 @@ def bench_run(run_dir: Path, host: Host, *, threads: int | None = None, rounds: 
     from adapt.report import require_report
 
     session = restore(run_dir, host, need_data=False)
-    if session.config.task == "text-generation":
+    if session.plan.task.postprocess.get("kind") == "generation":
         raise AdaptError("adapt bench times one forward pass; a text generator's speed is new tokens per second", hint=f"see latency_ms.*.tokens_per_s in {run_dir / 'report.json'}, or run bench/generation.py")
     files = _exported_files(run_dir, require_report(run_dir))
     before = torch.get_num_threads()
@@ -88,7 +88,7 @@ def _inputs(session: Any, batch_size: int, seq_len: int | None, image_size: int 
     sequences = [n for n, v in inputs.items() if 1 in axes.get(n, {}) and v.dim() == 2]
     if not sequences:  # neither images nor token sequences (item-table's ids): the inputs as they are
         return inputs, {}
-    tokens = seq_len or getattr(session.plan.backbone_options, "max_length", None) or int(inputs[sequences[0]].shape[1])
+    tokens = seq_len or session.plan.backbone.sequence_length(session.built, session.plan.backbone_options) or int(inputs[sequences[0]].shape[1])
     stretched = {}
     for name, value in inputs.items():
         if name in sequences:

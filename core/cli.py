@@ -92,8 +92,8 @@ def plugin_rows(host: Host) -> list[dict[str, str]]:
                 "plugin": registry.owner(name),
                 "package": plugin.package if plugin else "",
                 "version": plugin.version if plugin else "",
-                # backbones: the target families their models have; methods: those they adapt by default
-                "families": ", ".join(getattr(obj, "families", None) or getattr(obj, "default_families", None) or ()),
+                "families": _families(obj),
+                "fields": _fields(obj),
             })
         for name, owners in registry.clashes.items():
             for owner in owners[1:]:
@@ -106,6 +106,24 @@ def plugin_rows(host: Host) -> list[dict[str, str]]:
         elif name not in registering and (hooks := _hooks_of(host, name, LIFECYCLE_HOOKS + ("adapt_register_commands",))):
             rows.append({"name": ", ".join(hooks), "kind": "hooks", "plugin": name, "package": info.package, "version": info.version, "families": ""})
     return rows
+
+
+def _families(obj: Any) -> str:
+    """Backbones: the target families their models have; methods: those they adapt by default."""
+    from adapt.interfaces import Backbone, Method
+
+    if isinstance(obj, Backbone):
+        return ", ".join(obj.families)
+    if isinstance(obj, Method):
+        return ", ".join(obj.default_families or ())
+    return ""
+
+
+def _fields(obj: Any) -> str:
+    """Tasks: the example fields they need; data sources: those they give."""
+    from adapt.interfaces import DataSource, Task
+
+    return ", ".join(obj.fields) if isinstance(obj, (Task, DataSource)) else ""
 
 
 def _hooks_of(host: Host, plugin_name: str, among: tuple[str, ...]) -> list[str]:
@@ -171,7 +189,7 @@ def _add_plugin_commands(cli: click.Group, host: Host) -> None:
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
-        columns = ["name", "kind", "plugin", "package", "version"] + (["families", "hooks", "module", "from"] if verbose else [])
+        columns = ["name", "kind", "plugin", "package", "version"] + (["families", "fields", "hooks", "module", "from"] if verbose else [])
         click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
         if host.broken:
             click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above" + ("." if _debugging() else " (adapt --debug plugins shows their tracebacks)."))
@@ -299,11 +317,11 @@ def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[
         from adapt.report import latency_table, read_report
 
         report = read_report(run_dir)  # a damaged report.json is named
-        if report.get("task") == "text-generation":  # its speed is generation, measured by the export
+        if (report.get("postprocess") or {}).get("kind") == "generation":  # its speed is generation, measured by the export
             if not report.get("latency_ms"):
                 raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
             click.echo(latency_table(report))
-            click.echo("note: text-generation: these are the export's figures (new tokens per second of greedy generation through the KV cache, timed taking turns); adapt bench does not time generation again: bench/generation.py does, against transformers and Optimum")
+            click.echo("note: a generator: these are the export's figures (new tokens per second of greedy generation through the KV cache, timed taking turns); adapt bench does not time generation again: bench/generation.py does, against transformers and Optimum")
             return
         result = bench_run(run_dir, host, **options)
         click.echo(bench_table(result))

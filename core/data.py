@@ -20,6 +20,33 @@ from adapt.errors import DataError
 from adapt.interfaces import SPLITS, DataRequest, Example
 
 
+#: What a table-like source makes of a row, by the fields the task needs (:func:`row_kind`).
+ROW_KINDS = ("pair", "multi-label", "label", "text")
+
+
+def row_kind(request: DataRequest, by_task: dict[str, str]) -> str:
+    """How a table-like source (csv, jsonl, text-folder) reads a row for the task, by the
+    fields it needs (``request.fields``): ``pair`` (``query``, ``positive``), ``multi-label``
+    (``labels``: a list from the label column), ``label`` (one label), or ``text`` (a text to
+    model: ``text``, ``prompt``/``completion`` or ``messages``). A task that declares no
+    fields gets what ``by_task`` says for its name (else ``label``)."""
+    fields = set(request.fields)
+    if not fields:
+        return by_task.get(request.task, "label")
+    if "query" in fields:
+        return "pair"
+    if "labels" in fields:
+        return "multi-label"
+    return "label" if "label" in fields else "text"
+
+
+def label_list(value: Any, separator: str) -> list[str]:
+    """A list-valued label (multi-label tasks' ``labels``): a JSON list, or a string of
+    names joined by ``separator``; empty names dropped (no label at all is a valid row)."""
+    names = value if isinstance(value, list) else ("" if value is None else str(value)).split(separator)
+    return [str(name).strip() for name in names if str(name).strip()]
+
+
 def generation_example(row: dict[str, Any], request: DataRequest, where: str) -> Example | None:
     """A text-generation example from one row of a table-like source: a ``messages`` list
     (chat), a prompt/completion pair (``data.prompt_column`` / ``completion_column``),
@@ -111,8 +138,14 @@ class Splits:
     label_names: list[str]
     skipped: list[str] = field(default_factory=list)
 
+    def split(self, name: str) -> list[Example]:
+        """The examples of split ``name`` (train, val or test)."""
+        if name not in SPLITS:
+            raise ValueError(f"no split {name!r}: the splits are {', '.join(SPLITS)}")
+        return {"train": self.train, "val": self.val, "test": self.test}[name]
+
     def sizes(self) -> dict[str, int]:
-        return {s: len(getattr(self, s)) for s in SPLITS}
+        return {s: len(self.split(s)) for s in SPLITS}
 
 
 def carve(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list[Example], list[Example]]:
@@ -150,7 +183,7 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
             encoded[name] = [task.encode(e, index) for e in examples]
         except DataError as exc:
             raise DataError(f"{name} split: {exc.message}", hint=exc.hint) from None
-    least = getattr(task, "min_labels", 2 if getattr(task, "labelled", True) else 0)
+    least = task.min_labels
     if len(label_names) < least:
         found = f"only the label {label_names[0]!r}" if label_names else "no labels"
         raise DataError(f"the training data of data source {source.name!r} holds {found}: task {task.name!r} needs at least {least}", hint="check data.label_column (or the label folders, the annotations' categories), or add examples of the other classes")

@@ -9,6 +9,8 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel
 
+from adapt.interfaces import Task
+
 if TYPE_CHECKING:
     import numpy as np
     import torch
@@ -19,7 +21,7 @@ GALLERY, GALLERY_IDS = "gallery.npy", "gallery.json"
 MIN_COSINE = 0.9999
 
 
-class EmbeddingTask:
+class EmbeddingTask(Task):
     """What the embedding tasks share: head options bound by ``configure``, a head of
     ``dim`` outputs, cosine parity, and the export's normalised ``embedding`` output."""
 

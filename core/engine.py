@@ -240,7 +240,9 @@ class TrainingExamples:
             return self.examples[index]
         import numpy as np
 
-        return self.augment(self.examples[index], np.random.default_rng([self.seed, self.epoch, index]))
+        example = self.examples[index]
+        changed = self.augment(example, np.random.default_rng([self.seed, self.epoch, index]))
+        return example if changed is None else changed  # None: the task does not augment
 
 
 class Trainer:
@@ -465,7 +467,7 @@ class Trainer:
         metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
         primary = self.task.primary_metric
         score = val.metrics.get(primary)
-        better = (lambda a, b: a < b) if getattr(self.task, "lower_is_better", False) else (lambda a, b: a > b)
+        better = (lambda a, b: a < b) if self.task.lower_is_better else (lambda a, b: a > b)
         improved = score is None or state["best_metric"] is None or better(score, state["best_metric"])
         state.update(epoch=epoch + 1, batch=0)
         if improved:
@@ -505,8 +507,8 @@ class Trainer:
 
     def _augment(self) -> Callable[..., Example] | None:
         """The task's ``augment`` as ``train.augment`` asks: off, every kind, or the kinds listed."""
-        augment, wanted = getattr(self.task, "augment", None), self.config.augment
-        if not callable(augment) or wanted is False:
+        augment, wanted = self.task.augment, self.config.augment
+        if wanted is False or not self.task.augments:
             return None
         if wanted is True:
             return augment

@@ -152,16 +152,16 @@ class _ExportJob:
         self.one = session.collate(session.splits.test[:1])
         self.many = session.collate(session.splits.test[: self.cfg.latency_batch]) if self.cfg.latency_batch > 1 else None
         self.new: dict[str, Any] = {"metrics": {}, "parity": {}, "forms": {}, "export": {}, "latency_ms": {}}
-        from adapt import causal_lm
-        from adapt.generation_check import GenerationCheck
-
-        self.generation = GenerationCheck(session, merged_model) if session.config.task == causal_lm.TASK else None
+        #: The task's final output names after the logits (``graph_outputs``; none for most tasks).
+        self.final_names: tuple[str, ...] = self.graph()[1].output_names[len(self.io.output_names) :]
+        #: What the task's check_export keeps for the whole export (its reference outputs).
+        self.check_memo: dict[str, Any] = {}
         #: form name -> the exporter that made it (adapt_artifact_exported's kind)
         self.form_exporters: dict[str, str] = {}
         #: name -> calls at batch 1 and at latency_batch, timed together at the end
         self.timed: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
         #: (file, mtime) -> its validation metric and per-example scores (see val_outcome)
-        self._val_cache: dict[tuple[Path, int], tuple[float, list[float]]] = {}
+        self._val_cache: dict[tuple[Path, int], tuple[float, list[float] | None]] = {}
 
     def _batches(self, examples: list, size: int) -> list[dict[str, Any]]:
         return [self.session.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
@@ -179,9 +179,10 @@ class _ExportJob:
         """A function from a feed to the file's outputs by name, the logits first, and
         whether those include the final outputs a task reads (``final_predictions``:
         object-detection's boxes, an embedding; they need the exporter's ``load_outputs``)."""
-        load_outputs = getattr(exporter, "load_outputs", None)
-        if finals and callable(load_outputs) and callable(getattr(self.plan.task, "final_predictions", None)):
-            return load_outputs(path, self.threads), True
+        if finals and self.final_names:
+            load_outputs = exporter.load_outputs(path, self.threads)
+            if load_outputs is not None:
+                return load_outputs, True
         load = exporter.load(path, self.threads)
         return (lambda feed: {"logits": load(feed)}), False
 
@@ -259,8 +260,8 @@ class _ExportJob:
 
     def write_preprocessing(self) -> None:
         """``preprocess.json`` and the standalone ``predict.py``, where the backbone can describe its preprocessing."""
-        save = getattr(self.plan.backbone, "save_preprocessing", None)
-        if not callable(save):
+        spec = self.plan.backbone.save_preprocessing(self.session.built, self.plan.backbone_options, self.staging)
+        if spec is None:
             note = f"backbone {self.plan.backbone.name!r} has no save_preprocessing, so export/ holds no preprocess.json and no standalone predict.py: a device must prepare inputs itself"
             self.new.setdefault("export_notes", []).append(note)
             self.session.say(f"export: note: {note}")
@@ -268,8 +269,9 @@ class _ExportJob:
         from adapt import onnx_predict
         from adapt.rundir import atomic_write_json
 
-        built, session = self.session.built, self.session
-        atomic_write_json(self.staging / PREPROCESS_FILE, {**save(built, self.plan.backbone_options, self.staging), "labels": session.label_names, "task": session.config.task})
+        session = self.session
+        postprocess = dict(self.plan.task.postprocess)
+        atomic_write_json(self.staging / PREPROCESS_FILE, {**spec, "labels": session.label_names, "task": session.config.task, "postprocess": postprocess})
         shutil.copyfile(onnx_predict.__file__, self.staging / "predict.py")  # the standalone predictor a device runs
 
     def graph(self, model: Any = None) -> tuple[Any, Any]:
@@ -280,10 +282,10 @@ class _ExportJob:
         from adapt.interfaces import OnnxIO
 
         model = self.merged_model if model is None else model
-        extend = getattr(self.plan.task, "graph_outputs", None)
-        if not callable(extend):
+        extended = self.plan.task.graph_outputs(model)
+        if extended is None:
             return model, self.io
-        module, extra = extend(model)
+        module, extra = extended
         axes = {**self.io.dynamic_axes, **{name: {0: "detections"} for name in extra}}
         return module.eval(), OnnxIO(self.io.input_names, (*self.io.output_names, *extra), axes)
 
@@ -292,9 +294,8 @@ class _ExportJob:
         model, io = self.graph()
         path = exporter.export(model, plan.backbone.example_inputs(built, 2), io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
         forms, details, deployable = [Form(exporter.name, path)], {}, path
-        derive = getattr(exporter, "derive", None)
-        if callable(derive):
-            derived = derive(path, self.derive_context(exporter))
+        derived = exporter.derive(path, self.derive_context(exporter))
+        if derived is not None:
             forms += derived.forms
             deployable = derived.deployable
             details = {"attempts": derived.attempts, "notes": derived.notes, **derived.info}
@@ -314,21 +315,23 @@ class _ExportJob:
         the training split (or the task's ``gallery_split``: recommendation's catalogue is
         in test), made into the files a device compares queries with (``gallery.npy``,
         ``gallery.json``, whatever else the task returns), written beside the model."""
-        make = getattr(self.plan.task, "gallery", None)
-        if not callable(make) or deployable.suffix != ".onnx":
+        if not self.final_names or deployable.suffix != ".onnx":
             return
         run, named = self.runner(exporter, deployable, finals=True)
         if not named:
             return
         from adapt.rundir import atomic_write_bytes, atomic_write_json
 
-        examples = getattr(self.session.splits, getattr(self.plan.task, "gallery_split", "train"))
+        examples = self.session.splits.split(self.plan.task.gallery_split)
         predictions, references = [], []
         for batch in self._batches(examples, self.session.config.train.eval_batch):
             feed = self._feed(batch)
             predictions += self.plan.task.final_predictions(run(feed), feed)
             references += batch["labels"].tolist()
-        for name, content in make(predictions, references, self.session.label_names, examples).items():
+        files = self.plan.task.gallery(predictions, references, self.session.label_names, examples)
+        if not files:
+            return
+        for name, content in files.items():
             if isinstance(content, bytes):
                 atomic_write_bytes(self.staging / name, content)
             else:
@@ -338,7 +341,7 @@ class _ExportJob:
     def derive_context(self, exporter: Any) -> DeriveContext:
         session, cfg, names = self.session, self.cfg, self.io.input_names
 
-        lower_is_better = getattr(self.plan.task, "lower_is_better", False)
+        lower_is_better = self.plan.task.lower_is_better
 
         def score(candidate: Path) -> float:
             value = self.run_file(exporter, candidate, self.val_batches).metrics.get(self.plan.task.primary_metric, math.nan)
@@ -349,8 +352,7 @@ class _ExportJob:
             return self.latency(lambda: runner(feed))
 
         calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
-        hints = getattr(self.plan.backbone, "onnx_optimizer_options", None)
-        model_info = hints(session.built) if callable(hints) else {}
+        model_info = self.plan.backbone.onnx_optimizer_options(session.built)
         budget = math.log1p(cfg.max_perplexity_increase) if lower_is_better else cfg.max_accuracy_drop
         options = self.plan.exporter_options.get(exporter.name)
         judge = None if lower_is_better else (lambda candidate, reference: self.judge(exporter, candidate, reference, budget))
@@ -362,23 +364,20 @@ class _ExportJob:
         per-example scores (``example_scores``), whose metric then is compared as a whole."""
         from adapt.paired import paired_drop
 
-        per_example = getattr(self.plan.task, "example_scores", None)
-        if not callable(per_example):
-            return None
         (_, ref), (score, cand) = (self.val_outcome(exporter, path) for path in (reference, candidate))
-        if not ref or len(ref) != len(cand):  # no examples, or a task whose scores do not pair up: compare the scores
+        if ref is None or cand is None or not ref or len(ref) != len(cand):  # no examples, or a task whose scores do not pair up: compare the scores
             return None
         found = paired_drop(ref, cand, budget)
         return {"val_score": score, **found, "passed": found["verdict"] == "passed"}
 
-    def val_outcome(self, exporter: Any, path: Path) -> tuple[float, list[float]]:
+    def val_outcome(self, exporter: Any, path: Path) -> tuple[float, list[float] | None]:
         """A file's primary metric on the validation split and its per-example scores,
         kept per file (and its modification time) so a reference is run once."""
         key = (path, path.stat().st_mtime_ns)
         if key not in self._val_cache:
             done = self.run_file(exporter, path, self.val_batches)
             scores = self.plan.task.example_scores(done.predictions, done.references, self.session.label_names)
-            self._val_cache[key] = (done.metrics.get(self.plan.task.primary_metric, math.nan), [float(v) for v in scores])
+            self._val_cache[key] = (done.metrics.get(self.plan.task.primary_metric, math.nan), None if scores is None else [float(v) for v in scores])
         return self._val_cache[key]
 
     def qat(self, exporter: Any, options: Any) -> Callable[[Path], dict[str, Any]] | None:
@@ -418,7 +417,7 @@ class _ExportJob:
 
         done = self.run_file(exporter, form.path, self.test_batches, finals=True)
         metrics, logits, predictions, finals = done.metrics, done.logits, done.predictions, done.finals
-        parity = compare(self.merged.logits, logits, self.merged.predictions, predictions, getattr(self.plan.task, "agreement", None))
+        parity = compare(self.merged.logits, logits, self.merged.predictions, predictions, self.plan.task.agreement)
         bound = self.cfg.parity_tolerance if form.exact else None
         problem = verdict(parity, bound, reference="the merged model", candidate=form.path.name)
         self.new["metrics"][form.name] = {k: round(v, 6) if math.isfinite(v) else v for k, v in metrics.items()}
@@ -430,9 +429,8 @@ class _ExportJob:
                 hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; raise export.parity_tolerance only if that difference is acceptable",
             )
         self.to_time(form.name, exporter.load(form.path, self.threads))
-        if self.generation is not None and form.path.suffix == ".onnx":
-            self.verify_generation(exporter, form)
-        if callable(getattr(self.plan.task, "final_predictions", None)):
+        self.task_check(exporter, form)
+        if self.final_names:
             self.verify_final_outputs(exporter, form, finals)
 
     def verify_final_outputs(self, exporter: Any, form: Form, predictions: list[Any] | None) -> None:
@@ -444,12 +442,12 @@ class _ExportJob:
         from adapt.errors import ExportError
 
         task = self.plan.task
-        name = getattr(task, "agreement_name", "final_agreement")
+        name = task.agreement_name
         if predictions is None:
             self.new.setdefault("export_notes", []).append(f"exporter {exporter.name!r} has no load_outputs, so the final outputs of {form.path.name} were not compared ({name})")
             return
         share = float(task.agreement(self.merged.predictions, predictions))
-        least = getattr(task, "min_agreement", MIN_FINAL_AGREEMENT)
+        least = MIN_FINAL_AGREEMENT if task.min_agreement is None else task.min_agreement
         self.new["parity"][form.name][name] = round(share, 6)
         if form.exact and not share >= least:
             self.new["parity"][form.name]["verified"] = False
@@ -458,22 +456,26 @@ class _ExportJob:
                 hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; the post-processing inside the graph does not match the task's decoding",
             )
 
-    def verify_generation(self, exporter: Any, form: Form) -> None:
-        """text-generation: the file's greedy continuations of the test prompts, through its
-        KV cache, against the merged model's (adapt.generation_check); exact forms must agree."""
-        from adapt.causal_lm import CHECK_TOKENS
+    def task_check(self, exporter: Any, form: Form) -> None:
+        """The task's own check of the file (``check_export``: text-generation continues the test
+        prompts through the file's KV cache); a problem fails an exact form."""
         from adapt.errors import ExportError
+        from adapt.interfaces import ExportCheck
 
-        assert self.generation is not None
-        share, rate = self.generation.run(form.path)
-        self.new["parity"][form.name]["generation_agreement"] = share
-        self.new["latency_ms"][form.name]["tokens_per_s"] = rate
-        self.new["latency_ms"]["pytorch"]["tokens_per_s"] = self.generation.reference_tokens_per_s
-        if form.exact and share < 1:
+        session = self.session
+        length = self.plan.backbone.sequence_length(session.built, self.plan.backbone_options)
+        check = ExportCheck(form.path, form.exact, self.merged_model, session.splits.test, session.built.preprocessor, length, self.check_memo)
+        verdict = self.plan.task.check_export(check)
+        if verdict is None:
+            return
+        self.new["parity"][form.name].update(verdict.parity)
+        self.new["latency_ms"][form.name].update(verdict.latency)
+        self.new["latency_ms"]["pytorch"].update(verdict.reference_latency)
+        if form.exact and verdict.problem:
             self.new["parity"][form.name]["verified"] = False
             raise ExportError(
-                f"{form.path.name} (exporter {exporter.name!r}) generates other tokens than the merged model: {share:.0%} of {len(self.generation.prompts)} test prompts continue identically (greedy, {CHECK_TOKENS} new tokens, KV cache)",
-                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; its cache inputs or position ids do not match the model's",
+                f"{form.path.name} (exporter {exporter.name!r}) {verdict.problem}",
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched" + (f"; {verdict.hint}" if verdict.hint else ""),
             )
 
 

@@ -45,6 +45,10 @@ class FeatureCache:
     def __post_init__(self) -> None:
         self.runner = HeadOnly(self.head)
 
+    def split(self, name: str) -> list[dict[str, torch.Tensor]]:
+        """The cached examples of ``name`` (train or val)."""
+        return {"train": self.train, "val": self.val}[name]
+
     def describe(self) -> dict[str, Any]:
         return {"head": self.head_name, "train_examples": len(self.train), "val_examples": len(self.val), "seconds": round(self.seconds, 2)}
 
@@ -114,7 +118,7 @@ def build(model: nn.Module, head_name: str, splits: dict[str, Sequence[Any]], co
                 if tuple(features.shape[1:]) != shape:
                     return f"the head's input differs in shape between batches ({shape} and {tuple(features.shape[1:])})"
                 # held on the CPU like any batch, so the loop pins and moves them as usual
-                getattr(cache, split).extend({"features": f, "labels": y} for f, y in zip(features.detach().cpu(), labels.cpu()))
+                cache.split(split).extend({"features": f, "labels": y} for f, y in zip(features.detach().cpu(), labels.cpu()))
     finally:
         hook.remove()
         model.train(was_training)

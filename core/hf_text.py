@@ -276,6 +276,10 @@ class TransformersTextBackbone:
             offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in ROBERTA_LIKE else 0
         return min(wanted, positions - offset) if positions else wanted
 
+    def sequence_length(self, built: BuiltModel, options: Any) -> int:
+        """Backbone.sequence_length: :meth:`max_length`."""
+        return self.max_length(built, options)
+
     def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
         tokenizer, max_length = built.preprocessor, self.max_length(built, options)
         # padding to a multiple of 8 suits tensor cores; the tokenizer allows it only when max_length is one

@@ -177,6 +177,7 @@ class Host:
             registry: Registry[Any] = Registry(attr[:-1].replace("_", " "))
             registry.broken_plugins = self.broken
             registry.describe = self.describe
+            registry.warn = self.warn
             self.call(hook_name, register=lambda obj, r=registry: r.add(obj, _RUNNING.get()))
             registries[attr] = registry
         return registries

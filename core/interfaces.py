@@ -1,8 +1,11 @@
-"""The five things a plugin can provide, as small Protocols.
+"""The five things a plugin can provide, declared whole: every member, required or
+optional, with its type and its default behaviour.
 
-A plugin object only has to *look* like one of these (duck typing); it does not
-inherit from anything. Heavy types (torch) appear only in annotations, so this
-module imports nothing heavy.
+A plugin object may inherit from its kind's base class (:class:`Task`, :class:`Backbone`,
+:class:`Method`, :class:`Exporter`, :class:`DataSource`) or only look like it (duck
+typing): the host then hands core a :func:`declare`d view in which each member the
+object lacks takes the default declared here. Heavy types (torch) appear only in
+annotations, so this module imports nothing heavy.
 
 Examples travel between data sources, tasks and backbones as plain dicts:
 
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Protocol, Sequence, TypeVar
 
 if TYPE_CHECKING:
     import torch
@@ -122,6 +126,9 @@ class DataRequest:
     #: recommendation: the file of item texts (``item``, ``text``), resolved like ``path``.
     items: Path | None = None
     options: Any = None
+    #: The example fields the task needs (``Task.fields``): a source that can give a field
+    #: in two shapes gives this one (``labels``: a list of names from the label column).
+    fields: tuple[str, ...] = ()
     #: Items the source left out (a file that is not valid text, a corrupt image), with why.
     skipped: list[str] = field(default_factory=list)
 
@@ -130,108 +137,304 @@ class DataRequest:
         self.skipped.append(f"{item}: {reason}")
 
 
-@runtime_checkable
-class Task(Protocol):
-    """A kind of prediction: how labels are found, the loss, metrics and predictions."""
+# --- The contract: every member a plugin may implement -----------------------------------
+#
+# Each kind is a base class holding every member, required or optional, with its type and
+# its default behaviour. A plugin may inherit from it (the built-ins do) or only look like it
+# (duck typing, as plugins written against earlier docs do): the host hands core a
+# :func:`declare`d view of such an object, in which a member the plugin lacks takes the
+# default below. Core calls members; it never asks whether one exists.
 
-    name: str
-    #: The metric used to pick the best checkpoint and gate quantisation ("accuracy", "f1").
-    primary_metric: str
-    # Optional members (read with getattr, so older task plugins need not declare them):
-    #: ``labelled = False``: examples carry no label (text-generation); ``label_names``
+#: Post-processing kinds the standalone predict.py implements after the graph (``Task.postprocess``).
+from adapt.onnx_predict import POSTPROCESS_KINDS as POSTPROCESS_KINDS  # noqa: E402 - the standalone file owns the list
+
+
+class Predictor(Protocol):
+    """What ``adapt predict`` hands a task's :meth:`Task.predict` (the PyTorch path)."""
+
+    #: The run's label names.
+    label_names: list[str]
+    #: The trained model as the task built it (``BuiltModel``), for tasks that run it themselves.
+    built: BuiltModel
+    #: The run's export folder (a gallery or an index lives there), or None before any export.
+    export_dir: Path | None
+
+    def outputs(self, example: Example) -> dict[str, Any]:
+        """The model's named outputs (numpy arrays, batch of one) for an example from ``read_input``:
+        ``logits`` first, then the task's ``graph_outputs`` names, as the exported graph gives them."""
+
+    def finish(self, source: str, example: Example, outputs: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+        """The prediction row for one input (``example``, from ``read_input``): the task's
+        ``postprocess`` applied to ``outputs`` by the same code the exported predict.py runs."""
+
+
+class Task:
+    """A kind of prediction: the fields its examples hold, how labels are found, the loss,
+    metrics, predictions, how two forms of a model are compared, and how ``adapt predict``
+    and the exported predict.py turn inputs into predictions."""
+
+    #: The name a config's ``task:`` uses.
+    name: str = ""
+    #: The metric that picks the best checkpoint and gates quantisation (``accuracy``, ``f1``, ...).
+    primary_metric: str = "accuracy"
+    #: True when the primary metric improves downwards (perplexity): the best epoch has the
+    #: lowest, quantised files are scored by its negative logarithm, the report says so.
+    lower_is_better: bool = False
+    #: False for a task whose examples carry no label (text-generation): ``label_names``
     #: returns [] and the model is built with ``num_labels`` 0.
-    #: ``lower_is_better = True``: the primary metric improves downwards (perplexity).
-    #: ``min_labels``: the fewest label names the training data must hold (default 2).
-    #: ``augment(example, rng, kinds=...)``: a changed copy of a training example.
-    #: ``graph_outputs(model) -> (module, names)``: export ``module`` (logits first, then
-    #: the task's final outputs ``names``: object-detection's boxes after NMS).
-    #: ``final_predictions(outputs, inputs)``: predictions from an exported file's outputs.
-    #: ``agreement(reference, candidate) -> float`` and ``agreement_name``: how many of the
-    #: reference's predictions the candidate reproduces (parity where equality means nothing).
-    #: ``draw(examples, predictions, label_names, folder) -> {name: path}``: report pictures.
-    #: ``example_scores(predictions, references, label_names) -> list[float]``: each
-    #: example's share of the primary metric (their mean is it), so the int8 gate judges a
-    #: drop paired over the examples with a bootstrap interval (adapt.paired).
-    #: docs/plugins.md, "Task", says what each must do.
+    labelled: bool = True
+    #: The example fields the task needs (``("text", "label")``). A data source serves the task
+    #: when it gives them all (``DataSource.fields``); the source is told them (``DataRequest.fields``).
+    #: Empty: the source is matched by its ``tasks`` list instead (the older way).
+    fields: tuple[str, ...] = ()
+    #: A pydantic model for the config's ``head:`` key (None: the task takes no options).
+    options_schema: type[BaseModel] | None = None
+    #: The task a backbone that does not list this one builds the model for (None: this one).
+    model_task: str | None = None
+    #: True: the untuned model's test metrics are measured before training (``metrics.baseline``).
+    baseline: bool = False
+    #: What ``baseline_metrics`` measures, for the report ("popularity").
+    baseline_name: str = "model-free"
+    #: The split ``gallery`` reads.
+    gallery_split: str = "train"
+    #: The report key of ``agreement`` on final outputs (``parity.<form>.<agreement_name>``).
+    agreement_name: str = "final_agreement"
+    #: The least ``agreement`` the merged model and every exact exported form must reach
+    #: (None: no merge gate on it, and 0.99 for an exported form's final outputs).
+    min_agreement: float | None = None
+    #: What the exported predict.py (and ``adapt predict``) does after the graph: ``{"kind": k, ...}``
+    #: with ``k`` one of :data:`POSTPROCESS_KINDS` (``softmax-top-k`` with ``k``; ``sigmoid-threshold``
+    #: with ``threshold``; ``outputs``: every named output as JSON). Written into preprocess.json.
+    postprocess: Mapping[str, Any] = MappingProxyType({"kind": "outputs"})
+
+    @property
+    def augments(self) -> bool:
+        """Whether ``augment`` changes training examples (default: whether the task defines its
+        own ``augment``); the engine then augments, and cannot cache a probe's features."""
+        return getattr(self.augment, "__func__", None) is not Task.augment
+
+    @property
+    def min_labels(self) -> int:
+        """The fewest label names the training data must hold (2, or 0 when not ``labelled``)."""
+        return 2 if self.labelled else 0
+
+    # Required: what every task must implement.
 
     def label_names(self, examples: Sequence[Example]) -> list[str]:
         """The sorted label names found in ``examples``; raises DataError on a malformed example."""
+        raise NotImplementedError(f"task {self.name!r} must implement label_names")
 
     def encode(self, example: Example, index: Mapping[str, int]) -> Example:
         """A copy of ``example`` with label names replaced by indices; DataError for an unseen label."""
+        raise NotImplementedError(f"task {self.name!r} must implement encode")
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """The training loss; label ``-100`` is ignored."""
+        raise NotImplementedError(f"task {self.name!r} must implement loss")
 
     def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[Any], list[Any]]:
         """Per-example predictions and references, dropping ignored (``-100``) positions."""
+        raise NotImplementedError(f"task {self.name!r} must implement decode")
 
     def metrics(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]) -> dict[str, float]:
         """Metrics over a whole split; always includes ``primary_metric``."""
+        raise NotImplementedError(f"task {self.name!r} must implement metrics")
+
+    # Optional: each default is what a task without the member gets.
+
+    def configure(self, options: Any) -> Task:
+        """A copy of the task bound to the validated ``head:`` options (default: the task itself)."""
+        return self
+
+    def head_size(self, num_labels: int) -> int:
+        """How many outputs the backbone's head gets (default: the label count)."""
+        return num_labels
+
+    def wrap_model(self, built: BuiltModel, num_labels: int) -> BuiltModel:
+        """A BuiltModel whose model wraps the backbone's (default: ``built`` as it is)."""
+        return built
+
+    def flatten(self, examples: Sequence[Example]) -> Sequence[Example]:
+        """The examples the backbone's collator gets for one batch (default: ``examples``)."""
+        return examples
+
+    def augment(self, example: Example, rng: Any, kinds: Sequence[str] | None = None) -> Example | None:
+        """A changed copy of one training example, or None (the default): no augmentation."""
+        return None
+
+    def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]] | None:
+        """``(module, names)`` to export instead of ``model``: logits first, then the task's final
+        outputs ``names`` (boxes after NMS). Default None: the model as it is."""
+        return None
+
+    def final_predictions(self, outputs: Mapping[str, Any], inputs: Mapping[str, Any]) -> list[Any]:
+        """Per-example predictions (``decode``'s form) from a file's named outputs (with ``graph_outputs``)."""
+        raise NotImplementedError(f"task {self.name!r} has graph_outputs and must implement final_predictions")
+
+    def agreement(self, reference: Sequence[Any], candidate: Sequence[Any]) -> float | None:
+        """The share of the reference's predictions the candidate reproduces; None (the default):
+        predictions are compared for equality."""
+        return None
+
+    def gallery(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
+        """Files to write beside the deployable model ({name: bytes or JSON-able}); default none."""
+        return {}
+
+    def baseline_metrics(self, train: Sequence[Example], test: Sequence[Example]) -> dict[str, float] | None:
+        """A model-free baseline's test metrics (``metrics.baseline``); default None: none."""
+        return None
+
+    def draw(self, examples: Sequence[Example], predictions: Sequence[Any], label_names: Sequence[str], folder: Path) -> dict[str, Path]:
+        """Pictures of a few test predictions written into ``folder``: {name: path}; default none."""
+        return {}
+
+    def example_scores(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]) -> list[float] | None:
+        """Each example's share of the primary metric (their mean is it), so the int8 gate judges a
+        drop paired over the examples; None (the default): the two scores are compared."""
+        return None
+
+    def read_input(self, source: str) -> Example:
+        """One ``adapt predict`` input as an example the backbone's collator takes (label
+        placeholders included). Default, by ``fields``: ``image`` reads an image path, ``tokens``
+        splits on spaces, otherwise the input is ``text``."""
+        if "image" in self.fields:
+            from adapt.onnx_predict import open_image  # an InputError naming the file when it is no image
+
+            return {"image": open_image(source), "label": 0}
+        if "tokens" in self.fields:
+            return {"tokens": source.split(), "tags": [0] * len(source.split())}
+        return {"text": source, "label": 0}
+
+    def predict(self, predictor: Predictor, inputs: Sequence[str], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """``adapt predict``'s rows with PyTorch, one per input. Default: each input through
+        ``read_input``, the model's named outputs, then ``postprocess`` as predict.py does it."""
+        rows = []
+        for source in inputs:
+            example = self.read_input(source)
+            rows.append(predictor.finish(source, example, predictor.outputs(example), settings))
+        return rows
+
+    def check_export(self, check: ExportCheck) -> ExportVerdict | None:
+        """The task's own check of one exported file beyond parity and metrics (text-generation:
+        the file's greedy continuations through its KV cache against the merged model's).
+        Default None: no check."""
+        return None
+
+    def report_rows(self, report: Mapping[str, Any]) -> list[str]:
+        """Extra markdown lines for report.md (after the metrics); default none."""
+        return []
 
 
-@runtime_checkable
-class Backbone(Protocol):
+@dataclass
+class ExportCheck:
+    """What :meth:`Task.check_export` gets for one exported file."""
+
+    path: Path
+    #: False for a quantised file (it need not reproduce the merged model exactly).
+    exact: bool
+    merged_model: Any
+    #: The test split (encoded examples), the backbone's preprocessor (a tokenizer) and the
+    #: token length inputs are cut to (``Backbone.sequence_length``; None: not a sequence model).
+    test: Sequence[Example]
+    preprocessor: Any
+    sequence_length: int | None
+    #: Kept for the whole export (every file's check sees the same dict): work done once
+    #: for the merged model, such as its reference outputs.
+    memo: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ExportVerdict:
+    """What :meth:`Task.check_export` found. ``problem`` (a sentence) fails an exact file."""
+
+    #: Entries for the file's ``parity.<form>`` (``generation_agreement``: 1.0).
+    parity: dict[str, Any] = field(default_factory=dict)
+    #: Entries for the file's ``latency_ms.<form>`` and for PyTorch's (``tokens_per_s``).
+    latency: dict[str, Any] = field(default_factory=dict)
+    reference_latency: dict[str, Any] = field(default_factory=dict)
+    problem: str | None = None
+    hint: str = ""
+
+
+class Backbone:
     """A pretrained network family that can be built for tasks and exported."""
 
-    name: str
-    tasks: tuple[str, ...]
+    name: str = ""
+    tasks: tuple[str, ...] = ()
     #: A pydantic model validating ``backbone.options``, or None when there are none.
-    options_schema: type[BaseModel] | None
+    options_schema: type[BaseModel] | None = None
+    #: The target families its models have (adapt.families); ``adapt plugins --verbose`` lists them.
+    families: tuple[str, ...] = ()
+    #: The families a method that declares no ``default_families`` adapts; the run says so.
+    recommended_families: tuple[str, ...] = ()
 
     def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
         """Build the model for ``task`` with a head of ``num_labels`` outputs, loading ``checkpoint``."""
+        raise NotImplementedError(f"backbone {self.name!r} must implement build")
 
     def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
         """A function turning encoded examples into a batch of tensors (``labels`` included)."""
+        raise NotImplementedError(f"backbone {self.name!r} must implement collator")
 
     def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> Batch:
         """Inputs that ``built.model(**inputs)`` accepts, for export and checks."""
+        raise NotImplementedError(f"backbone {self.name!r} must implement example_inputs")
 
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
         """Input/output names (in forward order) and dynamic batch/sequence axes."""
+        raise NotImplementedError(f"backbone {self.name!r} must implement onnx_io")
 
-    # Optional members (a backbone may leave them out):
-    #   families: tuple[str, ...] -- the target families its models have (adapt.families)
-    #   save_preprocessing(built, options, folder) -> dict -- writes what a device needs
-    #       (tokenizer.json, ...) into ``folder`` and returns preprocess.json's content
-    #       (``kind``: text | tokens | image, and its keys, see adapt.onnx_predict);
-    #       without it the export has no predict.py and preprocess.json (the report says so)
-    #   onnx_optimizer_options(built) -> dict -- DeriveContext.model_info for the exporter
-    #   recommended_families: tuple[str, ...] -- the families a method that declares no
-    #       ``default_families`` adapts (its targets unset); the run says so
+    def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any] | None:
+        """Write what a device needs (tokenizer.json, ...) into ``folder`` and return preprocess.json's
+        content (``kind``: text | tokens | image, see adapt.onnx_predict). Default None: the export
+        has no predict.py and preprocess.json (the report says so)."""
+        return None
+
+    def onnx_optimizer_options(self, built: BuiltModel) -> dict[str, Any]:
+        """``DeriveContext.model_info`` for the exporter (default: nothing known)."""
+        return {}
 
     def default_targets(self, method: str) -> list[str]:
-        """Optional, the older way: module names (or suffixes) a method adapts when the
-        config names none. A backbone that fills ``BuiltModel.families`` (and lists
-        their names in a ``families`` attribute) serves every method, a new one too."""
+        """The older way: module names (or suffixes) a method adapts when the config names none
+        and the model has none of its families (default: none)."""
+        return []
+
+    def sequence_length(self, built: BuiltModel, options: Any) -> int | None:
+        """The token length an input is cut to (``backbone.options.max_length``, within the
+        model's positions), for checks and benchmarks that build inputs of the model's size;
+        None (the default): not a sequence model."""
+        return None
 
 
-@runtime_checkable
-class Method(Protocol):
+class Method:
     """A way of adapting a model with few trainable parameters, and of folding it back."""
 
-    name: str
-    options_schema: type[BaseModel] | None
-    #: Optional: the target families this method adapts by default, e.g.
-    #: ("attention-qv", "pointwise-conv"); the modules of those the model has
-    #: arrive as ``default_targets``.
-    default_families: tuple[str, ...]
+    name: str = ""
+    options_schema: type[BaseModel] | None = None
+    #: The target families it adapts when the config names no targets; None (the default):
+    #: the backbone's ``recommended_families``; ``()``: none by design (freeze trains the head).
+    default_families: tuple[str, ...] | None = None
 
     def apply(self, built: BuiltModel, options: Any, default_targets: Sequence[str]) -> list[str]:
         """Change ``built.model`` in place; return the names of the parameters left trainable."""
+        raise NotImplementedError(f"method {self.name!r} must implement apply")
 
     def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
         """The tensors this method trained (the head included), to save as safetensors."""
+        raise NotImplementedError(f"method {self.name!r} must implement adapter_state")
 
     def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
         """Load what :meth:`adapter_state` returned into a freshly applied model."""
+        raise NotImplementedError(f"method {self.name!r} must implement load_adapter_state")
 
     def merge(self, built: BuiltModel) -> MergeResult:
         """Fold the method into the backbone in fp32, or keep it inline and say so."""
+        raise NotImplementedError(f"method {self.name!r} must implement merge")
 
-    # Optional: adapter_config(built) -> dict, saved as adapter_config.json beside the
-    # adapter weights (LoRA writes PEFT's format there).
+    def adapter_config(self, built: BuiltModel) -> dict[str, Any] | None:
+        """A dict saved as adapter_config.json beside the adapter weights (LoRA: PEFT's format);
+        default None: none."""
+        return None
 
 
 @dataclass
@@ -302,38 +505,108 @@ class DeriveContext:
     judge: Callable[[Path, Path], dict[str, Any] | None] | None = None
 
 
-@runtime_checkable
-class Exporter(Protocol):
+class Exporter:
     """Writes a merged model to a deployable file and runs that file, so adapt can
-    check it against PyTorch (parity and the task's metrics on the test split).
+    check it against PyTorch (parity and the task's metrics on the test split)."""
 
-    Optional: ``derive(path, ctx: DeriveContext) -> Derived`` makes further forms
-    of the file (optimised, quantised, mobile) and names the one to deploy; ``ctx``
-    lets it score a candidate on the validation split and time it.
-    """
-
-    name: str
-    suffix: str
-    options_schema: type[BaseModel] | None
+    name: str = ""
+    suffix: str = ""
+    options_schema: type[BaseModel] | None = None
 
     def export(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO, path: Path, options: Any) -> Path:
         """Write ``model`` to ``path`` (traced with ``inputs``); return the path written."""
+        raise NotImplementedError(f"exporter {self.name!r} must implement export")
 
     def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, Any]], Any]:
         """A function from named numpy inputs to the logits array, running the file."""
+        raise NotImplementedError(f"exporter {self.name!r} must implement load")
 
-    # Optional: load_outputs(path, threads) -> a function from named numpy inputs to every
-    # output of the graph by name (a task's final outputs are compared with it).
+    def load_outputs(self, path: Path, threads: int | None = None) -> Callable[[dict[str, Any]], dict[str, Any]] | None:
+        """A function from named numpy inputs to every output of the graph by name (a task's final
+        outputs are compared with it); default None: those are not compared, the report says so."""
+        return None
+
+    def derive(self, path: Path, ctx: DeriveContext) -> Derived | None:
+        """Further forms of the file (optimised, quantised, mobile) and the one to deploy;
+        default None: the exported file is the deployable one."""
+        return None
 
 
-@runtime_checkable
-class DataSource(Protocol):
-    """Reads labelled examples for a task from a path (or from a package)."""
+class DataSource:
+    """Reads examples for a task from a path (or from a package)."""
 
-    name: str
-    tasks: tuple[str, ...]
-    options_schema: type[BaseModel] | None
+    name: str = ""
+    #: The tasks it serves, for tasks that declare no ``fields`` (the older way).
+    tasks: tuple[str, ...] = ()
+    #: The example fields it can give (``("text", "label", "labels")``): it serves every task
+    #: whose ``fields`` it covers, a task it has never heard of too.
+    fields: tuple[str, ...] = ()
+    options_schema: type[BaseModel] | None = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
         """Examples by split. Return ``{"train": [...]}`` alone when the data has no split
         of its own; the host carves ``val`` and ``test`` out with the config's seeded split."""
+        raise NotImplementedError(f"data source {self.name!r} must implement read")
+
+
+#: Each kind's contract, by the registry's kind name.
+CONTRACTS: dict[str, type] = {"backbone": Backbone, "method": Method, "exporter": Exporter, "data source": DataSource, "task": Task}
+
+C = TypeVar("C")
+
+
+def members(contract: type) -> set[str]:
+    """Every public member a contract declares (attributes, properties, methods)."""
+    names = set()
+    for klass in contract.__mro__[:-1]:
+        names |= {n for n in vars(klass) if not n.startswith("_")}
+        names |= {n for n in getattr(klass, "__annotations__", {}) if not n.startswith("_")}
+    return names
+
+
+class _Declared:
+    """A view of a duck-typed plugin object through its contract: a member the object has
+    is the object's; one it lacks is the contract's default (bound to the view, so a
+    default that calls another member reaches the object's own)."""
+
+    _adapt_plugin: Any
+
+    def __getattribute__(self, name: str) -> Any:
+        if not name.startswith("__") and name != "_adapt_plugin":
+            plugin = object.__getattribute__(self, "_adapt_plugin")
+            try:
+                return getattr(plugin, name)
+            except AttributeError:
+                pass
+        return object.__getattribute__(self, name)
+
+    def __repr__(self) -> str:
+        return repr(object.__getattribute__(self, "_adapt_plugin"))
+
+
+_VIEWS: dict[type, type] = {}
+
+
+def declare(obj: Any, contract: type[C]) -> C:
+    """``obj`` as its contract: itself when it inherits from it, else a view in which every
+    member it lacks takes the contract's default."""
+    if isinstance(obj, contract):
+        return obj
+    view_type = _VIEWS.setdefault(contract, type(f"Declared{contract.__name__}", (_Declared, contract), {}))
+    view: C = object.__new__(view_type)
+    object.__setattr__(view, "_adapt_plugin", obj)
+    return view
+
+
+def undeclared_members(obj: Any, contract: type) -> list[tuple[str, str]]:
+    """``(attribute, member)`` for each public attribute of ``obj`` that is not part of its
+    contract but looks like a misspelt member of it (``lower_is_beter``)."""
+    import difflib
+
+    declared = members(contract)
+    found = []
+    for attribute in sorted(a for a in dir(obj) if not a.startswith("_") and a not in declared):
+        close = difflib.get_close_matches(attribute, sorted(declared), n=1, cutoff=0.85)
+        if close:
+            found.append((attribute, close[0]))
+    return found

@@ -37,6 +37,8 @@ REQUIRED_KEYS = {
     "generation": ("kind", "tokenizer", "max_length", "eos_id"),
     "items": ("kind", "buckets"),  # recommendation's item-table tower: predictions read the index, not the model
 }
+#: What predict does after the graph, by the kind the task declares (its ``postprocess``; adapt.interfaces).
+POSTPROCESS_KINDS = ("softmax-top-k", "sigmoid-threshold", "token-tags", "boxes", "nearest-neighbours", "recommend", "generation", "outputs")
 #: object-detection settings and their defaults: detections below min_score are not printed.
 DETECTION: dict[str, Any] = {"min_score": 0.3, "draw": None}
 #: Generation settings and their defaults (greedy, 64 new tokens).
@@ -59,13 +61,14 @@ def _softmax(logits: Any) -> Any:
     return exp / exp.sum(axis=-1, keepdims=True)
 
 
-def prepare_image(path: str, spec: dict[str, Any]) -> Any:
-    """timm's eval transform: resize the short side to size / crop_pct, centre-crop, normalise."""
+def prepare_image(path: Any, spec: dict[str, Any]) -> Any:
+    """timm's eval transform: resize the short side to size / crop_pct, centre-crop, normalise
+    (``path``: an image file, or an image already opened)."""
     import numpy as np
 
     _, height, width = spec["input_size"]
     scale = int(round(height / spec.get("crop_pct", 1.0)))
-    image = open_image(path)
+    image = open_image(str(path)) if isinstance(path, (str, Path)) else path
     w, h = image.size
     if w <= h:
         size = (scale, max(1, int(round(h * scale / w))))
@@ -309,7 +312,7 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
     check_draw(settings.get("draw"))
     session = open_session(model_path)
     try:
-        if spec["kind"] == "generation":
+        if postprocess_of(spec)["kind"] == "generation":
             return _generate(session, spec, spec_path, inputs, settings)
         return _predict(session, spec, spec_path, inputs, {**settings, "sources": list(inputs)})
     except PredictError:
@@ -323,64 +326,101 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
         raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {detail}): use the model file exported beside it") from None
 
 
+def postprocess_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """What to do after the graph (preprocess.json's ``postprocess``, from the task's
+    declaration). An export made before adapt wrote it gets what its task did then."""
+    declared = spec.get("postprocess")
+    if isinstance(declared, dict) and declared.get("kind") in POSTPROCESS_KINDS:
+        return declared
+    if declared is not None:
+        raise PredictError(f"preprocess.json's postprocess {declared!r} is not one of {', '.join(POSTPROCESS_KINDS)}: export the run again with this adapt")
+    legacy = {"detection": "boxes", "generation": "generation", "tokens": "token-tags", "items": "recommend"}.get(spec.get("kind", ""), "softmax-top-k")
+    task = spec.get("task")
+    if task == "recommendation":
+        return {"kind": "recommend"}
+    if task in ("image-embedding", "text-embedding"):
+        return {"kind": "nearest-neighbours", "key": "document" if task == "text-embedding" else "identity"}
+    return {"kind": legacy}
+
+
 def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
+    """Each input through the preprocessing its ``kind`` names, the graph, then the task's
+    post-processing (:func:`finish_row`)."""
+    post = postprocess_of(spec)
+    if post["kind"] == "recommend":  # the item index and the user tower answer, not the model
+        return [recommend(source, spec_path.parent) for source in inputs]
+    prepare = input_reader(session, spec, spec_path.parent)
+    rows = []
+    for source in inputs:
+        feed, context = prepare(source)
+        rows.append(finish_row(source, run_named(session, feed), spec, {**context, "folder": spec_path.parent}, settings))
+    return rows
+
+
+def input_reader(session: Any, spec: dict[str, Any], folder: Path) -> Callable[[str], tuple[dict[str, Any], dict[str, Any]]]:
+    """A function from one raw input to the graph's feed and what post-processing needs of
+    the input (the image, the words and each word's first token)."""
     import numpy as np
 
-    labels = spec["labels"]
     wanted = [i.name for i in session.get_inputs()]
-    results = []
-    if spec["kind"] == "detection":
-        return [_detect(session, spec, source, settings) for source in inputs]
-    if spec.get("task") == "recommendation":
-        return [recommend(source, spec_path.parent) for source in inputs]
-    if spec.get("task") == "image-embedding":
-        gallery = read_gallery(spec_path.parent)
-        return [{"input": source, **nearest(run_named(session, {wanted[0]: prepare_image(source, spec)})["embedding"][0], gallery)} for source in inputs]
-    if spec["kind"] == "image":
-        for source in inputs:
-            probs = _softmax(session.run(None, {wanted[0]: prepare_image(source, spec)})[0])[0]
-            results.append({"input": source, "label": labels[int(probs.argmax())], "score": round(float(probs.max()), 6)})
-        return results
+    if spec["kind"] in ("image", "detection"):
+        def read_image(source: str) -> tuple[dict[str, Any], dict[str, Any]]:
+            image = open_image(source)
+            pixels = stretch_image(image, spec)[None] if spec["kind"] == "detection" else prepare_image(image, spec)
+            return {wanted[0]: pixels}, {"image": image}
+
+        return read_image
     from tokenizers import Tokenizer
 
-    tokenizer = Tokenizer.from_file(str(spec_path.parent / spec["tokenizer"]))
+    tokenizer = Tokenizer.from_file(str(folder / spec["tokenizer"]))
     tokenizer.enable_truncation(spec["max_length"])
     tokenizer.no_padding()
-    index = read_gallery(spec_path.parent) if spec.get("task") == "text-embedding" else None
-    for source in inputs:
+
+    def read_text(source: str) -> tuple[dict[str, Any], dict[str, Any]]:
         words = source.split()
         encoding = tokenizer.encode(words, is_pretokenized=True) if spec["kind"] == "tokens" else tokenizer.encode(source)
-        feed = {
-            "input_ids": np.array([encoding.ids], dtype=np.int64),
-            "attention_mask": np.array([encoding.attention_mask], dtype=np.int64),
-            "token_type_ids": np.array([encoding.type_ids], dtype=np.int64),
-        }
-        if index is not None:  # text-embedding: the query's nearest documents
-            results.append({"input": source, **nearest(run_named(session, {n: feed[n] for n in wanted})["embedding"][0], index, "document")})
-            continue
-        probs = _softmax(session.run(None, {n: feed[n] for n in wanted})[0])[0]
-        if spec["kind"] == "tokens":
-            tags, seen = [], set()
-            for position, word in enumerate(encoding.word_ids):
-                if word is not None and word not in seen:
-                    seen.add(word)
-                    tags.append({"token": words[word], "tag": labels[int(probs[position].argmax())]})
-            results.append({"input": source, "tags": tags})
-        else:
-            results.append({"input": source, "label": labels[int(probs.argmax())], "score": round(float(probs.max()), 6)})
-    return results
+        feed = {"input_ids": [encoding.ids], "attention_mask": [encoding.attention_mask], "token_type_ids": [encoding.type_ids]}
+        first, seen = [], set()
+        for position, word in enumerate(encoding.word_ids):
+            if word is not None and word not in seen:
+                seen.add(word)
+                first.append(position)
+        return {n: np.array(feed[n], dtype=np.int64) for n in wanted}, {"words": words, "first": first}
+
+    return read_text
+
+
+def finish_row(source: str, outputs: dict[str, Any], spec: dict[str, Any], context: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+    """One input's prediction from the graph's named outputs (``logits`` first), by the
+    task's declared post-processing kind. Shared by this file and ``adapt predict``."""
+    import numpy as np
+
+    post, labels = postprocess_of(spec), spec.get("labels") or []
+    kind, logits = post["kind"], np.asarray(next(iter(outputs.values())), dtype=np.float32)
+    if kind == "softmax-top-k":
+        probs = _softmax(logits)[0]
+        order = np.argsort(-probs, kind="stable")[: max(1, int(post.get("k", 1)))]
+        row = {"input": source, "label": labels[int(order[0])], "score": round(float(probs[order[0]]), 6)}
+        return {**row, "top": [{"label": labels[int(i)], "score": round(float(probs[i]), 6)} for i in order]} if len(order) > 1 else row
+    if kind == "sigmoid-threshold":
+        probs = 1.0 / (1.0 + np.exp(-logits[0]))
+        chosen = [int(i) for i in np.argsort(-probs, kind="stable") if probs[i] >= float(post.get("threshold", 0.5))]
+        return {"input": source, "labels": [labels[i] for i in chosen], "scores": {labels[i]: round(float(probs[i]), 6) for i in range(len(labels))}}
+    if kind == "token-tags":
+        tags = [labels[int(logits[0][position].argmax())] for position in context["first"]]
+        return {"input": source, "tags": [{"token": word, "tag": tag} for word, tag in zip(context["words"], tags)]}
+    if kind == "boxes":
+        return detection_row(source, context["image"], outputs, spec, settings)
+    if kind == "nearest-neighbours":
+        if context.get("folder") is None:
+            raise PredictError("the run has no export yet, and the nearest entries come from its gallery: export it first")
+        return {"input": source, **nearest(outputs["embedding"][0], read_gallery(context["folder"]), str(post.get("key", "identity")))}
+    return {"input": source, "outputs": {name: np.asarray(value).tolist() for name, value in outputs.items()}}
 
 
 def run_named(session: Any, feed: dict[str, Any]) -> dict[str, Any]:
     """Every output of an ONNX Runtime session for ``feed``, by its name."""
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
-
-
-def _detect(session: Any, spec: dict[str, Any], source: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """One image's detections (``--min-score``), drawn into ``--draw`` when asked."""
-    image = open_image(source)
-    outputs = run_named(session, {session.get_inputs()[0].name: stretch_image(image, spec)[None]})
-    return detection_row(source, image, outputs, spec, settings)
 
 
 def detection_row(source: str, image: Any, outputs: dict[str, Any], spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:

@@ -20,7 +20,7 @@ def _flat(predictions: Sequence[Any]) -> list[Any]:
     return out
 
 
-def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_predictions: Sequence[Any], predictions: Sequence[Any], agreement: Callable[[Sequence[Any], Sequence[Any]], float] | None = None) -> Parity:
+def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_predictions: Sequence[Any], predictions: Sequence[Any], agreement: Callable[[Sequence[Any], Sequence[Any]], float | None] | None = None) -> Parity:
     """Max abs difference of logits (batch by batch), the share of equal predicted
     labels (or the task's own ``agreement(reference, candidate)`` where it has one:
     object-detection matches boxes), the reference's largest logit, and which side
@@ -38,8 +38,9 @@ def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_pr
             diff = max(diff, float((a - b).abs().max()))
             scale = max(scale, float(a.abs().max()))
     nonfinite = {(True, True): "both", (True, False): "reference", (False, True): "candidate"}.get((bad_reference, bad_candidate), "")
-    if agreement is not None:
-        share = float(agreement(reference_predictions, predictions))
+    found = agreement(reference_predictions, predictions) if agreement is not None else None  # None: the task has none
+    if found is not None:
+        share = float(found)
     else:
         ref, got = _flat(reference_predictions), _flat(predictions)
         share = sum(1 for x, y in zip(ref, got) if x == y) / len(ref) if ref else 1.0

@@ -21,7 +21,7 @@ import math
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import click
 
@@ -31,7 +31,7 @@ from adapt.data import Splits, load_splits
 from adapt.export_stage import export_stage
 from adapt.errors import AdaptError, CheckpointError, DataError, MergeError, RunDirError
 from adapt.host import Host
-from adapt.interfaces import IGNORE_INDEX, BuiltModel
+from adapt.interfaces import BuiltModel, Example, Task
 from adapt.plan import Plan, make_plan, model_task
 from adapt.report import add_section, plot_curve, read_report, write_report
 from adapt.rundir import CONFIG_FILE, RunDir, already_a_run, atomic_write_json, check_target, hold_lock, require_run
@@ -73,14 +73,12 @@ def build_model(plan: Plan, num_labels: int) -> BuiltModel:
     from adapt.paths import resolve_checkpoint
 
     cfg, task = plan.config.backbone, plan.task
-    size = getattr(task, "head_size", None)
-    outputs = size(num_labels) if callable(size) else num_labels  # an embedding head has `dim` outputs
+    outputs = task.head_size(num_labels)  # an embedding head has `dim` outputs
     built = plan.backbone.build(model_task(plan.backbone, task, plan.config.task), outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
     if cfg.checkpoint and built.checkpoint is None:
         found = resolve_checkpoint(cfg.checkpoint)
         built.checkpoint = str(Path(found).resolve()) if Path(found).exists() else found
-    wrap = getattr(task, "wrap_model", None)
-    return wrap(built, num_labels) if callable(wrap) else built
+    return task.wrap_model(built, num_labels)
 
 
 def default_targets(plan: Plan, built: BuiltModel) -> list[str]:
@@ -96,11 +94,10 @@ def chosen_targets(plan: Plan, built: BuiltModel) -> tuple[list[str], str | None
     those of the backbone's ``recommended_families``."""
     from adapt.families import default_target_names
 
-    declared = getattr(plan.method, "default_families", None)  # () : the method adapts no family (freeze)
+    declared = plan.method.default_families  # () : the method adapts no family (freeze)
     names = default_target_names(built.families, tuple(declared or ()))
-    legacy = getattr(plan.backbone, "default_targets", None)
-    names = names or (list(legacy(plan.method.name)) if callable(legacy) else [])
-    recommended = tuple(getattr(plan.backbone, "recommended_families", None) or ())
+    names = names or list(plan.backbone.default_targets(plan.method.name))
+    recommended = tuple(plan.backbone.recommended_families)
     if names or declared is not None or not recommended:
         return names, None
     names = default_target_names(built.families, recommended)
@@ -184,11 +181,14 @@ def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, fresh: bool = Fa
     seed_everything(plan.config.train.seed)
     built = build_model(plan, len(labels))
     adapt_model(plan, built)
-    collate = plan.backbone.collator(built, plan.backbone_options)
-    flatten = getattr(plan.task, "flatten", None)
-    if callable(flatten):  # text-embedding: a batch of pairs is collated as its queries, then its positives
-        pairs, collate = collate, lambda examples: pairs(flatten(examples))
+    collate = _flattened(plan.backbone.collator(built, plan.backbone_options), plan.task)
     return Session(plan, run, splits, labels, built, collate, dist)
+
+
+def _flattened(collate: Callable[[Sequence[Example]], Any], task: Task) -> Callable[[Sequence[Example]], Any]:
+    """The backbone's collator behind the task's ``flatten`` (text-embedding: a batch of
+    pairs is collated as its queries, then its positives)."""
+    return lambda examples: collate(task.flatten(examples))
 
 
 def base_report(session: Session) -> dict[str, Any]:
@@ -202,6 +202,9 @@ def base_report(session: Session) -> dict[str, Any]:
         method=config.method.name,
         params=count_parameters(session.built.model),
         new_parameters=list(session.built.new_parameters),
+        primary_metric=session.plan.task.primary_metric,
+        lower_is_better=session.plan.task.lower_is_better,
+        postprocess=dict(session.plan.task.postprocess),
     )
     if splits is not None:
         report["data"] = {"source": config.data.source, "sizes": splits.sizes(), "labels": splits.label_names, "skipped": splits.skipped}
@@ -264,11 +267,13 @@ def _baseline_metrics(session: Session) -> dict[str, Any]:
     from adapt.engine import evaluate
 
     task, splits = session.plan.task, session.splits
-    model_free = getattr(task, "baseline_metrics", None)
-    if splits is None or not splits.test or not (callable(model_free) or getattr(task, "baseline", False)):
+    if splits is None or not splits.test:
         return {}
-    if callable(model_free):
-        metrics, what = model_free(splits.train, splits.test), f"baseline ({getattr(task, 'baseline_name', 'model-free')}):"
+    model_free = task.baseline_metrics(splits.train, splits.test)
+    if model_free is not None:
+        metrics, what = model_free, f"baseline ({task.baseline_name}):"
+    elif not task.baseline:
+        return {}
     else:
         model = session.built.model.eval()
         metrics = evaluate(model, splits.test, session.collate, task, session.label_names, batch_size=session.config.train.eval_batch, device=next(model.parameters()).device).metrics
@@ -306,7 +311,7 @@ def merge_stage(session: Session) -> Merged:
     adapted = run(session.built.model)
     merged = plan.method.merge(session.built)
     merged_eval = run(merged.model)
-    parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions, getattr(session.plan.task, "agreement", None))
+    parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions, session.plan.task.agreement)
     section: dict[str, Any] = {"metrics": {"adapted": _clean(adapted.metrics), "merged": _clean(merged_eval.metrics)}, "merge": "folded" if merged.folded else "inline", "merge_note": merged.note}
     if merged.folded:
         section["params"] = {"merged_total": sum(p.numel() for p in merged.model.parameters())}
@@ -328,12 +333,13 @@ PICTURE_EXAMPLES = 4
 def _pictures(session: Session, predictions: Sequence[Any]) -> dict[str, Any]:
     """The task's picture of a few test predictions (its optional ``draw``), written into
     the run directory; the report's ``pictures`` entry."""
-    draw = getattr(session.plan.task, "draw", None)
     test = session.splits.test if session.splits is not None else []
-    if not callable(draw) or not test:
+    if not test:
         return {}
     count = min(PICTURE_EXAMPLES, len(test))
-    written = draw(test[:count], predictions[:count], session.label_names, session.run.path)
+    written = session.plan.task.draw(test[:count], predictions[:count], session.label_names, session.run.path)
+    if not written:
+        return {}
     return {"pictures": {name: str(Path(path).relative_to(session.run.path)) for name, path in written.items()}}
 
 
@@ -343,13 +349,13 @@ def gate_merge(session: Session, merged: Any, parity: Any) -> tuple[dict[str, An
     max(1, largest logit). Returns the check's report entries, and the error to stop with."""
     from adapt.parity import report_entry, verdict
 
-    declared = getattr(merged, "tolerance", None)
+    declared = merged.tolerance
     tolerance = session.config.merge.tolerance if declared is None else declared
     bound = tolerance * max(1.0, parity.scale)
     problem = verdict(parity, bound, reference="the adapted model", candidate="the merged model")
-    least = getattr(session.plan.task, "min_agreement", None)  # e.g. image-embedding: cosine 0.9999
+    least = session.plan.task.min_agreement  # e.g. image-embedding: cosine 0.9999
     if not problem and least is not None and not parity.label_agreement >= least:
-        problem = f"{getattr(session.plan.task, 'agreement_name', 'agreement')} {parity.label_agreement:.6f} < {least} required"
+        problem = f"{session.plan.task.agreement_name} {parity.label_agreement:.6f} < {least} required"
     entries = {
         "parity": {"merged": report_entry(parity, bound, verified=not problem)},
         "merge_check": {"tolerance": tolerance, "approximate": declared is not None, "logit_scale": parity.scale, "verified": not problem},
@@ -443,11 +449,11 @@ def _save_transformers(inner: Any, session: Session, folder: Path) -> None:
         inner.save_pretrained(folder)
         if hasattr(tokenizer, "save_pretrained"):
             tokenizer.save_pretrained(folder)
-    max_length = getattr(session.plan.backbone, "max_length", None)
+    max_length = session.plan.backbone.sequence_length(session.built, session.plan.backbone_options)
     settings = folder / "tokenizer_config.json"
-    if callable(max_length) and settings.exists():  # the length it was trained and exported at, not the checkpoint's 512
+    if max_length is not None and settings.exists():  # the length it was trained and exported at, not the checkpoint's 512
         data = json.loads(settings.read_text(encoding="utf-8"))
-        data["model_max_length"] = max_length(session.built, session.plan.backbone_options)
+        data["model_max_length"] = max_length
         settings.write_text(json.dumps(data, indent=2), encoding="utf-8")
 
 
@@ -657,7 +663,8 @@ def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
     import torch
 
     config = session.config
-    examples = getattr(session.splits, split)
+    assert session.splits is not None  # restored with its data
+    examples = session.splits.split(split)
     result = evaluate(session.built.model, examples, session.collate, session.plan.task, session.label_names, batch_size=config.train.eval_batch, device=torch.device("cpu"))
     return _clean(result.metrics)
 
@@ -692,91 +699,19 @@ def _export(run_dir: Path, host: Host) -> dict[str, Any]:
 
 
 def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
-    """Label predictions (with probabilities) for texts, whitespace-tokenised sentences or
-    image paths; continuations of prompts for text-generation (``settings``: see adapt.causal_lm.generate_text)."""
-    import torch
+    """Predictions of the run's PyTorch model, one row per input, as its task makes them
+    (``Task.predict``; by default its declared post-processing, as predict.py does it)."""
+    from adapt.export_stage import EXPORT_DIR
+    from adapt.onnx_predict import InputError, PredictError, check_draw
+    from adapt.torch_predict import TorchPredictor
 
     session = restore(run_dir, host, need_data=False)
-    task = session.config.task
-    if task == "text-generation":
-        from adapt import causal_lm
-        from adapt.hf_text import inner_model
-
-        return [{"input": prompt, **causal_lm.generate_text(inner_model(session.built.model), session.built.preprocessor, prompt, settings or {})} for prompt in inputs]
-    if callable(getattr(session.plan.task, "gallery", None)):
-        return _identify(session, run_dir, inputs)
-    if callable(getattr(session.plan.task, "graph_outputs", None)):
-        return _detect(session, inputs, settings or {})
-    examples: list[dict[str, Any]]
-    if task == "text-classification":
-        examples = [{"text": text, "label": 0} for text in inputs]
-    elif task == "token-classification":
-        examples = [{"tokens": text.split(), "tags": [0] * len(text.split())} for text in inputs]
-    else:
-        examples = [{"image": Path(path), "label": 0} for path in inputs]
-    model = session.built.model.eval()
-    results: list[dict[str, Any]] = []
-    with torch.no_grad():
-        for example, source in zip(examples, inputs):
-            batch = session.collate([example])
-            labels = batch.pop("labels")
-            probs = model(**batch).float().softmax(-1)
-            if task == "token-classification":
-                keep = labels[0] != IGNORE_INDEX
-                tags = probs[0][keep].argmax(-1).tolist()
-                results.append({"input": source, "tags": [{"token": t, "tag": session.label_names[i]} for t, i in zip(example["tokens"], tags)]})
-            else:
-                score, index = probs[0].max(-1)
-                results.append({"input": source, "label": session.label_names[int(index)], "score": round(float(score), 6)})
-    return results
-
-
-def _detect(session: Session, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
-    """object-detection with PyTorch: the exported graph's module (the model and its final
-    boxes) on each image; rows as the standalone predict.py prints them."""
-    import torch
-
-    from adapt.onnx_predict import check_draw, detection_row, open_image
-
+    settings = {**(settings or {}), "sources": list(inputs)}
     check_draw(settings.get("draw"))
-    task: Any = session.plan.task  # graph_outputs is an optional Task member
-    module, names = task.graph_outputs(session.built.model.eval())
-    rows = []
-    for source in inputs:
-        image = open_image(source)
-        pixels = session.collate([{"image": image, "boxes": [], "labels": []}])["pixel_values"]
-        with torch.no_grad():
-            outputs = {name: tensor.numpy() for name, tensor in zip(("logits", *names), module.eval()(pixels))}
-        spec = {"input_size": list(pixels.shape[1:]), "labels": session.label_names}
-        rows.append(detection_row(source, image, outputs, spec, {**settings, "sources": list(inputs)}))
-    return rows
-
-
-def _identify(session: Session, run_dir: Path, inputs: Sequence[str]) -> list[dict[str, Any]]:
-    """image- or text-embedding with PyTorch: each input's embedding against the export's
-    gallery (identities) or document index."""
-    import torch
-
-    from adapt.export_stage import EXPORT_DIR
-    from adapt.onnx_predict import InputError, PredictError, nearest, open_image, read_gallery, recommend
-
+    export = run_dir / EXPORT_DIR
     try:
-        gallery = read_gallery(run_dir / EXPORT_DIR)
-        if getattr(session.plan.task, "gallery_split", "train") != "train":  # recommendation: histories against the item index
-            return [recommend(source, run_dir / EXPORT_DIR) for source in inputs]
-    except InputError as exc:
-        raise AdaptError(str(exc), hint="check the inputs: `adapt predict --help` says what each task takes") from None
+        return session.plan.task.predict(TorchPredictor(session, export if export.is_dir() else None), inputs, settings)
+    except InputError:
+        raise
     except PredictError as exc:
-        raise AdaptError(str(exc), hint=f"the gallery is written by the export: adapt export {run_dir}") from None
-    task: Any = session.plan.task
-    module, _ = task.graph_outputs(session.built.model.eval())
-    text = callable(getattr(task, "flatten", None))  # text-embedding: queries against the document index
-    collate = session.plan.backbone.collator(session.built, session.plan.backbone_options)
-    rows = []
-    for source in inputs:
-        batch = collate([{"text": source, "label": 0} if text else {"image": open_image(source), "label": 0}])
-        with torch.no_grad():
-            embedding = module.eval()(*[batch[n] for n in session.plan.backbone.onnx_io(session.built).input_names if n in batch])[1][0].numpy()
-        rows.append({"input": source, **nearest(embedding, gallery, "document" if text else "identity")})
-    return rows
-
+        raise AdaptError(str(exc), hint=f"what predict reads beside the model (a gallery, an index) is written by the export: adapt export {run_dir}") from None

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ValidationError
 from adapt.config import RunConfig, format_errors
 from adapt.errors import AdaptError, ConfigError
 from adapt.host import Host
-from adapt.interfaces import Backbone, DataRequest, DataSource, Exporter, Method, Task
+from adapt.interfaces import Backbone, DataRequest, DataSource, Exporter, Method, Task, declare
 from adapt.paths import resolve_path
 
 
@@ -45,6 +45,7 @@ class Plan:
         return DataRequest(
             task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column,
             prompt_column=data.prompt_column, completion_column=data.completion_column, query_column=data.query_column, positive_column=data.positive_column, items=items, options=self.data_options,
+            fields=tuple(self.task.fields),
         )
 
 
@@ -57,7 +58,7 @@ def _lookup(registry: Any, name: str, key: str) -> Any:
 
 def validate_options(plugin: Any, kind: str, options: dict[str, Any], key: str) -> Any:
     """Validate ``options`` with the plugin's ``options_schema`` (a pydantic model, or None)."""
-    schema: type[BaseModel] | None = getattr(plugin, "options_schema", None)
+    schema: type[BaseModel] | None = plugin.options_schema
     if schema is None:
         if options:
             raise ConfigError(f"`{key}`: {kind} {plugin.name!r} takes no options, got {options!r}", hint=f"remove `{key}`")
@@ -76,11 +77,25 @@ def _check_task(plugin: Any, kind: str, key: str, task: str) -> None:
         )
 
 
+def _check_source(source: DataSource, task: Task, name: str) -> None:
+    """A data source serves a task that gives it every field the task needs (both declare
+    ``fields``); one of them without fields is matched the older way, by the source's ``tasks``."""
+    if not (task.fields and source.fields):
+        _check_task(source, "data source", "data.source", name)
+        return
+    missing = [f for f in task.fields if f not in source.fields]
+    if missing:
+        raise ConfigError(
+            f"`data.source`: data source {source.name!r} gives the fields {', '.join(source.fields)}; task {name!r} needs {', '.join(task.fields)} ({', '.join(missing)} missing)",
+            hint="pick a data source that gives those fields (`adapt plugins --verbose` lists each source's), or another task",
+        )
+
+
 def model_task(backbone: Any, task: Any, name: str) -> str:
     """The task a backbone builds the model for: the task's own where the backbone lists
     it (recommendation's ``item-table``), else the one the task names in ``model_task``
     (recommendation's text item tower is a text-embedding model)."""
-    return name if name in backbone.tasks else str(getattr(task, "model_task", name))
+    return name if name in backbone.tasks or task.model_task is None else task.model_task
 
 
 def make_plan(config: RunConfig, host: Host) -> Plan:
@@ -88,12 +103,12 @@ def make_plan(config: RunConfig, host: Host) -> Plan:
     task = _lookup(host.tasks, config.task, "task")
     head = validate_options(task, "task", config.head, "head")  # a task with options: its head's
     if head is not None:
-        task = task.configure(head)
+        task = declare(task.configure(head), Task)
     backbone = _lookup(host.backbones, config.backbone.name, "backbone.name")
     _check_task(backbone, "backbone", "backbone.name", model_task(backbone, task, config.task))
     method = _lookup(host.methods, config.method.name, "method.name")
     source = _lookup(host.data_sources, config.data.source, "data.source")
-    _check_task(source, "data source", "data.source", config.task)
+    _check_source(source, task, config.task)
     exporters = [_lookup(host.exporters, name, f"export.formats[{i}]") for i, name in enumerate(config.export.formats)]
     return Plan(
         config=config,

@@ -9,9 +9,11 @@ a name nobody registered is an error that lists what is available.
 from __future__ import annotations
 
 import difflib
-from typing import Callable, Generic, Iterator, TypeVar
+import warnings
+from typing import Any, Callable, Generic, Iterator, TypeVar
 
 from adapt.errors import PluginError
+from adapt.interfaces import CONTRACTS, declare, undeclared_members
 
 T = TypeVar("T")
 
@@ -29,8 +31,13 @@ class Registry(Generic[T]):
         self.clashes: dict[str, list[str]] = {}
         #: How to name a plugin in messages (the host's: with its package and version).
         self.describe: Callable[[str], str] = lambda plugin: f"plugin {plugin!r}"
+        #: How to report a problem that does not stop anything (the host's: printed and kept).
+        self.warn: Callable[[str], None] = lambda message: warnings.warn(message, stacklevel=2)
 
     def add(self, obj: T, plugin: str) -> None:
+        """Register ``obj`` under its ``name``, as its kind's contract (adapt.interfaces.declare):
+        every member it lacks takes the contract's default. An attribute that looks like a
+        misspelt member is a warning, since adapt would never read it."""
         name = getattr(obj, "name", None)
         if not isinstance(name, str) or not name:
             raise PluginError(
@@ -40,8 +47,19 @@ class Registry(Generic[T]):
         if name in self._objects:
             self.clashes.setdefault(name, [self._owners[name]]).append(plugin)
             return
-        self._objects[name] = obj
+        self._objects[name] = self._declared(obj, name, plugin)
         self._owners[name] = plugin
+
+    def _declared(self, obj: Any, name: str, plugin: str) -> Any:
+        contract = CONTRACTS.get(self.kind)
+        if contract is None:
+            return obj
+        for attribute, member in undeclared_members(obj, contract):
+            self.warn(
+                f"{self.kind} {name!r} ({self.describe(plugin)}) has `{attribute}`, which is not a member of the "
+                f"{contract.__name__} contract, so adapt never reads it: did you mean `{member}`? (docs/plugins.md, Interfaces)"
+            )
+        return declare(obj, contract)
 
     def clash_error(self, name: str) -> PluginError:
         owners = " and by ".join(self.describe(p) for p in sorted(self.clashes[name]))  # pluggy's call order is not the user's business

@@ -19,7 +19,6 @@ from typing import Any
 from adapt.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 
 #: The metric the latency table shows, by task (others: accuracy).
-PRIMARY_METRICS = {"token-classification": "f1", "text-generation": "perplexity", "object-detection": "map50", "image-embedding": "auc", "text-embedding": "recall@10", "recommendation": "recall@10"}
 REPORT_JSON = "report.json"
 REPORT_MD = "report.md"
 CURVE_PNG = "training_curve.png"
@@ -190,9 +189,10 @@ def latency_table(report: dict[str, Any]) -> str:
     for text-generation also its greedy generation speed (new tokens per second)."""
     latency, metrics, files = report.get("latency_ms", {}), report.get("metrics", {}), report.get("files", {})
     versus = report.get("latency_vs_pytorch", {})
-    primary = PRIMARY_METRICS.get(str(report.get("task")), "accuracy")
+    primary = str(report.get("primary_metric") or "accuracy")  # the task's (Task.primary_metric)
+    direction = " (lower is better)" if report.get("lower_is_better") else ""
     generation = any("tokens_per_s" in v for v in latency.values())
-    rows = ["| form | median ms | p90 ms | vs PyTorch (range) | threads | bytes | test " + primary + (" | tokens/s |" if generation else " |"), "|---|---|---|---|---|---|---|" + ("---|" if generation else "")]
+    rows = ["| form | median ms | p90 ms | vs PyTorch (range) | threads | bytes | test " + primary + direction + (" | tokens/s |" if generation else " |"), "|---|---|---|---|---|---|---|" + ("---|" if generation else "")]
     forms = report.get("forms", {})
     for form, v in latency.items():
         size = files.get(forms.get(form, ""), "")

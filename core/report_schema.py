@@ -89,6 +89,11 @@ class RejectedExport(_Strict):
 class Report(_Strict):
     name: str
     task: str
+    #: the task's primary metric (the best epoch's and the int8 gate's) and its direction
+    primary_metric: str | None = None
+    lower_is_better: bool | None = None
+    #: what predict does after the graph: the task's declared kind ({"kind": "softmax-top-k", "k": 1}, ...)
+    postprocess: dict[str, Any] | None = None
     backbone: str
     arch: str | None = None
     method: str

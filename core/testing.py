@@ -26,7 +26,7 @@ import torch
 from adapt.engine import freeze_frozen_norms
 from adapt.errors import AdaptError
 from adapt.host import Host, make_host
-from adapt.interfaces import IGNORE_INDEX, SPLITS, Batch, BuiltModel, DataRequest, MergeResult
+from adapt.interfaces import IGNORE_INDEX, SPLITS, Backbone, Batch, BuiltModel, DataRequest, DataSource, Exporter, MergeResult, Method, declare
 
 
 def make_test_host(*plugins: object, builtins: bool = True) -> Host:
@@ -68,6 +68,7 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     """Build for ``task`` and check shapes, the collator, ONNX I/O names, head, blocks and
     default targets; with ``bad_checkpoint`` (a path that is not a valid checkpoint), that
     building from it gives a clear error."""
+    backbone = declare(backbone, Backbone)
     assert task in backbone.tasks, f"{backbone.name} does not list task {task!r}"
     if bad_checkpoint is not None:
         _check_user_error(lambda: backbone.build(task, num_labels, checkpoint=bad_checkpoint, arch=arch, options=options), f"building from checkpoint {bad_checkpoint!r}")
@@ -102,15 +103,12 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     assert all(h in modules for h in built.head), f"head {built.head} names no module"
     assert all(b in modules for b in built.blocks), "a block names no module"
     assert all(p in params for p in built.new_parameters), "a new parameter names no parameter"
-    declared = set(getattr(backbone, "families", None) or ())
+    declared = set(backbone.families)
     for family, names in built.families.items():
         assert names and all(n in modules for n in names), f"target family {family!r} names no module of the model"
         assert not declared or family in declared, f"family {family!r} is not in the backbone's `families` {sorted(declared)}"
-    legacy = getattr(backbone, "default_targets", None)
-    if not callable(legacy):
-        return built
     for method in methods:
-        for target in legacy(method):
+        for target in backbone.default_targets(method):
             assert any(n == target or n.endswith("." + target) for n in modules), f"default {method} target {target!r} matches no module"
     return built
 
@@ -137,13 +135,14 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     folded, the base architecture and parameter count); round-trip the adapter.
     With ``bad_options`` (say, targets that match nothing), check applying them gives a
     clear error. ``loss``: the task's (``task.loss``); cross-entropy when not given."""
-    schema = getattr(method, "options_schema", None)
+    method = declare(method, Method)
+    schema = method.options_schema
     if options is None and schema is not None:
         options = schema()  # the method's defaults, as a config without options gives it
     if not default_targets:
         from adapt.families import default_target_names
 
-        default_targets = default_target_names(build().families, getattr(method, "default_families", ()))
+        default_targets = default_target_names(build().families, tuple(method.default_families or ()))
     if bad_options is not None:
         _check_user_error(lambda: method.apply(build(), bad_options, list(default_targets)), f"applying {method.name} with {bad_options!r}")
     base = build()
@@ -208,9 +207,9 @@ def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: 
     diff = float(abs(got - expected).max())
     assert diff <= atol, f"exported file differs from the model by {diff:.3g} > {atol}"
     if len(outputs) > 1:
-        load_outputs = getattr(exporter, "load_outputs", None)
-        assert callable(load_outputs), "a graph with several outputs needs the exporter's load_outputs(path) to be checked"
-        named = load_outputs(written)(feed)
+        load_outputs = declare(exporter, Exporter).load_outputs(written)
+        assert load_outputs is not None, "a graph with several outputs needs the exporter's load_outputs(path) to be checked"
+        named = load_outputs(feed)
         for name, want in zip(io.output_names[1:], outputs[1:]):
             assert name in named, f"the exported file has no output {name!r} (it has {sorted(named)})"
             assert named[name].ndim == want.dim() and tuple(named[name].shape[1:]) == tuple(want.shape[1:]), f"exported output {name!r} has shape {tuple(named[name].shape)}, the model's {tuple(want.shape)}"
@@ -221,14 +220,20 @@ FIELDS = {"text-classification": ("text", "label"), "token-classification": ("to
 
 
 def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]]:
-    """Read and check the splits and the examples' fields for the request's task."""
-    assert request.task in source.tasks, f"{source.name} does not list task {request.task!r}"
+    """Read and check the splits and the examples' fields: those the request asks for
+    (``request.fields``, which the source must declare it gives), else the request's task's."""
+    source = declare(source, DataSource)
+    if request.fields:
+        missing = [f for f in request.fields if f not in source.fields]
+        assert not missing, f"{source.name} does not declare the fields {missing} in its `fields`"
+    else:
+        assert request.task in source.tasks, f"{source.name} does not list task {request.task!r}"
     splits = source.read(request)
     assert "train" in splits and set(splits) <= set(SPLITS), f"splits must be train and optionally val, test; got {sorted(splits)}"
     for name, examples in splits.items():
         assert examples, f"split {name} is empty"
         for example in examples:
-            missing = [f for f in FIELDS.get(request.task, ()) if f not in example]
+            missing = [f for f in (request.fields or FIELDS.get(request.task, ())) if f not in example]
             assert not missing, f"an example of split {name} lacks {missing}"
     return splits
 
@@ -302,3 +307,54 @@ def tiny_text_batch(built: BuiltModel, texts: Sequence[str] = ("the team won the
     from adapt.hf_text import TextOptions, TransformersTextBackbone
 
     return TransformersTextBackbone().collator(built, TextOptions(max_length=32))([{"text": t, "label": i % built.num_labels} for i, t in enumerate(texts)])
+
+
+def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
+    """The task contract (adapt.interfaces.Task), as timm checks every model: its declared
+    members (a name, a primary metric, the fields it needs, a post-processing kind predict.py
+    implements, no misspelt member); with ``examples``, label names and encoding; with
+    ``logits`` for those examples (and ``labels``, else each encoded ``label`` stacked), a
+    finite loss with a gradient, ``decode``, ``metrics`` holding the primary metric, and
+    ``example_scores`` whose mean is it; and the row predict.py prints for one of them."""
+    import json
+    import math
+
+    from adapt.interfaces import POSTPROCESS_KINDS, Task, undeclared_members
+    from adapt.onnx_predict import finish_row
+
+    misspelt = undeclared_members(task, Task)
+    assert not misspelt, f"members adapt never reads (misspelt?): {', '.join(f'{a} (did you mean {m}?)' for a, m in misspelt)}"
+    task = declare(task, Task)
+    assert isinstance(task.name, str) and task.name, "a task needs a non-empty string `name`"
+    assert isinstance(task.primary_metric, str) and task.primary_metric, "a task needs a `primary_metric`"
+    assert all(isinstance(f, str) for f in task.fields), "`fields` must be a tuple of field names"
+    assert task.postprocess.get("kind") in POSTPROCESS_KINDS, f"postprocess kind {task.postprocess.get('kind')!r} is not one of {POSTPROCESS_KINDS}"
+    json.dumps(dict(task.postprocess))  # preprocess.json holds it
+    if not examples:
+        return
+    for i, example in enumerate(examples):
+        missing = [f for f in task.fields if f not in example]
+        assert not missing, f"example {i} lacks the fields {missing} the task declares"
+    names = task.label_names(examples)
+    assert names == sorted(names) and all(isinstance(n, str) for n in names), "label_names must return sorted names"
+    assert not task.labelled or len(names) >= task.min_labels, f"{len(names)} labels in the examples, fewer than min_labels {task.min_labels}"
+    encoded = [task.encode(e, {n: i for i, n in enumerate(names)}) for e in examples]
+    if logits is None:
+        return
+    if labels is None:
+        labels = torch.tensor([e["label"] for e in encoded])
+    logits = logits.clone().requires_grad_(True)
+    loss = task.loss(logits, labels)
+    assert loss.dim() == 0 and math.isfinite(float(loss)), f"the loss must be a finite scalar, got {loss}"
+    loss.backward()
+    assert logits.grad is not None and torch.isfinite(logits.grad).all(), "the loss gives no finite gradient to the logits"
+    predictions, references = task.decode(logits.detach(), labels)
+    assert len(predictions) == len(references) == len(examples), "decode must give one prediction and one reference per example"
+    metrics = task.metrics(predictions, references, names)
+    assert task.primary_metric in metrics, f"metrics lack the primary metric {task.primary_metric!r}: {sorted(metrics)}"
+    scores = task.example_scores(predictions, references, names)
+    if scores is not None:
+        assert len(scores) == len(examples) and math.isclose(sum(scores) / len(scores), metrics[task.primary_metric], abs_tol=1e-6), "example_scores' mean must be the primary metric"
+    if task.postprocess["kind"] in ("softmax-top-k", "sigmoid-threshold", "outputs"):
+        row = finish_row("an input", {"logits": logits.detach()[:1].numpy()}, {"labels": names, "postprocess": dict(task.postprocess)}, {}, {})
+        json.dumps(row)

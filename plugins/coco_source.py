@@ -15,7 +15,7 @@ from typing import Any
 from adapt import hookimpl
 from adapt.boxes import checked_box, corners, image_size
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 from adapt.paths import inside
 
 SPLIT_FILES = {"train": ("train.json",), "val": ("val.json", "valid.json", "validation.json"), "test": ("test.json",)}
@@ -97,9 +97,11 @@ def _add(note: Any, examples: dict[Any, Example], names: dict[Any, str], request
     example["labels"].append(names[note["category_id"]])
 
 
-class CocoSource:
+class CocoSource(DataSource):
     name = "coco"
     tasks = ("object-detection",)
+    #: an image with its boxes and their labels
+    fields = ("image", "size", "boxes", "labels")
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

@@ -12,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.data import split_files
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 
 class ConllOptions(BaseModel):
@@ -46,9 +46,11 @@ def read_conll(path: Path, options: ConllOptions) -> list[Example]:
     return sentences
 
 
-class ConllSource:
+class ConllSource(DataSource):
     name = "conll"
     tasks = ("token-classification",)
+    #: a sentence's words and their tags
+    fields = ("tokens", "tags")
     options_schema = ConllOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

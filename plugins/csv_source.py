@@ -12,9 +12,9 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.data import generation_example, long_fields, split_files
+from adapt.data import generation_example, label_list, long_fields, row_kind, split_files
 from adapt.causal_lm import TASK
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 GENERATION = TASK  # text-generation: rows are texts, prompt/completion pairs or chats
 
@@ -23,6 +23,7 @@ class CsvOptions(BaseModel):
 
     delimiter: str = Field(",", min_length=1, max_length=1, description="field separator")
     encoding: str = Field("utf-8-sig", description="text encoding of the files")
+    label_separator: str = Field("|", min_length=1, description="multi-label tasks: what separates the label names in the label column (`sport|politics`)")
 
 
 def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Example]:
@@ -33,7 +34,8 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
             columns = reader.fieldnames or []
             if not columns:
                 raise DataError(f"{path} is empty", hint="the file needs a header line (with the text and label columns) and at least one row")
-            if request.task == GENERATION:
+            kind = row_kind(request, {GENERATION: "text"})
+            if kind == "text":
                 return _generation_rows(path, reader, request)
             missing = [c for c in (text_col, label_col) if c not in columns]
             if missing:
@@ -44,13 +46,15 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
             examples = []
             for row in reader:
                 label = row.get(label_col)
-                if label is None or label.strip() == "":
+                if kind == "multi-label":
+                    labels = label_list(label, options.label_separator)
+                elif label is None or label.strip() == "":
                     raise DataError(f"{path}, line {reader.line_num}: the {label_col!r} column is empty", hint="give every row a label, or remove the row")
                 text = row.get(text_col) or ""
                 if not text.strip():
                     request.skip(f"{path}, line {reader.line_num}", f"the {text_col!r} column is empty")
                     continue
-                examples.append({"text": text, "label": label.strip()})
+                examples.append({"text": text, "labels": labels} if kind == "multi-label" else {"text": text, "label": str(label).strip()})
     except UnicodeDecodeError as exc:
         raise DataError(f"{path} is not valid {options.encoding} text (byte {exc.start})", hint="save the file as UTF-8, or set data.options.encoding") from None
     except csv.Error as exc:
@@ -67,9 +71,11 @@ def _generation_rows(path: Path, reader: csv.DictReader, request: DataRequest) -
     return examples
 
 
-class CsvSource:
+class CsvSource(DataSource):
     name = "csv"
     tasks = ("text-classification", GENERATION)
+    #: a text with one label, a list of labels (the label column split on data.options.label_separator), or a text to model
+    fields = ("text", "label", "labels", "prompt", "completion", "messages")
     options_schema = CsvOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

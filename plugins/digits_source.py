@@ -10,12 +10,14 @@ from typing import Any
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 
-class DigitsSource:
+class DigitsSource(DataSource):
     name = "digits"
     tasks = ("image-classification", "image-embedding")
+    #: an image and its label
+    fields = ("image", "label")
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

@@ -13,6 +13,7 @@ the graph, and a gallery (one mean embedding per training identity) is written b
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -43,6 +44,9 @@ class ImageEmbedding(EmbeddingTask):
     name = "image-embedding"
     primary_metric = "auc"
     options_schema = HeadOptions
+    fields = ("image", "label")
+    #: predict prints the nearest identities of the export's gallery, with their cosines
+    postprocess = MappingProxyType({"kind": "nearest-neighbours", "key": "identity"})
 
     def embedding_columns(self) -> int | None:
         return int(self.options.dim)  # the rest are the cosines to the identity centres
@@ -119,6 +123,9 @@ class TextEmbedding(EmbeddingTask):
     options_schema = TextHeadOptions
     labelled = False
     baseline = True
+    fields = ("query", "positive")
+    #: predict prints the nearest documents of the export's index (a query is a text)
+    postprocess = MappingProxyType({"kind": "nearest-neighbours", "key": "document"})
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.data import label_folder_files, read_split_folders
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 IMAGE_SUFFIXES = [".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"]
 
@@ -52,9 +52,11 @@ def read_image_folders(root: Path, request: DataRequest, options: ImageFolderOpt
     return examples
 
 
-class ImageFolderSource:
+class ImageFolderSource(DataSource):
     name = "image-folder"
     tasks = ("image-classification", "image-embedding")
+    #: an image and its folder's name as label
+    fields = ("image", "label")
     options_schema = ImageFolderOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

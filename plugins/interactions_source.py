@@ -29,7 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.data import long_fields
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 TASK = "recommendation"
 #: A user needs this many distinct items: one to train on, one for val, one for test.
@@ -145,9 +145,11 @@ def leave_last_out(sequences: dict[str, list[str]], index: dict[str, int], catal
     return splits
 
 
-class InteractionsSource:
+class InteractionsSource(DataSource):
     name = "interactions"
     tasks = (TASK,)
+    #: a user's history and next item, or a catalogue item
+    fields = ("user", "history", "target", "catalogue", "item")
     options_schema = InteractionsOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

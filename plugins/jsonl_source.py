@@ -10,10 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
-from adapt.data import generation_example, split_files
+from adapt.data import generation_example, label_list, row_kind, split_files
 from adapt.errors import DataError
 from adapt.causal_lm import TASK
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 GENERATION = TASK  # text-generation: rows are texts, prompt/completion pairs or chats
 EMBEDDING = "text-embedding"  # rows are (query, positive) pairs
@@ -21,6 +21,7 @@ EMBEDDING = "text-embedding"  # rows are (query, positive) pairs
 
 def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
     text_key, label_key = request.text_column, request.label_column
+    kind = row_kind(request, {GENERATION: "text", EMBEDDING: "pair"})
     examples = []
     try:
         lines = path.read_text(encoding="utf-8").splitlines()
@@ -35,10 +36,10 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
             raise DataError(f"{path}, line {number}: not valid JSON ({exc.msg})", hint="one JSON object per line") from None
         if not isinstance(row, dict):
             raise DataError(f"{path}, line {number}: expected a JSON object, got {type(row).__name__}")
-        if request.task == EMBEDDING:
+        if kind == "pair":
             examples += _pair(row, request, f"{path}, line {number}")
             continue
-        if request.task == GENERATION:
+        if kind == "text":
             example = generation_example(row, request, f"{path}, line {number}")
             if example is not None:
                 examples.append(example)
@@ -47,13 +48,15 @@ def read_jsonl(path: Path, request: DataRequest) -> list[Example]:
         if missing:
             raise DataError(f"{path}, line {number}: no {missing[0]!r} key; it has: {', '.join(row) or '(none)'}", hint="set data.text_column and data.label_column to the keys used in the file")
         label = row[label_key]
-        if label is None or str(label).strip() == "":
+        if kind == "multi-label":
+            label = label_list(label, "|")
+        elif label is None or str(label).strip() == "":
             raise DataError(f"{path}, line {number}: the {label_key!r} value is empty", hint="give every line a label, or remove the line")
         text = str(row[text_key] or "")
         if not text.strip():
             request.skip(f"{path}, line {number}", f"the {text_key!r} value is empty")
             continue
-        examples.append({"text": text, "label": str(label).strip()})
+        examples.append({"text": text, "labels": label} if kind == "multi-label" else {"text": text, "label": str(label).strip()})
     if not examples:
         raise DataError(f"{path} holds no examples", hint="one JSON object per line, e.g. {\"text\": \"...\", \"label\": \"...\"}")
     return examples
@@ -72,9 +75,11 @@ def _pair(row: dict[str, Any], request: DataRequest, where: str) -> list[Example
     return [{"query": query, "positive": positive}]
 
 
-class JsonlSource:
+class JsonlSource(DataSource):
     name = "jsonl"
     tasks = ("text-classification", GENERATION, EMBEDDING)
+    #: a text with one label or a list of them (a JSON list, or names joined by "|"), a text to model, or a (query, positive) pair
+    fields = ("text", "label", "labels", "prompt", "completion", "messages", "query", "positive")
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

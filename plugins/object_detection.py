@@ -18,11 +18,12 @@ model's, the report's ``box_agreement``).
 from __future__ import annotations
 
 from pathlib import Path
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.interfaces import IGNORE_INDEX
+from adapt.interfaces import IGNORE_INDEX, Example, Task
 
 if TYPE_CHECKING:
     import numpy as np
@@ -36,12 +37,20 @@ AGREEMENT_IOU = 0.9
 AGREEMENT_SCORE = 0.3
 
 
-class ObjectDetection:
+class ObjectDetection(Task):
     name = "object-detection"
     primary_metric = "map50"
     agreement_name = "box_agreement"
     #: One class is a detector (its background is implicit); none is not.
     min_labels = 1
+    fields = ("image", "boxes", "labels")
+    #: predict prints the final boxes of the graph (NMS inside) above --min-score, and draws them with --draw
+    postprocess = MappingProxyType({"kind": "boxes"})
+
+    def read_input(self, source: str) -> Example:
+        from adapt.onnx_predict import open_image
+
+        return {"image": open_image(source), "boxes": [], "labels": []}
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         names: set[str] = set()
@@ -81,10 +90,10 @@ class ObjectDetection:
 
         return coco_map(predictions, references, len(label_names))
 
-    def augment(self, example: Mapping[str, Any], rng: np.random.Generator, kinds: Sequence[str] = ("flip", "crop")) -> dict[str, Any]:
+    def augment(self, example: Mapping[str, Any], rng: np.random.Generator, kinds: Sequence[str] | None = None) -> dict[str, Any]:
         from adapt.detection_augment import flip_and_crop
 
-        return flip_and_crop(example, rng, kinds)
+        return flip_and_crop(example, rng, ("flip", "crop") if kinds is None else kinds)
 
     def draw(self, examples: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], label_names: Sequence[str], folder: Path) -> dict[str, Path]:
         return draw_side_by_side(examples, predictions, label_names, folder)

@@ -21,6 +21,7 @@ The export: the item tower (ONNX, int8, .ort, as every model), the item index
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -28,6 +29,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import DataError
 from adapt.embedding_task import GALLERY, GALLERY_IDS, EmbeddingTask, npy_bytes
+from adapt.interfaces import Predictor
 
 if TYPE_CHECKING:
     import torch
@@ -55,6 +57,17 @@ class Recommendation(EmbeddingTask):
     model_task = "text-embedding"
     gallery_split = "test"  # the catalogue: every item, in val and test
     baseline_name = "popularity"
+    fields = ("history", "target", "catalogue")
+    #: predict reads a history of item ids and prints the next items, from the export's user tower and item index
+    postprocess = MappingProxyType({"kind": "recommend"})
+
+    def predict(self, predictor: Predictor, inputs: Sequence[str], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """The user tower and item index of the export answer (the PyTorch model adds nothing to them)."""
+        from adapt.onnx_predict import PredictError, recommend
+
+        if predictor.export_dir is None:
+            raise PredictError("the run has no export yet, and the recommendations come from its item index: export it first")
+        return [recommend(source, predictor.export_dir) for source in inputs]
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):

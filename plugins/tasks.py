@@ -8,11 +8,12 @@ classification, entity-level F1 (CoNLL rules) for token classification.
 
 from __future__ import annotations
 
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.interfaces import IGNORE_INDEX
+from adapt.interfaces import IGNORE_INDEX, ExportCheck, ExportVerdict, Predictor, Task
 
 if TYPE_CHECKING:
     import torch
@@ -50,12 +51,14 @@ def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
     return total / len(classes)
 
 
-class _SequenceClassification:
+class _SequenceClassification(Task):
     """One label per example: shared by text and image classification."""
 
     name = ""
     primary_metric = "accuracy"
     input_field = ""
+    #: predict prints the most likely label and its probability
+    postprocess = MappingProxyType({"kind": "softmax-top-k", "k": 1})
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
@@ -89,11 +92,13 @@ class _SequenceClassification:
 class TextClassification(_SequenceClassification):
     name = "text-classification"
     input_field = "text"
+    fields = ("text", "label")
 
 
 class ImageClassification(_SequenceClassification):
     name = "image-classification"
     input_field = "image"
+    fields = ("image", "label")
 
 
 def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
@@ -113,11 +118,13 @@ def entities(tags: Sequence[str]) -> set[tuple[str, int, int]]:
     return spans
 
 
-class TokenClassification:
+class TokenClassification(Task):
     """A BIO tag per word (named-entity recognition)."""
 
     name = "token-classification"
     primary_metric = "f1"
+    fields = ("tokens", "tags")
+    postprocess = MappingProxyType({"kind": "token-tags"})
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         names: set[str] = set()
@@ -168,6 +175,17 @@ class TextGeneration:
     primary_metric = "perplexity"
     labelled = False
     lower_is_better = True
+    fields = ("text",)
+    postprocess = MappingProxyType({"kind": "generation"})
+
+    def predict(self, predictor: Predictor, inputs: Sequence[str], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Continuations of the prompts by transformers' ``generate`` (adapt.causal_lm.generate_text)."""
+        from adapt import causal_lm
+        from adapt.hf_text import inner_model
+
+        options = {k: v for k, v in settings.items() if k != "sources"}
+        model = inner_model(predictor.built.model)
+        return [{"input": prompt, **causal_lm.generate_text(model, predictor.built.preprocessor, prompt, options)} for prompt in inputs]
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
@@ -193,6 +211,12 @@ class TextGeneration:
         predictions = [g[k].tolist() for g, k in zip(greedy, keep)]
         references = [{"targets": t[k].tolist(), "nll": float(n.sum())} for t, k, n in zip(targets, keep, nll)]
         return predictions, references
+
+    def check_export(self, check: ExportCheck) -> ExportVerdict | None:
+        """The export gate: greedy continuations through the file's KV cache equal the merged model's."""
+        from adapt.generation_check import check_generation
+
+        return check_generation(check)
 
     def metrics(self, predictions: Sequence[Sequence[int]], references: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, float]:
         import math

@@ -15,9 +15,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
-from adapt.data import label_folder_files, read_split_folders
+from adapt.data import label_folder_files, read_split_folders, row_kind
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 
 class TextFolderOptions(BaseModel):
@@ -45,9 +45,10 @@ def read_label_folders(root: Path, request: DataRequest, options: TextFolderOpti
         if not text.strip():
             request.skip(str(file), "the file holds no text")
             continue
-        if request.task == "text-generation":
+        kind = row_kind(request, {"text-generation": "text", "text-embedding": "pair"})
+        if kind == "text":
             examples.append(_generation_example(text, options.prompt_lines))
-        elif request.task == "text-embedding":
+        elif kind == "pair":
             examples.append(_pair(text, options.prompt_lines, file, request))
         else:
             examples.append({"text": text.strip(), "label": label})
@@ -71,9 +72,11 @@ def _pair(text: str, prompt_lines: int, file: Path, request: DataRequest) -> Exa
     return {"query": example["prompt"].strip(), "positive": example["completion"].strip()}
 
 
-class TextFolderSource:
+class TextFolderSource(DataSource):
     name = "text-folder"
     tasks = ("text-classification", "text-generation", "text-embedding")
+    #: a file's text with its folder's name as label, a text to model, or a (query, positive) pair from its lines
+    fields = ("text", "label", "query", "positive")
     options_schema = TextFolderOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

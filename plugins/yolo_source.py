@@ -19,7 +19,7 @@ from adapt import hookimpl
 from adapt.boxes import checked_box, image_size
 from adapt.data import SPLIT_STEMS
 from adapt.errors import DataError
-from adapt.interfaces import DataRequest, Example
+from adapt.interfaces import DataRequest, DataSource, Example
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
@@ -117,9 +117,11 @@ def _add(line: str, example: Example, names: list[str], request: DataRequest, wh
     example["labels"].append(names[cls])
 
 
-class YoloSource:
+class YoloSource(DataSource):
     name = "yolo"
     tasks = ("object-detection",)
+    #: an image with its boxes and their labels
+    fields = ("image", "size", "boxes", "labels")
     options_schema = None
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:

@@ -127,3 +127,43 @@ def test_the_walkthrough_data_source_meets_the_contract(tmp_path):
     request = DataRequest("text-classification", tmp_path)
     splits = check_data_source(source, request)
     assert [len(splits[s]) for s in ("train", "test")] == [2, 1] and request.skipped == [f"{tmp_path / 'train.tsv'}, line 3: empty text"]
+
+
+def test_the_walkthrough_task_meets_the_contract_and_predicts_on_every_path(tmp_path):
+    """The regression task from the docs: check_task, a whole run on a tiny BERT, then
+    `adapt predict` (PyTorch) and `--onnx` print the same named outputs by default."""
+    import json
+
+    import torch
+    import yaml
+    from click.testing import CliRunner
+
+    from adapt.cli import make_cli
+    from adapt.testing import check_task, make_test_host, tiny_text_checkpoint
+
+    plugin = doc_example("task")
+    examples = [{"text": f"text {i}", "label": str(i / 4)} for i in range(4)]
+    check_task(plugin.TextRegression(), examples=examples, logits=torch.tensor([[0.1], [0.2], [0.6], [0.7]]), labels=torch.tensor([0.0, 0.25, 0.5, 0.75]))
+    rows = "\n".join(f"{'good ' * (i % 4)}news item {i},{i % 4}" for i in range(64))
+    (tmp_path / "scores.csv").write_text("text,label\n" + rows + "\n")
+    config = {
+        "name": "doc", "output_dir": str(tmp_path / "runs"), "task": "text-regression",
+        "backbone": {"name": "transformers", "checkpoint": str(tiny_text_checkpoint(tmp_path / "tiny")), "options": {"max_length": 16}},
+        "method": {"name": "lora"}, "data": {"source": "csv", "path": str(tmp_path / "scores.csv")},
+        "train": {"epochs": 2, "batch_size": 16}, "export": {"quantize": "none", "mobile": False, "latency_runs": 2},
+    }
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    cli = make_cli(lambda: make_test_host(plugin))
+    result = CliRunner().invoke(cli, ["run", str(tmp_path / "c.yaml")])
+    assert result.exit_code == 0, result.output
+    run = tmp_path / "runs" / "doc"
+    report = json.loads((run / "report.json").read_text())
+    assert report["parity"]["merged"]["verified"] and report["parity"]["onnx"]["verified"] and report["postprocess"] == {"kind": "outputs"}
+    outputs = []
+    for extra in ([], ["--onnx"]):
+        result = CliRunner().invoke(cli, ["predict", str(run), *extra, "good good news"])
+        assert result.exit_code == 0, result.output
+        row = json.loads(result.output.strip().splitlines()[-1])
+        assert row["input"] == "good good news" and list(row["outputs"]) == ["logits"]
+        outputs.append(row["outputs"]["logits"][0][0])
+    assert abs(outputs[0] - outputs[1]) <= 1e-4

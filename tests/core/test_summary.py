@@ -12,12 +12,17 @@ def test_many_modules_are_counted_under_their_top_module():
     assert summarise(names) == "head (9 tensors in 9 modules), model (2 tensors in 1 module)"
 
 
-def test_the_report_names_each_built_in_tasks_own_primary_metric():
-    """`adapt bench` and report.md read the primary metric from report.PRIMARY_METRICS (a
-    report names no task plugin): it must agree with every built-in task."""
-    from adapt.host import make_host
-    from adapt.report import PRIMARY_METRICS
+def test_the_latency_table_reads_the_runs_own_primary_metric_and_direction():
+    """report.md's latency table names the task's primary metric from report.json (the task
+    recorded it), so a plugin's task gets its column filled: no table of task names in core."""
+    from adapt.report import latency_table
 
-    tasks = make_host().tasks
-    for name in tasks.names():
-        assert PRIMARY_METRICS.get(name, "accuracy") == tasks.get(name).primary_metric, name
+    report = {
+        "primary_metric": "micro_f1", "lower_is_better": False, "forms": {"onnx": "export/model.onnx"}, "files": {"export/model.onnx": 123},
+        "latency_ms": {"pytorch": {"median": 2.0, "p90": 2.5, "threads": 2}, "onnx": {"median": 1.0, "p90": 1.2, "threads": 2}},
+        "metrics": {"merged": {"micro_f1": 0.75}, "onnx": {"micro_f1": 0.7421}},
+    }
+    table = latency_table(report)
+    assert "test micro_f1 |" in table
+    assert "| onnx | 1.00 | 1.20 |" in table and "| 0.7421 |" in table and "| 0.75 |" in table
+    assert "(lower is better)" in latency_table({**report, "primary_metric": "perplexity", "lower_is_better": True})

@@ -156,7 +156,7 @@ def test_llama_lora_generation_and_every_way_to_predict_agrees(tmp_path, lms):
     assert [r["generated"] for r in torch_rows] == [r["generated"] for r in onnx_rows] == [json.loads(line)["generated"] for line in standalone.stdout.splitlines()]
     assert [r["generated"] for r in torch_rows] == via_pipeline
     table = CliRunner().invoke(cli, ["bench", str(run_dir)]).output
-    assert "test perplexity | tokens/s |" in table and "| onnx |" in table and "export's figures" in table  # says where they come from
+    assert "test perplexity (lower is better) | tokens/s |" in table and "| onnx |" in table and "export's figures" in table  # says where they come from
     sampled = [json.loads(line) for line in CliRunner().invoke(cli, ["predict", str(run_dir), "the team", "--onnx", "--temperature", "1.0", "--top-k", "20", "--seed", "3"]).output.splitlines()]
     assert sampled and isinstance(sampled[0]["generated"], str)
 
