@@ -292,7 +292,9 @@ class _ExportJob:
     def export_one(self, exporter: Any) -> None:
         plan, built = self.plan, self.session.built
         model, io = self.graph()
-        path = exporter.export(model, plan.backbone.example_inputs(built, 2), io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
+        inputs = plan.backbone.example_inputs(built, 2)
+        model = plan.backbone.export_form(model, inputs, io)
+        path = exporter.export(model, inputs, io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
         forms, details, deployable = [Form(exporter.name, path)], {}, path
         derived = exporter.derive(path, self.derive_context(exporter))
         if derived is not None:
@@ -392,7 +394,8 @@ class _ExportJob:
             session, train = self.session, self.session.config.train
             tuned, info = qat.finetune(self.merged_model, session.splits.train, session.collate, self.plan.task, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size or train.batch_size, seed=train.seed, device=train.device, say=session.say)
             model, io = self.graph(tuned)
-            exporter.export(model, self.plan.backbone.example_inputs(session.built, 2), io, path, options)
+            inputs = self.plan.backbone.example_inputs(session.built, 2)
+            exporter.export(self.plan.backbone.export_form(model, inputs, io), inputs, io, path, options)
             return info
 
         return fine_tune_and_export

@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt.errors import CheckpointError, ConfigError
 from adapt.families import TRANSFORMER_FAMILIES, find_blocks, transformer_families
-from adapt.interfaces import IGNORE_INDEX, Batch, BuiltModel, Example, OnnxIO
+from adapt.interfaces import IGNORE_INDEX, Backbone, Batch, BuiltModel, Example, MergedFolder, OnnxIO
 from adapt.paths import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -87,7 +87,7 @@ def remote_code_consent(source: str, checkpoint: str, allowed: bool) -> bool:
     return allowed
 
 
-class TransformersTextBackbone:
+class TransformersTextBackbone(Backbone):
     """A text encoder family: sequence classification and token classification (NER)."""
 
     name = ""
@@ -276,6 +276,40 @@ class TransformersTextBackbone:
             offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in ROBERTA_LIKE else 0
         return min(wanted, positions - offset) if positions else wanted
 
+    def save_merged(self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any) -> MergedFolder | None:
+        """Backbone.save_merged: a transformers folder (config with the run's label names,
+        weights, the tokenizer at the trained max length), so ``transformers.pipeline`` opens
+        it; None where the wrapper adds layers of its own (an embedding projection), which a
+        transformers folder of the inner model would drop."""
+        import json
+
+        inner: Any = getattr(model, "model", model)
+        if inner is not model and any(not n.startswith("model.") for n, _ in model.named_parameters()):
+            return None
+        if not hasattr(inner, "save_pretrained"):
+            return None
+        if label_names:
+            inner.config.id2label = dict(enumerate(label_names))
+            inner.config.label2id = {name: i for i, name in enumerate(label_names)}
+        if built.task == GENERATION:
+            inner.config.use_cache = True  # the merged model generates
+        tokenizer = built.preprocessor
+        with quiet_transformers():
+            inner.save_pretrained(folder)
+            if hasattr(tokenizer, "save_pretrained"):
+                tokenizer.save_pretrained(folder)
+        settings = folder / "tokenizer_config.json"
+        if settings.exists():  # the length it was trained and exported at, not the checkpoint's 512
+            data = json.loads(settings.read_text(encoding="utf-8"))
+            data["model_max_length"] = self.max_length(built, options)
+            settings.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        usage = ["```python", "from transformers import pipeline", f'run = pipeline("{built.task}", model="merged")', 'run("an input")', "```"]
+        return MergedFolder("transformers", usage)
+
+    def export_form(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO) -> torch.nn.Module:
+        """Backbone.export_form: GPT-2's Conv1D layers as the equal nn.Linear (:func:`conv1d_as_linear`)."""
+        return conv1d_as_linear(model)
+
     def sequence_length(self, built: BuiltModel, options: Any) -> int:
         """Backbone.sequence_length: :meth:`max_length`."""
         return self.max_length(built, options)
@@ -395,3 +429,29 @@ def align_word_labels(word_ids: Sequence[Sequence[int | None]], tags: Sequence[S
                 labels[row, col] = sentence[word]
             previous = word
     return labels
+
+
+def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
+    """``model``, or a copy of it in which transformers' Conv1D layers (GPT-2) are
+    ``nn.Linear`` layers: the same map (``x W + b`` is ``x (W^T)^T + b``), which exports as
+    a MatMul that ONNX Runtime's int8 and int4 quantisers take, where Conv1D exports as Gemm."""
+    import copy
+
+    import torch
+    from transformers.pytorch_utils import Conv1D
+
+    from adapt.targets import replace_module
+
+    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
+    if not names:
+        return model
+    model = copy.deepcopy(model)
+    for name in names:
+        old = model.get_submodule(name)
+        assert isinstance(old, Conv1D)
+        linear = torch.nn.Linear(old.nx, old.nf, dtype=old.weight.dtype, device=old.weight.device)
+        with torch.no_grad():
+            linear.weight.copy_(old.weight.T)
+            linear.bias.copy_(old.bias)
+        replace_module(model, name, linear)
+    return model

@@ -68,6 +68,15 @@ class BuiltModel:
     checkpoint: str | None = None
 
 
+@dataclass
+class MergedFolder:
+    """What ``Backbone.save_merged`` wrote: the library whose loader opens the folder, and
+    the usage lines (markdown) the model card shows, with ``merged`` as the folder's path."""
+
+    library: str
+    usage: list[str] = field(default_factory=list)
+
+
 @dataclass(frozen=True)
 class OnnxIO:
     """Names and dynamic axes of the exported graph's inputs and outputs."""
@@ -383,6 +392,21 @@ class Backbone:
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
         """Input/output names (in forward order) and dynamic batch/sequence axes."""
         raise NotImplementedError(f"backbone {self.name!r} must implement onnx_io")
+
+    def export_form(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO) -> torch.nn.Module:
+        """The merged model as exporters should trace it (``inputs``: example inputs by name): a
+        copy with export-friendly layers where the architecture has layers that trace badly
+        (GPT-2's Conv1D as the equal Linear; timm's run-time "same" padding as constants when
+        the image size is fixed). Default: ``model`` itself. The export's parity check compares
+        what it returns with the merged model."""
+        return model
+
+    def save_merged(self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any) -> MergedFolder | None:
+        """Write the folded, merged ``model`` into ``folder`` as the folder its library's own
+        loader opens (a transformers folder with the run's label names and tokenizer; timm's
+        tensor names) and say which library and how (the model card shows it). Default None:
+        adapt writes ``model.safetensors`` itself, and the card says ``adapt predict`` runs it."""
+        return None
 
     def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any] | None:
         """Write what a device needs (tokenizer.json, ...) into ``folder`` and return preprocess.json's

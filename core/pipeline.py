@@ -384,12 +384,10 @@ def recording(report: dict[str, Any]) -> Iterator[None]:
 
 def merge_and_save(session: Session, report: dict[str, Any]) -> Merged:
     """The merge stage, its section added to ``report``, and merged/ written (with its card)."""
-    from adapt.report import model_card
-
     with recording(report):
         merged = merge_stage(session)
     add_section(report, merged.section)
-    save_merged(merged.result.model, session, session.run.path / MERGED_DIR, folded=merged.result.folded, card=model_card(report, "merged"))
+    save_merged(merged.result.model, session, session.run.path / MERGED_DIR, folded=merged.result.folded, report=report)
     return merged
 
 
@@ -409,52 +407,30 @@ def _clean(metrics: dict[str, float]) -> dict[str, float]:
     return {k: (round(v, 6) if isinstance(v, float) and math.isfinite(v) else v) for k, v in metrics.items()}
 
 
-def save_merged(model: Any, session: Session, folder: Path, *, folded: bool, card: str = "") -> None:
-    """The merged model: a transformers folder (config with the run's label names,
-    weights, the tokenizer at the trained max length) when the network is a
-    transformers model and the method folded, so ``transformers.pipeline`` opens it;
-    else ``model.safetensors`` (the network's own tensor names when folded, adapt's
-    when adapters stay inline or the wrapper adds layers of its own, such as an
-    embedding projection). With a model card (README.md). Swapped in whole."""
+def save_merged(model: Any, session: Session, folder: Path, *, folded: bool, report: dict[str, Any]) -> None:
+    """The merged model: when folded, the folder its library's own loader opens, where the
+    backbone writes one (``Backbone.save_merged``: a transformers folder with the run's
+    label names and tokenizer); else ``model.safetensors`` (the network's own tensor names
+    when folded, adapt's when adapters stay inline or the wrapper adds layers of its own,
+    such as an embedding projection). With a model card (README.md) naming the library
+    that opens it (``merged_library`` in the report). Swapped in whole."""
     from safetensors.torch import save
 
+    from adapt.report import model_card
     from adapt.rundir import atomic_folder
 
-    inner = getattr(model, "model", model)
-    # a wrapper with layers of its own (text-embedding's projection) is saved whole: a
-    # transformers folder of the inner model alone would drop them
-    own = [n for n, _ in model.named_parameters() if not n.startswith("model.")] if inner is not model else []
+    plan = session.plan
     with atomic_folder(folder) as partial:
-        if card:
-            (partial / "README.md").write_text(card, encoding="utf-8")
-        if folded and hasattr(inner, "save_pretrained") and not own:
-            _save_transformers(inner, session, partial)
-            return
-        source = inner if folded and not (own and hasattr(inner, "save_pretrained")) else model
-        state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
-        (partial / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
-
-
-def _save_transformers(inner: Any, session: Session, folder: Path) -> None:
-    from adapt.hf_text import quiet_transformers
-
-    labels = session.label_names
-    if labels:
-        inner.config.id2label = dict(enumerate(labels))
-        inner.config.label2id = {name: i for i, name in enumerate(labels)}
-    if session.config.task == "text-generation":
-        inner.config.use_cache = True  # the merged model generates
-    tokenizer = session.built.preprocessor
-    with quiet_transformers():
-        inner.save_pretrained(folder)
-        if hasattr(tokenizer, "save_pretrained"):
-            tokenizer.save_pretrained(folder)
-    max_length = session.plan.backbone.sequence_length(session.built, session.plan.backbone_options)
-    settings = folder / "tokenizer_config.json"
-    if max_length is not None and settings.exists():  # the length it was trained and exported at, not the checkpoint's 512
-        data = json.loads(settings.read_text(encoding="utf-8"))
-        data["model_max_length"] = max_length
-        settings.write_text(json.dumps(data, indent=2), encoding="utf-8")
+        written = plan.backbone.save_merged(model, session.built, partial, session.label_names, plan.backbone_options) if folded else None
+        if written is None:
+            inner = getattr(model, "model", model)
+            own = [n for n, _ in model.named_parameters() if not n.startswith("model.")] if inner is not model else []
+            source = inner if folded and not (own and hasattr(inner, "save_pretrained")) else model
+            state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
+            (partial / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
+        report["merged_library"] = written.library if written else "adapt"
+        report["merged_usage"] = written.usage if written else []
+        (partial / "README.md").write_text(model_card(report, "merged"), encoding="utf-8")
 
 
 # -- commands -------------------------------------------------------------------

@@ -260,7 +260,7 @@ def model_card(report: dict[str, Any], kind: str) -> str:
 
     params, data, task = report.get("params", {}), report.get("data", {}), report.get("task", "")
     labels = data.get("labels") or []
-    library = "onnxruntime" if kind == "export" else ("transformers" if task in ("text-classification", "token-classification") else "timm")
+    library = "onnxruntime" if kind == "export" else str(report.get("merged_library") or "adapt")  # the backbone's save_merged says
     lines = [
         "---", f"library_name: {library}", f"pipeline_tag: {task}", f"tags: [adapt, {report.get('method', '')}]", "---", "",
         f"# {report.get('name', '')}: {report.get('backbone', '')} + {report.get('method', '')} ({task})", "",
@@ -288,9 +288,7 @@ def _usage(report: dict[str, Any], kind: str, library: str) -> list[str]:
                 "The `.onnx` files carry the labels and the preprocessing in their metadata (`adapt.labels`, `adapt.preprocess`)."]
     if report.get("merge") == "inline":
         return ["The method's modules stay inline (they cannot be folded), so `model.safetensors` is in adapt's layout:", "run it with `adapt predict RUN_DIR ...`, or deploy `export/`, which holds the one graph."]
-    if library == "transformers":
-        return ["```python", "from transformers import pipeline", f'classify = pipeline("{report.get("task", "")}", model="merged")', 'classify("an input")', "```"]
-    labels = len((report.get("data") or {}).get("labels") or []) or "N"
-    return ["```python", "import timm", f'model = timm.create_model("{report.get("arch") or "ARCH"}", pretrained=True, num_classes={labels},',
-            f'                          pretrained_cfg_overlay=dict(file="merged/model.safetensors", num_classes={labels}))', "```",
-            "(`num_classes` in the overlay too: else timm drops the trained head as not fitting ImageNet's 1000 classes.)"]
+    usage = report.get("merged_usage")
+    if usage:  # the backbone wrote its library's folder and said how to open it (Backbone.save_merged)
+        return [str(line) for line in usage]
+    return ["`model.safetensors` holds the merged model in adapt's layout: run it with `adapt predict RUN_DIR ...`, or deploy `export/`."]

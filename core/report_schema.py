@@ -114,6 +114,9 @@ class Report(_Strict):
     bench: dict[str, Any] | None = None
     merge: Literal["folded", "inline"] | None = None
     merge_note: str | None = None
+    #: the library whose own loader opens merged/ ("adapt" where adapt wrote its own layout) and the card's usage lines (Backbone.save_merged)
+    merged_library: str | None = None
+    merged_usage: list[str] | None = None
     merge_check: MergeCheck | None = None
     parity: dict[str, Check] | None = None
     #: form -> its file, relative to the run directory

@@ -2,9 +2,9 @@
 int8 quantisation behind an accuracy gate, and the ``.ort`` mobile format.
 
 * Export: ``torch.onnx.export`` (TorchScript exporter, opset 17 by default) with
-  dynamic batch (and sequence) axes, then ``onnx.checker`` with full checks.
-  transformers' Conv1D layers (GPT-2) are exported as the equal Linear (a MatMul).
-  A text-generation model exports as one decoder with a key/value cache.
+  dynamic batch (and sequence) axes, then ``onnx.checker`` with full checks. The
+  model arrives in its backbone's export form (``Backbone.export_form``: layers that
+  trace badly already swapped for equal ones). A decoder exports with a key/value cache.
 * Optimise: transformers go through ONNX Runtime's transformer optimiser, which
   fuses attention, layer norm and GELU in the eager-attention graph the text
   backbones export; CNNs through ONNX Runtime's offline graph optimisation.
@@ -34,7 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import ExportError
-from adapt.export_stage import Derived, DeriveContext, Form
+from adapt.interfaces import Derived, DeriveContext, Exporter, Form
 from adapt.exporters import int8_arithmetic
 from adapt.latency import cpu_flags
 
@@ -55,7 +55,7 @@ class OnnxOptions(BaseModel):
     int8_format: Literal["auto", "qdq", "qoperator"] = Field("auto", description="static int8's file format; auto: QOperator where timed more than 10% faster, else QDQ (pin it for identical exports)")
 
 
-class OnnxExporter:
+class OnnxExporter(Exporter):
     name = "onnx"
     suffix = ".onnx"
     options_schema = OnnxOptions
@@ -66,10 +66,8 @@ class OnnxExporter:
 
         opset = options.opset if options else 17
         path.parent.mkdir(parents=True, exist_ok=True)
-        model = conv1d_as_linear(model).eval()
+        model = model.eval()
         args = tuple(inputs[name] for name in io.input_names)
-        if all(set(io.dynamic_axes.get(name, {})) <= {0} for name in io.input_names):  # only the batch varies
-            model = static_same_padding(model, args)
         try:
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
@@ -295,83 +293,6 @@ def required_operators(folder: Path) -> dict[str, list[str]]:
             if len(parts) == 3 and not line.startswith("#"):
                 found.setdefault(f"{parts[0]} {parts[1]}", []).extend(op for op in parts[2].split(",") if op)
     return {key: sorted(set(ops)) for key, ops in found.items()}
-
-
-def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
-    """``model``, or a copy of it in which transformers' Conv1D layers (GPT-2) are
-    ``nn.Linear`` layers: the same map (``x W + b`` is ``x (W^T)^T + b``), which exports as
-    a MatMul that ONNX Runtime's int8 and int4 quantisers take, where Conv1D exports as Gemm."""
-    import copy
-
-    import torch
-    from transformers.pytorch_utils import Conv1D
-
-    from adapt.targets import replace_module
-
-    names = [n for n, m in model.named_modules() if isinstance(m, Conv1D)]
-    if not names:
-        return model
-    model = copy.deepcopy(model)
-    for name in names:
-        old = model.get_submodule(name)
-        assert isinstance(old, Conv1D)
-        linear = torch.nn.Linear(old.nx, old.nf, dtype=old.weight.dtype, device=old.weight.device)
-        with torch.no_grad():
-            linear.weight.copy_(old.weight.T)
-            linear.bias.copy_(old.bias)
-        replace_module(model, name, linear)
-    return model
-
-
-def static_same_padding(model: torch.nn.Module, args: tuple[Any, ...]) -> torch.nn.Module:
-    """``model``, or a copy in which timm's ``Conv2dSame`` layers (the ``tf_*`` models:
-    EfficientNet-Lite) pad by a constant. Conv2dSame computes TensorFlow's "same"
-    padding from the input's shape at run time, which exports as some 30 small shape
-    arithmetic nodes per strided conv (Shape, Gather, Div, Ceil, Clip, Concat) before a
-    Pad; with the image's height and width fixed in the graph, as adapt exports them,
-    that padding is a constant, found by running the model once on ``args``. The same
-    maths (the export's parity check compares it with the merged model), less work:
-    ONNX Runtime folds a constant Pad into the conv."""
-    import copy
-
-    import torch
-    import torch.nn.functional as F
-
-    from adapt.targets import replace_module
-
-    names = [n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame" and isinstance(m, torch.nn.Conv2d)]
-    if not names:
-        return model
-    sizes: dict[str, tuple[int, int]] = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda module, inputs, name=n: sizes.__setitem__(name, tuple(inputs[0].shape[-2:]))) for n in names]
-    try:
-        with torch.no_grad():
-            model(*args)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-    class StaticPadConv(torch.nn.Module):
-        def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
-            super().__init__()
-            self.conv, self.pads = conv, pads
-
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            conv = self.conv
-            return F.conv2d(F.pad(x, self.pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
-
-    model = copy.deepcopy(model)
-    for name in names:
-        conv = model.get_submodule(name)
-        assert isinstance(conv, torch.nn.Conv2d)
-        pad_h, pad_w = (_same_padding(size, k, s, d) for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation))
-        replace_module(model, name, StaticPadConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
-    return model
-
-
-def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
-    """TensorFlow's "same" padding along one axis (timm's get_same_padding)."""
-    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
 
 
 def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:

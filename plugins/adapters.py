@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import ConfigError
-from adapt.interfaces import BuiltModel, MergeResult
+from adapt.interfaces import BuiltModel, MergeResult, Method
 from adapt.params import SavesTrainedTensors
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ class AdapterOptions(BaseModel):
     targets: str | list[str] | None = Field(None, description="modules to put adapters after (overrides placement)")
 
 
-class Adapters(SavesTrainedTensors):
+class Adapters(SavesTrainedTensors, Method):
     name = "adapters"
     options_schema = AdapterOptions
     #: Pfeiffer uses mlp-output; Houlsby attention-output too (see _targets).

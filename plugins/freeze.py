@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import ConfigError
-from adapt.interfaces import BuiltModel, MergeResult
+from adapt.interfaces import BuiltModel, MergeResult, Method
 from adapt.params import SavesTrainedTensors
 
 
@@ -25,7 +25,7 @@ class FreezeOptions(BaseModel):
     biases: bool = Field(False, description="also train every bias (BitFit)")
 
 
-class Freeze(SavesTrainedTensors):
+class Freeze(SavesTrainedTensors, Method):
     name = "freeze"
     options_schema = FreezeOptions
     #: freeze adapts no target family: it trains the head (and ``last_blocks``, ``biases``)

@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import ConfigError
-from adapt.interfaces import Batch, BuiltModel, Example, OnnxIO
+from adapt.interfaces import Backbone, Batch, BuiltModel, Example, OnnxIO
 
 if TYPE_CHECKING:
     import torch
@@ -61,7 +61,7 @@ def _tower(buckets: int, width: int, dim: int) -> torch.nn.Module:
     return ItemTower()
 
 
-class ItemTableBackbone:
+class ItemTableBackbone(Backbone):
     name = "item-table"
     tasks = (TASK,)
     families: tuple[str, ...] = ()

@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import CheckpointError, ConfigError
-from adapt.interfaces import BuiltModel, MergeResult
+from adapt.interfaces import BuiltModel, MergeResult, Method
 
 if TYPE_CHECKING:
     import torch
@@ -57,7 +57,7 @@ def from_peft_name(name: str, prefix: str) -> str:
     return prefix + name.removeprefix(PEFT_PREFIX).replace(".default.", ".")
 
 
-class LoRA:
+class LoRA(Method):
     name = "lora"
     options_schema = LoRAOptions
     default_families = ("attention-qv", "pointwise-conv", "depthwise-conv")

@@ -18,6 +18,7 @@ interpolation, mean/std); grey images become three channels.
 from __future__ import annotations
 
 import difflib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
@@ -26,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import CheckpointError, ConfigError, DataError
-from adapt.interfaces import Batch, BuiltModel, Example, OnnxIO
+from adapt.interfaces import Backbone, Batch, BuiltModel, Example, MergedFolder, OnnxIO
 from adapt.paths import resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -146,7 +147,7 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
     return mapped
 
 
-class MobileNet:
+class MobileNet(Backbone):
     name = "mobilenet"
     tasks = ("image-classification", "object-detection", "image-embedding")
     #: Target families (adapt.families) of timm's mobile blocks.
@@ -282,6 +283,33 @@ class MobileNet:
 
         return {"pixel_values": torch.randn(batch_size, *built.preprocessor.input_size, generator=torch.Generator().manual_seed(0))}
 
+    def save_merged(self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any) -> MergedFolder | None:
+        """Backbone.save_merged: a classifier's timm network under timm's own tensor names, which
+        ``timm.create_model(arch, pretrained_cfg_overlay=dict(file=...))`` loads; None for the
+        other models (a detector, an embedding model), which adapt writes in its own layout."""
+        from safetensors.torch import save
+
+        from adapt.wrappers import PixelClassifier
+
+        if type(model) is not PixelClassifier:
+            return None
+        state = {k: v.detach().cpu().contiguous() for k, v in model.model.state_dict().items()}
+        (folder / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network"}))
+        network: Any = model.model
+        arch, labels = network.pretrained_cfg.get("architecture") or "ARCH", max(1, len(label_names))
+        return MergedFolder("timm", [
+            "```python", "import timm", f'model = timm.create_model("{arch}", pretrained=True, num_classes={labels},',
+            f'                          pretrained_cfg_overlay=dict(file="merged/model.safetensors", num_classes={labels}))', "```",
+            "(`num_classes` in the overlay too: else timm drops the trained head as not fitting ImageNet's 1000 classes.)",
+        ])
+
+    def export_form(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO) -> torch.nn.Module:
+        """Backbone.export_form: with the image size fixed in the graph (only the batch varies),
+        timm's run-time "same" padding as constants (:func:`static_same_padding`)."""
+        if any(set(io.dynamic_axes.get(name, {})) - {0} for name in io.input_names):
+            return model
+        return static_same_padding(model, tuple(inputs[name] for name in io.input_names))
+
     def onnx_io(self, built: BuiltModel) -> OnnxIO:
         if built.task == DETECTION:  # one square size: the head's locations are fixed
             return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
@@ -359,3 +387,54 @@ def _blocks(model: torch.nn.Module) -> list[str]:
 @hookimpl
 def adapt_register_backbones(register: Any) -> None:
     register(MobileNet())
+
+
+def static_same_padding(model: torch.nn.Module, args: tuple[Any, ...]) -> torch.nn.Module:
+    """``model``, or a copy in which timm's ``Conv2dSame`` layers (the ``tf_*`` models:
+    EfficientNet-Lite) pad by a constant. Conv2dSame computes TensorFlow's "same"
+    padding from the input's shape at run time, which exports as some 30 small shape
+    arithmetic nodes per strided conv (Shape, Gather, Div, Ceil, Clip, Concat) before a
+    Pad; with the image's height and width fixed in the graph, as adapt exports them,
+    that padding is a constant, found by running the model once on ``args``. The same
+    maths (the export's parity check compares it with the merged model), less work:
+    ONNX Runtime folds a constant Pad into the conv."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+
+    from adapt.targets import replace_module
+
+    names = [n for n, m in model.named_modules() if type(m).__name__ == "Conv2dSame" and isinstance(m, torch.nn.Conv2d)]
+    if not names:
+        return model
+    sizes: dict[str, tuple[int, int]] = {}
+    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda module, inputs, name=n: sizes.__setitem__(name, tuple(inputs[0].shape[-2:]))) for n in names]
+    try:
+        with torch.no_grad():
+            model(*args)
+    finally:
+        for hook in hooks:
+            hook.remove()
+
+    class StaticPadConv(torch.nn.Module):
+        def __init__(self, conv: torch.nn.Conv2d, pads: tuple[int, int, int, int]) -> None:
+            super().__init__()
+            self.conv, self.pads = conv, pads
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            conv = self.conv
+            return F.conv2d(F.pad(x, self.pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+    model = copy.deepcopy(model)
+    for name in names:
+        conv = model.get_submodule(name)
+        assert isinstance(conv, torch.nn.Conv2d)
+        pad_h, pad_w = (_same_padding(size, k, s, d) for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation))
+        replace_module(model, name, StaticPadConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
+    return model
+
+
+def _same_padding(size: int, kernel: int, stride: int, dilation: int) -> int:
+    """TensorFlow's "same" padding along one axis (timm's get_same_padding)."""
+    return max((math.ceil(size / stride) - 1) * stride + (kernel - 1) * dilation + 1 - size, 0)
