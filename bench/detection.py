@@ -1,5 +1,5 @@
 """The object-detection target of issue 17, measured: MobileNetV2 (real ImageNet weights) +
-LoRA + the FCOS head on the real-pixel detection set (adapt.detection_set), on this CPU.
+LoRA + the FCOS head on the real-pixel detection set (adapt.plugins.detection.example_set), on this CPU.
 
 Usage: python bench/detection.py [--out runs/bench-detection] [--images 1500] [--set KEY=VALUE ...]
 
@@ -40,7 +40,7 @@ def main() -> None:
     args = parser.parse_args()
     data = args.out / "data"
     if not (data / "annotations.json").exists():
-        subprocess.run([sys.executable, "-m", "adapt.detection_set", str(data), "--images", str(args.images)], check=True)
+        subprocess.run([sys.executable, "-m", "adapt.plugins.detection.example_set", str(data), "--images", str(args.images)], check=True)
     adapt = str(Path(sys.executable).with_name("adapt"))
     overrides = [f"data.path={data}", f"output_dir={args.out}", *args.set]
     started = time.perf_counter()

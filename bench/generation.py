@@ -46,7 +46,7 @@ def build(work: Path):
     from adapt.export_stage import DeriveContext
     from adapt.host import make_host
     from adapt.interfaces import BuiltModel
-    from adapt.wrappers import CausalLMWithCache
+    from adapt.plugins.transformers.cached_decoder import CausalLMWithCache
 
     torch.manual_seed(0)
     model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).eval()

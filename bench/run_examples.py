@@ -21,9 +21,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 #: Examples whose data is generated first (into the folder their config names, if missing).
 GENERATED = {
-    "detection-mobilenetv2-lora": ("digits-detection", ["-m", "adapt.detection_set", "digits-detection", "--images", "1500"]),
-    "bbc-minilm-recommend": ("bbc-interactions", ["-m", "adapt.bbc_interactions", "bbc-interactions"]),
-    "bbc-itemtable-recommend": ("bbc-interactions", ["-m", "adapt.bbc_interactions", "bbc-interactions"]),
+    "detection-mobilenetv2-lora": ("digits-detection", ["-m", "adapt.plugins.detection.example_set", "digits-detection", "--images", "1500"]),
+    "bbc-minilm-recommend": ("bbc-interactions", ["-m", "adapt.plugins.embeddings.bbc_interactions", "bbc-interactions"]),
+    "bbc-itemtable-recommend": ("bbc-interactions", ["-m", "adapt.plugins.embeddings.bbc_interactions", "bbc-interactions"]),
 }
 
 

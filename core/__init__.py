@@ -7,7 +7,10 @@ from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version
 
+from adapt import moved
 from adapt.hookspecs import hookimpl
+
+moved.install()  # modules that moved into family packages keep their old names (adapt.moved)
 
 try:
     __version__ = version("adapt-edge")

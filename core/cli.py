@@ -346,20 +346,21 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
     @click.argument("inputs", nargs=-1, required=True)
     @click.option("--onnx", "use_onnx", is_flag=True, help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.")
     @click.option("--model", "model_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="With --onnx: this exported file instead of the deployable one.")
-    @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True, help="text-generation: most tokens to add to each prompt.")
-    @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="text-generation: 0 is greedy; higher samples more freely.")
-    @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="text-generation: sample among the k most likely tokens (0: all).")
-    @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="text-generation: sample within this much probability mass.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="text-generation: random seed of the sampling.")
-    @click.option("--stop", multiple=True, help="text-generation: cut the generated text at this string (repeatable).")
-    @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True, help="object-detection: print detections scoring at least this.")
-    @click.option("--draw", type=click.Path(dir_okay=False, path_type=Path), default=None, help="object-detection: write the image with its boxes to this PNG (several images: one file each, named after them).")
+    @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True, help="generating runs: most tokens to add to each prompt.")
+    @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="generating runs: 0 is greedy; higher samples more freely.")
+    @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="generating runs: sample among the k most likely tokens (0: all).")
+    @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="generating runs: sample within this much probability mass.")
+    @click.option("--seed", type=int, default=0, show_default=True, help="generating runs: random seed of the sampling.")
+    @click.option("--stop", multiple=True, help="generating runs: cut the generated text at this string (repeatable).")
+    @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True, help="detectors (boxes): print detections scoring at least this.")
+    @click.option("--draw", type=click.Path(dir_okay=False, path_type=Path), default=None, help="detectors (boxes): write the image with its boxes to this PNG (several images: one file each, named after them).")
     def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any) -> None:
-        """Predict with RUN_DIR's model for INPUTS: labels for texts, sentences (NER,
-        split on spaces) or image paths, continuations of prompts (text-generation), or
-        boxes in image paths (object-detection), nearest identities (image-embedding) or
-        documents (text-embedding), or next items for a history of item ids, comma-separated,
-        oldest first (recommendation), by the run's task. One JSON line each."""
+        """Predict with RUN_DIR's model for INPUTS, as the run's task reads and prints them
+        (its declared post-processing, the same as the exported predict.py): labels for texts,
+        sentences (split on spaces) or image paths, continuations of prompts, boxes in image
+        paths, the nearest identities or documents, or next items for a history of item ids
+        (comma-separated, oldest first); a task that declares none prints its model's named
+        outputs. One JSON line each."""
         from adapt.onnx_predict import InputError, PredictError
 
         try:

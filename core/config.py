@@ -48,7 +48,7 @@ class _Section(BaseModel):
 class BackboneConfig(_Section):
     name: str = Field(description="a registered backbone plugin")
     checkpoint: str | None = Field(None, description="hub id, local folder or file, or pkg:<module>/<path>")
-    arch: str | None = Field(None, description="architecture name, for backbone families such as timm")
+    arch: str | None = Field(None, description="architecture name, for backbones that build several (a timm model name)")
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the backbone's own schema")
 
 
@@ -74,11 +74,11 @@ class DataConfig(_Section):
     path: str | None = Field(None, description="file or folder, or pkg:<module>/<path>; some sources need none")
     text_column: str = Field("text", description="column holding the text, for table-like sources")
     label_column: str = Field("label", description="column holding the label, for table-like sources")
-    prompt_column: str = Field("prompt", description="text-generation: column holding the prompt (the loss is on the completion only)")
-    completion_column: str = Field("completion", description="text-generation: column holding the completion of the prompt")
-    query_column: str = Field("query", description="text-embedding: column holding the query of a (query, positive) pair")
-    positive_column: str = Field("positive", description="text-embedding: column holding the positive (the document the query should find)")
-    items: str | None = Field(None, description="recommendation: CSV or jsonl file of the items' text (`item`, `text`), or pkg:<module>/<path>")
+    prompt_column: str = Field("prompt", description="prompt/completion data: column holding the prompt (the loss is on the completion only)")
+    completion_column: str = Field("completion", description="prompt/completion data: column holding the completion of the prompt")
+    query_column: str = Field("query", description="(query, positive) pairs: column holding the query")
+    positive_column: str = Field("positive", description="(query, positive) pairs: column holding the positive (the document the query should find)")
+    items: str | None = Field(None, description="two-tower recommenders: CSV or jsonl file of the items' text (`item`, `text`), or pkg:<module>/<path>")
     split: SplitConfig = Field(default_factory=SplitConfig, description="used where the data has no split of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 
@@ -93,7 +93,7 @@ class FastConfig(_Section):
     compile: Switch = Field("auto", description="torch.compile the model for training (auto: on CUDA only)")
     cuda_graphs: Switch = Field("auto", description="with compile on CUDA, record CUDA graphs (reduce-overhead) (auto: yes)")
     channels_last: Switch = Field("auto", description="NHWC memory layout for convolutional models (auto: yes)")
-    cls_last_layer: Switch = Field("auto", description="sequence classifiers of the BERT family: compute the last layer for the [CLS] position only, the one the head reads (auto: on a CPU)")
+    cls_last_layer: Switch = Field("auto", description="where the backbone offers it (encoder classifiers whose head reads the first token): compute the last layer for that position only (auto: on a CPU)")
     pin_memory: Switch = Field("auto", description="collate batches into pinned host memory so the copy to the GPU does not stall the host (auto: on CUDA)")
 
 
@@ -113,7 +113,7 @@ class TrainConfig(_Section):
     eval_batch_size: Int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
     workers: Int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
     group_by_length: StrictBool = Field(False, description="batch examples of similar length together (less padding: faster on texts of uneven length)")
-    augment: StrictBool | list[Literal["flip", "crop"]] = Field(True, description="the task's training augmentation where it has one: true (all its kinds), false, or a list of kinds (object-detection: flip, crop; leave out flip for digits or text, which a mirror changes); evaluation never sees it")
+    augment: StrictBool | list[Literal["flip", "crop"]] = Field(True, description="the task's training augmentation where it has one: true (all its kinds), false, or a list of kinds (a detector's: flip, crop; leave out flip for digits or text, which a mirror changes); evaluation never sees it")
     fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
     cache_features: StrictBool = Field(True, description="linear probes (only the head trains): compute the frozen backbone once per example and train the head on its outputs; the frozen part runs in eval mode either way")
 
@@ -136,7 +136,7 @@ class ExportConfig(_Section):
     prefer: Literal["size", "speed"] = Field("size", description="which passing file to deploy: the smallest quantised one, or the fastest at batch 1 (fp32 included)")
     target: Literal["auto", "x86", "x86-vnni", "arm"] = Field("auto", description="the CPU the export is for: auto (this machine: its int8 arithmetic is probed), x86 (any x86 CPU: 7-bit int8 weights, which cannot saturate on CPUs without VNNI), x86-vnni (8-bit weights) or arm; int8 formats are timed on the exporting machine when it is of that family")
     max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
-    max_perplexity_increase: Float = Field(0.05, ge=0, description="text-generation: largest relative increase of validation perplexity a quantised model may have and still be recommended")
+    max_perplexity_increase: Float = Field(0.05, ge=0, description="a lower-is-better primary metric (perplexity): largest relative increase on the validation split a quantised model may have and still be recommended")
     parity_tolerance: Float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
     latency_runs: Int = Field(30, ge=1, description="timed runs per form for the latency figures")
     latency_batch: Int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")
@@ -153,11 +153,11 @@ class MergeConfig(_Section):
 
 class RunConfig(_Section):
     name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run directory is <output_dir>/<name>")
-    task: str = Field(description="a registered task: text-classification, token-classification, image-classification, ...")
+    task: str = Field(description="a registered task (`adapt plugins` lists them)")
     backbone: BackboneConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig
-    head: dict[str, Any] = Field(default_factory=dict, description="the task's head options, for tasks that have them (image-embedding, text-embedding: dim, loss, margin, scale, temperature)")
+    head: dict[str, Any] = Field(default_factory=dict, description="the task's head options, for tasks that have them (the embedding tasks: dim, loss, margin, scale, temperature)")
     train: TrainConfig = Field(default_factory=TrainConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)

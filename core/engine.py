@@ -286,7 +286,7 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         if not params:
             raise nothing_trainable(self.built)
-        fast = fast_path.prepare(model, self.config.fast, self.device)
+        fast = fast_path.prepare(model, self.config.fast, self.device, self.built.switches)
         self.probe = feature_cache.probe_head(model, self.built.head)
         if self.probe is not None:
             self._cache_features(model)

@@ -38,24 +38,18 @@ QUERY_VALUE = {"query", "value", "q", "v", "q_lin", "v_lin", "q_proj", "v_proj",
 ATTENTION_MARKS = ("attn", "attention")
 
 
-def linear_kinds() -> tuple[type[nn.Module], ...]:
-    """The linear layer types: ``nn.Linear`` and transformers' ``Conv1D`` (GPT-2's
-    projections, the same map with its weight stored (in, out))."""
-    from torch import nn
-    from transformers.pytorch_utils import Conv1D
-
-    return (nn.Linear, Conv1D)
-
-
 def linear_features(module: nn.Module) -> tuple[int, int] | None:
-    """``(in, out)`` of a linear layer (either kind), None for anything else."""
+    """``(in, out)`` of a linear layer, None for anything else: an ``nn.Linear``, or a layer
+    holding the same map with its weight stored (in, out), known by its shape alone: just a
+    2-D ``weight`` and a ``bias`` of its second size (GPT-2's projections)."""
     from torch import nn
-    from transformers.pytorch_utils import Conv1D
 
     if isinstance(module, nn.Linear):
         return module.in_features, module.out_features
-    if isinstance(module, Conv1D):
-        return int(module.nx), int(module.nf)  # weight stored (in, out)
+    own = dict(module.named_parameters(recurse=False))
+    weight, bias = own.get("weight"), own.get("bias")
+    if set(own) == {"weight", "bias"} and weight is not None and bias is not None and weight.dim() == 2 and bias.dim() == 1 and bias.numel() == weight.shape[1]:
+        return int(weight.shape[0]), int(weight.shape[1])
     return None
 
 

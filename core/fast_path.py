@@ -18,8 +18,9 @@ The choices (``train.fast`` in the config, ``auto`` by default) are:
   Each new batch shape records a graph; text batches are padded to a multiple
   of 8 tokens, which keeps the shapes few.
 * ``channels_last``: NHWC memory layout for convolutional models.
-* ``cls_last_layer``: a BERT-family sequence classifier computes its last layer
-  for the [CLS] position only, the one its head reads (``adapt.cls_last_layer``,
+* ``cls_last_layer``: where the backbone offers it (``BuiltModel.switches``: the
+  transformers backbone for a BERT-family sequence classifier), the last layer is
+  computed for the [CLS] position only, the one its head reads (``adapt.plugins.transformers.cls_last_layer``,
   which checks that the logits are unchanged before keeping it). ``auto``: on a
   CPU, where it was measured; opt-in on CUDA until measured there.
 * ``pin_memory``: batches are collated into pinned (page-locked) host memory on
@@ -30,19 +31,18 @@ The choices (``train.fast`` in the config, ``auto`` by default) are:
 Skipping gradient work for frozen parts needs nothing here: frozen weights have
 ``requires_grad=False``, so autograd computes no weight gradient for them and
 stops below the lowest trained layer. LoRA on an ungrouped convolution trains
-through a separate low-rank branch (see ``_lora_layers``), never a full-size
+through a separate low-rank branch (see ``adapt.plugins.methods.lora_layers``), never a full-size
 weight gradient.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, cast
+from typing import Any, Callable, Mapping, TYPE_CHECKING, cast
 
 import torch
 from torch import nn
 
-from adapt import cls_last_layer
 from adapt.config import FastConfig
 
 if TYPE_CHECKING:
@@ -94,8 +94,10 @@ def _is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastPath:
-    """Switch ``model`` (in place) to its fast training form; ``FastPath.restore`` undoes it."""
+def prepare(model: nn.Module, config: FastConfig, device: torch.device, switches: Mapping[str, Callable[[], tuple[Callable[[], None] | None, str]]] | None = None) -> FastPath:
+    """Switch ``model`` (in place) to its fast training form; ``FastPath.restore`` undoes it.
+    ``switches``: what the backbone offers for this model (``BuiltModel.switches``)."""
+    switches = switches or {}
     fast = FastPath()
     top = _transformers_model(model)
     if top is not None and config.attention != "eager":
@@ -110,8 +112,9 @@ def prepare(model: nn.Module, config: FastConfig, device: torch.device) -> FastP
         fast.channels_last = True
         fast.undo.append(lambda: _contiguous(model))
 
-    if top is not None and _on(config.cls_last_layer, device.type == "cpu"):
-        undo, note = cls_last_layer.switch_on(top)
+    switch = switches.get("cls_last_layer")
+    if switch is not None and _on(config.cls_last_layer, device.type == "cpu"):
+        undo, note = switch()
         if undo is not None:
             fast.cls_last_layer = True
             fast.undo.append(undo)

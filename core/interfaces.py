@@ -62,6 +62,18 @@ class BuiltModel:
     #: Methods adapt these by default (``Method.default_families``) and
     #: ``method.options.targets`` may name one. See adapt.families.
     families: dict[str, list[str]] = field(default_factory=dict)
+    #: A feature extractor for a task that adds its own head (object-detection): the model
+    #: returns one feature map per level, input side first; each level's (channels, stride).
+    #: The task's ``wrap_model`` puts its head on top. Empty for a model with its own head.
+    pyramid: tuple[tuple[int, int], ...] = ()
+    #: Settings the backbone's options give for the head such a task adds (mobilenet:
+    #: ``backbone.options.head``: ``channels``, ``depth``); the task reads what it knows.
+    head_options: dict[str, Any] = field(default_factory=dict)
+    #: Ways to make training faster that the backbone offers for this model, by the name of
+    #: their ``train.fast`` switch (transformers' BERT family: ``cls_last_layer``, the last
+    #: layer computed for the [CLS] position only). Each switches the model in place and
+    #: returns how to undo it (None: it does not apply) and a note saying why not.
+    switches: dict[str, Callable[[], tuple[Callable[[], None] | None, str]]] = field(default_factory=dict)
     #: Where the pretrained weights came from: an absolute local path or a hub id
     #: (set by the host from ``backbone.checkpoint``; None without one). PEFT's
     #: adapter_config.json names it as ``base_model_name_or_path``.

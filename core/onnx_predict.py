@@ -308,6 +308,7 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
     spec = read_spec(spec_path)
+    spec["postprocess"] = postprocess_of(spec, spec_path.parent)
     check_settings(settings)
     check_draw(settings.get("draw"))
     session = open_session(model_path)
@@ -326,21 +327,21 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
         raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {detail}): use the model file exported beside it") from None
 
 
-def postprocess_of(spec: dict[str, Any]) -> dict[str, Any]:
+def postprocess_of(spec: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
     """What to do after the graph (preprocess.json's ``postprocess``, from the task's
-    declaration). An export made before adapt wrote it gets what its task did then."""
+    declaration). An export made before adapt wrote it (``folder``: where it lies) gets what
+    it did then, told by its input kind and the files beside the model."""
     declared = spec.get("postprocess")
     if isinstance(declared, dict) and declared.get("kind") in POSTPROCESS_KINDS:
         return declared
     if declared is not None:
         raise PredictError(f"preprocess.json's postprocess {declared!r} is not one of {', '.join(POSTPROCESS_KINDS)}: export the run again with this adapt")
-    legacy = {"detection": "boxes", "generation": "generation", "tokens": "token-tags", "items": "recommend"}.get(spec.get("kind", ""), "softmax-top-k")
-    task = spec.get("task")
-    if task == "recommendation":
+    kind = spec.get("kind", "")
+    if folder is not None and (kind == "items" or (folder / "user_tower.onnx").exists()):
         return {"kind": "recommend"}
-    if task in ("image-embedding", "text-embedding"):
-        return {"kind": "nearest-neighbours", "key": "document" if task == "text-embedding" else "identity"}
-    return {"kind": legacy}
+    if folder is not None and (folder / "gallery.json").exists():
+        return {"kind": "nearest-neighbours", "key": "document" if kind == "text" else "identity"}
+    return {"kind": {"detection": "boxes", "generation": "generation", "tokens": "token-tags"}.get(kind, "softmax-top-k")}
 
 
 def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:

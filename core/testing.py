@@ -26,7 +26,7 @@ import torch
 from adapt.engine import freeze_frozen_norms
 from adapt.errors import AdaptError
 from adapt.host import Host, make_host
-from adapt.interfaces import IGNORE_INDEX, SPLITS, Backbone, Batch, BuiltModel, DataRequest, DataSource, Exporter, MergeResult, Method, declare
+from adapt.interfaces import IGNORE_INDEX, SPLITS, Backbone, Batch, BuiltModel, DataRequest, DataSource, Exporter, MergeResult, Method, Task, declare
 
 
 def make_test_host(*plugins: object, builtins: bool = True) -> Host:
@@ -34,21 +34,22 @@ def make_test_host(*plugins: object, builtins: bool = True) -> Host:
     return make_host(plugins, autoload=False, builtins=builtins)
 
 
-def _logits_shape_ok(output: torch.Tensor | tuple[torch.Tensor, ...], batch: Batch, task: str, labels: int) -> bool:
-    """(batch, labels), (batch, tokens, labels) for token classification, (batch,
-    tokens, vocabulary) for text generation, or (batch, locations, 8 + labels) for object
-    detection; a cached decoder's logits come first."""
-    logits = output[0] if isinstance(output, tuple) else output
-    first = next(iter(batch.values()))
-    if task == "token-classification":
-        return tuple(logits.shape) == (first.shape[0], first.shape[1], labels)
-    if task == "text-generation":
-        return logits.dim() == 3 and tuple(logits.shape[:2]) == tuple(first.shape[:2])
-    if task == "object-detection":  # one row per location: geometry (adapt.detector) and the class logits
-        from adapt.detector import FIRST_CLASS
+def _logits_of(output: torch.Tensor | tuple[torch.Tensor, ...]) -> torch.Tensor:
+    """The logits: the output, or its first item (a cached decoder returns its cache after them)."""
+    return output[0] if isinstance(output, tuple) else output
 
-        return logits.dim() == 3 and logits.shape[0] == first.shape[0] and logits.shape[2] == FIRST_CLASS + labels
-    return tuple(logits.shape) == (first.shape[0], labels)
+
+def _task_fields(name: str) -> tuple[str, ...]:
+    """The fields of the built-in task ``name``; none for a task adapt does not ship."""
+    try:
+        return tuple(declare(_registered("tasks", name), Task).fields)
+    except AdaptError:
+        return ()
+
+
+def _registered(kind: str, name: str) -> Any:
+    """The built-in plugin object ``name`` of ``kind`` (tasks, backbones), through a fresh host."""
+    return make_host(autoload=False).registries()[kind].get(name)
 
 
 def _check_user_error(action: Callable[[], Any], what: str) -> None:
@@ -64,30 +65,37 @@ def _check_user_error(action: Callable[[], Any], what: str) -> None:
     raise AssertionError(f"{what} was accepted; it must raise an adapt.errors error")
 
 
-def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkpoint: str | None = None, arch: str | None = None, options: Any = None, num_labels: int = 3, methods: Sequence[str] = ("lora",), bad_checkpoint: str | None = None) -> BuiltModel:
-    """Build for ``task`` and check shapes, the collator, ONNX I/O names, head, blocks and
-    default targets; with ``bad_checkpoint`` (a path that is not a valid checkpoint), that
-    building from it gives a clear error."""
+def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkpoint: str | None = None, arch: str | None = None, options: Any = None, num_labels: int = 3, methods: Sequence[str] = ("lora",), bad_checkpoint: str | None = None, task_plugin: Any = None) -> BuiltModel:
+    """Build for ``task`` as a run does (the task's ``head_size`` and ``wrap_model``: ``task_plugin``,
+    else the built-in task of that name), and check the logits' batch size, the collator on
+    the task's ``examples`` (after its ``flatten``, as a run collates them: the task's loss
+    finite, its decode giving predictions), ONNX
+    I/O names, head, blocks and default targets; with ``bad_checkpoint`` (a path that is not
+    a valid checkpoint), that building from it gives a clear error."""
     backbone = declare(backbone, Backbone)
     assert task in backbone.tasks, f"{backbone.name} does not list task {task!r}"
     if bad_checkpoint is not None:
         _check_user_error(lambda: backbone.build(task, num_labels, checkpoint=bad_checkpoint, arch=arch, options=options), f"building from checkpoint {bad_checkpoint!r}")
+    task_object = declare(task_plugin if task_plugin is not None else _registered("tasks", task), Task)
     torch.manual_seed(0)
-    built = backbone.build(task, num_labels, checkpoint=checkpoint, arch=arch, options=options)
+    built = backbone.build(task, task_object.head_size(num_labels), checkpoint=checkpoint, arch=arch, options=options)
+    built = task_object.wrap_model(built, num_labels)  # a head the task adds (a detector's, an embedding's)
     built.model.eval()
     inputs = backbone.example_inputs(built, batch_size=2)
     with torch.no_grad():
-        assert _logits_shape_ok(built.model(**inputs), inputs, task, num_labels), "example_inputs do not give (batch, [tokens,] labels) logits"
-    batch = backbone.collator(built, options)(list(examples))
+        first = _logits_of(built.model(**inputs))
+    assert first.shape[0] == next(iter(inputs.values())).shape[0], "example_inputs' logits do not have the batch's size first"
+    rows = list(task_object.flatten(examples))  # what the backbone's collator gets in a run
+    batch = backbone.collator(built, options)(rows)
     assert "labels" in batch, "the collator must return labels when the examples have them"
     labels = batch.pop("labels")
     with torch.no_grad():
-        logits = built.model(**batch)
-    assert _logits_shape_ok(logits, batch, task, num_labels), f"collated batch gives logits of shape {tuple(logits.shape)}"
-    if task == "object-detection":  # rows of class, x1, y1, x2, y2 per box (adapt.detection_loss)
-        assert labels.dim() == 3 and labels.shape[0] == logits.shape[0] and labels.shape[2] == 5, "detection labels must be (batch, boxes, 5)"
-    else:
-        assert tuple(labels.shape) == tuple(logits.shape[:-1]), "labels do not line up with the logits"
+        logits = _logits_of(built.model(**batch))
+    assert logits.shape[0] == len(rows), f"collated batch gives logits of shape {tuple(logits.shape)} for {len(rows)} examples"
+    loss = task_object.loss(logits, labels)
+    assert torch.isfinite(loss).all(), f"the task's loss on the collated batch is {loss}: labels and logits do not line up"
+    predictions, references = task_object.decode(logits, labels)
+    assert len(predictions) == len(references) > 0, "the task's decode of the collated batch gives a prediction per reference"
     io = backbone.onnx_io(built)
     signature = inspect.signature(built.model.forward).parameters
     named = [n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
@@ -216,7 +224,6 @@ def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: 
     return Path(written)
 
 
-FIELDS = {"text-classification": ("text", "label"), "token-classification": ("tokens", "tags"), "image-classification": ("image", "label"), "object-detection": ("image", "size", "boxes", "labels"), "recommendation": ("catalogue",)}
 
 
 def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]]:
@@ -228,12 +235,13 @@ def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]
         assert not missing, f"{source.name} does not declare the fields {missing} in its `fields`"
     else:
         assert request.task in source.tasks, f"{source.name} does not list task {request.task!r}"
+    wanted = request.fields or _task_fields(request.task)
     splits = source.read(request)
     assert "train" in splits and set(splits) <= set(SPLITS), f"splits must be train and optionally val, test; got {sorted(splits)}"
     for name, examples in splits.items():
         assert examples, f"split {name} is empty"
         for example in examples:
-            missing = [f for f in (request.fields or FIELDS.get(request.task, ())) if f not in example]
+            missing = [f for f in wanted if f not in example]
             assert not missing, f"an example of split {name} lacks {missing}"
     return splits
 
@@ -256,57 +264,18 @@ class TinyCNN(torch.nn.Module):
         return self.head(self.blocks(self.stem(pixel_values)).mean(dim=(2, 3)))
 
 
-def tiny_image_model(num_labels: int = 3) -> BuiltModel:
-    """A seeded :class:`TinyCNN` as a backbone would build it: head, blocks and target families."""
+def tiny_image_model(num_labels: int = 3, task: str = "") -> BuiltModel:
+    """A seeded :class:`TinyCNN` as a backbone would build it: head, blocks and target families
+    (``task``: the name it records; nothing in a method's checks reads it)."""
     torch.manual_seed(0)
     families = {"depthwise-conv": ["blocks.0.0"], "pointwise-conv": ["blocks.1.0"]}
-    return BuiltModel(TinyCNN(num_labels), "image-classification", num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"), families=families)
+    return BuiltModel(TinyCNN(num_labels), task, num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"), families=families)
 
 
 def tiny_image_batch(size: int = 6, num_labels: int = 3, pixels: int = 8) -> Batch:
     """Random images and labels for :func:`tiny_image_model`."""
     generator = torch.Generator().manual_seed(1)
     return {"pixel_values": torch.randn(size, 3, pixels, pixels, generator=generator), "labels": torch.arange(size) % num_labels}
-
-
-TINY_WORDS = "the a of to in is was on for with at by and or not this that team won match shares fell market obama visited paris".split()
-
-
-def write_wordpiece_vocab(folder: Path, words: Sequence[str] = TINY_WORDS) -> Path:
-    """A WordPiece ``vocab.txt`` of BERT's special tokens, ``words``, letters and their ``##`` pieces."""
-    folder.mkdir(parents=True, exist_ok=True)
-    vocab = folder / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words, *[f"##{c}" for c in "abcdefghijklmnopqrstuvwxyz"], *"abcdefghijklmnopqrstuvwxyz.,"]) + "\n")
-    return vocab
-
-
-def tiny_text_checkpoint(folder: Path, num_labels: int = 2, *, words: Sequence[str] = TINY_WORDS, dropout: float = 0.1, seed: int = 0) -> Path:
-    """Write a seeded 2-layer BERT (hidden size 32) with a WordPiece tokenizer to ``folder``:
-    a real checkpoint that ``backbone: {name: transformers, checkpoint: FOLDER}`` loads."""
-    from transformers import BertConfig, BertForSequenceClassification, BertTokenizer
-
-    vocab = write_wordpiece_vocab(folder, words)
-    BertTokenizer(vocab=str(vocab)).save_pretrained(folder)
-    torch.manual_seed(seed)
-    config = BertConfig(vocab_size=len(vocab.read_text().split()), hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
-    config.num_labels = num_labels
-    BertForSequenceClassification(config).save_pretrained(folder)
-    return folder
-
-
-def tiny_text_model(folder: Path, num_labels: int = 2, task: str = "text-classification") -> BuiltModel:
-    """:func:`tiny_text_checkpoint` built by the generic transformers backbone (layers, head, families found)."""
-    from adapt.hf_text import TextOptions, TransformersTextBackbone
-
-    checkpoint = folder if (folder / "config.json").exists() else tiny_text_checkpoint(folder, num_labels)
-    return TransformersTextBackbone().build(task, num_labels, checkpoint=str(checkpoint), arch=None, options=TextOptions(max_length=32))
-
-
-def tiny_text_batch(built: BuiltModel, texts: Sequence[str] = ("the team won the match", "shares fell on the market")) -> Batch:
-    """Tokenised ``texts`` with labels 0, 1, ..., for :func:`tiny_text_model`."""
-    from adapt.hf_text import TextOptions, TransformersTextBackbone
-
-    return TransformersTextBackbone().collator(built, TextOptions(max_length=32))([{"text": t, "label": i % built.num_labels} for i, t in enumerate(texts)])
 
 
 def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
@@ -319,7 +288,7 @@ def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor
     import json
     import math
 
-    from adapt.interfaces import POSTPROCESS_KINDS, Task, undeclared_members
+    from adapt.interfaces import POSTPROCESS_KINDS, undeclared_members
     from adapt.onnx_predict import finish_row
 
     misspelt = undeclared_members(task, Task)
@@ -358,3 +327,10 @@ def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor
     if task.postprocess["kind"] in ("softmax-top-k", "sigmoid-threshold", "outputs"):
         row = finish_row("an input", {"logits": logits.detach()[:1].numpy()}, {"labels": names, "postprocess": dict(task.postprocess)}, {}, {})
         json.dumps(row)
+
+
+def __getattr__(name: str) -> Any:
+    """The tiny text-model helpers moved to adapt.plugins.transformers.testing (adapt.moved)."""
+    from adapt.moved import moved_attribute
+
+    return moved_attribute(__name__, name)

@@ -5,6 +5,8 @@ exported graph. Imported only where a model is built (this module imports torch)
 
 from __future__ import annotations
 
+from typing import Any, Sequence
+
 import torch
 from torch import nn
 
@@ -59,30 +61,22 @@ class PixelClassifier(nn.Module):
         return self.model(pixel_values)
 
 
-class CausalLMWithCache(nn.Module):
-    """A transformers causal LM whose forward returns the logits alone, or, given the
-    key/value cache of earlier tokens (``past``: key and value per layer, each
-    (batch, heads, past_length, head_dim)), the logits and the cache extended by the
-    new tokens. Exported with a cache, one graph serves both the prompt (past length 0)
-    and each further token (a one-token input), so a token costs one step, not the prefix.
-    The cache comes positionally (as the ONNX exporter passes it) or by its graph names
-    (``past_key_values.0.key=...``, as ``model(**example_inputs)`` passes it)."""
+def wrap_built(built: Any, wrapper: nn.Module, new: Sequence[str] = (), head: Sequence[str] | None = None) -> Any:
+    """``built`` with its model inside ``wrapper`` (as ``wrapper.model``), for a task's
+    ``wrap_model``: every module name it records gains the ``model.`` prefix, ``new`` (the
+    wrapper's own parameters: identity centres, a detection head) join the parameters that
+    train under every method, and ``head`` (the wrapper's own modules) replaces the head."""
+    from dataclasses import replace
 
-    def __init__(self, model: nn.Module) -> None:
-        super().__init__()
-        self.model = model
+    def inside(names: Sequence[str]) -> tuple[str, ...]:
+        return tuple(f"model.{n}" for n in names)
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *past: torch.Tensor, **named_past: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        past = past or tuple(named_past.values())
-        if not past:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
-        from transformers import DynamicCache
-
-        from adapt.causal_lm import cache_argument, cache_of
-
-        cache = DynamicCache(config=getattr(self.model, "config", None))
-        for layer in range(len(past) // 2):
-            cache.update(past[2 * layer], past[2 * layer + 1], layer)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **{cache_argument(self.model): cache})
-        present = [t for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
-        return (out.logits, *present)
+    own = dict(wrapper.named_parameters())
+    return replace(
+        built,
+        model=wrapper,
+        head=inside(built.head) if head is None else tuple(head),
+        new_parameters=inside(built.new_parameters) + tuple(n for n in new if n in own),
+        blocks=inside(built.blocks),
+        families={family: list(inside(names)) for family, names in built.families.items()},
+    )

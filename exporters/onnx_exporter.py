@@ -190,7 +190,7 @@ class OnnxExporter(Exporter):
         if passed is None:
             result.info["int8_remedy"] = None
             undecided = [a for a in result.attempts if a.get("verdict") == "undecided"]
-            result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for text-generation): the int8 file is kept but not recommended"
+            result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for a lower-is-better metric): the int8 file is kept but not recommended"
                                 + (f"; {len(undecided)} attempt(s) were undecided, not rejected: {undecided[0]['why']}" if undecided else ""))
         return passed
 

@@ -139,7 +139,8 @@ def test_the_walkthrough_task_meets_the_contract_and_predicts_on_every_path(tmp_
     from click.testing import CliRunner
 
     from adapt.cli import make_cli
-    from adapt.testing import check_task, make_test_host, tiny_text_checkpoint
+    from adapt.plugins.transformers.testing import tiny_text_checkpoint
+    from adapt.testing import check_task, make_test_host
 
     plugin = doc_example("task")
     examples = [{"text": f"text {i}", "label": str(i / 4)} for i in range(4)]

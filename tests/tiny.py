@@ -13,7 +13,7 @@ WORDS = "the a an of to in is was on for with at by from and or but not this tha
 
 
 def bert_checkpoint(folder: Path, num_labels: int = 2, dropout: float = 0.1, seed: int = 0) -> Path:
-    from adapt.testing import tiny_text_checkpoint
+    from adapt.plugins.transformers.testing import tiny_text_checkpoint
 
     return tiny_text_checkpoint(folder, num_labels, words=WORDS, dropout=dropout, seed=seed)
 
@@ -64,7 +64,7 @@ def encoder_checkpoint(folder: Path, model_type: str, num_labels: int = 2, seed:
 def _wordpiece_tokenizer(folder: Path):
     from transformers import BertTokenizer
 
-    from adapt.testing import write_wordpiece_vocab
+    from adapt.plugins.transformers.testing import write_wordpiece_vocab
 
     tokenizer = BertTokenizer(vocab=str(write_wordpiece_vocab(folder, WORDS)))
     tokenizer.save_pretrained(folder)

@@ -44,7 +44,7 @@ def test_plugins_json_and_verbose():
     tiny = next(r for r in rows if r["name"] == "tiny-cnn")
     assert tiny["hooks"] == "adapt_register_backbones" and tiny["kind"] == "backbone"
     verbose = invoke(["plugins", "--verbose"]).output
-    assert "adapt_register_methods" in verbose and "adapt.plugins.freeze" in verbose
+    assert "adapt_register_methods" in verbose and "adapt.plugins.methods.freeze" in verbose
 
 
 def test_plugins_lists_target_families():

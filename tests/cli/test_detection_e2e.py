@@ -1,5 +1,5 @@
 """`adapt run` for object-detection end to end on a tiny random detector and the real-pixel
-detection set (adapt.detection_set): COCO and YOLO data, mAP in the report for every form,
+detection set (adapt.plugins.detection.example_set): COCO and YOLO data, mAP in the report for every form,
 box agreement of the exported graph's own NMS, the report's picture, and predictions as
 JSON (and drawn) from PyTorch, from the exported file and from the standalone predict.py."""
 
@@ -15,7 +15,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from adapt.cli import make_cli
-from adapt.detection_set import make_detection_set
+from adapt.plugins.detection.example_set import make_detection_set
 from adapt.host import make_host
 
 

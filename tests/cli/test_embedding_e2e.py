@@ -162,7 +162,7 @@ def test_every_method_adapts_an_embedding_model_and_merges_exactly(task_name, me
         checkpoint, arch = str(bert_checkpoint(tmp_path / "bert")), None
         examples = [{"query": "obama visited", "positive": "obama visited paris"}, {"query": "market", "positive": "the market fell"}]
     if task_name == "recommendation":  # the item tower: a text-embedding model over item texts
-        from adapt.plugins.interactions_source import Catalogue
+        from adapt.plugins.embeddings.interactions_source import Catalogue
 
         catalogue = Catalogue(("a", "b", "c", "d"), ("obama visited paris", "the market fell", "paris is sunny", "stocks rose"))
         examples = [{"user": "u1", "history": [0, 2], "target": 1, "catalogue": catalogue}, {"user": "u2", "history": [1], "target": 3, "catalogue": catalogue}]

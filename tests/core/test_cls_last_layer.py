@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from adapt import cls_last_layer
+from adapt.plugins.transformers import cls_last_layer
 from adapt.host import make_host
 from adapt.plan import validate_options
 from tests.tiny import bert_checkpoint, roberta_checkpoint

@@ -8,8 +8,8 @@ from adapt.config import SplitConfig
 from adapt.data import carve, load_splits
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest
-from adapt.plugins.digits_source import DigitsSource
-from adapt.plugins.tasks import ImageClassification, TextClassification
+from adapt.plugins.sources.digits_source import DigitsSource
+from adapt.plugins.classification.tasks import ImageClassification, TextClassification
 
 
 class ListSource:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from adapt.detection_metrics import coco_map
+from adapt.plugins.detection.metrics import coco_map
 
 TRUTH = [{"boxes": [[10, 10, 60, 60]], "labels": [2]}]
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torchvision.ops import nms
 
-from adapt.detection_post import Detections
+from adapt.plugins.detection.post import Detections
 
 
 def candidates(seed: int, n: int = 300, classes: int = 4, peak: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.embedding import info_nce, margin_loss
-from adapt.embedding_metrics import identification, retrieval, verification
+from adapt.plugins.embeddings.embedding import info_nce, margin_loss
+from adapt.plugins.embeddings.metrics import identification, retrieval, verification
 
 
 def unit(rows):
@@ -62,7 +62,7 @@ def test_verification_separable_and_random():
 def test_verification_auc_is_scikit_learns_on_the_drawn_pairs():
     from sklearn.metrics import roc_auc_score
 
-    from adapt.embedding_metrics import _pairs
+    from adapt.plugins.embeddings.metrics import _pairs
 
     rng = np.random.default_rng(2)
     ids = rng.integers(0, 5, 40)

@@ -8,12 +8,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from adapt import cls_last_layer, engine, fast_path
+from adapt import engine, fast_path
+from adapt.plugins.transformers import cls_last_layer
 from adapt.config import FastConfig, TrainConfig
 from adapt.engine import Trainer, TrainingError
 from adapt.host import make_host
 from adapt.plan import validate_options
-from adapt.plugins._lora_layers import LoRAConv2d
+from adapt.plugins.methods.lora_layers import LoRAConv2d
 from tests.tiny import bert_checkpoint
 
 SENTENCES = ["the team won the match", "shares fell on the market", "guitar music plays in paris", "obama visited london"]
@@ -63,7 +64,7 @@ def test_cls_only_last_layer_trains_like_the_full_layer_and_is_switched_back(tmp
     cls_only, trainer = train(tmp_path, "cls")  # auto: on a CPU
     assert cls_only == pytest.approx(full, rel=1e-5)
     assert "forward" not in cls_last_layer.last_layer(trainer.built.model.model).__dict__  # merge and export see the full layer
-    fast = fast_path.prepare(trainer.built.model, FastConfig(), torch.device("cpu"))
+    fast = fast_path.prepare(trainer.built.model, FastConfig(), torch.device("cpu"), trainer.built.switches)
     assert "last layer on [CLS] only" in fast.describe() and fast.as_dict()["cls_last_layer"]
     fast.restore()
 

@@ -71,8 +71,9 @@ def test_lora_in_every_encoder_layer_of_an_embedding_model_is_not_a_probe(tmp_pa
     inside ``model.encoder``, under half the weights (the embedding table is the rest), so a
     guess from parameter shares took it for a probe and ran the embeddings in eval mode.
     A probe is only what trains the backbone's declared head."""
-    from adapt.hf_text import TextOptions, TransformersTextBackbone
-    from adapt.testing import make_test_host, tiny_text_checkpoint
+    from adapt.plugins.transformers.hf_text import TextOptions, TransformersTextBackbone
+    from adapt.plugins.transformers.testing import tiny_text_checkpoint
+    from adapt.testing import make_test_host
 
     checkpoint = tiny_text_checkpoint(tmp_path / "bert", words=[f"w{i}" for i in range(3000)])  # a large table, as MiniLM's
     built = TransformersTextBackbone().build("text-embedding", 0, checkpoint=str(checkpoint), arch=None, options=TextOptions(max_length=16))

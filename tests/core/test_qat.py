@@ -32,7 +32,7 @@ class CrossEntropy:
 
 def tiny_model() -> torch.nn.Module:
     """The mobilenet backbone's model (it takes ``pixel_values``), tiny and random."""
-    from adapt.plugins.mobilenet import MobileNetOptions
+    from adapt.plugins.timm.mobilenet import MobileNetOptions
 
     torch.manual_seed(0)
     built = HOST.backbones.get("mobilenet").build("image-classification", 3, checkpoint=None, arch="mobilenetv2_050", options=MobileNetOptions(image_size=32))

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 from adapt import hookimpl
 from adapt.cli import make_cli
 from adapt.host import make_host
-from adapt.plugins.lora import LoRA
+from adapt.plugins.methods.lora import LoRA
 from tests.tiny import bert_checkpoint
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from adapt.testing import check_method, make_test_host, tiny_image_batch, tiny_image_model, tiny_text_batch, tiny_text_model
+from adapt.plugins.transformers.testing import tiny_text_batch, tiny_text_model
+from adapt.testing import check_method, make_test_host, tiny_image_batch, tiny_image_model
 
 HOST = make_test_host()
 
@@ -28,7 +29,7 @@ def over_folded_lora():
     """LoRA whose merge folds 10% too much of each delta: the LoHa bug the issue met."""
     import torch
 
-    from adapt.plugins.lora import LoRA
+    from adapt.plugins.methods.lora import LoRA
 
     class OverFolded(LoRA):
         name = "over-folded"

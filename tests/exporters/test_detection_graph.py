@@ -17,7 +17,7 @@ def exported(tmp_path_factory):
     backbone, task, exporter = host.backbones.get("mobilenet"), host.tasks.get("object-detection"), host.exporters.get("onnx")
     options = backbone.options_schema(image_size=64, head={"channels": 16, "depth": 1})
     torch.manual_seed(0)
-    built = backbone.build("object-detection", 3, checkpoint=None, arch="mobilenetv3_small_050", options=options)
+    built = task.wrap_model(backbone.build("object-detection", 3, checkpoint=None, arch="mobilenetv3_small_050", options=options), 3)  # the task puts its head on the features
     with torch.no_grad():  # confident scores, so that many boxes survive the threshold and NMS has work to do
         built.model.head.classes.bias.fill_(2.0)
         built.model.head.centerness.bias.fill_(2.0)

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 from adapt.export_stage import DeriveContext
-from adapt.hf_text import TextOptions
+from adapt.plugins.transformers.hf_text import TextOptions
 from adapt.host import make_host
 from adapt.plan import validate_options
-from adapt.plugins.mobilenet import MobileNetOptions
+from adapt.plugins.timm.mobilenet import MobileNetOptions
 
 from tests.tiny import bert_checkpoint
 
@@ -187,7 +187,7 @@ def test_a_fixed_image_size_exports_same_padding_as_constants_with_the_same_outp
 
     from adapt.interfaces import OnnxIO
 
-    from adapt.plugins.mobilenet import MobileNet
+    from adapt.plugins.timm.mobilenet import MobileNet
 
     torch.manual_seed(0)
     model = timm.create_model("tf_efficientnet_lite0", num_classes=4).eval()

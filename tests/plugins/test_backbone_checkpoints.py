@@ -11,10 +11,10 @@ from safetensors.torch import load_file, save_file
 from sklearn.datasets import load_sample_image
 
 from adapt.errors import CheckpointError, ConfigError
-from adapt.hf_text import TextOptions
-from adapt.plugins.bert import Bert
-from adapt.plugins.mobilenet import MobileNet, MobileNetOptions
-from adapt.plugins.roberta import Roberta
+from adapt.plugins.transformers.hf_text import TextOptions
+from adapt.plugins.transformers.bert import Bert
+from adapt.plugins.timm.mobilenet import MobileNet, MobileNetOptions
+from adapt.plugins.transformers.roberta import Roberta
 
 from tests.tiny import bert_checkpoint, roberta_checkpoint
 

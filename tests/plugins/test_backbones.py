@@ -11,6 +11,7 @@ import pytest
 from adapt.host import make_host
 from adapt.plan import validate_options
 from adapt.testing import check_backbone
+from adapt.plugins.embeddings.interactions_source import Catalogue
 
 from tests.tiny import bert_checkpoint, decoder_checkpoint, encoder_checkpoint, roberta_checkpoint
 
@@ -32,14 +33,19 @@ def recipes(tmp_path_factory):
     }
 
 
+CATALOGUE = Catalogue(ids=("sport/001", "tech/042", "biz/007"), texts=("sport/001", "tech/042", "biz/007"))
 EXAMPLES = {
     "text-classification": [{"text": "obama visited paris", "label": 1}, {"text": "the market fell", "label": 0}],
     "token-classification": [{"tokens": ["obama", "visited", "paris"], "tags": [1, 0, 2]}, {"tokens": ["shares", "rose"], "tags": [0, 0]}],
     "image-classification": [{"image": np.full((8, 8), 200, np.uint8), "label": 2}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}],
     "text-generation": [{"prompt": "obama visited", "completion": " paris"}, {"text": "the market fell"}],
-    "text-embedding": [{"text": "obama visited paris", "label": 0}, {"text": "the market fell", "label": 1}],
+    "text-embedding": [{"query": "obama visited paris", "positive": "the market fell"}, {"query": "shares rose", "positive": "the team won"}],
     "image-embedding": [{"image": np.full((8, 8), 200, np.uint8), "label": 1}, {"image": np.zeros((12, 10, 3), np.uint8), "label": 0}],
-    "recommendation": [{"text": "sport/001", "label": 0}, {"text": "tech/042", "label": 1}],  # the item-table tower: ids in, vectors out
+    "recommendation": [  # two users and a catalogue item; the item tower sees each distinct item's text once (the task's flatten)
+        {"user": "u1", "history": [0], "target": 1, "catalogue": CATALOGUE},
+        {"user": "u2", "history": [1], "target": 2, "catalogue": CATALOGUE},
+        {"item": 0, "catalogue": CATALOGUE},
+    ],
     "object-detection": [{"image": np.full((40, 50, 3), 90, np.uint8), "boxes": [[2.0, 3.0, 20.0, 30.0], [25.0, 5.0, 48.0, 18.0]], "labels": [2, 0]}, {"image": np.zeros((20, 20), np.uint8), "boxes": [], "labels": []}],
 }
 

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adapt.detection_set import NAMES, make_detection_set
+from adapt.plugins.detection.example_set import NAMES, make_detection_set
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest
-from adapt.plugins.coco_source import CocoSource
-from adapt.plugins.yolo_source import YoloSource
+from adapt.plugins.detection.coco_source import CocoSource
+from adapt.plugins.detection.yolo_source import YoloSource
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def test_the_set_is_deterministic_and_real_photographs_show_through(dataset, tmp
 
 
 def test_the_set_never_writes_into_a_folder_that_holds_anything(tmp_path):
-    from adapt.detection_set import main
+    from adapt.plugins.detection.example_set import main
 
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "annotations.json").write_text("my own annotations")

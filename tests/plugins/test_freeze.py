@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from adapt.errors import CheckpointError, ConfigError
-from adapt.plugins.freeze import Freeze, FreezeOptions
+from adapt.plugins.methods.freeze import Freeze, FreezeOptions
 
 
 def trainable(built):

@@ -10,10 +10,10 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from adapt.hf_text import TextOptions
+from adapt.plugins.transformers.hf_text import TextOptions
 from adapt.interfaces import BuiltModel
-from adapt.plugins.bert import Bert
-from adapt.plugins.lora import LoRA, LoRAOptions, options_from_peft
+from adapt.plugins.transformers.bert import Bert
+from adapt.plugins.methods.lora import LoRA, LoRAOptions, options_from_peft
 
 from tests.tiny import bert_checkpoint
 
@@ -161,7 +161,7 @@ def test_gpt2_conv1d_lora_moves_between_adapt_and_peft_with_equal_outputs(gpt2_d
     loads into PEFT (fan_in_fan_out) with equal outputs, and PEFT's own merge agrees with adapt's fold."""
     from transformers import AutoModelForSequenceClassification
 
-    from adapt.plugins.transformers_backbone import Transformers
+    from adapt.plugins.transformers.transformers_backbone import Transformers
 
     built = Transformers().build("text-classification", 3, checkpoint=gpt2_dir, arch=None, options=TextOptions())
     lora = LoRA()

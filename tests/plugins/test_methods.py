@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from adapt.errors import ConfigError
-from adapt.hf_text import TextOptions
+from adapt.plugins.transformers.hf_text import TextOptions
 from adapt.host import make_host
 from adapt.plan import validate_options
-from adapt.plugins.mobilenet import MobileNetOptions
+from adapt.plugins.timm.mobilenet import MobileNetOptions
 
 from tests.tiny import bert_checkpoint
 
@@ -65,7 +65,7 @@ def train_steps(built, method, batch, steps=3):
 
 
 def method_modules(model):
-    from adapt.plugins import _adapter_layers, _lora_layers
+    from adapt.plugins.methods import adapter_layers as _adapter_layers, lora_layers as _lora_layers
 
     kinds = (*_lora_layers.LORA_LAYERS.values(), _adapter_layers.AdapterAfter)
     return [n for n, m in model.named_modules() if isinstance(m, kinds)]
@@ -106,7 +106,7 @@ def test_merge_equals_the_adapted_model(kind, method_name, raw, bert_dir):
 @pytest.mark.parametrize("groups_of", ["one", "two", "depthwise"])
 @pytest.mark.parametrize("r", [1, 3, 5])
 def test_grouped_and_depthwise_conv_lora_folds_exactly(groups_of, r):
-    from adapt.plugins import _lora_layers as layers
+    from adapt.plugins.methods import lora_layers as layers
 
     torch.manual_seed(r)
     channels = 6
@@ -142,7 +142,7 @@ def test_trainable_counts_follow_the_maths(bert_dir):
     # 2 layers x (query, value) x r * (in + out) = 4 * 4 * (32 + 32) = 1024, plus the head 32 * 3 + 3 = 99
     assert count == 1123
 
-    from adapt.plugins import _lora_layers as layers
+    from adapt.plugins.methods import lora_layers as layers
 
     depthwise = layers.LoRAConv2d(torch.nn.Conv2d(96, 96, 3, groups=96), r=4, alpha=8)
     # per group: A r x (1 * 3 * 3), B 1 x r  ->  96 * (4 * 9 + 4) = 3840

@@ -9,10 +9,10 @@ from PIL import Image
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest
 from adapt.paths import resolve_path
-from adapt.plugins.conll_source import ConllOptions, ConllSource
-from adapt.plugins.image_folder_source import ImageFolderOptions, ImageFolderSource
-from adapt.plugins.jsonl_source import JsonlSource
-from adapt.plugins.text_folder_source import TextFolderOptions, TextFolderSource
+from adapt.plugins.sources.conll_source import ConllOptions, ConllSource
+from adapt.plugins.sources.image_folder_source import ImageFolderOptions, ImageFolderSource
+from adapt.plugins.sources.jsonl_source import JsonlSource
+from adapt.plugins.sources.text_folder_source import TextFolderOptions, TextFolderSource
 
 
 def test_jsonl_file_and_folder(tmp_path):
@@ -108,7 +108,7 @@ def source_recipes(root):
         (root / "txt" / label / "1.txt").write_text(label)
         (root / "img" / label).mkdir(parents=True)
         Image.fromarray(np.zeros((4, 4), np.uint8)).save(root / "img" / label / "1.png")
-    from adapt.detection_set import make_detection_set
+    from adapt.plugins.detection.example_set import make_detection_set
 
     make_detection_set(root / "det", images=3, size=64)
     (root / "log.csv").write_text("user,item\n" + "".join(f"u1,i{k}\n" for k in range(4)))

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from adapt.detection_augment import flip_and_crop
-from adapt.detection_loss import assign
-from adapt.detector import FIRST_CLASS, boxes_and_scores
+from adapt.plugins.detection.augment import flip_and_crop
+from adapt.plugins.detection.loss import assign
+from adapt.plugins.detection.detector import FIRST_CLASS, boxes_and_scores
 from adapt.host import make_host
 from adapt.interfaces import IGNORE_INDEX
 
@@ -74,7 +74,7 @@ def test_the_loss_falls_when_a_tiny_detector_fits_one_batch(task):
     host = make_host()
     backbone = host.backbones.get("mobilenet")
     options = backbone.options_schema(image_size=64, head={"channels": 16, "depth": 1})
-    built = backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options)
+    built = task.wrap_model(backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options), 2)  # the task puts its head on the features
     collate = backbone.collator(built, options)
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     image[8:24, 30:50] = 255
@@ -141,7 +141,7 @@ def test_every_method_adapts_the_detector_and_merges_exactly(method_name, task):
 
     def build():
         torch.manual_seed(0)
-        return backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options)
+        return task.wrap_model(backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options), 2)  # the task puts its head on the features
 
     image = np.zeros((64, 64, 3), dtype=np.uint8)
     image[10:40, 20:44] = 200
@@ -160,7 +160,7 @@ def test_check_exporter_compares_every_graph_output_of_a_detector_with_nms_insid
     backbone = host.backbones.get("mobilenet")
     options = backbone.options_schema(image_size=64, head={"channels": 16, "depth": 1})
     torch.manual_seed(0)
-    built = backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options)
+    built = task.wrap_model(backbone.build("object-detection", 2, checkpoint=None, arch="mobilenetv3_small_050", options=options), 2)  # the task puts its head on the features
     module, names = task.graph_outputs(built.model.eval())
     base = backbone.onnx_io(built)
     io = OnnxIO(base.input_names, (*base.output_names, *names), {**base.dynamic_axes, **{n: {0: "detections"} for n in names}})

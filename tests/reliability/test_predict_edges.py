@@ -20,7 +20,7 @@ from adapt.errors import DataError
 from adapt.host import make_host
 from adapt.interfaces import DataRequest
 from adapt.onnx_predict import InputError, PredictError, check_settings, draw_path, read_gallery
-from adapt.plugins.interactions_source import InteractionsOptions
+from adapt.plugins.embeddings.interactions_source import InteractionsOptions
 from tests.conftest import TinyPlugin, exported_tiny_run
 from tests.tiny import decoder_checkpoint
 
@@ -98,8 +98,8 @@ def test_every_setting_bound_is_checked():
 
 
 def test_a_chat_template_that_reaches_for_globals_is_stopped_with_one_message(tmp_path):
-    from adapt.causal_lm import encode
-    from adapt.testing import tiny_text_checkpoint
+    from adapt.plugins.transformers.causal_lm import encode
+    from adapt.plugins.transformers.testing import tiny_text_checkpoint
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(tiny_text_checkpoint(tmp_path / "t", 2, words=["a", "b"]))

@@ -23,8 +23,8 @@ from adapt.cli import make_cli
 from adapt.errors import CheckpointError, DataError
 from adapt.host import make_host
 from adapt.interfaces import DataRequest
-from adapt.plugins.coco_source import CocoSource
-from adapt.plugins.yolo_source import YoloSource
+from adapt.plugins.detection.coco_source import CocoSource
+from adapt.plugins.detection.yolo_source import YoloSource
 from tests.conftest import TinyPlugin, exported_tiny_run
 from tests.tiny import bert_checkpoint
 
@@ -124,7 +124,7 @@ def test_yolo_names_with_string_indices_are_read_in_order(tmp_path):
     picture(tmp_path / "images" / "a.jpg")
     (tmp_path / "labels").mkdir()
     (tmp_path / "data.yaml").write_text("names: {'1': dog, '0': cat}\n")
-    from adapt.plugins.yolo_source import class_names
+    from adapt.plugins.detection.yolo_source import class_names
 
     assert class_names(tmp_path) == ["cat", "dog"]
 
@@ -282,7 +282,7 @@ def test_a_checkpoint_with_its_own_code_is_refused_even_when_y_reaches_standard_
 
 
 def test_the_opt_in_runs_the_code_and_names_its_files(tmp_path, capsys):
-    from adapt.hf_text import TextOptions, TransformersTextBackbone
+    from adapt.plugins.transformers.hf_text import TextOptions, TransformersTextBackbone
 
     checkpoint, marker = custom_code_checkpoint(tmp_path / "custom")
     built = TransformersTextBackbone().build("text-classification", 2, checkpoint=str(checkpoint), arch=None, options=TextOptions(trust_remote_code=True))
@@ -292,7 +292,7 @@ def test_the_opt_in_runs_the_code_and_names_its_files(tmp_path, capsys):
 
 
 def test_a_pickled_bin_checkpoint_is_refused_without_transformers_advice(tmp_path):
-    from adapt.hf_text import TextOptions, TransformersTextBackbone
+    from adapt.plugins.transformers.hf_text import TextOptions, TransformersTextBackbone
 
     bert = bert_checkpoint(tmp_path / "pickled")
     from safetensors.torch import load_file

@@ -1,0 +1,214 @@
+"""``lora``: low-rank adaptation of ``nn.Linear``, transformers' ``Conv1D`` (GPT-2)
+and ``nn.Conv2d`` layers, grouped and depthwise convolutions included, with an
+exact merge (see ``lora_layers`` for the maths).
+
+Adapters are saved in PEFT's layout and key names (``adapter_config.json`` +
+``adapter_model.safetensors``), so they move between adapt and PEFT.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from adapt import hookimpl
+from adapt.errors import CheckpointError, ConfigError
+from adapt.interfaces import BuiltModel, MergeResult, Method
+
+if TYPE_CHECKING:
+    import torch
+
+#: PEFT wraps the model in ``base_model.model``; adapt's wrappers keep it in ``model``.
+PEFT_PREFIX = "base_model.model."
+#: adapt's task -> PEFT's task_type, for transformers models.
+PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
+WRAPPER_PREFIX = "model."
+
+
+class LoRAOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    r: int = Field(8, ge=1, le=4096, description="rank of the update (per group for grouped convolutions)")
+    alpha: float = Field(16.0, gt=0, description="scale: the update is multiplied by alpha / r")
+    dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input during training")
+    targets: str | list[str] | None = Field(None, description="a target family of the backbone (attention-qv, attention, mlp, all-linear, pointwise-conv, ...), a regular expression over full module names, or a list of names / name suffixes; default: the families in default_families")
+    rslora: bool = Field(False, description="rank-stabilised scaling: alpha / sqrt(r)")
+
+
+def inner_prefix(model: torch.nn.Module) -> str:
+    """``model.`` when the network sits alone inside one of adapt's wrappers (``LogitsOnly``,
+    ...), else nothing (a model with more than that child, such as a detector's ``model``
+    and ``head``, or with parameters of its own, such as an embedding model's identity
+    centres, keeps its own names)."""
+    from torch import nn
+
+    alone = isinstance(getattr(model, "model", None), nn.Module) and len(list(model.children())) == 1 and not list(model.parameters(recurse=False))
+    return WRAPPER_PREFIX if alone else ""
+
+
+def to_peft_name(name: str, prefix: str) -> str:
+    return PEFT_PREFIX + name.removeprefix(prefix)
+
+
+def from_peft_name(name: str, prefix: str) -> str:
+    return prefix + name.removeprefix(PEFT_PREFIX).replace(".default.", ".")
+
+
+class LoRA(Method):
+    name = "lora"
+    options_schema = LoRAOptions
+    default_families = ("attention-qv", "pointwise-conv", "depthwise-conv")
+
+    def apply(self, built: BuiltModel, options: LoRAOptions, default_targets: Sequence[str]) -> list[str]:
+
+        from adapt.plugins.methods import lora_layers as layers
+        from adapt.params import freeze_all_but
+        from adapt.targets import find_targets, replace_module
+
+        model = built.model
+        if self._lora_modules(model):
+            raise ConfigError("method 'lora' is already applied to this model", hint="build a fresh model before applying a method again")
+        spec = options.targets if options.targets is not None else list(default_targets)
+        if not spec:
+            raise ConfigError(f"method.options.targets is not set and this model has none of LoRA's default target families ({', '.join(self.default_families)})", hint="set method.options.targets to a target family, module names or a regular expression" + (f"; this model's families: {', '.join(built.families)}" if built.families else ""))
+        names = find_targets(model, spec, tuple(layers.LORA_LAYERS), exclude=built.head, families=built.families)
+        for name in names:
+            replace_module(model, name, layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora))
+        lora = [f"{n}.{p}" for n in names for p in ("lora_A", "lora_B")]
+        return freeze_all_but(model, [*lora, *built.head, *built.new_parameters])
+
+    @staticmethod
+    def _lora_modules(model: torch.nn.Module) -> dict[str, Any]:
+        from adapt.plugins.methods import lora_layers as layers
+
+        kinds = tuple(layers.LORA_LAYERS.values())
+        return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
+
+    # -- saving, in PEFT's layout ---------------------------------------------
+
+    def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
+        """Trained tensors under PEFT's key names, LoRA factors in PEFT's shapes."""
+        from adapt.plugins.methods import lora_layers as layers
+
+        state = {}
+        prefix = inner_prefix(built.model)
+        for name, param in built.model.named_parameters():
+            if not param.requires_grad:
+                continue
+            module_name, _, leaf = name.rpartition(".")
+            if leaf in ("lora_A", "lora_B"):
+                module = built.model.get_submodule(module_name)
+                tensor = param.detach()
+                if isinstance(module, layers.LoRAConv2d):
+                    tensor = tensor.reshape(peft_conv_shape(module, leaf))
+                state[to_peft_name(f"{module_name}.{leaf}.weight", prefix)] = tensor.clone().contiguous()
+            else:
+                state[to_peft_name(name, prefix)] = param.detach().clone().contiguous()
+        from adapt.params import trained_buffers
+
+        for name, buffer in trained_buffers(built.model).items():
+            state[to_peft_name(name, prefix)] = buffer.detach().clone().contiguous()
+        return state
+
+    def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
+        """PEFT's adapter_config.json for this model's LoRA layers."""
+        from adapt.plugins.methods import lora_layers as layers
+
+        modules = self._lora_modules(built.model)
+        if not modules:
+            raise ConfigError("no LoRA layers in this model", hint="apply the lora method first")
+        first = next(iter(modules.values()))
+        prefix = inner_prefix(built.model)
+        rank_pattern, alpha_pattern = {}, {}
+        for name, module in modules.items():
+            groups = module.base_layer.groups if isinstance(module, layers.LoRAConv2d) else 1
+            if groups > 1:  # PEFT counts the rank over all groups and scales by alpha / that rank
+                key = name.removeprefix(prefix)
+                rank_pattern[key] = module.r * groups
+                alpha_pattern[key] = module.alpha * (math.sqrt(groups) if module.rslora else groups)
+        trained_modules = sorted({n.rpartition(".")[0].removeprefix(prefix) for n, p in built.model.named_parameters() if p.requires_grad and not n.endswith(("lora_A", "lora_B"))})
+        transformers_model = hasattr(getattr(built.model, "model", built.model), "config")
+        return {
+            "peft_type": "LORA",
+            # PEFT's AutoPeftModelFor* read these to rebuild the base model
+            "task_type": PEFT_TASK_TYPES.get(built.task) if transformers_model else None,
+            "base_model_name_or_path": built.checkpoint if transformers_model else None,
+            "r": first.r,
+            "lora_alpha": first.alpha,
+            "lora_dropout": first.dropout,
+            "use_rslora": first.rslora,
+            "target_modules": sorted(n.removeprefix(prefix) for n in modules),
+            "modules_to_save": trained_modules or None,
+            "rank_pattern": rank_pattern,
+            "alpha_pattern": alpha_pattern,
+            "bias": "none",
+            "fan_in_fan_out": any(isinstance(m, layers.LoRAConv1D) for m in modules.values()),
+            "init_lora_weights": True,
+            "inference_mode": True,
+            "use_dora": False,
+        }
+
+    def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
+        """Load tensors saved by :meth:`adapter_state` or by PEFT (PEFT or adapt key names)."""
+        import torch
+
+        params = {**dict(built.model.named_buffers()), **dict(built.model.named_parameters())}
+        prefix = inner_prefix(built.model)
+        updates = {}
+        for key, tensor in state.items():
+            name = from_peft_name(key, prefix) if key.startswith(PEFT_PREFIX) else key
+            if name.endswith((".lora_A.weight", ".lora_B.weight")):
+                name = name.removesuffix(".weight")
+            if name not in params:
+                raise CheckpointError(f"adapter tensor {key!r} has no counterpart in this model", hint="were the adapter's targets, backbone or task different? match method.options.targets to the adapter")
+            target = params[name]
+            if target.numel() != tensor.numel() or (not name.endswith(("lora_A", "lora_B")) and tuple(target.shape) != tuple(tensor.shape)):
+                raise CheckpointError(
+                    f"adapter tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}",
+                    hint="was the adapter saved with another rank (method.options.r) or label count?",
+                )
+            updates[name] = tensor.reshape(target.shape)
+        with torch.no_grad():
+            for name, tensor in updates.items():
+                params[name].copy_(tensor)
+
+    # -- merging --------------------------------------------------------------
+
+    def merge(self, built: BuiltModel) -> MergeResult:
+        from adapt.plugins.methods import lora_layers as layers
+        from adapt.targets import replace_module
+
+        model = copy.deepcopy(built.model).float().eval()
+        modules = self._lora_modules(model)
+        for name, module in modules.items():
+            replace_module(model, name, layers.fold(module))
+        model.requires_grad_(False)
+        return MergeResult(model, folded=True, note=f"{len(modules)} LoRA layers folded into their weights")
+
+
+def peft_conv_shape(module: Any, leaf: str) -> tuple[int, ...]:
+    """PEFT's conv LoRA shapes: A a conv (g*r, in/g, kh, kw); B a 1x1 conv (out, r, 1, 1)."""
+    base = module.base_layer
+    if leaf == "lora_A":
+        return (base.groups * module.r, base.in_channels // base.groups, *base.kernel_size)
+    return (base.out_channels, module.r, 1, 1)
+
+
+def options_from_peft(config: Mapping[str, Any]) -> LoRAOptions:
+    """LoRA options equal to a PEFT ``adapter_config.json`` (plain LoRA only)."""
+    if config.get("peft_type") != "LORA":
+        raise CheckpointError(f"adapter is of PEFT type {config.get('peft_type')!r}, not LORA", hint="adapt loads PEFT LoRA adapters")
+    if config.get("use_dora") or config.get("fan_in_fan_out"):
+        raise CheckpointError("adapter uses DoRA or fan_in_fan_out, which adapt's LoRA does not implement")
+    targets = config.get("target_modules")
+    if isinstance(targets, str):  # PEFT matches it against names inside the wrapped model
+        targets = r"(?:model\.)?(?:" + targets + ")"
+    return LoRAOptions(r=config["r"], alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0), targets=targets, rslora=config.get("use_rslora", False))
+
+
+@hookimpl
+def adapt_register_methods(register: Any) -> None:
+    register(LoRA())
