@@ -41,7 +41,9 @@ def read_adapter_config(directory: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read {path}: {exc}", hint="the adapter folder is damaged; save the adapter again") from None
+        raise CheckpointError(
+            f"cannot read {path}: {exc}", hint="the adapter folder is damaged; save the adapter again"
+        ) from None
 
 
 def load_adapter(method: Any, built: BuiltModel, directory: Path) -> None:
@@ -51,9 +53,14 @@ def load_adapter(method: Any, built: BuiltModel, directory: Path) -> None:
 
     path = directory / WEIGHTS_FILE
     if not path.exists():
-        raise CheckpointError(f"no adapter weights at {path}", hint="point at a folder written by adapt or by PEFT's save_pretrained")
+        raise CheckpointError(
+            f"no adapter weights at {path}", hint="point at a folder written by adapt or by PEFT's save_pretrained"
+        )
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as exc:
-        raise CheckpointError(f"cannot read adapter weights {path}: {exc}", hint="the file is truncated or corrupt; save the adapter again") from None
+        raise CheckpointError(
+            f"cannot read adapter weights {path}: {exc}",
+            hint="the file is truncated or corrupt; save the adapter again",
+        ) from None
     method.load_adapter_state(built, state)

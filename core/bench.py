@@ -22,7 +22,17 @@ from adapt.latency import machine, summary, take_turns
 ROUNDS, RUNS = 5, 10
 
 
-def bench_run(run_dir: Path, host: Host, *, threads: int | None = None, rounds: int = ROUNDS, runs: int = RUNS, batch_size: int = 1, seq_len: int | None = None, image_size: int | None = None) -> dict[str, Any]:
+def bench_run(
+    run_dir: Path,
+    host: Host,
+    *,
+    threads: int | None = None,
+    rounds: int = ROUNDS,
+    runs: int = RUNS,
+    batch_size: int = 1,
+    seq_len: int | None = None,
+    image_size: int | None = None,
+) -> dict[str, Any]:
     """Median ms of eager PyTorch and of each exported file, interleaved, with each file's
     ratio to eager (median and range of the per-round ratios) and the machine."""
     import torch
@@ -32,7 +42,10 @@ def bench_run(run_dir: Path, host: Host, *, threads: int | None = None, rounds: 
 
     session = restore(run_dir, host, need_data=False)
     if session.plan.task.postprocess.get("kind") == "generation":
-        raise AdaptError("adapt bench times one forward pass; a text generator's speed is new tokens per second", hint=f"see latency_ms.*.tokens_per_s in {run_dir / 'report.json'}, or run bench/generation.py")
+        raise AdaptError(
+            "adapt bench times one forward pass; a text generator's speed is new tokens per second",
+            hint=f"see latency_ms.*.tokens_per_s in {run_dir / 'report.json'}, or run bench/generation.py",
+        )
     files = _exported_files(run_dir, require_report(run_dir))
     before = torch.get_num_threads()
     torch.set_num_threads(threads or before)
@@ -42,7 +55,15 @@ def bench_run(run_dir: Path, host: Host, *, threads: int | None = None, rounds: 
         torch.set_num_threads(before)
 
 
-def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch_size: int, seq_len: int | None, image_size: int | None) -> dict[str, Any]:
+def _measure(
+    session: Any,
+    files: dict[str, Path],
+    rounds: int,
+    runs: int,
+    batch_size: int,
+    seq_len: int | None,
+    image_size: int | None,
+) -> dict[str, Any]:
     import torch
 
     threads = torch.get_num_threads()
@@ -51,7 +72,10 @@ def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch
     model = session.plan.method.merge(session.built).model.eval()
     loader = next((e for e in session.plan.exporters if e.suffix == ".onnx"), None)
     if loader is None:
-        raise AdaptError(f"the run's exporters ({', '.join(e.name for e in session.plan.exporters)}) write no .onnx file to time", hint="export with the onnx exporter (export.formats: [onnx])")
+        raise AdaptError(
+            f"the run's exporters ({', '.join(e.name for e in session.plan.exporters)}) write no .onnx file to time",
+            hint="export with the onnx exporter (export.formats: [onnx])",
+        )
 
     def eager() -> object:
         with torch.no_grad():
@@ -66,13 +90,19 @@ def _measure(session: Any, files: dict[str, Path], rounds: int, runs: int, batch
 def _exported_files(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
     from adapt.report import report_forms
 
-    files = {name: path for name, path in report_forms(run_dir, report).items() if path.suffix == ".onnx" and path.is_file()}
+    files = {
+        name: path for name, path in report_forms(run_dir, report).items() if path.suffix == ".onnx" and path.is_file()
+    }
     if not files:
-        raise AdaptError(f"{run_dir} has no exported .onnx file to time", hint=f"export it first: adapt export {run_dir}")
+        raise AdaptError(
+            f"{run_dir} has no exported .onnx file to time", hint=f"export it first: adapt export {run_dir}"
+        )
     return files
 
 
-def _inputs(session: Any, batch_size: int, seq_len: int | None, image_size: int | None) -> tuple[dict[str, Any], dict[str, int]]:
+def _inputs(
+    session: Any, batch_size: int, seq_len: int | None, image_size: int | None
+) -> tuple[dict[str, Any], dict[str, int]]:
     """The backbone's example inputs at ``batch_size``: sequence axes stretched (by
     repeating the tokens) to ``seq_len``, 4-D images resized to ``image_size``."""
     import torch
@@ -84,11 +114,18 @@ def _inputs(session: Any, batch_size: int, seq_len: int | None, image_size: int 
     if images:
         side = image_size or int(inputs[images[0]].shape[-1])
         generator = torch.Generator().manual_seed(0)
-        return {n: (torch.rand(v.shape[0], v.shape[1], side, side, generator=generator) if n in images else v) for n, v in inputs.items()}, {"image_size": side}
+        return {
+            n: (torch.rand(v.shape[0], v.shape[1], side, side, generator=generator) if n in images else v)
+            for n, v in inputs.items()
+        }, {"image_size": side}
     sequences = [n for n, v in inputs.items() if 1 in axes.get(n, {}) and v.dim() == 2]
     if not sequences:  # neither images nor token sequences (item-table's ids): the inputs as they are
         return inputs, {}
-    tokens = seq_len or session.plan.backbone.sequence_length(session.built, session.plan.backbone_options) or int(inputs[sequences[0]].shape[1])
+    tokens = (
+        seq_len
+        or session.plan.backbone.sequence_length(session.built, session.plan.backbone_options)
+        or int(inputs[sequences[0]].shape[1])
+    )
     stretched = {}
     for name, value in inputs.items():
         if name in sequences:
@@ -106,7 +143,10 @@ def _check_contenders(contenders: dict[str, Any], shape: dict[str, int]) -> None
         except Exception as exc:  # noqa: BLE001 - ONNX Runtime and torch raise their own types
             first = " ".join(str(exc).split())[:300] or type(exc).__name__
             given = ", ".join(f"{k} {v}" for k, v in shape.items()) or "the backbone's example inputs"
-            raise AdaptError(f"{name} cannot run on the bench inputs ({given}): {first}", hint="leave out --image-size / --seq-len to use the run's own size (some graphs fix it)") from None
+            raise AdaptError(
+                f"{name} cannot run on the bench inputs ({given}): {first}",
+                hint="leave out --image-size / --seq-len to use the run's own size (some graphs fix it)",
+            ) from None
 
 
 #: A request's inputs times this is taken as the least memory the model's activations need
@@ -114,7 +154,9 @@ def _check_contenders(contenders: dict[str, Any], shape: dict[str, int]) -> None
 ACTIVATION_FACTOR = 16
 
 
-def _check_request(session: Any, files: dict[str, Path], batch_size: int, seq_len: int | None, image_size: int | None) -> None:
+def _check_request(
+    session: Any, files: dict[str, Path], batch_size: int, seq_len: int | None, image_size: int | None
+) -> None:
     """Before anything is allocated: the requested size fits every file's fixed input
     sizes, and the inputs (times :data:`ACTIVATION_FACTOR`) fit the memory available."""
     from adapt.latency import available_memory
@@ -126,12 +168,24 @@ def _check_request(session: Any, files: dict[str, Path], batch_size: int, seq_le
             asked = _requested_axes(value, seq_len, image_size) if value is not None else {}
             for axis, size in asked.items():
                 if fixed.get(axis, size) != size:
-                    raise AdaptError(f"{name} ({path.name}) fixes input {graph_input!r} at {fixed[axis]} along axis {axis}; the bench asked for {size}", hint="leave out --image-size / --seq-len to use the run's own size")
+                    raise AdaptError(
+                        f"{name} ({path.name}) fixes input {graph_input!r} at {fixed[axis]} along axis {axis}; the "
+                        f"bench asked for {size}",
+                        hint="leave out --image-size / --seq-len to use the run's own size",
+                    )
     need = batch_size * ACTIVATION_FACTOR * sum(_input_bytes(v, seq_len, image_size) for v in one.values())
     have = available_memory()
     if have is not None and need > have:
-        asked_for = f"batch {batch_size}" + (f", {image_size} px" if image_size else "") + (f", {seq_len} tokens" if seq_len else "")
-        raise AdaptError(f"the bench inputs ({asked_for}) need about {need / 2**30:.1f} GiB with the model's activations; {have / 2**30:.1f} GiB is available", hint="ask for a smaller --batch-size, --image-size or --seq-len")
+        asked_for = (
+            f"batch {batch_size}"
+            + (f", {image_size} px" if image_size else "")
+            + (f", {seq_len} tokens" if seq_len else "")
+        )
+        raise AdaptError(
+            f"the bench inputs ({asked_for}) need about {need / 2**30:.1f} GiB with the model's activations; "
+            f"{have / 2**30:.1f} GiB is available",
+            hint="ask for a smaller --batch-size, --image-size or --seq-len",
+        )
 
 
 def _requested_axes(value: Any, seq_len: int | None, image_size: int | None) -> dict[int, int]:
@@ -157,10 +211,19 @@ def _fixed_dims(path: Path) -> dict[str, dict[int, int]]:
     try:
         model = onnx.load(str(path), load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a damaged file raises protobuf's own errors
-        raise AdaptError(f"{path} cannot be read as an ONNX model (truncated, damaged or another format): {type(exc).__name__}", hint=f"export the run again: adapt export {path.parent.parent}") from None
+        raise AdaptError(
+            f"{path} cannot be read as an ONNX model (truncated, damaged or another format): {type(exc).__name__}",
+            hint=f"export the run again: adapt export {path.parent.parent}",
+        ) from None
     if not model.graph.input:
-        raise AdaptError(f"{path} holds no graph (an empty or damaged ONNX file)", hint=f"export the run again: adapt export {path.parent.parent}")
-    return {i.name: {axis: d.dim_value for axis, d in enumerate(i.type.tensor_type.shape.dim) if d.dim_value > 0} for i in model.graph.input}
+        raise AdaptError(
+            f"{path} holds no graph (an empty or damaged ONNX file)",
+            hint=f"export the run again: adapt export {path.parent.parent}",
+        )
+    return {
+        i.name: {axis: d.dim_value for axis, d in enumerate(i.type.tensor_type.shape.dim) if d.dim_value > 0}
+        for i in model.graph.input
+    }
 
 
 def _onnx_call(loader: Any, path: Path, inputs: dict[str, Any], threads: int) -> Any:
@@ -168,7 +231,10 @@ def _onnx_call(loader: Any, path: Path, inputs: dict[str, Any], threads: int) ->
         run = loader.load(path, threads)
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for a bad file
         first = " ".join(str(exc).split())[:300] or type(exc).__name__
-        raise AdaptError(f"{path} cannot be loaded by ONNX Runtime: {first}", hint=f"export the run again: adapt export {path.parent.parent}") from None
+        raise AdaptError(
+            f"{path} cannot be loaded by ONNX Runtime: {first}",
+            hint=f"export the run again: adapt export {path.parent.parent}",
+        ) from None
     feed = {k: v.numpy() for k, v in inputs.items()}
     return lambda: run(feed)
 
@@ -179,6 +245,10 @@ def bench_table(result: dict[str, Any]) -> str:
     rows = ["| form | median ms | rounds' spread | vs PyTorch eager (range) |", "|---|---|---|---|"]
     for name, ms in result["ms"].items():
         entry = ratios.get(name)
-        versus = "1.00x" if name == "pytorch" else (f"{entry['ratio']:.3f}x ({entry['range'][0]:.3f}-{entry['range'][1]:.3f})" if entry else "-")
+        versus = (
+            "1.00x"
+            if name == "pytorch"
+            else (f"{entry['ratio']:.3f}x ({entry['range'][0]:.3f}-{entry['range'][1]:.3f})" if entry else "-")
+        )
         rows.append(f"| {name} | {ms:.2f} | {result['spread'][name]:.2f}x | {versus} |")
     return "\n".join(rows)

@@ -56,8 +56,11 @@ def load_tensors(path: Path | str) -> Any:
             raise
         names = sorted(set(re.findall(r"GLOBAL ([\w.]+)", str(exc)))) or ["a Python object"]
         raise CheckpointError(
-            f"{path} contains pickled Python code ({', '.join(names[:3])}), not only tensors, and is refused: loading it could run that code",
-            hint="if you trust the file, re-save its tensors as safetensors (safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')) and point the config at that",
+            f"{path} contains pickled Python code ({', '.join(names[:3])}), not only tensors, and is refused: loading "
+            "it could run that code",
+            hint="if you trust the file, re-save its tensors as safetensors "
+            "(safetensors.torch.save_file(model.state_dict(), 'weights.safetensors')) and point the config at "
+            "that",
         ) from None
 
 
@@ -67,4 +70,8 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint is the same user problem
-        raise CheckpointError(f"cannot read training checkpoint {path}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint="it is damaged; delete it to train that run again from the start") from None
+        raise CheckpointError(
+            f"cannot read training checkpoint {path}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="it is damaged; delete it to train that run again from the start",
+        ) from None

@@ -42,7 +42,11 @@ def disk_full(exc: BaseException) -> AdaptError | None:
             no_space = text in DISK_FULL_TEXTS[:2] if text else errno in NO_SPACE
             reason = "no space left on the device" if no_space else f"the system refused a write ({text or strerror})"
             where = getattr(current, "filename", None)
-            return AdaptError(f"{reason}{f' while writing {where}' if where else ''}; what adapt had finished before is intact (every file is written beside its place and renamed)", hint=DISK_FULL_HINT)
+            return AdaptError(
+                f"{reason}{f' while writing {where}' if where else ''}; what adapt had finished before is intact "
+                "(every file is written beside its place and renamed)",
+                hint=DISK_FULL_HINT,
+            )
         current = current.__cause__ or current.__context__
     return None
 
@@ -58,7 +62,11 @@ class AdaptGroup(click.Group):
         except Exception as exc:
             # A RunDirError already names the file; any other error caused by a full disk is
             # reported as that, since a library's wording of it helps nobody.
-            error = exc if isinstance(exc, RunDirError) else disk_full(exc) or (exc if isinstance(exc, AdaptError) else None)
+            error = (
+                exc
+                if isinstance(exc, RunDirError)
+                else disk_full(exc) or (exc if isinstance(exc, AdaptError) else None)
+            )
             if error is None or (ctx.obj and ctx.obj.get("debug")):
                 raise
             report_error(error)
@@ -86,25 +94,58 @@ def plugin_rows(host: Host) -> list[dict[str, str]]:
         for name in registry.names():
             plugin = host.plugins.get(registry.owner(name))
             obj = registry.first(name)
-            rows.append({
-                "name": name,
-                "kind": registry.kind,
-                "plugin": registry.owner(name),
-                "package": plugin.package if plugin else "",
-                "version": plugin.version if plugin else "",
-                "families": _families(obj),
-                "fields": _fields(obj),
-            })
+            rows.append(
+                {
+                    "name": name,
+                    "kind": registry.kind,
+                    "plugin": registry.owner(name),
+                    "package": plugin.package if plugin else "",
+                    "version": plugin.version if plugin else "",
+                    "families": _families(obj),
+                    "fields": _fields(obj),
+                }
+            )
         for name, owners in registry.clashes.items():
             for owner in owners[1:]:
                 plugin = host.plugins.get(owner)
-                rows.append({"name": name, "kind": f"{registry.kind} clash", "plugin": owner, "package": plugin.package if plugin else "", "version": plugin.version if plugin else "", "families": "", "error": registry.clash_error(name).message})
+                rows.append(
+                    {
+                        "name": name,
+                        "kind": f"{registry.kind} clash",
+                        "plugin": owner,
+                        "package": plugin.package if plugin else "",
+                        "version": plugin.version if plugin else "",
+                        "families": "",
+                        "error": registry.clash_error(name).message,
+                    }
+                )
     registering = {row["plugin"] for row in rows}
     for name, info in host.plugins.items():
         if info.error:
-            rows.append({"name": name, "kind": "error", "plugin": name, "package": info.package, "version": info.version, "families": "", "error": info.error})
-        elif name not in registering and (hooks := _hooks_of(host, name, LIFECYCLE_HOOKS + ("adapt_register_commands",))):
-            rows.append({"name": ", ".join(hooks), "kind": "hooks", "plugin": name, "package": info.package, "version": info.version, "families": ""})
+            rows.append(
+                {
+                    "name": name,
+                    "kind": "error",
+                    "plugin": name,
+                    "package": info.package,
+                    "version": info.version,
+                    "families": "",
+                    "error": info.error,
+                }
+            )
+        elif name not in registering and (
+            hooks := _hooks_of(host, name, LIFECYCLE_HOOKS + ("adapt_register_commands",))
+        ):
+            rows.append(
+                {
+                    "name": ", ".join(hooks),
+                    "kind": "hooks",
+                    "plugin": name,
+                    "package": info.package,
+                    "version": info.version,
+                    "families": "",
+                }
+            )
     return rows
 
 
@@ -129,7 +170,9 @@ def _fields(obj: Any) -> str:
 def _hooks_of(host: Host, plugin_name: str, among: tuple[str, ...]) -> list[str]:
     """The hooks of ``among`` that a plugin implements (a tracker's lifecycle hooks)."""
     plugin = host.pm.get_plugin(plugin_name)
-    return sorted(c.name for c in host.pm.get_hookcallers(plugin) or [] if c.name in among) if plugin is not None else []
+    return (
+        sorted(c.name for c in host.pm.get_hookcallers(plugin) or [] if c.name in among) if plugin is not None else []
+    )
 
 
 def make_cli(host_factory: Callable[[], Host] = make_host) -> click.Group:
@@ -173,8 +216,11 @@ def _debugging() -> bool:
 
 def _add_plugin_commands(cli: click.Group, host: Host) -> None:
     """`adapt plugins` and `adapt init`."""
+
     @cli.command("plugins")
-    @click.option("--verbose", "-v", is_flag=True, help="Also show the hooks each plugin implements and where it was loaded from.")
+    @click.option(
+        "--verbose", "-v", is_flag=True, help="Also show the hooks each plugin implements and where it was loaded from."
+    )
     @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
     def plugins_command(verbose: bool, as_json: bool) -> None:
         """List every registered backbone, method, exporter, data source and task."""
@@ -189,10 +235,15 @@ def _add_plugin_commands(cli: click.Group, host: Host) -> None:
         if as_json:
             click.echo(json.dumps(rows, indent=2))
             return
-        columns = ["name", "kind", "plugin", "package", "version"] + (["families", "fields", "hooks", "module", "from"] if verbose else [])
+        columns = ["name", "kind", "plugin", "package", "version"] + (
+            ["families", "fields", "hooks", "module", "from"] if verbose else []
+        )
         click.echo(format_table([[r.get(c, "") for c in columns] for r in rows], [c.upper() for c in columns]))
         if host.broken:
-            click.echo(f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above" + ("." if _debugging() else " (adapt --debug plugins shows their tracebacks)."))
+            click.echo(
+                f"\n{len(host.broken)} plugin(s) failed to load; see the warnings above"
+                + ("." if _debugging() else " (adapt --debug plugins shows their tracebacks).")
+            )
             if _debugging():
                 for name, info in host.plugins.items():
                     if info.error:
@@ -219,13 +270,36 @@ def _add_plugin_commands(cli: click.Group, host: Host) -> None:
 
 def _add_run_command(cli: click.Group, host: Host) -> None:
     """`adapt run`."""
+
     @cli.command("run")
     @click.argument("config", type=click.Path(dir_okay=False, path_type=Path), required=False)
-    @click.option("--set", "overrides", multiple=True, metavar="KEY.PATH=VALUE", help="Override a config key, e.g. --set train.epochs=1 (repeatable).")
-    @click.option("--overwrite", is_flag=True, help="Replace the run of the same name: once the new run's data and model have loaded, delete what adapt wrote there (other files are kept).")
-    @click.option("--resume", is_flag=True, help="Continue the run directory of the same name from its last checkpoint (the config must be unchanged).")
-    @click.option("--dry-run", is_flag=True, help="Validate the config against the installed plugins, print it resolved, build the model and resolve the method's targets on it (listing what it trains), and stop. Writes nothing.")
-    def run_command(config: Path | None, overrides: tuple[str, ...], overwrite: bool, resume: bool, dry_run: bool) -> None:
+    @click.option(
+        "--set",
+        "overrides",
+        multiple=True,
+        metavar="KEY.PATH=VALUE",
+        help="Override a config key, e.g. --set train.epochs=1 (repeatable).",
+    )
+    @click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace the run of the same name: once the new run's data and model have loaded, delete what adapt "
+        "wrote there (other files are kept).",
+    )
+    @click.option(
+        "--resume",
+        is_flag=True,
+        help="Continue the run directory of the same name from its last checkpoint (the config must be unchanged).",
+    )
+    @click.option(
+        "--dry-run",
+        is_flag=True,
+        help="Validate the config against the installed plugins, print it resolved, build the model and resolve the "
+        "method's targets on it (listing what it trains), and stop. Writes nothing.",
+    )
+    def run_command(
+        config: Path | None, overrides: tuple[str, ...], overwrite: bool, resume: bool, dry_run: bool
+    ) -> None:
         """Run the job described by CONFIG (default: the built-in starter config,
         see `adapt init`): load, adapt, train, merge and export, writing
         everything to <output_dir>/<name>."""
@@ -241,7 +315,9 @@ def _add_run_command(cli: click.Group, host: Host) -> None:
 
             click.echo(yaml.safe_dump(plan.config.model_dump(mode="json"), sort_keys=False).rstrip())
             modules = list(dict.fromkeys(name.rpartition(".")[0] for name in check_targets(plan)))
-            click.echo(f"{plan.config.method.name} trains {len(modules)} module(s): {describe_names(modules)}", err=True)
+            click.echo(
+                f"{plan.config.method.name} trains {len(modules)} module(s): {describe_names(modules)}", err=True
+            )
             click.echo("config is valid; the method's targets were resolved against the model.", err=True)
             return
         if overwrite and resume:
@@ -266,7 +342,13 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
 
     @cli.command("eval")
     @run_dir_argument
-    @click.option("--split", type=click.Choice(["train", "val", "test"]), default="test", show_default=True, help="Which split to evaluate.")
+    @click.option(
+        "--split",
+        type=click.Choice(["train", "val", "test"]),
+        default="test",
+        show_default=True,
+        help="Which split to evaluate.",
+    )
     def eval_command(run_dir: Path, split: str) -> None:
         """Evaluate the trained (adapted) model of RUN_DIR; prints the metrics as JSON."""
         from adapt.pipeline import eval_command as evaluate
@@ -299,14 +381,35 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
 
 def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
     """`adapt bench`: time the run's model and files here and now, taking turns."""
+
     @cli.command("bench")
     @run_dir_argument
-    @click.option("--threads", type=click.IntRange(1), default=None, help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's).")
-    @click.option("--rounds", type=click.IntRange(1), default=5, show_default=True, help="rounds in which the contenders take turns.")
-    @click.option("--runs", type=click.IntRange(1), default=10, show_default=True, help="timed calls per contender per round.")
+    @click.option(
+        "--threads",
+        type=click.IntRange(1),
+        default=None,
+        help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's).",
+    )
+    @click.option(
+        "--rounds",
+        type=click.IntRange(1),
+        default=5,
+        show_default=True,
+        help="rounds in which the contenders take turns.",
+    )
+    @click.option(
+        "--runs", type=click.IntRange(1), default=10, show_default=True, help="timed calls per contender per round."
+    )
     @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="examples per call.")
-    @click.option("--seq-len", type=click.IntRange(1), default=None, help="text: tokens per example (default: the run's max_length).")
-    @click.option("--image-size", type=click.IntRange(8), default=None, help="images: side in pixels (default: the run's).")
+    @click.option(
+        "--seq-len",
+        type=click.IntRange(1),
+        default=None,
+        help="text: tokens per example (default: the run's max_length).",
+    )
+    @click.option(
+        "--image-size", type=click.IntRange(8), default=None, help="images: side in pixels (default: the run's)."
+    )
     @click.option("--save", is_flag=True, help="also write the figures to report.json (`bench`).")
     def bench_command(run_dir: Path, save: bool, **options: Any) -> None:
         """Time RUN_DIR's model here and now: PyTorch eager (the merged model) and every
@@ -317,11 +420,19 @@ def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[
         from adapt.report import latency_table, read_report
 
         report = read_report(run_dir)  # a damaged report.json is named
-        if (report.get("postprocess") or {}).get("kind") == "generation":  # its speed is generation, measured by the export
+        if (report.get("postprocess") or {}).get(
+            "kind"
+        ) == "generation":  # its speed is generation, measured by the export
             if not report.get("latency_ms"):
-                raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
+                raise AdaptError(
+                    f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}"
+                )
             click.echo(latency_table(report))
-            click.echo("note: a generator: these are the export's figures (new tokens per second of greedy generation through the KV cache, timed taking turns); adapt bench does not time generation again: bench/generation.py does, against transformers and Optimum")
+            click.echo(
+                "note: a generator: these are the export's figures (new tokens per second of greedy generation "
+                "through the KV cache, timed taking turns); adapt bench does not time generation again: "
+                "bench/generation.py does, against transformers and Optimum"
+            )
             return
         result = bench_run(run_dir, host, **options)
         click.echo(bench_table(result))
@@ -336,25 +447,85 @@ def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[
                 report["bench"] = result  # the latest measurement replaces an earlier one
                 write_report(run_dir, report)
             click.echo(f"saved to {run_dir / 'report.json'} (bench)")
-        click.echo(json.dumps({"ms": result["ms"], "to_pytorch": {k: v["ratio"] for k, v in result.get("to_pytorch", {}).items()}, **{k: result[k] for k in ("batch_size", "seq_len", "image_size") if k in result}, "threads": result["machine"]["threads"]}))
+        click.echo(
+            json.dumps(
+                {
+                    "ms": result["ms"],
+                    "to_pytorch": {k: v["ratio"] for k, v in result.get("to_pytorch", {}).items()},
+                    **{k: result[k] for k in ("batch_size", "seq_len", "image_size") if k in result},
+                    "threads": result["machine"]["threads"],
+                }
+            )
+        )
 
 
 def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
     """`adapt predict`, with PyTorch or with ONNX Runtime alone."""
+
     @cli.command("predict")
     @run_dir_argument
     @click.argument("inputs", nargs=-1, required=True)
-    @click.option("--onnx", "use_onnx", is_flag=True, help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.")
-    @click.option("--model", "model_file", type=click.Path(dir_okay=False, exists=True, path_type=Path), help="With --onnx: this exported file instead of the deployable one.")
-    @click.option("--max-new-tokens", type=click.IntRange(1), default=64, show_default=True, help="generating runs: most tokens to add to each prompt.")
-    @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="generating runs: 0 is greedy; higher samples more freely.")
-    @click.option("--top-k", type=click.IntRange(0), default=0, show_default=True, help="generating runs: sample among the k most likely tokens (0: all).")
-    @click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True, help="generating runs: sample within this much probability mass.")
-    @click.option("--seed", type=int, default=0, show_default=True, help="generating runs: random seed of the sampling.")
+    @click.option(
+        "--onnx",
+        "use_onnx",
+        is_flag=True,
+        help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.",
+    )
+    @click.option(
+        "--model",
+        "model_file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="With --onnx: this exported file instead of the deployable one.",
+    )
+    @click.option(
+        "--max-new-tokens",
+        type=click.IntRange(1),
+        default=64,
+        show_default=True,
+        help="generating runs: most tokens to add to each prompt.",
+    )
+    @click.option(
+        "--temperature",
+        type=click.FloatRange(0),
+        default=0.0,
+        show_default=True,
+        help="generating runs: 0 is greedy; higher samples more freely.",
+    )
+    @click.option(
+        "--top-k",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="generating runs: sample among the k most likely tokens (0: all).",
+    )
+    @click.option(
+        "--top-p",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="generating runs: sample within this much probability mass.",
+    )
+    @click.option(
+        "--seed", type=int, default=0, show_default=True, help="generating runs: random seed of the sampling."
+    )
     @click.option("--stop", multiple=True, help="generating runs: cut the generated text at this string (repeatable).")
-    @click.option("--min-score", type=click.FloatRange(0, 1), default=0.3, show_default=True, help="detectors (boxes): print detections scoring at least this.")
-    @click.option("--draw", type=click.Path(dir_okay=False, path_type=Path), default=None, help="detectors (boxes): write the image with its boxes to this PNG (several images: one file each, named after them).")
-    def predict_command(run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any) -> None:
+    @click.option(
+        "--min-score",
+        type=click.FloatRange(0, 1),
+        default=0.3,
+        show_default=True,
+        help="detectors (boxes): print detections scoring at least this.",
+    )
+    @click.option(
+        "--draw",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="detectors (boxes): write the image with its boxes to this PNG (several images: one file each, named "
+        "after them).",
+    )
+    def predict_command(
+        run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any
+    ) -> None:
         """Predict with RUN_DIR's model for INPUTS, as the run's task reads and prints them
         (its declared post-processing, the same as the exported predict.py): labels for texts,
         sentences (split on spaces) or image paths, continuations of prompts, boxes in image
@@ -366,14 +537,25 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
         try:
             rows = _predict_rows(run_dir, host, inputs, use_onnx, model_file, settings)
         except InputError as exc:
-            raise AdaptError(str(exc), hint="check the inputs: `adapt predict --help` says what each task takes") from None
+            raise AdaptError(
+                str(exc), hint="check the inputs: `adapt predict --help` says what each task takes"
+            ) from None
         except PredictError as exc:
-            raise AdaptError(str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR") from None
+            raise AdaptError(
+                str(exc), hint="give exported files of this run (--model), or export it again: adapt export RUN_DIR"
+            ) from None
         for row in rows:
             click.echo(json.dumps(row))
 
 
-def _predict_rows(run_dir: Path, host: Host, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _predict_rows(
+    run_dir: Path,
+    host: Host,
+    inputs: tuple[str, ...],
+    use_onnx: bool,
+    model_file: Path | None,
+    settings: dict[str, Any],
+) -> list[dict[str, Any]]:
     """`adapt predict`'s rows: from the exported file with ONNX Runtime alone, or from the
     run's PyTorch model. Both raise the standalone predictor's InputError / PredictError
     for a bad setting or input."""
@@ -388,7 +570,10 @@ def _predict_rows(run_dir: Path, host: Host, inputs: tuple[str, ...], use_onnx: 
 
     deployable = model_file or report_file(run_dir, require_report(run_dir), "deployable")
     if deployable is None:
-        raise AdaptError(f"{run_dir} has no exported model (report.json names no deployable file)", hint=f"export it first: adapt export {run_dir}")
+        raise AdaptError(
+            f"{run_dir} has no exported model (report.json names no deployable file)",
+            hint=f"export it first: adapt export {run_dir}",
+        )
     return predict_onnx(deployable, inputs, **settings)
 
 
@@ -405,7 +590,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         click.echo("interrupted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
-        click.echo("interrupted; the run directory keeps its last checkpoint: continue with `adapt run CONFIG --resume` or `adapt train RUN_DIR`", err=True)
+        click.echo(
+            "interrupted; the run directory keeps its last checkpoint: continue with `adapt run CONFIG --resume` or "
+            "`adapt train RUN_DIR`",
+            err=True,
+        )
         sys.exit(130)
     except click.exceptions.ClickException as exc:
         exc.show()

@@ -48,7 +48,9 @@ class _Section(BaseModel):
 class BackboneConfig(_Section):
     name: str = Field(description="a registered backbone plugin")
     checkpoint: str | None = Field(None, description="hub id, local folder or file, or pkg:<module>/<path>")
-    arch: str | None = Field(None, description="architecture name, for backbones that build several (a timm model name)")
+    arch: str | None = Field(
+        None, description="architecture name, for backbones that build several (a timm model name)"
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the backbone's own schema")
 
 
@@ -65,7 +67,9 @@ class SplitConfig(_Section):
     @model_validator(mode="after")
     def _leaves_training_data(self) -> SplitConfig:
         if self.val + self.test >= 1:
-            raise ValueError(f"val + test must be below 1 so that some data is left to train on (got {self.val} + {self.test})")
+            raise ValueError(
+                f"val + test must be below 1 so that some data is left to train on (got {self.val} + {self.test})"
+            )
         return self
 
 
@@ -74,11 +78,22 @@ class DataConfig(_Section):
     path: str | None = Field(None, description="file or folder, or pkg:<module>/<path>; some sources need none")
     text_column: str = Field("text", description="column holding the text, for table-like sources")
     label_column: str = Field("label", description="column holding the label, for table-like sources")
-    prompt_column: str = Field("prompt", description="prompt/completion data: column holding the prompt (the loss is on the completion only)")
-    completion_column: str = Field("completion", description="prompt/completion data: column holding the completion of the prompt")
+    prompt_column: str = Field(
+        "prompt", description="prompt/completion data: column holding the prompt (the loss is on the completion only)"
+    )
+    completion_column: str = Field(
+        "completion", description="prompt/completion data: column holding the completion of the prompt"
+    )
     query_column: str = Field("query", description="(query, positive) pairs: column holding the query")
-    positive_column: str = Field("positive", description="(query, positive) pairs: column holding the positive (the document the query should find)")
-    items: str | None = Field(None, description="two-tower recommenders: CSV or jsonl file of the items' text (`item`, `text`), or pkg:<module>/<path>")
+    positive_column: str = Field(
+        "positive",
+        description="(query, positive) pairs: column holding the positive (the document the query should find)",
+    )
+    items: str | None = Field(
+        None,
+        description="two-tower recommenders: CSV or jsonl file of the items' text (`item`, `text`), or "
+        "pkg:<module>/<path>",
+    )
     split: SplitConfig = Field(default_factory=SplitConfig, description="used where the data has no split of its own")
     options: dict[str, Any] = Field(default_factory=dict, description="validated by the data source's own schema")
 
@@ -89,12 +104,24 @@ Switch = StrictBool | Literal["auto"]
 class FastConfig(_Section):
     """The training fast path (``adapt.fast_path``): speed-ups that keep the maths."""
 
-    attention: Literal["auto", "sdpa", "eager"] = Field("auto", description="attention kernel while training transformers (auto: sdpa); the export always uses eager")
+    attention: Literal["auto", "sdpa", "eager"] = Field(
+        "auto", description="attention kernel while training transformers (auto: sdpa); the export always uses eager"
+    )
     compile: Switch = Field("auto", description="torch.compile the model for training (auto: on CUDA only)")
-    cuda_graphs: Switch = Field("auto", description="with compile on CUDA, record CUDA graphs (reduce-overhead) (auto: yes)")
+    cuda_graphs: Switch = Field(
+        "auto", description="with compile on CUDA, record CUDA graphs (reduce-overhead) (auto: yes)"
+    )
     channels_last: Switch = Field("auto", description="NHWC memory layout for convolutional models (auto: yes)")
-    cls_last_layer: Switch = Field("auto", description="where the backbone offers it (encoder classifiers whose head reads the first token): compute the last layer for that position only (auto: on a CPU)")
-    pin_memory: Switch = Field("auto", description="collate batches into pinned host memory so the copy to the GPU does not stall the host (auto: on CUDA)")
+    cls_last_layer: Switch = Field(
+        "auto",
+        description="where the backbone offers it (encoder classifiers whose head reads the first token): compute the "
+        "last layer for that position only (auto: on a CPU)",
+    )
+    pin_memory: Switch = Field(
+        "auto",
+        description="collate batches into pinned host memory so the copy to the GPU does not stall the host (auto: on "
+        "CUDA)",
+    )
 
 
 class TrainConfig(_Section):
@@ -108,14 +135,33 @@ class TrainConfig(_Section):
     max_grad_norm: Float = Field(1.0, ge=0, description="gradient clipping norm; 0 turns it off")
     warmup: Float = Field(0.06, ge=0, lt=1, description="fraction of the steps with a rising learning rate")
     weight_decay: Float = Field(0.01, ge=0)
-    patience: Int = Field(0, ge=0, description="stop after this many epochs without a better validation metric; 0 never stops early")
-    checkpoint_every: Int = Field(50, ge=0, description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only")
+    patience: Int = Field(
+        0, ge=0, description="stop after this many epochs without a better validation metric; 0 never stops early"
+    )
+    checkpoint_every: Int = Field(
+        50,
+        ge=0,
+        description="optimiser steps between checkpoints (one is always written at each epoch end); 0: epoch ends only",
+    )
     eval_batch_size: Int | None = Field(None, ge=1, description="batch size for evaluation; default twice batch_size")
     workers: Int = Field(0, ge=0, description="data-loading worker processes (batches are collated in them)")
-    group_by_length: StrictBool = Field(False, description="batch examples of similar length together (less padding: faster on texts of uneven length)")
-    augment: StrictBool | list[Literal["flip", "crop"]] = Field(True, description="the task's training augmentation where it has one: true (all its kinds), false, or a list of kinds (a detector's: flip, crop; leave out flip for digits or text, which a mirror changes); evaluation never sees it")
-    fast: FastConfig = Field(default_factory=FastConfig, description="the training fast path; every switch keeps the maths")
-    cache_features: StrictBool = Field(True, description="linear probes (only the head trains): compute the frozen backbone once per example and train the head on its outputs; the frozen part runs in eval mode either way")
+    group_by_length: StrictBool = Field(
+        False, description="batch examples of similar length together (less padding: faster on texts of uneven length)"
+    )
+    augment: StrictBool | list[Literal["flip", "crop"]] = Field(
+        True,
+        description="the task's training augmentation where it has one: true (all its kinds), false, or a list of "
+        "kinds (a detector's: flip, crop; leave out flip for digits or text, which a mirror changes); "
+        "evaluation never sees it",
+    )
+    fast: FastConfig = Field(
+        default_factory=FastConfig, description="the training fast path; every switch keeps the maths"
+    )
+    cache_features: StrictBool = Field(
+        True,
+        description="linear probes (only the head trains): compute the frozen backbone once per example and train the "
+        "head on its outputs; the frozen part runs in eval mode either way",
+    )
 
     @property
     def eval_batch(self) -> int:
@@ -130,34 +176,72 @@ class QatConfig(_Section):
 
 
 class ExportConfig(_Section):
-    formats: list[str] = Field(default_factory=lambda: ["onnx"], description="registered exporters to run after the merge")
-    quantize: Literal["int8", "int4", "all", "none"] = Field("int8", description="int8 (dynamic for transformers, static for CNNs), int4 (weight-only, for MatMul weights: transformers), all (both), or none")
+    formats: list[str] = Field(
+        default_factory=lambda: ["onnx"], description="registered exporters to run after the merge"
+    )
+    quantize: Literal["int8", "int4", "all", "none"] = Field(
+        "int8",
+        description="int8 (dynamic for transformers, static for CNNs), int4 (weight-only, for MatMul weights: "
+        "transformers), all (both), or none",
+    )
     mobile: StrictBool = True
-    prefer: Literal["size", "speed"] = Field("size", description="which passing file to deploy: the smallest quantised one, or the fastest at batch 1 (fp32 included)")
-    target: Literal["auto", "x86", "x86-vnni", "arm"] = Field("auto", description="the CPU the export is for: auto (this machine: its int8 arithmetic is probed), x86 (any x86 CPU: 7-bit int8 weights, which cannot saturate on CPUs without VNNI), x86-vnni (8-bit weights) or arm; int8 formats are timed on the exporting machine when it is of that family")
-    max_accuracy_drop: Float = Field(0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended")
-    max_perplexity_increase: Float = Field(0.05, ge=0, description="a lower-is-better primary metric (perplexity): largest relative increase on the validation split a quantised model may have and still be recommended")
-    parity_tolerance: Float = Field(1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have")
+    prefer: Literal["size", "speed"] = Field(
+        "size",
+        description="which passing file to deploy: the smallest quantised one, or the fastest at batch 1 (fp32 "
+        "included)",
+    )
+    target: Literal["auto", "x86", "x86-vnni", "arm"] = Field(
+        "auto",
+        description="the CPU the export is for: auto (this machine: its int8 arithmetic is probed), x86 (any x86 CPU: "
+        "7-bit int8 weights, which cannot saturate on CPUs without VNNI), x86-vnni (8-bit weights) or "
+        "arm; int8 formats are timed on the exporting machine when it is of that family",
+    )
+    max_accuracy_drop: Float = Field(
+        0.01, ge=0, le=1, description="largest accuracy loss a quantised model may have and still be recommended"
+    )
+    max_perplexity_increase: Float = Field(
+        0.05,
+        ge=0,
+        description="a lower-is-better primary metric (perplexity): largest relative increase on the validation split "
+        "a quantised model may have and still be recommended",
+    )
+    parity_tolerance: Float = Field(
+        1e-3, gt=0, description="largest max-abs logit difference an exact (fp32) export may have"
+    )
     latency_runs: Int = Field(30, ge=1, description="timed runs per form for the latency figures")
     latency_batch: Int = Field(1, ge=1, description="a second batch size to time every form at (1: batch 1 only)")
-    options: dict[str, dict[str, Any]] = Field(default_factory=dict, description="options per exporter, e.g. {onnx: {opset: 17}}")
-    qat: QatConfig | None = Field(None, description="static int8: quantisation-aware fine-tuning of the merged model as a remedy when post-training int8 fails the gate ({epochs, lr}); off when absent")
+    options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="options per exporter, e.g. {onnx: {opset: 17}}"
+    )
+    qat: QatConfig | None = Field(
+        None,
+        description="static int8: quantisation-aware fine-tuning of the merged model as a remedy when post-training "
+        "int8 fails the gate ({epochs, lr}); off when absent",
+    )
 
 
 class MergeConfig(_Section):
     tolerance: Float = Field(
-        1e-4, gt=0,
-        description="largest max abs logit difference of the merged model from the adapted one, over max(1, largest logit); beyond it (or with NaN/Inf) the run fails",
+        1e-4,
+        gt=0,
+        description="largest max abs logit difference of the merged model from the adapted one, over max(1, largest "
+        "logit); beyond it (or with NaN/Inf) the run fails",
     )
 
 
 class RunConfig(_Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run directory is <output_dir>/<name>")
+    name: str = Field(
+        "run", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$", description="run name; the run directory is <output_dir>/<name>"
+    )
     task: str = Field(description="a registered task (`adapt plugins` lists them)")
     backbone: BackboneConfig
     method: MethodConfig = Field(default_factory=MethodConfig)
     data: DataConfig
-    head: dict[str, Any] = Field(default_factory=dict, description="the task's head options, for tasks that have them (the embedding tasks: dim, loss, margin, scale, temperature)")
+    head: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the task's head options, for tasks that have them (the embedding tasks: dim, loss, margin, "
+        "scale, temperature)",
+    )
     train: TrainConfig = Field(default_factory=TrainConfig)
     merge: MergeConfig = Field(default_factory=MergeConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
@@ -173,7 +257,12 @@ def starter_text() -> str:
 
 
 #: Byte-order marks of encodings a config is sometimes saved in by mistake (longest first).
-_BOMS = ((codecs.BOM_UTF32_LE, "UTF-32"), (codecs.BOM_UTF32_BE, "UTF-32"), (codecs.BOM_UTF16_LE, "UTF-16"), (codecs.BOM_UTF16_BE, "UTF-16"))
+_BOMS = (
+    (codecs.BOM_UTF32_LE, "UTF-32"),
+    (codecs.BOM_UTF32_BE, "UTF-32"),
+    (codecs.BOM_UTF16_LE, "UTF-16"),
+    (codecs.BOM_UTF16_BE, "UTF-16"),
+)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:
@@ -181,7 +270,9 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         raw = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"config file not found: {path}", hint="check the path, or run `adapt init` to write a starter config") from None
+        raise ConfigError(
+            f"config file not found: {path}", hint="check the path, or run `adapt init` to write a starter config"
+        ) from None
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
     return parse_yaml(decode_config(raw, str(path)), str(path))
@@ -191,12 +282,19 @@ def decode_config(raw: bytes, origin: str) -> str:
     """The text of a config file, which must be UTF-8 (a UTF-8 byte-order mark is fine)."""
     for bom, encoding in _BOMS:
         if raw.startswith(bom):
-            raise ConfigError(f"{origin} is encoded as {encoding} (it starts with a {encoding} byte-order mark); a config must be UTF-8", hint="save it as UTF-8 (in most editors: Save As, encoding UTF-8)")
+            raise ConfigError(
+                f"{origin} is encoded as {encoding} (it starts with a {encoding} byte-order mark); a config must be "
+                "UTF-8",
+                hint="save it as UTF-8 (in most editors: Save As, encoding UTF-8)",
+            )
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         line = raw[: exc.start].count(b"\n") + 1
-        raise ConfigError(f"{origin} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} cannot be decoded", hint="save it as UTF-8") from None
+        raise ConfigError(
+            f"{origin} is not UTF-8 text: byte 0x{raw[exc.start]:02x} at line {line} cannot be decoded",
+            hint="save it as UTF-8",
+        ) from None
 
 
 class ConfigLoader(yaml.SafeLoader):
@@ -209,7 +307,12 @@ class ConfigLoader(yaml.SafeLoader):
                 key = (key_node.tag, key_node.value)
                 line = key_node.start_mark.line + 1
                 if key in seen:
-                    raise yaml.constructor.ConstructorError(None, None, f"key `{key_node.value}` is given twice, at line {seen[key]} and at line {line}", key_node.start_mark)
+                    raise yaml.constructor.ConstructorError(
+                        None,
+                        None,
+                        f"key `{key_node.value}` is given twice, at line {seen[key]} and at line {line}",
+                        key_node.start_mark,
+                    )
                 seen[key] = line
         return super().construct_mapping(node, deep=deep)
 
@@ -228,8 +331,15 @@ def check_size(data: Any, origin: str) -> None:
         item, depth = stack.pop()
         count += 1
         if count > MAX_VALUES or depth > MAX_DEPTH:
-            what = f"more than {MAX_VALUES:,} values (a run config has a few dozen)" if count > MAX_VALUES else f"more than {MAX_DEPTH} levels of nesting (a run config has four)"
-            raise ConfigError(f"{origin} expands to {what}", hint="remove YAML aliases (*name) that repeat large parts, and self-references")
+            what = (
+                f"more than {MAX_VALUES:,} values (a run config has a few dozen)"
+                if count > MAX_VALUES
+                else f"more than {MAX_DEPTH} levels of nesting (a run config has four)"
+            )
+            raise ConfigError(
+                f"{origin} expands to {what}",
+                hint="remove YAML aliases (*name) that repeat large parts, and self-references",
+            )
         if isinstance(item, dict):
             stack.extend((x, depth + 1) for pair in item.items() for x in pair)
         elif isinstance(item, list):
@@ -243,11 +353,16 @@ def parse_yaml(text: str, origin: str) -> dict[str, Any]:
         mark = exc.problem_mark
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         twice = "given twice" in str(exc.problem)
-        raise ConfigError(f"{origin} is not valid YAML{where}: {exc.problem}", hint="keep one of the two" if twice else "fix the syntax there (indentation, a missing colon or quote)") from None
+        raise ConfigError(
+            f"{origin} is not valid YAML{where}: {exc.problem}",
+            hint="keep one of the two" if twice else "fix the syntax there (indentation, a missing colon or quote)",
+        ) from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{origin} is not valid YAML: {_short(str(exc))}") from None
     except RecursionError:
-        raise ConfigError(f"{origin} is nested too deeply to read", hint="a run config has a few levels; remove the nesting") from None
+        raise ConfigError(
+            f"{origin} is nested too deeply to read", hint="a run config has a few levels; remove the nesting"
+        ) from None
     if data is None:
         raise ConfigError(f"{origin} is empty", hint="run `adapt init` to write a starter config")
     if not isinstance(data, dict):
@@ -273,7 +388,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         key, sep, raw = item.partition("=")
         parts = key.strip().split(".")
         if not sep or not all(p.strip() for p in parts):
-            raise ConfigError(f"--set {item!r} is not of the form key.path=value", hint="for example --set train.epochs=5")
+            raise ConfigError(
+                f"--set {item!r} is not of the form key.path=value", hint="for example --set train.epochs=5"
+            )
         try:
             value = load_yaml(raw) if raw.strip() else ""
         except (yaml.YAMLError, RecursionError):
@@ -282,7 +399,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
         for depth, part in enumerate(parts[:-1]):
             child = node.setdefault(part, {})
             if not isinstance(child, dict):
-                raise ConfigError(f"--set {item!r}: `{'.'.join(parts[: depth + 1])}` holds {child!r}, not a mapping of keys")
+                raise ConfigError(
+                    f"--set {item!r}: `{'.'.join(parts[: depth + 1])}` holds {child!r}, not a mapping of keys"
+                )
             node = child
         node[parts[-1]] = value
     return data

@@ -53,10 +53,19 @@ def generation_example(row: dict[str, Any], request: DataRequest, where: str) ->
     or plain text (``data.text_column``). None (recorded as skipped) when it is empty."""
     if isinstance(row.get("messages"), list):
         messages = row["messages"]
-        if not all(isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in messages):
-            raise DataError(f"{where}: `messages` must be a list of {{\"role\": ..., \"content\": ...}} objects", hint="chat data: one conversation per row, the last message the assistant's answer to learn")
+        if not all(
+            isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str)
+            for m in messages
+        ):
+            raise DataError(
+                f'{where}: `messages` must be a list of {{"role": ..., "content": ...}} objects',
+                hint="chat data: one conversation per row, the last message the assistant's answer to learn",
+            )
         if not messages or messages[-1]["role"] != "assistant":
-            raise DataError(f"{where}: the last message of a conversation must be the assistant's (the completion to learn)", hint="end each conversation with {\"role\": \"assistant\", ...}")
+            raise DataError(
+                f"{where}: the last message of a conversation must be the assistant's (the completion to learn)",
+                hint='end each conversation with {"role": "assistant", ...}',
+            )
         return {"messages": messages}
     prompt, completion = row.get(request.prompt_column), row.get(request.completion_column)
     if prompt is not None or completion is not None:
@@ -65,7 +74,12 @@ def generation_example(row: dict[str, Any], request: DataRequest, where: str) ->
             return None
         return {"prompt": str(prompt or ""), "completion": str(completion)}
     if request.text_column not in row:
-        raise DataError(f"{where}: no {request.text_column!r}, {request.prompt_column!r}/{request.completion_column!r} or `messages`; it has: {', '.join(row) or '(none)'}", hint="set data.text_column, or data.prompt_column and data.completion_column, to the names used in the file")
+        raise DataError(
+            f"{where}: no {request.text_column!r}, {request.prompt_column!r}/{request.completion_column!r} or "
+            f"`messages`; it has: {', '.join(row) or '(none)'}",
+            hint="set data.text_column, or data.prompt_column and data.completion_column, to the names used in the "
+            "file",
+        )
     text = str(row[request.text_column] or "")
     if not text.strip():
         request.skip(where, f"the {request.text_column!r} value is empty")
@@ -95,7 +109,9 @@ def split_files(path: Path, suffixes: str | Sequence[str]) -> dict[str, Path]:
     if path.is_file():
         return {"train": path}
     if not path.is_dir():
-        raise DataError(f"data path not found: {path}", hint=f"point data.path at a file or a folder holding train{suffixes[0]}")
+        raise DataError(
+            f"data path not found: {path}", hint=f"point data.path at a file or a folder holding train{suffixes[0]}"
+        )
     found = {}
     for split, stems in SPLIT_STEMS.items():
         for stem in stems:
@@ -104,7 +120,10 @@ def split_files(path: Path, suffixes: str | Sequence[str]) -> dict[str, Path]:
                 found[split] = hits[0]
                 break
     if "train" not in found:
-        raise DataError(f"folder {path} has no train{suffixes[0]}", hint=f"put the training data in {path / ('train' + suffixes[0])}, or point data.path at one file")
+        raise DataError(
+            f"folder {path} has no train{suffixes[0]}",
+            hint=f"put the training data in {path / ('train' + suffixes[0])}, or point data.path at one file",
+        )
     return found
 
 
@@ -114,14 +133,23 @@ def label_folder_files(root: Path, suffixes: Sequence[str], layout: str) -> list
     if not folders:
         raise DataError(f"{root} has no label folders", hint=f"arrange the data as {layout}")
     wanted = {s.lower() for s in suffixes}
-    return [(file, folder.name) for folder in folders for file in sorted(folder.rglob("*")) if file.is_file() and file.suffix.lower() in wanted]
+    return [
+        (file, folder.name)
+        for folder in folders
+        for file in sorted(folder.rglob("*"))
+        if file.is_file() and file.suffix.lower() in wanted
+    ]
 
 
-def read_split_folders(path: Path | None, read: Callable[[Path], list[Example]], layout: str) -> dict[str, list[Example]]:
+def read_split_folders(
+    path: Path | None, read: Callable[[Path], list[Example]], layout: str
+) -> dict[str, list[Example]]:
     """Data laid out as ``path/<label>/...``, or ``path/train/<label>/...`` beside
     ``test/`` (and optionally ``val/``), which are then the splits; ``read`` reads one folder."""
     if path is None or not path.is_dir():
-        raise DataError(f"data.path must be a folder of label folders, got {path}", hint=f"arrange the data as {layout}")
+        raise DataError(
+            f"data.path must be a folder of label folders, got {path}", hint=f"arrange the data as {layout}"
+        )
     splits = {split: path / stem for split, stems in SPLIT_STEMS.items() for stem in stems if (path / stem).is_dir()}
     if "train" in splits:
         return {split: read(folder) for split, folder in splits.items()}
@@ -162,7 +190,10 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
     raw = source.read(request)
     unknown = set(raw) - set(SPLITS)
     if unknown or "train" not in raw:
-        raise DataError(f"data source {source.name!r} returned splits {sorted(raw)}; expected train and optionally val, test", hint="this is a bug in the data source plugin")
+        raise DataError(
+            f"data source {source.name!r} returned splits {sorted(raw)}; expected train and optionally val, test",
+            hint="this is a bug in the data source plugin",
+        )
     train = list(raw["train"])
     if "test" not in raw:
         train, raw["test"] = carve(train, split.test, split.seed)
@@ -172,7 +203,10 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
     if "val" not in raw:
         train, raw["val"] = carve(train, val_fraction, split.seed + 1)
     if not train:
-        raise DataError(f"no training examples left from data source {source.name!r}", hint="add data, or lower data.split.val and data.split.test")
+        raise DataError(
+            f"no training examples left from data source {source.name!r}",
+            hint="add data, or lower data.split.val and data.split.test",
+        )
     label_names = task.label_names(train)
     for name in ("val", "test"):
         task.label_names(raw[name])  # same shape checks as train
@@ -186,5 +220,10 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
     least = task.min_labels
     if len(label_names) < least:
         found = f"only the label {label_names[0]!r}" if label_names else "no labels"
-        raise DataError(f"the training data of data source {source.name!r} holds {found}: task {task.name!r} needs at least {least}", hint="check data.label_column (or the label folders, the annotations' categories), or add examples of the other classes")
+        raise DataError(
+            f"the training data of data source {source.name!r} holds {found}: task {task.name!r} needs at least "
+            f"{least}",
+            hint="check data.label_column (or the label folders, the annotations' categories), or add examples of the "
+            "other classes",
+        )
     return Splits(encoded["train"], encoded["val"], encoded["test"], label_names, list(request.skipped))

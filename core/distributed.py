@@ -28,7 +28,9 @@ class Dist:
 
 def from_environment() -> Dist:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    return Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else Dist()
+    return (
+        Dist(int(os.environ.get("RANK", "0")), world, int(os.environ.get("LOCAL_RANK", "0"))) if world > 1 else Dist()
+    )
 
 
 def init(dist: Dist, device_type: str) -> None:

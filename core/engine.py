@@ -83,7 +83,11 @@ def stop_on_interrupt(enabled: bool) -> Iterator[Callable[[], bool]]:
         if asked[0]:
             raise KeyboardInterrupt
         asked[0] = True
-        print("\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+        print(
+            "\ninterrupt: saving a checkpoint after this step (press Ctrl-C again to stop at once)",
+            file=sys.stderr,
+            flush=True,
+        )
 
     signal.signal(signal.SIGINT, handler)
     try:
@@ -107,7 +111,9 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"train.device = {name!r}, but no CUDA device is available here", hint="use train.device: auto or cpu")
+        raise ConfigError(
+            f"train.device = {name!r}, but no CUDA device is available here", hint="use train.device: auto or cpu"
+        )
     return torch.device(name)
 
 
@@ -126,7 +132,9 @@ def resolve_precision(name: str, device: torch.device) -> torch.dtype | None:
 GROUP_WINDOW = 50
 
 
-def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: distributed.Dist, lengths: Sequence[int] | None = None) -> list[list[int]]:
+def epoch_batches(
+    n: int, batch_size: int, seed: int, epoch: int, dist: distributed.Dist, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
     """This process's batches for one epoch: a seeded permutation, sharded across processes.
     With ``lengths``, examples of similar length share a batch (less padding): each window
     of :data:`GROUP_WINDOW` batches of the permutation is sorted by length, then the
@@ -139,7 +147,11 @@ def epoch_batches(n: int, batch_size: int, seed: int, epoch: int, dist: distribu
     if lengths is None:
         return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     window = GROUP_WINDOW * batch_size
-    grouped = [i for start in range(0, len(order), window) for i in sorted(order[start : start + window], key=lambda i: -lengths[i])]
+    grouped = [
+        i
+        for start in range(0, len(order), window)
+        for i in sorted(order[start : start + window], key=lambda i: -lengths[i])
+    ]
     batches = [grouped[i : i + batch_size] for i in range(0, len(grouped), batch_size)]
     return [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
 
@@ -176,7 +188,18 @@ class Evaluation:
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, examples: Sequence[Example], collate: Callable, task: Any, label_names: Sequence[str], *, batch_size: int, device: torch.device, dtype: torch.dtype | None = None, keep_logits: bool = False) -> Evaluation:
+def evaluate(
+    model: nn.Module,
+    examples: Sequence[Example],
+    collate: Callable,
+    task: Any,
+    label_names: Sequence[str],
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None = None,
+    keep_logits: bool = False,
+) -> Evaluation:
     """The task's metrics (and the mean loss) of ``model`` on ``examples``."""
     model.eval()
     predictions, references, logits_kept = [], [], []
@@ -204,8 +227,11 @@ def nothing_trainable(built: BuiltModel) -> ConfigError:
     """The error for a method that left no parameter to train."""
     headless = not built.head and not built.new_parameters
     return ConfigError(
-        "the method left no parameter trainable" + (" (this model has no new task head: a language model's output layer is pretrained)" if headless else ""),
-        hint="with method freeze, set method.options.last_blocks to train the last N blocks, or use lora / adapters" if headless else "check method.options",
+        "the method left no parameter trainable"
+        + (" (this model has no new task head: a language model's output layer is pretrained)" if headless else ""),
+        hint="with method freeze, set method.options.last_blocks to train the last N blocks, or use lora / adapters"
+        if headless
+        else "check method.options",
     )
 
 
@@ -229,7 +255,9 @@ class TrainingExamples:
     generator seeded by (seed, epoch, index), so a resumed or multi-worker run sees the
     same augmented examples. Validation and test never go through it."""
 
-    def __init__(self, examples: Sequence[Example], augment: Callable[..., Example] | None, seed: int, epoch: int) -> None:
+    def __init__(
+        self, examples: Sequence[Example], augment: Callable[..., Example] | None, seed: int, epoch: int
+    ) -> None:
         self.examples, self.augment, self.seed, self.epoch = examples, augment, seed, epoch
 
     def __len__(self) -> int:
@@ -248,7 +276,21 @@ class TrainingExamples:
 class Trainer:
     """Trains ``built`` (already adapted by its method) on ``splits`` into ``run_dir``."""
 
-    def __init__(self, *, built: BuiltModel, method: Any, task: Any, collate: Callable, train: Sequence[Example], val: Sequence[Example], label_names: Sequence[str], config: TrainConfig, run_dir: Path, on_epoch: Callable[[int, dict], None] | None = None, dist: distributed.Dist | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        built: BuiltModel,
+        method: Any,
+        task: Any,
+        collate: Callable,
+        train: Sequence[Example],
+        val: Sequence[Example],
+        label_names: Sequence[str],
+        config: TrainConfig,
+        run_dir: Path,
+        on_epoch: Callable[[int, dict], None] | None = None,
+        dist: distributed.Dist | None = None,
+    ) -> None:
         self.built, self.method, self.task, self.collate = built, method, task, collate
         self.train_set, self.val_set, self.label_names = list(train), list(val), list(label_names)
         self.config, self.run_dir, self.on_epoch = config, run_dir, on_epoch
@@ -267,7 +309,13 @@ class Trainer:
 
     def _optimiser(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         fused = self.device.type == "cuda"
-        return torch.optim.AdamW(params, lr=self.config.lr, weight_decay=self.config.weight_decay, fused=fused or None, foreach=None if fused else True)
+        return torch.optim.AdamW(
+            params,
+            lr=self.config.lr,
+            weight_decay=self.config.weight_decay,
+            fused=fused or None,
+            foreach=None if fused else True,
+        )
 
     def _scheduler(self, optimiser: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
         warm = max(1, int(total * self.config.warmup)) if self.config.warmup > 0 else 0
@@ -301,14 +349,33 @@ class Trainer:
         (``train.cache_features``); from here on the loop trains and validates the head on them."""
         assert self.probe is not None
         name = self.probe[0]
-        why = "train.cache_features is false" if not self.config.cache_features else "training is distributed" if self.dist.active else "augmentation changes the inputs every epoch (train.augment: false allows caching)" if self._augment() is not None else ""
-        built = why or feature_cache.build(model, name, {"train": self.train_set, "val": self.val_set}, self.collate, batch_size=self.config.eval_batch, device=self.device, dtype=self.dtype)
+        why = (
+            "train.cache_features is false"
+            if not self.config.cache_features
+            else "training is distributed"
+            if self.dist.active
+            else "augmentation changes the inputs every epoch (train.augment: false allows caching)"
+            if self._augment() is not None
+            else ""
+        )
+        built = why or feature_cache.build(
+            model,
+            name,
+            {"train": self.train_set, "val": self.val_set},
+            self.collate,
+            batch_size=self.config.eval_batch,
+            device=self.device,
+            dtype=self.dtype,
+        )
         if isinstance(built, str):
             self._say(f"train: linear probe ({name} trains, the rest in eval mode); features not cached: {built}")
             return
         self.cache = built
         self.train_set, self.val_set, self.collate = built.train, built.val, feature_cache.collate
-        self._say(f"train: linear probe: the frozen part ran once ({len(built.train)} training + {len(built.val)} validation examples, {built.seconds:.1f} s); {name} trains on its outputs")
+        self._say(
+            f"train: linear probe: the frozen part ran once ({len(built.train)} training + {len(built.val)} "
+            f"validation examples, {built.seconds:.1f} s); {name} trains on its outputs"
+        )
 
     def _fit(self, model: nn.Module, params: list[nn.Parameter], fast: fast_path.FastPath, resume: bool) -> TrainResult:
         cfg = self.config
@@ -327,7 +394,17 @@ class Trainer:
         state = loop.state
         names: dict[torch.dtype | None, str] = {torch.bfloat16: "bf16", torch.float16: "fp16"}
         precision = names.get(self.dtype, "fp32")
-        return TrainResult(self.log, state["best_epoch"], state["best_metric"], stopped_early, state["step"], time.perf_counter() - started, {**fast.as_dict(), **self._cache_entry()}, str(self.device), precision)
+        return TrainResult(
+            self.log,
+            state["best_epoch"],
+            state["best_metric"],
+            stopped_early,
+            state["step"],
+            time.perf_counter() - started,
+            {**fast.as_dict(), **self._cache_entry()},
+            str(self.device),
+            precision,
+        )
 
     def _cache_entry(self) -> dict[str, Any]:
         """The report's ``training.fast_path.feature_cache`` for a probe (absent otherwise)."""
@@ -344,14 +421,24 @@ class Trainer:
         elif dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
-            runner = DistributedDataParallel(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            runner = DistributedDataParallel(
+                model, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
         runner = fast_path.compiled(runner, fast)
         optimiser = self._optimiser(params)
         per_epoch = len(epoch_batches(len(self.train_set), cfg.batch_size, cfg.seed, 0, dist, self.lengths))
         steps_per_epoch = math.ceil(per_epoch / cfg.grad_accum)
         scheduler = self._scheduler(optimiser, steps_per_epoch * cfg.epochs)
         scaler = torch.amp.GradScaler(self.device.type, enabled=self.dtype == torch.float16)
-        state = {"epoch": 0, "batch": 0, "step": 0, "best_metric": None, "best_epoch": 0, "bad_epochs": 0, "seconds": 0.0}
+        state = {
+            "epoch": 0,
+            "batch": 0,
+            "step": 0,
+            "best_metric": None,
+            "best_epoch": 0,
+            "bad_epochs": 0,
+            "seconds": 0.0,
+        }
         return _Loop(runner, optimiser, scheduler, scaler, state, self.run_dir / CHECKPOINT)
 
     def _restore(self, model: nn.Module, loop: _Loop, resume: bool) -> None:
@@ -375,7 +462,17 @@ class Trainer:
     def _checkpoint(self, model: nn.Module, loop: _Loop) -> None:
         if self.dist.main:
             trainable = {n: t.cpu() for n, t in trainable_state(model).items()}
-            save_checkpoint(loop.checkpoint_path, {"trainable": trainable, "optimiser": loop.optimiser.state_dict(), "scheduler": loop.scheduler.state_dict(), "scaler": loop.scaler.state_dict(), "state": dict(loop.state), "log": self.log})
+            save_checkpoint(
+                loop.checkpoint_path,
+                {
+                    "trainable": trainable,
+                    "optimiser": loop.optimiser.state_dict(),
+                    "scheduler": loop.scheduler.state_dict(),
+                    "scaler": loop.scaler.state_dict(),
+                    "state": dict(loop.state),
+                    "log": self.log,
+                },
+            )
         distributed.barrier(self.dist)
 
     def _read_losses(self, loop: _Loop, epoch: int, batch_index: int) -> None:
@@ -388,12 +485,22 @@ class Trainer:
         for offset, value in enumerate(values):
             if not math.isfinite(value):
                 raise TrainingError(
-                    f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training stopped",
-                    hint=f"lower train.lr (now {self.config.lr}) or use train.precision: fp32; the last good checkpoint is {loop.checkpoint_path} (`adapt train {self.run_dir}` continues from it)",
+                    f"the training loss became {value} at epoch {epoch + 1}, batch {first + offset + 1}; training "
+                    "stopped",
+                    hint=f"lower train.lr (now {self.config.lr}) or use train.precision: fp32; the last good "
+                    f"checkpoint is {loop.checkpoint_path} (`adapt train {self.run_dir}` continues from it)",
                 )
         loop.losses.extend(values)
 
-    def _train_epoch(self, model: nn.Module, params: list[nn.Parameter], loop: _Loop, epoch: int, fast: fast_path.FastPath, started: float) -> tuple[list[float], int, float]:
+    def _train_epoch(
+        self,
+        model: nn.Module,
+        params: list[nn.Parameter],
+        loop: _Loop,
+        epoch: int,
+        fast: fast_path.FastPath,
+        started: float,
+    ) -> tuple[list[float], int, float]:
         """One pass over the training batches from where the state says; returns the
         losses, the examples seen and when the pass began."""
         cfg, dist, state = self.config, self.dist, loop.state
@@ -425,7 +532,10 @@ class Trainer:
                 if due or stop or state["step"] % sync_every == 0:
                     self._read_losses(loop, epoch, i)
                     if progress is not None and loop.losses:
-                        progress.set_postfix(loss=f"{loop.losses[-1]:.4f}", samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}")
+                        progress.set_postfix(
+                            loss=f"{loop.losses[-1]:.4f}",
+                            samples_s=f"{seen * dist.world / max(time.perf_counter() - tick, 1e-9):.1f}",
+                        )
                 if due or stop:
                     self._mid_epoch_checkpoint(model, loop, epoch, due, started)
                 if stop:
@@ -450,7 +560,13 @@ class Trainer:
 
     def _mid_epoch_checkpoint(self, model: nn.Module, loop: _Loop, epoch: int, due: bool, started: float) -> None:
         """A periodic (``due``) or Ctrl-C checkpoint inside an epoch; a periodic one is logged."""
-        row = {"kind": "step", "epoch": epoch + 1, "step": loop.state["step"], "loss": loop.losses[-1], "lr": loop.scheduler.get_last_lr()[0]}
+        row = {
+            "kind": "step",
+            "epoch": epoch + 1,
+            "step": loop.state["step"],
+            "loss": loop.losses[-1],
+            "lr": loop.scheduler.get_last_lr()[0],
+        }
         if due:
             self.log.append(row)
         loop.state["seconds"] = time.perf_counter() - started
@@ -458,13 +574,32 @@ class Trainer:
         if due:
             self._append(row)  # after the checkpoint: the file never runs ahead of it
 
-    def _end_epoch(self, model: nn.Module, loop: _Loop, epoch: int, losses: list[float], seen: int, tick: float, started: float) -> bool:
+    def _end_epoch(
+        self, model: nn.Module, loop: _Loop, epoch: int, losses: list[float], seen: int, tick: float, started: float
+    ) -> bool:
         """Validate, keep the best adapter, log, checkpoint; True when training should stop early."""
         cfg, dist, state = self.config, self.dist, loop.state
         train_loss = distributed.mean(dist, sum(losses) / max(len(losses), 1)) if losses else float("nan")
         throughput = seen * dist.world / max(time.perf_counter() - tick, 1e-9)
-        val = evaluate(self.cache.runner if self.cache else model, self.val_set, self.collate, self.task, self.label_names, batch_size=cfg.eval_batch, device=self.device, dtype=self.dtype) if self.val_set else Evaluation({})
-        metrics = {"train_loss": train_loss, **{f"val_{k}": v for k, v in val.metrics.items()}, "samples_per_s": throughput}
+        val = (
+            evaluate(
+                self.cache.runner if self.cache else model,
+                self.val_set,
+                self.collate,
+                self.task,
+                self.label_names,
+                batch_size=cfg.eval_batch,
+                device=self.device,
+                dtype=self.dtype,
+            )
+            if self.val_set
+            else Evaluation({})
+        )
+        metrics = {
+            "train_loss": train_loss,
+            **{f"val_{k}": v for k, v in val.metrics.items()},
+            "samples_per_s": throughput,
+        }
         primary = self.task.primary_metric
         score = val.metrics.get(primary)
         better = (lambda a, b: a < b) if self.task.lower_is_better else (lambda a, b: a > b)
@@ -479,7 +614,12 @@ class Trainer:
         row = {"kind": "epoch", "epoch": epoch + 1, "step": state["step"], **metrics, "best": improved}
         self.log.append(row)
         shown = {k: v for k, v in metrics.items() if k not in ("val_examples", "samples_per_s")}
-        self._say(f"epoch {epoch + 1}/{cfg.epochs}: " + ", ".join(f"{k} {v:.4f}" for k, v in shown.items()) + f", {throughput:.1f} samples/s" + (" (best)" if improved else ""))
+        self._say(
+            f"epoch {epoch + 1}/{cfg.epochs}: "
+            + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+            + f", {throughput:.1f} samples/s"
+            + (" (best)" if improved else "")
+        )
         if self.on_epoch and dist.main:
             self.on_epoch(epoch + 1, metrics)
         state["seconds"] = time.perf_counter() - started
@@ -499,10 +639,19 @@ class Trainer:
         remaining = batches[start:]
         examples = TrainingExamples(self.train_set, self._augment(), self.config.seed, epoch)
         if self.config.workers == 0:
-            return ((start + k, fast_path.pinned(self.collate([examples[j] for j in indices]), fast)) for k, indices in enumerate(remaining))
+            return (
+                (start + k, fast_path.pinned(self.collate([examples[j] for j in indices]), fast))
+                for k, indices in enumerate(remaining)
+            )
         from torch.utils.data import DataLoader, Dataset
 
-        loader: DataLoader[Example] = DataLoader(cast("Dataset[Example]", examples), batch_sampler=remaining, collate_fn=self.collate, num_workers=self.config.workers, pin_memory=fast.pin_memory)
+        loader: DataLoader[Example] = DataLoader(
+            cast("Dataset[Example]", examples),
+            batch_sampler=remaining,
+            collate_fn=self.collate,
+            num_workers=self.config.workers,
+            pin_memory=fast.pin_memory,
+        )
         return enumerate(loader, start)
 
     def _augment(self) -> Callable[..., Example] | None:
@@ -516,8 +665,14 @@ class Trainer:
 
     def _interrupted(self, state: dict[str, Any], checkpoint_path: Path) -> None:
         raise Interrupted(
-            f"training interrupted at epoch {state['epoch'] + 1}, step {state['step']}; the checkpoint {checkpoint_path} holds everything up to that step",
-            hint=f"continue with `adapt train {self.run_dir}`" + (f" (the best adapter so far is in {self.run_dir / ADAPTER_DIR})" if (self.run_dir / ADAPTER_DIR).exists() else ""),
+            f"training interrupted at epoch {state['epoch'] + 1}, step {state['step']}; the checkpoint "
+            f"{checkpoint_path} holds everything up to that step",
+            hint=f"continue with `adapt train {self.run_dir}`"
+            + (
+                f" (the best adapter so far is in {self.run_dir / ADAPTER_DIR})"
+                if (self.run_dir / ADAPTER_DIR).exists()
+                else ""
+            ),
         )
 
     # -- output ---------------------------------------------------------------
@@ -528,7 +683,14 @@ class Trainer:
             return None
         from tqdm import tqdm
 
-        return tqdm(total=total, initial=initial, desc=f"epoch {epoch + 1}/{self.config.epochs}", unit="batch", leave=False, dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            initial=initial,
+            desc=f"epoch {epoch + 1}/{self.config.epochs}",
+            unit="batch",
+            leave=False,
+            dynamic_ncols=True,
+        )
 
     def _append(self, row: dict[str, Any]) -> None:
         if self.dist.main:

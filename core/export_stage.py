@@ -37,7 +37,17 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 
 
 #: What the export stage writes into the report (besides the exported forms' metrics and parity).
-EXPORT_KEYS = ("export", "forms", "deployable", "latency_ms", "latency_ms_batch", "latency_vs_pytorch", "latency_machine", "rejected_export", "export_notes")
+EXPORT_KEYS = (
+    "export",
+    "forms",
+    "deployable",
+    "latency_ms",
+    "latency_ms_batch",
+    "latency_vs_pytorch",
+    "latency_machine",
+    "rejected_export",
+    "export_notes",
+)
 #: The latency figures' rounds (at most; export.latency_runs calls are shared among them)
 #: and the pause before each turn: shorter than adapt bench's, as a run times many files.
 LATENCY_ROUNDS, LATENCY_PAUSE_S = 5, 0.1
@@ -94,7 +104,9 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         except ExportError as exc:
             remove(run_dir / REJECTED_DIR)
             staging.rename(run_dir / REJECTED_DIR)
-            exc.report = {"rejected_export": {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}}
+            exc.report = {
+                "rejected_export": {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}
+            }
             raise
         (staging / "README.md").write_text(model_card(with_export(report, job.new), "export"), encoding="utf-8")
         write_report(run_dir, with_export(report, {}))  # for the instant of the swap, the report names no export file
@@ -102,12 +114,22 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         remove(run_dir / REJECTED_DIR)
     owners = {job.new["forms"][form]: exporter for form, exporter in job.form_exporters.items()}
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
-        host.call("adapt_artifact_exported", run_dir=run_dir, path=path, kind=artifact_kind(path.relative_to(run_dir).as_posix(), owners))
+        host.call(
+            "adapt_artifact_exported",
+            run_dir=run_dir,
+            path=path,
+            kind=artifact_kind(path.relative_to(run_dir).as_posix(), owners),
+        )
     return job.new
 
 
 #: ``adapt_artifact_exported``'s kind for the files beside the exported forms, by name.
-SUPPORT_KINDS = {PREPROCESS_FILE: "preprocessing", "tokenizer.json": "preprocessing", "predict.py": "predictor", "README.md": "card"}
+SUPPORT_KINDS = {
+    PREPROCESS_FILE: "preprocessing",
+    "tokenizer.json": "preprocessing",
+    "predict.py": "predictor",
+    "README.md": "card",
+}
 
 
 def artifact_kind(relative: str, owners: dict[str, str]) -> str:
@@ -150,7 +172,9 @@ class _ExportJob:
         self.test_batches = self._batches(session.splits.test, batch_size)
         self.val_batches = self._batches(session.splits.val, batch_size) or self.test_batches
         self.one = session.collate(session.splits.test[:1])
-        self.many = session.collate(session.splits.test[: self.cfg.latency_batch]) if self.cfg.latency_batch > 1 else None
+        self.many = (
+            session.collate(session.splits.test[: self.cfg.latency_batch]) if self.cfg.latency_batch > 1 else None
+        )
         self.new: dict[str, Any] = {"metrics": {}, "parity": {}, "forms": {}, "export": {}, "latency_ms": {}}
         #: The task's final output names after the logits (``graph_outputs``; none for most tasks).
         self.final_names: tuple[str, ...] = self.graph()[1].output_names[len(self.io.output_names) :]
@@ -175,7 +199,9 @@ class _ExportJob:
         """A staged file's path relative to the run directory once export/ is swapped in."""
         return (Path(EXPORT_DIR) / path.relative_to(self.staging)).as_posix()
 
-    def runner(self, exporter: Any, path: Path, finals: bool) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], bool]:
+    def runner(
+        self, exporter: Any, path: Path, finals: bool
+    ) -> tuple[Callable[[dict[str, Any]], dict[str, Any]], bool]:
         """A function from a feed to the file's outputs by name, the logits first, and
         whether those include the final outputs a task reads (``final_predictions``:
         object-detection's boxes, an embedding; they need the exporter's ``load_outputs``)."""
@@ -206,7 +232,9 @@ class _ExportJob:
             predictions += pred
             references += ref
             logits.append(out_logits)
-        return FileRun(task.metrics(predictions, references, self.session.label_names), logits, predictions, references, final)
+        return FileRun(
+            task.metrics(predictions, references, self.session.label_names), logits, predictions, references, final
+        )
 
     def latency(self, fn: Callable[[], Any]) -> dict[str, float]:
         return {**measure(fn, self.cfg.latency_runs), "threads": self.threads}
@@ -247,7 +275,9 @@ class _ExportJob:
         rounds = min(LATENCY_ROUNDS, self.cfg.latency_runs)
         runs = max(1, self.cfg.latency_runs // rounds)
         for key, which in (("latency_ms", 0), ("latency_ms_batch", 1)):
-            calls: dict[str, Callable[[], Any]] = {name: call for name, pair in self.timed.items() if (call := pair[which]) is not None}
+            calls: dict[str, Callable[[], Any]] = {
+                name: call for name, pair in self.timed.items() if (call := pair[which]) is not None
+            }
             if not calls:
                 continue
             times = timed_rounds(calls, rounds, runs, pause=LATENCY_PAUSE_S)
@@ -255,14 +285,20 @@ class _ExportJob:
                 self.new[key][name].update({**figures(per_round), "threads": self.threads})
             if key == "latency_ms":
                 found = summary({n: [statistics.median(r) for r in t] for n, t in times.items()}, "pytorch")
-                self.new["latency_vs_pytorch"] = {**found["to_pytorch"], **({"note": found["note"]} if "note" in found else {})}
+                self.new["latency_vs_pytorch"] = {
+                    **found["to_pytorch"],
+                    **({"note": found["note"]} if "note" in found else {}),
+                }
         self.new["latency_machine"] = machine()
 
     def write_preprocessing(self) -> None:
         """``preprocess.json`` and the standalone ``predict.py``, where the backbone can describe its preprocessing."""
         spec = self.plan.backbone.save_preprocessing(self.session.built, self.plan.backbone_options, self.staging)
         if spec is None:
-            note = f"backbone {self.plan.backbone.name!r} has no save_preprocessing, so export/ holds no preprocess.json and no standalone predict.py: a device must prepare inputs itself"
+            note = (
+                f"backbone {self.plan.backbone.name!r} has no save_preprocessing, so export/ holds no preprocess.json "
+                "and no standalone predict.py: a device must prepare inputs itself"
+            )
             self.new.setdefault("export_notes", []).append(note)
             self.session.say(f"export: note: {note}")
             return
@@ -271,7 +307,10 @@ class _ExportJob:
 
         session = self.session
         postprocess = dict(self.plan.task.postprocess)
-        atomic_write_json(self.staging / PREPROCESS_FILE, {**spec, "labels": session.label_names, "task": session.config.task, "postprocess": postprocess})
+        atomic_write_json(
+            self.staging / PREPROCESS_FILE,
+            {**spec, "labels": session.label_names, "task": session.config.task, "postprocess": postprocess},
+        )
         shutil.copyfile(onnx_predict.__file__, self.staging / "predict.py")  # the standalone predictor a device runs
 
     def graph(self, model: Any = None) -> tuple[Any, Any]:
@@ -294,7 +333,9 @@ class _ExportJob:
         model, io = self.graph()
         inputs = plan.backbone.example_inputs(built, 2)
         model = plan.backbone.export_form(model, inputs, io)
-        path = exporter.export(model, inputs, io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name))
+        path = exporter.export(
+            model, inputs, io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name)
+        )
         forms, details, deployable = [Form(exporter.name, path)], {}, path
         derived = exporter.derive(path, self.derive_context(exporter))
         if derived is not None:
@@ -310,7 +351,11 @@ class _ExportJob:
         self.new["deployable"] = self.final_name(deployable)
         self.write_gallery(exporter, deployable)
         primary = plan.task.primary_metric
-        self.session.say(f"export: {exporter.name}: " + ", ".join(f"{f.name} {_short(self.new['metrics'].get(f.name, {}), primary)}" for f in forms if f.runnable) + f"; deployable {self.new['deployable']}")
+        self.session.say(
+            f"export: {exporter.name}: "
+            + ", ".join(f"{f.name} {_short(self.new['metrics'].get(f.name, {}), primary)}" for f in forms if f.runnable)
+            + f"; deployable {self.new['deployable']}"
+        )
 
     def write_gallery(self, exporter: Any, deployable: Path) -> None:
         """A task with ``gallery`` (the embedding tasks): the deployable file's outputs on
@@ -346,19 +391,42 @@ class _ExportJob:
         lower_is_better = self.plan.task.lower_is_better
 
         def score(candidate: Path) -> float:
-            value = self.run_file(exporter, candidate, self.val_batches).metrics.get(self.plan.task.primary_metric, math.nan)
+            value = self.run_file(exporter, candidate, self.val_batches).metrics.get(
+                self.plan.task.primary_metric, math.nan
+            )
             return -math.log(max(value, 1e-300)) if lower_is_better else value  # see DeriveContext.score
 
         def file_latency(candidate: Path) -> dict[str, float]:
             runner, feed = exporter.load(candidate, self.threads), self._feed(self.one)
             return self.latency(lambda: runner(feed))
 
-        calibration = [{n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]]
+        calibration = [
+            {n: v.numpy() for n, v in session.collate([e]).items() if n in names} for e in session.splits.train[:400]
+        ]
         model_info = self.plan.backbone.onnx_optimizer_options(session.built)
         budget = math.log1p(cfg.max_perplexity_increase) if lower_is_better else cfg.max_accuracy_drop
         options = self.plan.exporter_options.get(exporter.name)
-        judge = None if lower_is_better else (lambda candidate, reference: self.judge(exporter, candidate, reference, budget))
-        return DeriveContext(self.staging, model_info, cfg.quantize, cfg.mobile, budget, calibration, score, file_latency, options, self.metadata(), cfg.target, cfg.prefer, self.qat(exporter, options), judge)
+        judge = (
+            None
+            if lower_is_better
+            else (lambda candidate, reference: self.judge(exporter, candidate, reference, budget))
+        )
+        return DeriveContext(
+            self.staging,
+            model_info,
+            cfg.quantize,
+            cfg.mobile,
+            budget,
+            calibration,
+            score,
+            file_latency,
+            options,
+            self.metadata(),
+            cfg.target,
+            cfg.prefer,
+            self.qat(exporter, options),
+            judge,
+        )
 
     def judge(self, exporter: Any, candidate: Path, reference: Path, budget: float) -> dict[str, Any] | None:
         """DeriveContext.judge: the candidate's drop against the reference on the validation
@@ -367,7 +435,9 @@ class _ExportJob:
         from adapt.paired import paired_drop
 
         (_, ref), (score, cand) = (self.val_outcome(exporter, path) for path in (reference, candidate))
-        if ref is None or cand is None or not ref or len(ref) != len(cand):  # no examples, or a task whose scores do not pair up: compare the scores
+        if (
+            ref is None or cand is None or not ref or len(ref) != len(cand)
+        ):  # no examples, or a task whose scores do not pair up: compare the scores
             return None
         found = paired_drop(ref, cand, budget)
         return {"val_score": score, **found, "passed": found["verdict"] == "passed"}
@@ -379,7 +449,10 @@ class _ExportJob:
         if key not in self._val_cache:
             done = self.run_file(exporter, path, self.val_batches)
             scores = self.plan.task.example_scores(done.predictions, done.references, self.session.label_names)
-            self._val_cache[key] = (done.metrics.get(self.plan.task.primary_metric, math.nan), None if scores is None else [float(v) for v in scores])
+            self._val_cache[key] = (
+                done.metrics.get(self.plan.task.primary_metric, math.nan),
+                None if scores is None else [float(v) for v in scores],
+            )
         return self._val_cache[key]
 
     def qat(self, exporter: Any, options: Any) -> Callable[[Path], dict[str, Any]] | None:
@@ -392,7 +465,18 @@ class _ExportJob:
             from adapt import qat
 
             session, train = self.session, self.session.config.train
-            tuned, info = qat.finetune(self.merged_model, session.splits.train, session.collate, self.plan.task, epochs=settings.epochs, lr=settings.lr, batch_size=settings.batch_size or train.batch_size, seed=train.seed, device=train.device, say=session.say)
+            tuned, info = qat.finetune(
+                self.merged_model,
+                session.splits.train,
+                session.collate,
+                self.plan.task,
+                epochs=settings.epochs,
+                lr=settings.lr,
+                batch_size=settings.batch_size or train.batch_size,
+                seed=train.seed,
+                device=train.device,
+                say=session.say,
+            )
             model, io = self.graph(tuned)
             inputs = self.plan.backbone.example_inputs(session.built, 2)
             exporter.export(self.plan.backbone.export_form(model, inputs, io), inputs, io, path, options)
@@ -406,7 +490,11 @@ class _ExportJob:
 
         from adapt import __version__
 
-        meta = {"adapt.labels": json.dumps(self.session.label_names), "adapt.task": self.session.config.task, "adapt.version": __version__}
+        meta = {
+            "adapt.labels": json.dumps(self.session.label_names),
+            "adapt.task": self.session.config.task,
+            "adapt.version": __version__,
+        }
         spec = self.staging / PREPROCESS_FILE
         if spec.exists():
             meta["adapt.preprocess"] = spec.read_text(encoding="utf-8")
@@ -428,8 +516,10 @@ class _ExportJob:
         if problem:
             owner = self.plan.owners.get(f"exporter {exporter.name}", "its plugin")
             raise ExportError(
-                f"{form.path.name} (exporter {exporter.name!r}, {owner}) does not reproduce the merged model: {problem}",
-                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; raise export.parity_tolerance only if that difference is acceptable",
+                f"{form.path.name} (exporter {exporter.name!r}, {owner}) does not reproduce the merged model: "
+                f"{problem}",
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is "
+                "untouched; raise export.parity_tolerance only if that difference is acceptable",
             )
         self.to_time(form.name, exporter.load(form.path, self.threads))
         self.task_check(exporter, form)
@@ -447,7 +537,10 @@ class _ExportJob:
         task = self.plan.task
         name = task.agreement_name
         if predictions is None:
-            self.new.setdefault("export_notes", []).append(f"exporter {exporter.name!r} has no load_outputs, so the final outputs of {form.path.name} were not compared ({name})")
+            self.new.setdefault("export_notes", []).append(
+                f"exporter {exporter.name!r} has no load_outputs, so the final outputs of {form.path.name} were not "
+                f"compared ({name})"
+            )
             return
         share = float(task.agreement(self.merged.predictions, predictions))
         least = MIN_FINAL_AGREEMENT if task.min_agreement is None else task.min_agreement
@@ -455,8 +548,10 @@ class _ExportJob:
         if form.exact and not share >= least:
             self.new["parity"][form.name]["verified"] = False
             raise ExportError(
-                f"the final outputs of {form.path.name} (exporter {exporter.name!r}) differ from the merged model's: {name} {share:.6f} < {least}",
-                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched; the post-processing inside the graph does not match the task's decoding",
+                f"the final outputs of {form.path.name} (exporter {exporter.name!r}) differ from the merged model's: "
+                f"{name} {share:.6f} < {least}",
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is "
+                "untouched; the post-processing inside the graph does not match the task's decoding",
             )
 
     def task_check(self, exporter: Any, form: Form) -> None:
@@ -467,7 +562,15 @@ class _ExportJob:
 
         session = self.session
         length = self.plan.backbone.sequence_length(session.built, self.plan.backbone_options)
-        check = ExportCheck(form.path, form.exact, self.merged_model, session.splits.test, session.built.preprocessor, length, self.check_memo)
+        check = ExportCheck(
+            form.path,
+            form.exact,
+            self.merged_model,
+            session.splits.test,
+            session.built.preprocessor,
+            length,
+            self.check_memo,
+        )
         verdict = self.plan.task.check_export(check)
         if verdict is None:
             return
@@ -478,7 +581,8 @@ class _ExportJob:
             self.new["parity"][form.name]["verified"] = False
             raise ExportError(
                 f"{form.path.name} (exporter {exporter.name!r}) {verdict.problem}",
-                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched" + (f"; {verdict.hint}" if verdict.hint else ""),
+                hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is untouched"
+                + (f"; {verdict.hint}" if verdict.hint else ""),
             )
 
 

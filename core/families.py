@@ -30,7 +30,22 @@ FAMILIES = {
 TRANSFORMER_FAMILIES = ("attention", "attention-qv", "attention-output", "mlp", "mlp-output", "all-linear")
 #: Last name parts of query and value projections across architectures (BERT, DistilBERT,
 #: DeBERTa, Llama-style), and of fused query-key-value projections (GPT-2 ``c_attn``).
-QUERY_VALUE = {"query", "value", "q", "v", "q_lin", "v_lin", "q_proj", "v_proj", "query_proj", "value_proj", "c_attn", "qkv", "query_key_value", "Wqkv"}
+QUERY_VALUE = {
+    "query",
+    "value",
+    "q",
+    "v",
+    "q_lin",
+    "v_lin",
+    "q_proj",
+    "v_proj",
+    "query_proj",
+    "value_proj",
+    "c_attn",
+    "qkv",
+    "query_key_value",
+    "Wqkv",
+}
 
 
 #: Parts of a module path inside a block that mark self-attention (BERT ``attention``,
@@ -48,7 +63,14 @@ def linear_features(module: nn.Module) -> tuple[int, int] | None:
         return module.in_features, module.out_features
     own = dict(module.named_parameters(recurse=False))
     weight, bias = own.get("weight"), own.get("bias")
-    if set(own) == {"weight", "bias"} and weight is not None and bias is not None and weight.dim() == 2 and bias.dim() == 1 and bias.numel() == weight.shape[1]:
+    if (
+        set(own) == {"weight", "bias"}
+        and weight is not None
+        and bias is not None
+        and weight.dim() == 2
+        and bias.dim() == 1
+        and bias.numel() == weight.shape[1]
+    ):
         return int(weight.shape[0]), int(weight.shape[1])
     return None
 
@@ -65,7 +87,11 @@ def transformer_families(model: nn.Module, blocks: Sequence[str]) -> dict[str, l
     the MLP, and the last one back to the hidden size is its output projection."""
     found: dict[str, list[str]] = {name: [] for name in TRANSFORMER_FAMILIES}
     for block in blocks:
-        linears = [(f"{block}.{n}", n, shape) for n, m in model.get_submodule(block).named_modules() if (shape := linear_features(m)) is not None]
+        linears = [
+            (f"{block}.{n}", n, shape)
+            for n, m in model.get_submodule(block).named_modules()
+            if (shape := linear_features(m)) is not None
+        ]
         if not linears:
             continue
         hidden = linears[-1][2][1]

@@ -62,11 +62,24 @@ class FastPath:
     undo: list[Callable[[], None]] = field(default_factory=list)
 
     def describe(self) -> str:
-        parts = [f"attention {self.attention}" if self.attention else "", f"torch.compile ({self.compile})" if self.compile else "", "channels-last" if self.channels_last else "", "last layer on [CLS] only" if self.cls_last_layer else "", "pinned batches" if self.pin_memory else ""]
+        parts = [
+            f"attention {self.attention}" if self.attention else "",
+            f"torch.compile ({self.compile})" if self.compile else "",
+            "channels-last" if self.channels_last else "",
+            "last layer on [CLS] only" if self.cls_last_layer else "",
+            "pinned batches" if self.pin_memory else "",
+        ]
         return (", ".join(p for p in parts if p) or "off") + "".join(f"; {note}" for note in self.notes)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"attention": self.attention, "compile": self.compile, "channels_last": self.channels_last, "cls_last_layer": self.cls_last_layer, "pin_memory": self.pin_memory, **({"notes": self.notes} if self.notes else {})}
+        return {
+            "attention": self.attention,
+            "compile": self.compile,
+            "channels_last": self.channels_last,
+            "cls_last_layer": self.cls_last_layer,
+            "pin_memory": self.pin_memory,
+            **({"notes": self.notes} if self.notes else {}),
+        }
 
     def restore(self) -> None:
         """Undo every change, newest first."""
@@ -94,7 +107,12 @@ def _is_convolutional(model: nn.Module) -> bool:
     return any(isinstance(m, nn.Conv2d) for m in model.modules())
 
 
-def prepare(model: nn.Module, config: FastConfig, device: torch.device, switches: Mapping[str, Callable[[], tuple[Callable[[], None] | None, str]]] | None = None) -> FastPath:
+def prepare(
+    model: nn.Module,
+    config: FastConfig,
+    device: torch.device,
+    switches: Mapping[str, Callable[[], tuple[Callable[[], None] | None, str]]] | None = None,
+) -> FastPath:
     """Switch ``model`` (in place) to its fast training form; ``FastPath.restore`` undoes it.
     ``switches``: what the backbone offers for this model (``BuiltModel.switches``)."""
     switches = switches or {}

@@ -50,7 +50,12 @@ class FeatureCache:
         return {"train": self.train, "val": self.val}[name]
 
     def describe(self) -> dict[str, Any]:
-        return {"head": self.head_name, "train_examples": len(self.train), "val_examples": len(self.val), "seconds": round(self.seconds, 2)}
+        return {
+            "head": self.head_name,
+            "train_examples": len(self.train),
+            "val_examples": len(self.val),
+            "seconds": round(self.seconds, 2),
+        }
 
 
 class HeadOnly(nn.Module):
@@ -65,7 +70,10 @@ class HeadOnly(nn.Module):
 
 
 def collate(examples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
-    return {"features": torch.stack([e["features"] for e in examples]), "labels": torch.stack([e["labels"] for e in examples])}
+    return {
+        "features": torch.stack([e["features"] for e in examples]),
+        "labels": torch.stack([e["labels"] for e in examples]),
+    }
 
 
 def probe_head(model: nn.Module, head: Sequence[str] = ()) -> tuple[str, nn.Module] | None:
@@ -93,13 +101,24 @@ def set_probe_modes(model: nn.Module, head: nn.Module) -> None:
     head.train()
 
 
-def build(model: nn.Module, head_name: str, splits: dict[str, Sequence[Any]], collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]], *, batch_size: int, device: torch.device, dtype: torch.dtype | None) -> FeatureCache | str:
+def build(
+    model: nn.Module,
+    head_name: str,
+    splits: dict[str, Sequence[Any]],
+    collate_fn: Callable[[list[Any]], dict[str, torch.Tensor]],
+    *,
+    batch_size: int,
+    device: torch.device,
+    dtype: torch.dtype | None,
+) -> FeatureCache | str:
     """Each split's head inputs, computed in eval mode without gradients; or why not."""
     head = model.get_submodule(head_name)
     cache, started = FeatureCache(head, head_name), time.perf_counter()
     captured: list[Any] = []
     shape: tuple[int, ...] | None = None
-    hook = head.register_forward_pre_hook(lambda module, args, kwargs: captured.append((args, kwargs)), with_kwargs=True)
+    hook = head.register_forward_pre_hook(
+        lambda module, args, kwargs: captured.append((args, kwargs)), with_kwargs=True
+    )
     was_training = model.training
     model.eval()
     try:
@@ -116,9 +135,13 @@ def build(model: nn.Module, head_name: str, splits: dict[str, Sequence[Any]], co
                 features = captured[0][0][0].float()
                 shape = shape or tuple(features.shape[1:])
                 if tuple(features.shape[1:]) != shape:
-                    return f"the head's input differs in shape between batches ({shape} and {tuple(features.shape[1:])})"
+                    return (
+                        f"the head's input differs in shape between batches ({shape} and {tuple(features.shape[1:])})"
+                    )
                 # held on the CPU like any batch, so the loop pins and moves them as usual
-                cache.split(split).extend({"features": f, "labels": y} for f, y in zip(features.detach().cpu(), labels.cpu()))
+                cache.split(split).extend(
+                    {"features": f, "labels": y} for f, y in zip(features.detach().cpu(), labels.cpu())
+                )
     finally:
         hook.remove()
         model.train(was_training)
@@ -136,6 +159,10 @@ def _uncacheable(captured: list[Any], head: nn.Module, output: Any) -> str:
     if not isinstance(output, torch.Tensor):
         return "the model's output is not one tensor"
     again = head(args[0])
-    if not isinstance(again, torch.Tensor) or again.shape != output.shape or not torch.allclose(again.float(), output.float(), rtol=1e-5, atol=1e-6):
+    if (
+        not isinstance(again, torch.Tensor)
+        or again.shape != output.shape
+        or not torch.allclose(again.float(), output.float(), rtol=1e-5, atol=1e-6)
+    ):
         return "the model's output is not the head's output (something runs after the head)"
     return ""

@@ -87,13 +87,16 @@ class Host:
 
     # -- adding plugins -------------------------------------------------
 
-    def register(self, plugin: object, name: str | None = None, *, package: str = "", version: str = "", source: str = "inline") -> None:
+    def register(
+        self, plugin: object, name: str | None = None, *, package: str = "", version: str = "", source: str = "inline"
+    ) -> None:
         """Add a plugin (a module or any object with ``@hookimpl`` functions)."""
         name = name or getattr(plugin, "__name__", None) or type(plugin).__name__
         if name in self.plugins:
             first = self.plugins[name]
             raise PluginError(
-                f"two plugins are named {name!r}: one from {first.package or first.module!r} and one from {package or _module_of(plugin)!r}",
+                f"two plugins are named {name!r}: one from {first.package or first.module!r} and one from "
+                f"{package or _module_of(plugin)!r}",
                 hint="uninstall one of the two packages, or rename the entry point of one",
             )
         try:
@@ -103,7 +106,10 @@ class Host:
         except pluggy.PluginValidationError as exc:
             if self.pm.has_plugin(name):
                 self.pm.unregister(name=name)
-            raise PluginError(f"plugin {name!r} does not fit the hook specification: {exc}{_did_you_mean(str(exc))}", hint="check the hook names and argument names against docs/plugins.md") from None
+            raise PluginError(
+                f"plugin {name!r} does not fit the hook specification: {exc}{_did_you_mean(str(exc))}",
+                hint="check the hook names and argument names against docs/plugins.md",
+            ) from None
         self.plugins[name] = PluginInfo(name, _module_of(plugin), package, version, source, path=_file_of(plugin))
         self._registries = None  # collect again on next use
 
@@ -131,7 +137,15 @@ class Host:
                 import traceback
 
                 error = f"{type(exc).__name__}: {exc}"
-                self.plugins[ep.name] = PluginInfo(ep.name, ep.value, package, version, "entry point", error, traceback="".join(traceback.format_exception(exc)))
+                self.plugins[ep.name] = PluginInfo(
+                    ep.name,
+                    ep.value,
+                    package,
+                    version,
+                    "entry point",
+                    error,
+                    traceback="".join(traceback.format_exception(exc)),
+                )
                 continue
             self.register(plugin, ep.name, package=package, version=version, source="entry point")
 
@@ -227,7 +241,11 @@ class Host:
             except AdaptError as exc:
                 if os.environ.get(STRICT_HOOKS_ENV) == "1":
                     raise
-                named = exc.message if isinstance(exc, PluginError) else f"{self.describe(plugin_name)} raised in {hook_name}: {exc.message}"
+                named = (
+                    exc.message
+                    if isinstance(exc, PluginError)
+                    else f"{self.describe(plugin_name)} raised in {hook_name}: {exc.message}"
+                )
                 self.warn(f"{named}; the run goes on ({STRICT_HOOKS_ENV}=1 makes this fatal)")
                 return None
 
@@ -258,13 +276,16 @@ class Host:
     def _failure(self, plugin_name: str, hook_name: str, exc: Exception) -> PluginError:
         return PluginError(
             f"{self.describe(plugin_name)} raised in {hook_name}: {type(exc).__name__}: {exc}",
-            hint=f"this is a bug in that plugin; report it to its authors, or set {AUTOLOAD_ENV}=1 to run without third-party plugins",
+            hint=f"this is a bug in that plugin; report it to its authors, or set {AUTOLOAD_ENV}=1 to run without "
+            "third-party plugins",
         )
 
     def describe(self, plugin_name: str) -> str:
         """``plugin 'lora' (package adapt-edge 0.1.0)``, for messages that blame a plugin."""
         info = self.plugins.get(plugin_name)
-        return f"plugin {plugin_name!r}" + (f" (package {info.package} {info.version})" if info and info.package else "")
+        return f"plugin {plugin_name!r}" + (
+            f" (package {info.package} {info.version})" if info and info.package else ""
+        )
 
 
 def _did_you_mean(error: str) -> str:

@@ -184,7 +184,9 @@ class Predictor(Protocol):
         """The model's named outputs (numpy arrays, batch of one) for an example from ``read_input``:
         ``logits`` first, then the task's ``graph_outputs`` names, as the exported graph gives them."""
 
-    def finish(self, source: str, example: Example, outputs: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    def finish(
+        self, source: str, example: Example, outputs: dict[str, Any], settings: Mapping[str, Any]
+    ) -> dict[str, Any]:
         """The prediction row for one input (``example``, from ``read_input``): the task's
         ``postprocess`` applied to ``outputs`` by the same code the exported predict.py runs."""
 
@@ -257,7 +259,9 @@ class Task:
         """Per-example predictions and references, dropping ignored (``-100``) positions."""
         raise NotImplementedError(f"task {self.name!r} must implement decode")
 
-    def metrics(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]
+    ) -> dict[str, float]:
         """Metrics over a whole split; always includes ``primary_metric``."""
         raise NotImplementedError(f"task {self.name!r} must implement metrics")
 
@@ -297,7 +301,13 @@ class Task:
         predictions are compared for equality."""
         return None
 
-    def gallery(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str], examples: Sequence[Example]) -> dict[str, Any]:
+    def gallery(
+        self,
+        predictions: Sequence[Any],
+        references: Sequence[Any],
+        label_names: Sequence[str],
+        examples: Sequence[Example],
+    ) -> dict[str, Any]:
         """Files to write beside the deployable model ({name: bytes or JSON-able}); default none."""
         return {}
 
@@ -305,11 +315,15 @@ class Task:
         """A model-free baseline's test metrics (``metrics.baseline``); default None: none."""
         return None
 
-    def draw(self, examples: Sequence[Example], predictions: Sequence[Any], label_names: Sequence[str], folder: Path) -> dict[str, Path]:
+    def draw(
+        self, examples: Sequence[Example], predictions: Sequence[Any], label_names: Sequence[str], folder: Path
+    ) -> dict[str, Path]:
         """Pictures of a few test predictions written into ``folder``: {name: path}; default none."""
         return {}
 
-    def example_scores(self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]) -> list[float] | None:
+    def example_scores(
+        self, predictions: Sequence[Any], references: Sequence[Any], label_names: Sequence[str]
+    ) -> list[float] | None:
         """Each example's share of the primary metric (their mean is it), so the int8 gate judges a
         drop paired over the examples; None (the default): the two scores are compared."""
         return None
@@ -389,7 +403,9 @@ class Backbone:
     #: The families a method that declares no ``default_families`` adapts; the run says so.
     recommended_families: tuple[str, ...] = ()
 
-    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+    def build(
+        self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any
+    ) -> BuiltModel:
         """Build the model for ``task`` with a head of ``num_labels`` outputs, loading ``checkpoint``."""
         raise NotImplementedError(f"backbone {self.name!r} must implement build")
 
@@ -413,7 +429,9 @@ class Backbone:
         what it returns with the merged model."""
         return model
 
-    def save_merged(self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any) -> MergedFolder | None:
+    def save_merged(
+        self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any
+    ) -> MergedFolder | None:
         """Write the folded, merged ``model`` into ``folder`` as the folder its library's own
         loader opens (a transformers folder with the run's label names and tokenizer; timm's
         tensor names) and say which library and how (the model card shows it). Default None:
@@ -586,7 +604,13 @@ class DataSource:
 
 
 #: Each kind's contract, by the registry's kind name.
-CONTRACTS: dict[str, type] = {"backbone": Backbone, "method": Method, "exporter": Exporter, "data source": DataSource, "task": Task}
+CONTRACTS: dict[str, type] = {
+    "backbone": Backbone,
+    "method": Method,
+    "exporter": Exporter,
+    "data source": DataSource,
+    "task": Task,
+}
 
 C = TypeVar("C")
 

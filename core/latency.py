@@ -25,7 +25,9 @@ PAUSE_S = 0.5
 MAX_SPREAD = 2.0
 
 
-def timed_rounds(contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S, warmup: int = 2) -> dict[str, list[list[float]]]:
+def timed_rounds(
+    contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S, warmup: int = 2
+) -> dict[str, list[list[float]]]:
     """Every call's milliseconds, by contender and round; within a round the contenders
     take turns, each after ``pause`` seconds and ``warmup`` untimed calls."""
     times: dict[str, list[list[float]]] = {name: [] for name in contenders}
@@ -43,16 +45,25 @@ def timed_rounds(contenders: dict[str, Callable[[], object]], rounds: int, runs:
     return times
 
 
-def take_turns(contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S) -> dict[str, list[float]]:
+def take_turns(
+    contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S
+) -> dict[str, list[float]]:
     """Each contender's median latency (ms) in each round; within a round they take turns."""
-    return {name: [statistics.median(r) for r in rounds_] for name, rounds_ in timed_rounds(contenders, rounds, runs, pause).items()}
+    return {
+        name: [statistics.median(r) for r in rounds_]
+        for name, rounds_ in timed_rounds(contenders, rounds, runs, pause).items()
+    }
 
 
 def figures(rounds: list[list[float]]) -> dict[str, float]:
     """One contender's ``median`` and ``p90`` over all its calls (ms), and the ``spread``
     of its per-round medians (the slowest over the fastest)."""
     calls = sorted(t for r in rounds for t in r)
-    return {"median": round(statistics.median(calls), 3), "p90": round(calls[min(len(calls) - 1, int(0.9 * len(calls)))], 3), "spread": round(spread([statistics.median(r) for r in rounds]), 3)}
+    return {
+        "median": round(statistics.median(calls), 3),
+        "p90": round(calls[min(len(calls) - 1, int(0.9 * len(calls)))], 3),
+        "spread": round(spread([statistics.median(r) for r in rounds]), 3),
+    }
 
 
 def ratio(per_round: dict[str, list[float]], name: str, reference: str) -> dict[str, Any]:
@@ -75,9 +86,14 @@ def summary(per_round: dict[str, list[float]], reference: str) -> dict[str, Any]
         "rounds": len(per_round[reference]),
     }
     steady = spread(per_round[reference]) <= MAX_SPREAD
-    found[f"to_{reference}"] = {name: ratio(per_round, name, reference) for name in per_round if name != reference} if steady else {}
+    found[f"to_{reference}"] = (
+        {name: ratio(per_round, name, reference) for name in per_round if name != reference} if steady else {}
+    )
     if not steady:
-        found["note"] = f"{reference}'s rounds spread {spread(per_round[reference]):.1f}x (over {MAX_SPREAD}x): the machine was too unsteady for a ratio to it; run again on a quieter machine or with more --rounds"
+        found["note"] = (
+            f"{reference}'s rounds spread {spread(per_round[reference]):.1f}x (over {MAX_SPREAD}x): the machine was "
+            "too unsteady for a ratio to it; run again on a quieter machine or with more --rounds"
+        )
     return found
 
 
@@ -103,7 +119,11 @@ def machine() -> dict[str, Any]:
 
 def cpu_model() -> str:
     try:
-        return next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines() if line.startswith("model name"))
+        return next(
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         return platform.processor() or platform.machine()
 
@@ -114,8 +134,14 @@ def cpu_flags() -> list[str]:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
         return []
-    words = next((line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), [])
-    return sorted(w for w in words if w.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve", "i8mm")) or "vnni" in w or w == "dotprod")
+    words = next(
+        (line.split(":", 1)[1].split() for line in text.splitlines() if line.startswith(("flags", "Features"))), []
+    )
+    return sorted(
+        w
+        for w in words
+        if w.startswith(("avx", "amx", "fma", "sse4", "asimd", "sve", "i8mm")) or "vnni" in w or w == "dotprod"
+    )
 
 
 def available_memory() -> int | None:

@@ -41,7 +41,16 @@ MOVED = {
 
 #: module -> {old attribute: the module that holds it now}
 MOVED_ATTRIBUTES = {
-    "adapt.testing": {name: "adapt.plugins.transformers.testing" for name in ("TINY_WORDS", "write_wordpiece_vocab", "tiny_text_checkpoint", "tiny_text_model", "tiny_text_batch")},
+    "adapt.testing": {
+        name: "adapt.plugins.transformers.testing"
+        for name in (
+            "TINY_WORDS",
+            "write_wordpiece_vocab",
+            "tiny_text_checkpoint",
+            "tiny_text_model",
+            "tiny_text_batch",
+        )
+    },
 }
 
 
@@ -78,7 +87,9 @@ class _Alias(importlib.abc.Loader):
 class MovedFinder(importlib.abc.MetaPathFinder):
     """Finds the old names of :data:`MOVED` (installed on sys.meta_path by ``adapt``)."""
 
-    def find_spec(self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None) -> importlib.machinery.ModuleSpec | None:
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None = None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
         if fullname not in MOVED:
             return None
         return importlib.util.spec_from_loader(fullname, _Alias(MOVED[fullname]))

@@ -38,7 +38,16 @@ REQUIRED_KEYS = {
     "items": ("kind", "buckets"),  # recommendation's item-table tower: predictions read the index, not the model
 }
 #: What predict does after the graph, by the kind the task declares (its ``postprocess``; adapt.interfaces).
-POSTPROCESS_KINDS = ("softmax-top-k", "sigmoid-threshold", "token-tags", "boxes", "nearest-neighbours", "recommend", "generation", "outputs")
+POSTPROCESS_KINDS = (
+    "softmax-top-k",
+    "sigmoid-threshold",
+    "token-tags",
+    "boxes",
+    "nearest-neighbours",
+    "recommend",
+    "generation",
+    "outputs",
+)
 #: object-detection settings and their defaults: detections below min_score are not printed.
 DETECTION: dict[str, Any] = {"min_score": 0.3, "draw": None}
 #: Generation settings and their defaults (greedy, 64 new tokens).
@@ -104,23 +113,34 @@ def open_image(path: str) -> Any:
     except FileNotFoundError:
         raise InputError(f"input image not found: {path}") from None
     except (OSError, ValueError) as exc:  # PIL's UnidentifiedImageError is an OSError
-        raise InputError(f"{path} is not an image this model can read ({type(exc).__name__}: {exc}): give image files (JPEG, PNG, ...)") from None
+        raise InputError(
+            f"{path} is not an image this model can read ({type(exc).__name__}: {exc}): give image files (JPEG, PNG, "
+            "...)"
+        ) from None
 
 
-def detection_rows(outputs: dict[str, Any], spec: dict[str, Any], size: Sequence[int], min_score: float) -> list[dict[str, Any]]:
+def detection_rows(
+    outputs: dict[str, Any], spec: dict[str, Any], size: Sequence[int], min_score: float
+) -> list[dict[str, Any]]:
     """One image's final detections (the graph's ``boxes`` in input pixels, ``scores``,
     ``labels``) at ``min_score`` or above, best first, boxes in the original image's pixels."""
     _, height, width = spec["input_size"]
     scale = (size[0] / width, size[1] / height, size[0] / width, size[1] / height)
     names = spec["labels"]
     return [
-        {"label": names[int(label)], "score": round(float(score), 4), "box": [round(float(v) * f, 1) for v, f in zip(box, scale)]}
+        {
+            "label": names[int(label)],
+            "score": round(float(score), 4),
+            "box": [round(float(v) * f, 1) for v, f in zip(box, scale)],
+        }
         for box, score, label in zip(outputs["boxes"], outputs["scores"], outputs["labels"])
         if score >= min_score
     ]
 
 
-def draw_detections(image: Any, detections: Sequence[dict[str, Any]], out: Path | None, truth: Sequence[dict[str, Any]] = ()) -> Any:
+def draw_detections(
+    image: Any, detections: Sequence[dict[str, Any]], out: Path | None, truth: Sequence[dict[str, Any]] = ()
+) -> Any:
     """A copy of ``image`` with each detection's box and "label score" drawn on it (true
     boxes, if given, in green); written to ``out`` (PNG or JPEG, by its suffix) if given."""
     from PIL import ImageDraw
@@ -166,8 +186,12 @@ def empty_cache(shape: Sequence[Any], batch: int) -> Any:
 
 #: The bounds of every setting predict takes: (lowest, highest, integer?).
 BOUNDS: dict[str, tuple[float, float, bool]] = {
-    "max_new_tokens": (1, 100_000, True), "temperature": (0.0, 100.0, False), "top_k": (0, 1_000_000, True),
-    "top_p": (1e-9, 1.0, False), "seed": (0, 2**32 - 1, True), "min_score": (0.0, 1.0, False),
+    "max_new_tokens": (1, 100_000, True),
+    "temperature": (0.0, 100.0, False),
+    "top_k": (0, 1_000_000, True),
+    "top_p": (1e-9, 1.0, False),
+    "seed": (0, 2**32 - 1, True),
+    "min_score": (0.0, 1.0, False),
 }
 
 
@@ -194,8 +218,11 @@ def fit_prompt(ids: list[int], positions: int | None, bos_id: int | None = None)
         return ids, []
     keep = positions - 1
     head = [ids[0]] if bos_id is not None and ids and ids[0] == bos_id else []
-    kept = head + ids[len(ids) - (keep - len(head)):]
-    return kept, [f"the prompt has {len(ids)} tokens and the model {positions} positions: its first {len(ids) - len(kept)} tokens were cut"]
+    kept = head + ids[len(ids) - (keep - len(head)) :]
+    return kept, [
+        f"the prompt has {len(ids)} tokens and the model {positions} positions: its first {len(ids) - len(kept)} "
+        "tokens were cut"
+    ]
 
 
 def new_token_budget(prompt_length: int, wanted: int, positions: int | None) -> tuple[int, str | None]:
@@ -207,7 +234,13 @@ def new_token_budget(prompt_length: int, wanted: int, positions: int | None) -> 
     return room, f"stopped at the model's {positions} positions after {room} new tokens (asked for {wanted})"
 
 
-def generate_within(ids: list[int], wanted: int, positions: int | None, bos_id: int | None, generate: Callable[[list[int], int], list[int]]) -> tuple[list[int], list[str]]:
+def generate_within(
+    ids: list[int],
+    wanted: int,
+    positions: int | None,
+    bos_id: int | None,
+    generate: Callable[[list[int], int], list[int]],
+) -> tuple[list[int], list[str]]:
     """A prompt's new tokens by ``generate(prompt, budget)`` (end-of-text not included),
     the prompt cut to the model's positions and generation stopped at them, with the
     notes saying so: the one rule `adapt predict`, ``--onnx`` and predict.py share."""
@@ -239,14 +272,19 @@ def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: A
     new: list[int] = []
     for _ in range(options["max_new_tokens"]):
         length = step.shape[1]
-        feed = {"input_ids": step, "attention_mask": np.ones((1, done + length), dtype=np.int64), "position_ids": np.arange(done, done + length, dtype=np.int64)[None], **cache}
+        feed = {
+            "input_ids": step,
+            "attention_mask": np.ones((1, done + length), dtype=np.int64),
+            "position_ids": np.arange(done, done + length, dtype=np.int64)[None],
+            **cache,
+        }
         result = dict(zip(outputs, session.run(None, {n: feed[n] for n in inputs})))
         token = next_token(result["logits"][0, -1], rng, options["temperature"], options["top_k"], options["top_p"])
         if token == eos_id:
             break
         new.append(token)
         done += length
-        cache = {n: result["present" + n[len("past_key_values"):]] for n in cache}
+        cache = {n: result["present" + n[len("past_key_values") :]] for n in cache}
         step = np.array([[token]], dtype=np.int64)
     return new
 
@@ -261,7 +299,12 @@ def escapes_folder(name: Any) -> bool:
         return True
     text = str(name)
     windows = PureWindowsPath(text)
-    return PurePosixPath(text).is_absolute() or windows.is_absolute() or bool(windows.drive) or ".." in PurePosixPath(text.replace("\\", "/")).parts
+    return (
+        PurePosixPath(text).is_absolute()
+        or windows.is_absolute()
+        or bool(windows.drive)
+        or ".." in PurePosixPath(text.replace("\\", "/")).parts
+    )
 
 
 def read_spec(spec_path: Path) -> dict[str, Any]:
@@ -276,12 +319,18 @@ def read_spec(spec_path: Path) -> dict[str, Any]:
         raise PredictError(f"{spec_path} is damaged ({exc}): {again}") from None
     kind = spec.get("kind") if isinstance(spec, dict) else None
     if kind not in REQUIRED_KEYS:
-        raise PredictError(f"{spec_path} names no known kind of input (kind: {kind!r}; expected one of {', '.join(REQUIRED_KEYS)}): {again}")
+        raise PredictError(
+            f"{spec_path} names no known kind of input (kind: {kind!r}; expected one of {', '.join(REQUIRED_KEYS)}): "
+            f"{again}"
+        )
     missing = [k for k in REQUIRED_KEYS[kind] if k not in spec]
     if missing:
         raise PredictError(f"{spec_path} lacks {', '.join(missing)}: {again}")
     if "tokenizer" in spec and escapes_folder(spec["tokenizer"]):
-        raise PredictError(f"{spec_path}: tokenizer is {spec['tokenizer']!r}, which is not a file inside {spec_path.parent}; a path in {PREPROCESS_FILE} must be relative, without '..': {again}")
+        raise PredictError(
+            f"{spec_path}: tokenizer is {spec['tokenizer']!r}, which is not a file inside {spec_path.parent}; a path "
+            f"in {PREPROCESS_FILE} must be relative, without '..': {again}"
+        )
     return spec
 
 
@@ -297,7 +346,9 @@ def open_session(model_path: Path) -> Any:
         return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for bad files
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
-        raise PredictError(f"{model_path} cannot be loaded as an ONNX model (truncated, damaged or another format): {first}") from None
+        raise PredictError(
+            f"{model_path} cannot be loaded as an ONNX model (truncated, damaged or another format): {first}"
+        ) from None
 
 
 def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[dict[str, Any]]:
@@ -324,7 +375,10 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
         detail = " ".join(str(exc).split())[:300] or type(exc).__name__
         if type(exc).__module__.startswith("onnxruntime"):
             raise PredictError(f"ONNX Runtime could not run {model_path.name} on these inputs: {detail}") from None
-        raise PredictError(f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {detail}): use the model file exported beside it") from None
+        raise PredictError(
+            f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {detail}): use the model file "
+            "exported beside it"
+        ) from None
 
 
 def postprocess_of(spec: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
@@ -335,16 +389,23 @@ def postprocess_of(spec: dict[str, Any], folder: Path | None = None) -> dict[str
     if isinstance(declared, dict) and declared.get("kind") in POSTPROCESS_KINDS:
         return declared
     if declared is not None:
-        raise PredictError(f"preprocess.json's postprocess {declared!r} is not one of {', '.join(POSTPROCESS_KINDS)}: export the run again with this adapt")
+        raise PredictError(
+            f"preprocess.json's postprocess {declared!r} is not one of {', '.join(POSTPROCESS_KINDS)}: export the run "
+            "again with this adapt"
+        )
     kind = spec.get("kind", "")
     if folder is not None and (kind == "items" or (folder / "user_tower.onnx").exists()):
         return {"kind": "recommend"}
     if folder is not None and (folder / "gallery.json").exists():
         return {"kind": "nearest-neighbours", "key": "document" if kind == "text" else "identity"}
-    return {"kind": {"detection": "boxes", "generation": "generation", "tokens": "token-tags"}.get(kind, "softmax-top-k")}
+    return {
+        "kind": {"detection": "boxes", "generation": "generation", "tokens": "token-tags"}.get(kind, "softmax-top-k")
+    }
 
 
-def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _predict(
+    session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequence[str], settings: dict[str, Any]
+) -> list[dict[str, Any]]:
     """Each input through the preprocessing its ``kind`` names, the graph, then the task's
     post-processing (:func:`finish_row`)."""
     post = postprocess_of(spec)
@@ -354,17 +415,22 @@ def _predict(session: Any, spec: dict[str, Any], spec_path: Path, inputs: Sequen
     rows = []
     for source in inputs:
         feed, context = prepare(source)
-        rows.append(finish_row(source, run_named(session, feed), spec, {**context, "folder": spec_path.parent}, settings))
+        rows.append(
+            finish_row(source, run_named(session, feed), spec, {**context, "folder": spec_path.parent}, settings)
+        )
     return rows
 
 
-def input_reader(session: Any, spec: dict[str, Any], folder: Path) -> Callable[[str], tuple[dict[str, Any], dict[str, Any]]]:
+def input_reader(
+    session: Any, spec: dict[str, Any], folder: Path
+) -> Callable[[str], tuple[dict[str, Any], dict[str, Any]]]:
     """A function from one raw input to the graph's feed and what post-processing needs of
     the input (the image, the words and each word's first token)."""
     import numpy as np
 
     wanted = [i.name for i in session.get_inputs()]
     if spec["kind"] in ("image", "detection"):
+
         def read_image(source: str) -> tuple[dict[str, Any], dict[str, Any]]:
             image = open_image(source)
             pixels = stretch_image(image, spec)[None] if spec["kind"] == "detection" else prepare_image(image, spec)
@@ -379,8 +445,14 @@ def input_reader(session: Any, spec: dict[str, Any], folder: Path) -> Callable[[
 
     def read_text(source: str) -> tuple[dict[str, Any], dict[str, Any]]:
         words = source.split()
-        encoding = tokenizer.encode(words, is_pretokenized=True) if spec["kind"] == "tokens" else tokenizer.encode(source)
-        feed = {"input_ids": [encoding.ids], "attention_mask": [encoding.attention_mask], "token_type_ids": [encoding.type_ids]}
+        encoding = (
+            tokenizer.encode(words, is_pretokenized=True) if spec["kind"] == "tokens" else tokenizer.encode(source)
+        )
+        feed = {
+            "input_ids": [encoding.ids],
+            "attention_mask": [encoding.attention_mask],
+            "token_type_ids": [encoding.type_ids],
+        }
         first, seen = [], set()
         for position, word in enumerate(encoding.word_ids):
             if word is not None and word not in seen:
@@ -391,7 +463,9 @@ def input_reader(session: Any, spec: dict[str, Any], folder: Path) -> Callable[[
     return read_text
 
 
-def finish_row(source: str, outputs: dict[str, Any], spec: dict[str, Any], context: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def finish_row(
+    source: str, outputs: dict[str, Any], spec: dict[str, Any], context: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
     """One input's prediction from the graph's named outputs (``logits`` first), by the
     task's declared post-processing kind. Shared by this file and ``adapt predict``."""
     import numpy as np
@@ -402,11 +476,19 @@ def finish_row(source: str, outputs: dict[str, Any], spec: dict[str, Any], conte
         probs = _softmax(logits)[0]
         order = np.argsort(-probs, kind="stable")[: max(1, int(post.get("k", 1)))]
         row = {"input": source, "label": labels[int(order[0])], "score": round(float(probs[order[0]]), 6)}
-        return {**row, "top": [{"label": labels[int(i)], "score": round(float(probs[i]), 6)} for i in order]} if len(order) > 1 else row
+        return (
+            {**row, "top": [{"label": labels[int(i)], "score": round(float(probs[i]), 6)} for i in order]}
+            if len(order) > 1
+            else row
+        )
     if kind == "sigmoid-threshold":
         probs = 1.0 / (1.0 + np.exp(-logits[0]))
         chosen = [int(i) for i in np.argsort(-probs, kind="stable") if probs[i] >= float(post.get("threshold", 0.5))]
-        return {"input": source, "labels": [labels[i] for i in chosen], "scores": {labels[i]: round(float(probs[i]), 6) for i in range(len(labels))}}
+        return {
+            "input": source,
+            "labels": [labels[i] for i in chosen],
+            "scores": {labels[i]: round(float(probs[i]), 6) for i in range(len(labels))},
+        }
     if kind == "token-tags":
         tags = [labels[int(logits[0][position].argmax())] for position in context["first"]]
         return {"input": source, "tags": [{"token": word, "tag": tag} for word, tag in zip(context["words"], tags)]}
@@ -414,8 +496,13 @@ def finish_row(source: str, outputs: dict[str, Any], spec: dict[str, Any], conte
         return detection_row(source, context["image"], outputs, spec, settings)
     if kind == "nearest-neighbours":
         if context.get("folder") is None:
-            raise PredictError("the run has no export yet, and the nearest entries come from its gallery: export it first")
-        return {"input": source, **nearest(outputs["embedding"][0], read_gallery(context["folder"]), str(post.get("key", "identity")))}
+            raise PredictError(
+                "the run has no export yet, and the nearest entries come from its gallery: export it first"
+            )
+        return {
+            "input": source,
+            **nearest(outputs["embedding"][0], read_gallery(context["folder"]), str(post.get("key", "identity"))),
+        }
     return {"input": source, "outputs": {name: np.asarray(value).tolist() for name, value in outputs.items()}}
 
 
@@ -424,7 +511,9 @@ def run_named(session: Any, feed: dict[str, Any]) -> dict[str, Any]:
     return dict(zip([o.name for o in session.get_outputs()], session.run(None, feed)))
 
 
-def detection_row(source: str, image: Any, outputs: dict[str, Any], spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+def detection_row(
+    source: str, image: Any, outputs: dict[str, Any], spec: dict[str, Any], settings: dict[str, Any]
+) -> dict[str, Any]:
     """What predict prints for one image from the detection graph's outputs: its
     detections at ``min_score`` or above, and, with ``draw``, the picture written
     (``sources``: every input of the call, see :func:`draw_path`)."""
@@ -436,7 +525,9 @@ def detection_row(source: str, image: Any, outputs: dict[str, Any], spec: dict[s
         try:
             draw_detections(image, found, drawn)
         except OSError as exc:
-            raise InputError(f"cannot write the drawing {drawn}: {exc.strerror or exc}; give --draw a path in a folder you can write") from None
+            raise InputError(
+                f"cannot write the drawing {drawn}: {exc.strerror or exc}; give --draw a path in a folder you can write"
+            ) from None
         row["drawn"] = str(drawn)
     return row
 
@@ -449,7 +540,9 @@ def check_draw(out: Any) -> None:
     if not folder.is_dir():
         raise InputError(f"--draw {out}: the folder {folder} does not exist")
     if not os.access(folder, os.W_OK):
-        raise InputError(f"--draw {out}: the folder {folder} cannot be written; give --draw a path in a folder you can write")
+        raise InputError(
+            f"--draw {out}: the folder {folder} cannot be written; give --draw a path in a folder you can write"
+        )
 
 
 def draw_path(out: Path, source: str, sources: Sequence[str]) -> Path:
@@ -478,9 +571,15 @@ def read_gallery(folder: Path) -> tuple[Any, list[str]]:
         vectors = np.load(folder / "gallery.npy", allow_pickle=False)
         ids = json.loads((folder / "gallery.json").read_text(encoding="utf-8"))["ids"]
     except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise PredictError(f"no readable gallery beside the model in {folder} ({type(exc).__name__}: {exc}): {again}") from None
+        raise PredictError(
+            f"no readable gallery beside the model in {folder} ({type(exc).__name__}: {exc}): {again}"
+        ) from None
     if not isinstance(ids, list) or vectors.ndim != 2 or len(ids) != vectors.shape[0]:
-        raise PredictError(f"the gallery in {folder} does not hold together: gallery.npy has {vectors.shape[0] if vectors.ndim else 0} vectors, gallery.json {len(ids) if isinstance(ids, list) else 'no list of'} ids: {again}")
+        raise PredictError(
+            f"the gallery in {folder} does not hold together: gallery.npy has "
+            f"{vectors.shape[0] if vectors.ndim else 0} vectors, gallery.json "
+            f"{len(ids) if isinstance(ids, list) else 'no list of'} ids: {again}"
+        )
     return vectors, ids
 
 
@@ -492,7 +591,11 @@ def nearest(embedding: Any, gallery: tuple[Any, list[str]], key: str = "identity
     vectors, ids = gallery
     scores = vectors @ np.asarray(embedding, dtype=np.float32)
     order = np.argsort(-scores)[:NEAREST]
-    return {key: ids[int(order[0])], "score": round(float(scores[order[0]]), 6), "nearest": [{key: ids[int(i)], "score": round(float(scores[i]), 6)} for i in order]}
+    return {
+        key: ids[int(order[0])],
+        "score": round(float(scores[order[0]]), 6),
+        "nearest": [{key: ids[int(i)], "score": round(float(scores[i]), 6)} for i in order],
+    }
 
 
 #: recommendation: how many items a prediction lists.
@@ -510,7 +613,10 @@ def recommend(history: str, folder: Path) -> dict[str, Any]:
     items = [i.strip() for i in history.split(",") if i.strip()]
     unknown = [i for i in items if i not in row]
     if not items or unknown:
-        raise InputError(f"{'unknown item ' + repr(unknown[0]) if unknown else 'no item'} in the history {history!r}: give the ids of items in the catalogue (gallery.json), comma-separated, oldest first")
+        raise InputError(
+            f"{'unknown item ' + repr(unknown[0]) if unknown else 'no item'} in the history {history!r}: give the ids "
+            "of items in the catalogue (gallery.json), comma-separated, oldest first"
+        )
     keep = int(json.loads((folder / "gallery.json").read_text(encoding="utf-8")).get("history", len(items)))
     tower = open_session(folder / "user_tower.onnx")
     scores = run_named(tower, {"history": np.array([[row[i] for i in items[-keep:]]], dtype=np.int64)})["scores"][0]
@@ -518,7 +624,9 @@ def recommend(history: str, folder: Path) -> dict[str, Any]:
     return {"input": history, "recommended": [{"item": ids[k], "score": round(float(scores[k]), 6)} for k in order]}
 
 
-def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]) -> list[dict[str, Any]]:
+def _generate(
+    session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequence[str], settings: dict[str, Any]
+) -> list[dict[str, Any]]:
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(spec_path.parent / spec["tokenizer"]))
@@ -531,25 +639,68 @@ def _generate(session: Any, spec: dict[str, Any], spec_path: Path, prompts: Sequ
         if spec.get("bos_id") is not None:
             ids = [spec["bos_id"], *ids]
         wanted = int(settings.get("max_new_tokens", SAMPLING["max_new_tokens"]))
-        new, notes = generate_within(ids or [spec["eos_id"]], wanted, positions, spec.get("bos_id"), lambda start, budget: generate_ids(session, start, spec["eos_id"], **{**settings, "max_new_tokens": budget}))
-        results.append({"input": prompt, "generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())), **({"notes": notes} if notes else {})})
+        new, notes = generate_within(
+            ids or [spec["eos_id"]],
+            wanted,
+            positions,
+            spec.get("bos_id"),
+            lambda start, budget: generate_ids(
+                session, start, spec["eos_id"], **{**settings, "max_new_tokens": budget}
+            ),
+        )
+        results.append(
+            {
+                "input": prompt,
+                "generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())),
+                **({"notes": notes} if notes else {}),
+            }
+        )
     return results
 
 
 def parse_arguments(argv: Sequence[str]) -> Any:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="predict.py", description="Predict with an exported model (labels for texts, sentences or images; text for prompts).")
+    parser = argparse.ArgumentParser(
+        prog="predict.py",
+        description="Predict with an exported model (labels for texts, sentences or images; text for prompts).",
+    )
     parser.add_argument("model", type=Path, help="the .onnx file")
     parser.add_argument("inputs", nargs="+", help="texts, whitespace-tokenised sentences, image paths, or prompts")
-    parser.add_argument("--max-new-tokens", type=int, default=SAMPLING["max_new_tokens"], help="generation: most tokens to add")
-    parser.add_argument("--temperature", type=float, default=SAMPLING["temperature"], help="generation: 0 is greedy; higher samples more freely")
-    parser.add_argument("--top-k", type=int, default=SAMPLING["top_k"], help="generation: sample among the k most likely tokens (0: all)")
-    parser.add_argument("--top-p", type=float, default=SAMPLING["top_p"], help="generation: sample within this much probability mass")
+    parser.add_argument(
+        "--max-new-tokens", type=int, default=SAMPLING["max_new_tokens"], help="generation: most tokens to add"
+    )
+    parser.add_argument(
+        "--temperature",
+        type=float,
+        default=SAMPLING["temperature"],
+        help="generation: 0 is greedy; higher samples more freely",
+    )
+    parser.add_argument(
+        "--top-k",
+        type=int,
+        default=SAMPLING["top_k"],
+        help="generation: sample among the k most likely tokens (0: all)",
+    )
+    parser.add_argument(
+        "--top-p", type=float, default=SAMPLING["top_p"], help="generation: sample within this much probability mass"
+    )
     parser.add_argument("--seed", type=int, default=SAMPLING["seed"], help="generation: random seed of the sampling")
-    parser.add_argument("--stop", action="append", default=[], help="generation: cut the text at this string (repeatable)")
-    parser.add_argument("--min-score", type=float, default=DETECTION["min_score"], help="detection: print detections scoring at least this")
-    parser.add_argument("--draw", type=Path, default=None, help="detection: write the image with its boxes here (PNG; several inputs: one file each)")
+    parser.add_argument(
+        "--stop", action="append", default=[], help="generation: cut the text at this string (repeatable)"
+    )
+    parser.add_argument(
+        "--min-score",
+        type=float,
+        default=DETECTION["min_score"],
+        help="detection: print detections scoring at least this",
+    )
+    parser.add_argument(
+        "--draw",
+        type=Path,
+        default=None,
+        help="detection: write the image with its boxes here (PNG; several inputs: one file each)",
+    )
     return parser.parse_args(argv)
 
 

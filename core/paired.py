@@ -38,16 +38,39 @@ def paired_drop(reference: Sequence[float], candidate: Sequence[float], budget: 
         raise ValueError(f"paired scores need the same examples: {ref.shape} and {cand.shape}")
     count = len(ref)
     if not (np.isfinite(ref).all() and np.isfinite(cand).all()):
-        return {"val_drop": math.nan, "drop_interval": None, "examples": count, "verdict": "rejected", "why": "a score is not finite (NaN or Inf)"}
+        return {
+            "val_drop": math.nan,
+            "drop_interval": None,
+            "examples": count,
+            "verdict": "rejected",
+            "why": "a score is not finite (NaN or Inf)",
+        }
     diff = ref - cand
     drop = float(diff.mean())
     rng = np.random.default_rng(seed)
-    means = np.concatenate([diff[rng.integers(0, count, (CHUNK, count))].mean(axis=1) for _ in range(RESAMPLES // CHUNK)])
+    means = np.concatenate(
+        [diff[rng.integers(0, count, (CHUNK, count))].mean(axis=1) for _ in range(RESAMPLES // CHUNK)]
+    )
     low, high = (float(v) for v in np.quantile(means, [0.025, 0.975]))
     found: dict[str, Any] = {"val_drop": drop, "drop_interval": [low, high], "examples": count}
     if drop <= budget:
         wide = f"; the split cannot rule out a drop up to {high:.4g} ({count} examples)" if high > budget else ""
         return {**found, "verdict": "passed", "why": f"the drop {drop:.4g} is within the budget {budget:.4g}{wide}"}
     if low > budget:
-        return {**found, "verdict": "rejected", "why": f"the drop {drop:.4g} is beyond the budget {budget:.4g}, and so is its 95% interval [{low:.4g}, {high:.4g}]"}
-    return {**found, "verdict": "undecided", "why": f"the split is too small to decide: the drop {drop:.4g} is beyond the budget {budget:.4g}, but its 95% interval [{low:.4g}, {high:.4g}] over {count} examples reaches back inside it; a larger validation split (data.split.val) would decide"}
+        return {
+            **found,
+            "verdict": "rejected",
+            "why": (
+                f"the drop {drop:.4g} is beyond the budget {budget:.4g}, "
+                f"and so is its 95% interval [{low:.4g}, {high:.4g}]"
+            ),
+        }
+    return {
+        **found,
+        "verdict": "undecided",
+        "why": (
+            f"the split is too small to decide: the drop {drop:.4g} is beyond the budget {budget:.4g}, "
+            f"but its 95% interval [{low:.4g}, {high:.4g}] over {count} examples reaches back inside it; "
+            "a larger validation split (data.split.val) would decide"
+        ),
+    }

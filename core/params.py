@@ -55,10 +55,14 @@ def load_parameters(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None
     params = {**dict(model.named_buffers()), **dict(model.named_parameters())}
     for name, tensor in state.items():
         if name not in params:
-            raise CheckpointError(f"adapter tensor {name!r} has no counterpart in the model", hint="was the adapter saved from another backbone, task or method options?")
+            raise CheckpointError(
+                f"adapter tensor {name!r} has no counterpart in the model",
+                hint="was the adapter saved from another backbone, task or method options?",
+            )
         if tuple(params[name].shape) != tuple(tensor.shape):
             raise CheckpointError(
-                f"adapter tensor {name!r} has shape {tuple(tensor.shape)}, the model expects {tuple(params[name].shape)}",
+                f"adapter tensor {name!r} has shape {tuple(tensor.shape)}, the model expects "
+                f"{tuple(params[name].shape)}",
                 hint="was the adapter saved for another label count or architecture?",
             )
     import torch

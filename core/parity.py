@@ -20,7 +20,13 @@ def _flat(predictions: Sequence[Any]) -> list[Any]:
     return out
 
 
-def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_predictions: Sequence[Any], predictions: Sequence[Any], agreement: Callable[[Sequence[Any], Sequence[Any]], float | None] | None = None) -> Parity:
+def compare(
+    reference_logits: Sequence[Any],
+    logits: Sequence[Any],
+    reference_predictions: Sequence[Any],
+    predictions: Sequence[Any],
+    agreement: Callable[[Sequence[Any], Sequence[Any]], float | None] | None = None,
+) -> Parity:
     """Max abs difference of logits (batch by batch), the share of equal predicted
     labels (or the task's own ``agreement(reference, candidate)`` where it has one:
     object-detection matches boxes), the reference's largest logit, and which side
@@ -37,14 +43,22 @@ def compare(reference_logits: Sequence[Any], logits: Sequence[Any], reference_pr
         if a_finite and b_finite:
             diff = max(diff, float((a - b).abs().max()))
             scale = max(scale, float(a.abs().max()))
-    nonfinite = {(True, True): "both", (True, False): "reference", (False, True): "candidate"}.get((bad_reference, bad_candidate), "")
+    nonfinite = {(True, True): "both", (True, False): "reference", (False, True): "candidate"}.get(
+        (bad_reference, bad_candidate), ""
+    )
     found = agreement(reference_predictions, predictions) if agreement is not None else None  # None: the task has none
     if found is not None:
         share = float(found)
     else:
         ref, got = _flat(reference_predictions), _flat(predictions)
         share = sum(1 for x, y in zip(ref, got) if x == y) / len(ref) if ref else 1.0
-    return Parity(max_abs_diff=math.nan if nonfinite else diff, label_agreement=share, examples=len(reference_predictions), scale=scale, nonfinite=nonfinite)
+    return Parity(
+        max_abs_diff=math.nan if nonfinite else diff,
+        label_agreement=share,
+        examples=len(reference_predictions),
+        scale=scale,
+        nonfinite=nonfinite,
+    )
 
 
 def verdict(parity: Parity, bound: float | None, *, reference: str, candidate: str) -> str:
@@ -52,7 +66,9 @@ def verdict(parity: Parity, bound: float | None, *, reference: str, candidate: s
     ``bound``: the largest max abs difference allowed; None for a form that need not
     be exact (int8), which must still hold finite values only."""
     if parity.nonfinite:
-        who = {"reference": reference, "candidate": candidate, "both": f"{reference} and of {candidate}"}[parity.nonfinite]
+        who = {"reference": reference, "candidate": candidate, "both": f"{reference} and of {candidate}"}[
+            parity.nonfinite
+        ]
         return f"the logits of {who} hold NaN or Inf"
     if bound is not None and not parity.max_abs_diff <= bound:
         return f"max abs difference of the logits {parity.max_abs_diff:.3g} > {bound:.3g} allowed"

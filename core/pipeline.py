@@ -62,7 +62,10 @@ def summarise(names: Sequence[str]) -> str:
     tops: dict[str, list[str]] = {}
     for module in modules:
         tops.setdefault(module.split(".")[0], []).append(module)
-    return ", ".join(f"{top} ({sum(len(modules[m]) for m in inner)} tensors in {len(inner)} module{'s' if len(inner) > 1 else ''})" for top, inner in tops.items())
+    return ", ".join(
+        f"{top} ({sum(len(modules[m]) for m in inner)} tensors in {len(inner)} module{'s' if len(inner) > 1 else ''})"
+        for top, inner in tops.items()
+    )
 
 
 def load_data(plan: Plan) -> Splits:
@@ -74,7 +77,13 @@ def build_model(plan: Plan, num_labels: int) -> BuiltModel:
 
     cfg, task = plan.config.backbone, plan.task
     outputs = task.head_size(num_labels)  # an embedding head has `dim` outputs
-    built = plan.backbone.build(model_task(plan.backbone, task, plan.config.task), outputs, checkpoint=cfg.checkpoint, arch=cfg.arch, options=plan.backbone_options)
+    built = plan.backbone.build(
+        model_task(plan.backbone, task, plan.config.task),
+        outputs,
+        checkpoint=cfg.checkpoint,
+        arch=cfg.arch,
+        options=plan.backbone_options,
+    )
     if cfg.checkpoint and built.checkpoint is None:
         found = resolve_checkpoint(cfg.checkpoint)
         built.checkpoint = str(Path(found).resolve()) if Path(found).exists() else found
@@ -101,7 +110,12 @@ def chosen_targets(plan: Plan, built: BuiltModel) -> tuple[list[str], str | None
     if names or declared is not None or not recommended:
         return names, None
     names = default_target_names(built.families, recommended)
-    note = f"method {plan.method.name!r} declares no default target families: it gets backbone {plan.backbone.name!r}'s recommended {', '.join(recommended)}" if names else None
+    note = (
+        f"method {plan.method.name!r} declares no default target families: it gets backbone {plan.backbone.name!r}'s "
+        f"recommended {', '.join(recommended)}"
+        if names
+        else None
+    )
     return names, note
 
 
@@ -155,13 +169,22 @@ def read_labels(run_dir: Path) -> list[str] | None:
     try:
         labels = json.loads(saved.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise RunDirError(f"{saved} is damaged: {exc}", hint="it holds the run's label names; restore it from a copy, or train the run again (adapt run CONFIG --overwrite)") from None
+        raise RunDirError(
+            f"{saved} is damaged: {exc}",
+            hint="it holds the run's label names; restore it from a copy, or train the run again (adapt run CONFIG "
+            "--overwrite)",
+        ) from None
     if not isinstance(labels, list) or not all(isinstance(x, str) for x in labels):
-        raise RunDirError(f"{saved} is damaged: it should hold a list of label names", hint="restore it from a copy, or train the run again (adapt run CONFIG --overwrite)")
+        raise RunDirError(
+            f"{saved} is damaged: it should hold a list of label names",
+            hint="restore it from a copy, or train the run again (adapt run CONFIG --overwrite)",
+        )
     return labels
 
 
-def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, fresh: bool = False, dist: distributed.Dist | None = None) -> Session:
+def prepare(
+    plan: Plan, run: RunDir, *, need_data: bool = True, fresh: bool = False, dist: distributed.Dist | None = None
+) -> Session:
     """Load the data and build and adapt the model, seeded by ``train.seed``.
     ``fresh``: a new run, so labels saved at ``run`` (by a run it will replace) are not compared."""
     from adapt.engine import seed_everything
@@ -173,7 +196,10 @@ def prepare(plan: Plan, run: RunDir, *, need_data: bool = True, fresh: bool = Fa
     if splits is not None:
         labels = splits.label_names
         if saved is not None and saved != labels:
-            raise DataError(f"the data's labels differ from those saved in {run.path / LABELS_FILE}", hint="the data changed since this run was made; start a new run")
+            raise DataError(
+                f"the data's labels differ from those saved in {run.path / LABELS_FILE}",
+                hint="the data changed since this run was made; start a new run",
+            )
     elif saved is not None:
         labels = saved
     else:
@@ -207,7 +233,12 @@ def base_report(session: Session) -> dict[str, Any]:
         postprocess=dict(session.plan.task.postprocess),
     )
     if splits is not None:
-        report["data"] = {"source": config.data.source, "sizes": splits.sizes(), "labels": splits.label_names, "skipped": splits.skipped}
+        report["data"] = {
+            "source": config.data.source,
+            "sizes": splits.sizes(),
+            "labels": splits.label_names,
+            "skipped": splits.skipped,
+        }
     return report
 
 
@@ -276,7 +307,15 @@ def _baseline_metrics(session: Session) -> dict[str, Any]:
         return {}
     else:
         model = session.built.model.eval()
-        metrics = evaluate(model, splits.test, session.collate, task, session.label_names, batch_size=session.config.train.eval_batch, device=next(model.parameters()).device).metrics
+        metrics = evaluate(
+            model,
+            splits.test,
+            session.collate,
+            task,
+            session.label_names,
+            batch_size=session.config.train.eval_batch,
+            device=next(model.parameters()).device,
+        ).metrics
         what = "baseline: the untuned model's"
     session.say(f"{what} test {task.primary_metric} {metrics.get(task.primary_metric, float('nan')):.4f}")
     return _clean(metrics)
@@ -306,13 +345,28 @@ def merge_stage(session: Session) -> Merged:
     session.built.model.to(device)
 
     def run(model: Any) -> Any:
-        return evaluate(model, test, session.collate, plan.task, session.label_names, batch_size=config.train.eval_batch, device=device, keep_logits=True)
+        return evaluate(
+            model,
+            test,
+            session.collate,
+            plan.task,
+            session.label_names,
+            batch_size=config.train.eval_batch,
+            device=device,
+            keep_logits=True,
+        )
 
     adapted = run(session.built.model)
     merged = plan.method.merge(session.built)
     merged_eval = run(merged.model)
-    parity = compare(adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions, session.plan.task.agreement)
-    section: dict[str, Any] = {"metrics": {"adapted": _clean(adapted.metrics), "merged": _clean(merged_eval.metrics)}, "merge": "folded" if merged.folded else "inline", "merge_note": merged.note}
+    parity = compare(
+        adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions, session.plan.task.agreement
+    )
+    section: dict[str, Any] = {
+        "metrics": {"adapted": _clean(adapted.metrics), "merged": _clean(merged_eval.metrics)},
+        "merge": "folded" if merged.folded else "inline",
+        "merge_note": merged.note,
+    }
     if merged.folded:
         section["params"] = {"merged_total": sum(p.numel() for p in merged.model.parameters())}
     gate, failure = gate_merge(session, merged, parity)
@@ -322,7 +376,13 @@ def merge_stage(session: Session) -> Merged:
         raise failure
     section.update(_pictures(session, merged_eval.predictions))
     primary = plan.task.primary_metric
-    session.say(f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged {merged_eval.metrics.get(primary, float('nan')):.4f}; merge {section['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff {parity.max_abs_diff:.2e} (allowed {gate['parity']['merged']['bound']:.1e}), label agreement {parity.label_agreement:.2%}")
+    session.say(
+        f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged "
+        f"{merged_eval.metrics.get(primary, float('nan')):.4f}; merge "
+        f"{section['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff "
+        f"{parity.max_abs_diff:.2e} (allowed {gate['parity']['merged']['bound']:.1e}), label agreement "
+        f"{parity.label_agreement:.2%}"
+    )
     return Merged(merged, merged_eval, section)
 
 
@@ -358,16 +418,27 @@ def gate_merge(session: Session, merged: Any, parity: Any) -> tuple[dict[str, An
         problem = f"{session.plan.task.agreement_name} {parity.label_agreement:.6f} < {least} required"
     entries = {
         "parity": {"merged": report_entry(parity, bound, verified=not problem)},
-        "merge_check": {"tolerance": tolerance, "approximate": declared is not None, "logit_scale": parity.scale, "verified": not problem},
+        "merge_check": {
+            "tolerance": tolerance,
+            "approximate": declared is not None,
+            "logit_scale": parity.scale,
+            "verified": not problem,
+        },
     }
     if not problem:
         return entries, None
     method = f"method {session.config.method.name!r} ({session.plan.owners.get('method', 'its plugin')})"
     if parity.nonfinite == "reference":
-        return entries, MergeError(f"the merge cannot be checked: {problem} on the test split", hint="training produced a broken model; lower train.lr or use train.precision: fp32, and train again")
+        return entries, MergeError(
+            f"the merge cannot be checked: {problem} on the test split",
+            hint="training produced a broken model; lower train.lr or use train.precision: fp32, and train again",
+        )
     return entries, MergeError(
-        f"{method}: the merged model does not reproduce the adapted one: {problem} ({'folded' if merged.folded else 'inline'} merge, {parity.examples} test examples); merged/ was not written",
-        hint="the merge of that method is wrong: report it to the plugin's authors. If the method is approximate by design it must say so (MergeResult.tolerance); raise merge.tolerance only if that difference is acceptable",
+        f"{method}: the merged model does not reproduce the adapted one: {problem} "
+        f"({'folded' if merged.folded else 'inline'} merge, {parity.examples} test examples); merged/ was not written",
+        hint="the merge of that method is wrong: report it to the plugin's authors. If the method is approximate by "
+        "design it must say so (MergeResult.tolerance); raise merge.tolerance only if that difference is "
+        "acceptable",
     )
 
 
@@ -421,13 +492,19 @@ def save_merged(model: Any, session: Session, folder: Path, *, folded: bool, rep
 
     plan = session.plan
     with atomic_folder(folder) as partial:
-        written = plan.backbone.save_merged(model, session.built, partial, session.label_names, plan.backbone_options) if folded else None
+        written = (
+            plan.backbone.save_merged(model, session.built, partial, session.label_names, plan.backbone_options)
+            if folded
+            else None
+        )
         if written is None:
             inner = getattr(model, "model", model)
             own = [n for n, _ in model.named_parameters() if not n.startswith("model.")] if inner is not model else []
             source = inner if folded and not (own and hasattr(inner, "save_pretrained")) else model
             state = {k: v.detach().cpu().contiguous() for k, v in source.state_dict().items()}
-            (partial / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"}))
+            (partial / "model.safetensors").write_bytes(
+                save(state, metadata={"format": "pt", "layout": "network" if folded else "adapt-inline"})
+            )
         report["merged_library"] = written.library if written else "adapt"
         report["merged_usage"] = written.usage if written else []
         (partial / "README.md").write_text(model_card(report, "merged"), encoding="utf-8")
@@ -443,7 +520,10 @@ def check_resumable(config: RunConfig, path: Path) -> None:
     now = config.model_dump(mode="json")
     changed = [k for k in _flat_keys(now) if k not in ("output_dir", "name") and _get(before, k) != _get(now, k)]
     if changed:
-        raise RunDirError(f"cannot resume {path}: the config differs from the saved one at {', '.join(changed[:5])}", hint="resume with the same config (or `adapt train RUN_DIR`), or start over with --overwrite")
+        raise RunDirError(
+            f"cannot resume {path}: the config differs from the saved one at {', '.join(changed[:5])}",
+            hint="resume with the same config (or `adapt train RUN_DIR`), or start over with --overwrite",
+        )
 
 
 def inputs_inside(config: RunConfig, path: Path) -> list[str]:
@@ -473,7 +553,11 @@ def check_run_target(config: RunConfig, *, overwrite: bool, resume: bool) -> boo
         raise already_a_run(path)
     inside = inputs_inside(config, path)
     if inside:
-        raise RunDirError(f"{', '.join(inside)} lies inside {path}, which --overwrite would replace", hint="move the data or checkpoint out of the run directory, or give the new run another name (--set name=...)")
+        raise RunDirError(
+            f"{', '.join(inside)} lies inside {path}, which --overwrite would replace",
+            hint="move the data or checkpoint out of the run directory, or give the new run another name (--set "
+            "name=...)",
+        )
     return True
 
 
@@ -563,12 +647,26 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
             session = _start_run(plan, host, dist, fresh=fresh)
         run, splits = session.run, session.splits
         assert splits is not None
-        session.say(f"load: {config.data.source} -> " + ", ".join(f"{k} {v}" for k, v in splits.sizes().items()) + f"; {len(splits.label_names)} labels" + (f"; skipped {len(splits.skipped)} unreadable item(s), e.g. {splits.skipped[0]}" if splits.skipped else ""))
+        session.say(
+            f"load: {config.data.source} -> "
+            + ", ".join(f"{k} {v}" for k, v in splits.sizes().items())
+            + f"; {len(splits.label_names)} labels"
+            + (
+                f"; skipped {len(splits.skipped)} unreadable item(s), e.g. {splits.skipped[0]}"
+                if splits.skipped
+                else ""
+            )
+        )
         if session.built.new_parameters:
-            session.say(f"load: not in the checkpoint, so trained under every method: {summarise(session.built.new_parameters)}")
+            session.say(
+                f"load: not in the checkpoint, so trained under every method: {summarise(session.built.new_parameters)}"
+            )
         report = base_report(session)
         params = report["params"]
-        session.say(f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})")
+        session.say(
+            f"adapt: {config.method.name} on {config.backbone.name}: {params['trainable']:,} of {params['total']:,} "
+            f"parameters trainable ({params['trainable'] / max(params['total'], 1):.2%})"
+        )
         report["timings"] = clock.seconds
         with _finishing(session, host, report):
             if dist.main:
@@ -587,7 +685,9 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
                     if host.warnings:  # observers that raised (adapt_run_finished's come after this write)
                         report["plugin_warnings"] = list(host.warnings)
                     write_report(run.path, report)
-                session.say("timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items()))
+                session.say(
+                    "timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
+                )
                 session.say(f"report: {run.path / 'report.md'}")
         distributed.barrier(dist)
         return run.path
@@ -602,7 +702,10 @@ def plan_from_run(run_dir: Path, host: Host, *, writing: bool = False) -> Plan:
         require_run(run_dir)
     saved = run_dir / CONFIG_FILE
     if not saved.exists():
-        raise RunDirError(f"{run_dir} is not a run directory (no {CONFIG_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
+        raise RunDirError(
+            f"{run_dir} is not a run directory (no {CONFIG_FILE})",
+            hint="give the folder `adapt run` printed, e.g. runs/<name>",
+        )
     # the run is where it is now: the saved output_dir and name said where it was made,
     # which a moved run (or an edited config.yaml) no longer is
     here = run_dir if run_dir.name not in ("", ".", "..") else run_dir.resolve()  # `adapt train .` from inside the run
@@ -619,10 +722,16 @@ def restore(run_dir: Path, host: Host, *, need_data: bool = True, writing: bool 
     session = prepare(plan, RunDir(run_dir), need_data=need_data)
     adapter = run_dir / ADAPTER_DIR
     if not adapter.exists():
-        raise CheckpointError(f"{run_dir} has no trained adapter yet ({adapter})", hint=f"train it first: adapt train {run_dir}")
+        raise CheckpointError(
+            f"{run_dir} has no trained adapter yet ({adapter})", hint=f"train it first: adapt train {run_dir}"
+        )
     trained = read_report(run_dir, damaged_ok=True).get("data", {}).get("labels")
     if isinstance(trained, list) and trained != session.label_names:
-        raise RunDirError(f"{run_dir / LABELS_FILE} names {len(session.label_names)} labels, but the run was trained on {len(trained)} ({', '.join(map(str, trained[:5]))}{', ...' if len(trained) > 5 else ''}; report.json)", hint=f"{LABELS_FILE} was edited or damaged since training: restore it, or train the run again")
+        raise RunDirError(
+            f"{run_dir / LABELS_FILE} names {len(session.label_names)} labels, but the run was trained on "
+            f"{len(trained)} ({', '.join(map(str, trained[:5]))}{', ...' if len(trained) > 5 else ''}; report.json)",
+            hint=f"{LABELS_FILE} was edited or damaged since training: restore it, or train the run again",
+        )
     load_adapter(plan.method, session.built, adapter)
     return session
 
@@ -641,7 +750,15 @@ def eval_command(run_dir: Path, host: Host, split: str) -> dict[str, float]:
     config = session.config
     assert session.splits is not None  # restored with its data
     examples = session.splits.split(split)
-    result = evaluate(session.built.model, examples, session.collate, session.plan.task, session.label_names, batch_size=config.train.eval_batch, device=torch.device("cpu"))
+    result = evaluate(
+        session.built.model,
+        examples,
+        session.collate,
+        session.plan.task,
+        session.label_names,
+        batch_size=config.train.eval_batch,
+        device=torch.device("cpu"),
+    )
     return _clean(result.metrics)
 
 
@@ -674,7 +791,9 @@ def _export(run_dir: Path, host: Host) -> dict[str, Any]:
     return report
 
 
-def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+def predict_command(
+    run_dir: Path, host: Host, inputs: Sequence[str], settings: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
     """Predictions of the run's PyTorch model, one row per input, as its task makes them
     (``Task.predict``; by default its declared post-processing, as predict.py does it)."""
     from adapt.export_stage import EXPORT_DIR
@@ -690,4 +809,8 @@ def predict_command(run_dir: Path, host: Host, inputs: Sequence[str], settings: 
     except InputError:
         raise
     except PredictError as exc:
-        raise AdaptError(str(exc), hint=f"what predict reads beside the model (a gallery, an index) is written by the export: adapt export {run_dir}") from None
+        raise AdaptError(
+            str(exc),
+            hint="what predict reads beside the model (a gallery, an index) is written by the export: adapt export "
+            f"{run_dir}",
+        ) from None

@@ -43,8 +43,16 @@ class Plan:
         path = resolve_path(data.path, what="data.path") if data.path else None
         items = resolve_path(data.items, what="data.items") if data.items else None
         return DataRequest(
-            task=self.config.task, path=path, text_column=data.text_column, label_column=data.label_column,
-            prompt_column=data.prompt_column, completion_column=data.completion_column, query_column=data.query_column, positive_column=data.positive_column, items=items, options=self.data_options,
+            task=self.config.task,
+            path=path,
+            text_column=data.text_column,
+            label_column=data.label_column,
+            prompt_column=data.prompt_column,
+            completion_column=data.completion_column,
+            query_column=data.query_column,
+            positive_column=data.positive_column,
+            items=items,
+            options=self.data_options,
             fields=tuple(self.task.fields),
         )
 
@@ -61,12 +69,17 @@ def validate_options(plugin: Any, kind: str, options: dict[str, Any], key: str) 
     schema: type[BaseModel] | None = plugin.options_schema
     if schema is None:
         if options:
-            raise ConfigError(f"`{key}`: {kind} {plugin.name!r} takes no options, got {options!r}", hint=f"remove `{key}`")
+            raise ConfigError(
+                f"`{key}`: {kind} {plugin.name!r} takes no options, got {options!r}", hint=f"remove `{key}`"
+            )
         return None
     try:
         return schema.model_validate(options)
     except ValidationError as exc:
-        raise ConfigError(format_errors(exc, schema, prefix=key), hint=f"see `adapt plugins --verbose` or the docs of {kind} {plugin.name!r}") from None
+        raise ConfigError(
+            format_errors(exc, schema, prefix=key),
+            hint=f"see `adapt plugins --verbose` or the docs of {kind} {plugin.name!r}",
+        ) from None
 
 
 def _check_task(plugin: Any, kind: str, key: str, task: str) -> None:
@@ -86,8 +99,10 @@ def _check_source(source: DataSource, task: Task, name: str) -> None:
     missing = [f for f in task.fields if f not in source.fields]
     if missing:
         raise ConfigError(
-            f"`data.source`: data source {source.name!r} gives the fields {', '.join(source.fields)}; task {name!r} needs {', '.join(task.fields)} ({', '.join(missing)} missing)",
-            hint="pick a data source that gives those fields (`adapt plugins --verbose` lists each source's), or another task",
+            f"`data.source`: data source {source.name!r} gives the fields {', '.join(source.fields)}; task {name!r} "
+            f"needs {', '.join(task.fields)} ({', '.join(missing)} missing)",
+            hint="pick a data source that gives those fields (`adapt plugins --verbose` lists each source's), or "
+            "another task",
         )
 
 
@@ -133,6 +148,11 @@ def _exporter_options(exporters: list[Any], options: dict[str, dict[str, Any]]) 
     names = {e.name for e in exporters}
     unknown = sorted(set(options) - names)
     if unknown:
-        raise ConfigError(f"`export.options` names {unknown[0]!r}, which is not in export.formats ({', '.join(sorted(names)) or 'empty'})", hint="add it to export.formats or remove its options")
-    return {e.name: validate_options(e, "exporter", options.get(e.name, {}), f"export.options.{e.name}") for e in exporters}
-
+        raise ConfigError(
+            f"`export.options` names {unknown[0]!r}, which is not in export.formats "
+            f"({', '.join(sorted(names)) or 'empty'})",
+            hint="add it to export.formats or remove its options",
+        )
+    return {
+        e.name: validate_options(e, "exporter", options.get(e.name, {}), f"export.options.{e.name}") for e in exporters
+    }

@@ -30,7 +30,14 @@ class _RoundedWeight(nn.Module):
         super().__init__()
         from torch.ao.quantization import FakeQuantize, PerChannelMinMaxObserver
 
-        self.fake = FakeQuantize(observer=PerChannelMinMaxObserver, quant_min=-127, quant_max=127, dtype=torch.qint8, qscheme=torch.per_channel_symmetric, ch_axis=0)
+        self.fake = FakeQuantize(
+            observer=PerChannelMinMaxObserver,
+            quant_min=-127,
+            quant_max=127,
+            dtype=torch.qint8,
+            qscheme=torch.per_channel_symmetric,
+            ch_axis=0,
+        )
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return self.fake(weight)
@@ -39,7 +46,13 @@ class _RoundedWeight(nn.Module):
 def _rounded_input() -> nn.Module:
     from torch.ao.quantization import FakeQuantize, MovingAverageMinMaxObserver
 
-    return FakeQuantize(observer=MovingAverageMinMaxObserver, quant_min=0, quant_max=255, dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    return FakeQuantize(
+        observer=MovingAverageMinMaxObserver,
+        quant_min=0,
+        quant_max=255,
+        dtype=torch.quint8,
+        qscheme=torch.per_tensor_affine,
+    )
 
 
 def simulate_int8(model: nn.Module) -> Callable[[], int]:
@@ -47,7 +60,11 @@ def simulate_int8(model: nn.Module) -> Callable[[], int]:
     function that takes the rounding out again (and says how many layers had it)."""
     from torch.nn.utils import parametrize
 
-    layers = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(getattr(m, "weight", None), nn.Parameter)]
+    layers = [
+        m
+        for m in model.modules()
+        if isinstance(m, (nn.Conv2d, nn.Linear)) and isinstance(getattr(m, "weight", None), nn.Parameter)
+    ]
     hooks = []
     for layer in layers:
         device = layer.weight.device  # the observers' scales live beside the weights (CUDA too)
@@ -67,7 +84,19 @@ def simulate_int8(model: nn.Module) -> Callable[[], int]:
     return remove
 
 
-def finetune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list[Any]], dict[str, torch.Tensor]], task: Any, *, epochs: int, lr: float, batch_size: int, seed: int, device: str = "auto", say: Callable[[str], None] = print) -> tuple[nn.Module, dict[str, Any]]:
+def finetune(
+    model: nn.Module,
+    examples: Sequence[Any],
+    collate: Callable[[list[Any]], dict[str, torch.Tensor]],
+    task: Any,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    seed: int,
+    device: str = "auto",
+    say: Callable[[str], None] = print,
+) -> tuple[nn.Module, dict[str, Any]]:
     """A fine-tuned copy of ``model`` (``model`` itself is untouched) and what was done."""
     from adapt.engine import epoch_batches, resolve_device, to_device
     from adapt.distributed import Dist
@@ -90,7 +119,10 @@ def finetune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list[
             labels = batch.pop("labels")
             loss = task.loss(tuned(**batch).float(), labels)
             if not torch.isfinite(loss):
-                raise FloatingPointError(f"the loss became {loss.item()} in epoch {epoch + 1} of quantisation-aware fine-tuning; lower export.qat.lr")
+                raise FloatingPointError(
+                    f"the loss became {loss.item()} in epoch {epoch + 1} of quantisation-aware fine-tuning; lower "
+                    "export.qat.lr"
+                )
             optimiser.zero_grad(set_to_none=True)
             loss.backward()
             optimiser.step()
@@ -98,4 +130,10 @@ def finetune(model: nn.Module, examples: Sequence[Any], collate: Callable[[list[
         losses.append(sum(epoch_losses) / max(1, len(epoch_losses)))
         say(f"export: quantisation-aware fine-tuning epoch {epoch + 1}/{epochs}: train_loss {losses[-1]:.4f}")
     layers = remove()
-    return tuned.cpu().eval(), {"epochs": epochs, "lr": lr, "layers": layers, "train_loss": [round(x, 6) for x in losses], "seconds": round(time.perf_counter() - started, 2)}
+    return tuned.cpu().eval(), {
+        "epochs": epochs,
+        "lr": lr,
+        "layers": layers,
+        "train_loss": [round(x, 6) for x in losses],
+        "seconds": round(time.perf_counter() - started, 2),
+    }

@@ -57,13 +57,19 @@ class Registry(Generic[T]):
         for attribute, member in undeclared_members(obj, contract):
             self.warn(
                 f"{self.kind} {name!r} ({self.describe(plugin)}) has `{attribute}`, which is not a member of the "
-                f"{contract.__name__} contract, so adapt never reads it: did you mean `{member}`? (docs/plugins.md, Interfaces)"
+                f"{contract.__name__} contract, so adapt never reads it: did you mean `{member}`? (docs/plugins.md, "
+                "Interfaces)"
             )
         return declare(obj, contract)
 
     def clash_error(self, name: str) -> PluginError:
-        owners = " and by ".join(self.describe(p) for p in sorted(self.clashes[name]))  # pluggy's call order is not the user's business
-        return PluginError(f"{self.kind} {name!r} is registered twice: by {owners}", hint="uninstall one of the two packages, or rename one of the two objects")
+        owners = " and by ".join(
+            self.describe(p) for p in sorted(self.clashes[name])
+        )  # pluggy's call order is not the user's business
+        return PluginError(
+            f"{self.kind} {name!r} is registered twice: by {owners}",
+            hint="uninstall one of the two packages, or rename one of the two objects",
+        )
 
     def get(self, name: str) -> T:
         if name in self.clashes:

@@ -49,7 +49,10 @@ def require_report(run_dir: Path) -> dict[str, Any]:
     from adapt.errors import RunDirError
 
     if not (run_dir / REPORT_JSON).exists():
-        raise RunDirError(f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)", hint=f"export the run again to write it: adapt export {run_dir}")
+        raise RunDirError(
+            f"{run_dir} has no {REPORT_JSON} (it is written by each stage; was it removed?)",
+            hint=f"export the run again to write it: adapt export {run_dir}",
+        )
     return read_report(run_dir)
 
 
@@ -71,7 +74,10 @@ def report_forms(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
 
     forms = report.get("forms", {})
     if not isinstance(forms, dict):
-        raise RunDirError(f"{run_dir / REPORT_JSON}: forms is a {type(forms).__name__}, not a mapping from form to file", hint=f"`adapt export {run_dir}` writes it again")
+        raise RunDirError(
+            f"{run_dir / REPORT_JSON}: forms is a {type(forms).__name__}, not a mapping from form to file",
+            hint=f"`adapt export {run_dir}` writes it again",
+        )
     return {name: path for name in forms if (path := report_file(run_dir, report, f"forms.{name}")) is not None}
 
 
@@ -79,7 +85,11 @@ def _drop(attempt: dict[str, Any]) -> str:
     """An attempt's validation drop, with its paired interval where the gate had one."""
     interval = attempt.get("drop_interval")
     drop = _fmt(attempt.get("val_drop", ""))
-    return f"{drop} [{_fmt(interval[0])}, {_fmt(interval[1])}]" if isinstance(interval, list) and len(interval) == 2 else drop
+    return (
+        f"{drop} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+        if isinstance(interval, list) and len(interval) == 2
+        else drop
+    )
 
 
 def list_files(run_dir: Path) -> dict[str, int]:
@@ -135,16 +145,25 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"- task: {report.get('task')}",
         f"- backbone: {report.get('backbone')}",
         f"- method: {report.get('method')} (merge: {report.get('merge', 'not yet')})",
-        f"- parameters: {params.get('trainable', 0):,} trainable of {params.get('total', 0):,} ({params.get('trainable', 0) / max(params.get('total', 1), 1):.2%})",
+        f"- parameters: {params.get('trainable', 0):,} trainable of {params.get('total', 0):,} "
+        f"({params.get('trainable', 0) / max(params.get('total', 1), 1):.2%})",
     ]
     data = report.get("data", {})
     if data:
-        lines.append(f"- data: {data.get('source')}: " + ", ".join(f"{k} {v}" for k, v in data.get("sizes", {}).items()) + f"; {len(data.get('labels', []))} labels; {len(data.get('skipped', []))} items skipped")
+        lines.append(
+            f"- data: {data.get('source')}: "
+            + ", ".join(f"{k} {v}" for k, v in data.get("sizes", {}).items())
+            + f"; {len(data.get('labels', []))} labels; {len(data.get('skipped', []))} items skipped"
+        )
     training = report.get("training", {})
     if training:
         fast = training.get("fast_path") or {}
         switched = ", ".join(f"{k} {v}" for k, v in fast.items() if v) or "off"
-        lines.append(f"- training: best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, {training.get('steps')} steps, {training.get('seconds', 0):.0f} s on {training.get('device')} ({training.get('precision')}); fast path: {switched}")
+        lines.append(
+            f"- training: best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, "
+            f"{training.get('steps')} steps, {training.get('seconds', 0):.0f} s on {training.get('device')} "
+            f"({training.get('precision')}); fast path: {switched}"
+        )
     metrics = report.get("metrics", {})
     if metrics:
         names = sorted({k for m in metrics.values() for k in m})
@@ -152,16 +171,37 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += [f"| {form} | " + " | ".join(_fmt(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()]
     parity = report.get("parity", {})
     if parity:
-        lines += ["", "## Parity (merged: against the adapted model; exported forms: against the merged model)", "", "| form | max abs diff of logits | allowed | label agreement | verified |", "|---|---|---|---|---|"]
-        lines += [f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | {p.get('label_agreement', 0):.2%}{_agreements(p)} | {_verified(p.get('verified'))} |" for form, p in parity.items()]
+        lines += [
+            "",
+            "## Parity (merged: against the adapted model; exported forms: against the merged model)",
+            "",
+            "| form | max abs diff of logits | allowed | label agreement | verified |",
+            "|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | "
+            f"{p.get('label_agreement', 0):.2%}{_agreements(p)} | {_verified(p.get('verified'))} |"
+            for form, p in parity.items()
+        ]
     if report.get("latency_ms"):
         lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
     export = report.get("export", {})
     for name, details in export.items():
         attempts = details.get("attempts") or []
         if attempts:
-            lines += ["", f"## {name}: int8 attempts (scored on the validation split)", "", "| attempt | val score | drop (95% interval) | verdict | median ms | bytes |", "|---|---|---|---|---|---|"]
-            lines += [f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_drop(a)} | {a.get('verdict', a.get('passed', a.get('error', '')))} | {a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |" for a in attempts]
+            lines += [
+                "",
+                f"## {name}: int8 attempts (scored on the validation split)",
+                "",
+                "| attempt | val score | drop (95% interval) | verdict | median ms | bytes |",
+                "|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_drop(a)} | "
+                f"{a.get('verdict', a.get('passed', a.get('error', '')))} | "
+                f"{a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |"
+                for a in attempts
+            ]
         if details.get("notes"):
             lines.append("")
         for note in details.get("notes") or []:
@@ -178,7 +218,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines.append(f"- export: {note}")
     for name, path in (report.get("pictures") or {}).items():
         lines += ["", f"## Picture: {name}", "", f"![{name}]({path})"]
-    if (report.get("notes") or []):
+    if report.get("notes") or []:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return "\n".join(lines) + "\n"
 
@@ -192,13 +232,22 @@ def latency_table(report: dict[str, Any]) -> str:
     primary = str(report.get("primary_metric") or "accuracy")  # the task's (Task.primary_metric)
     direction = " (lower is better)" if report.get("lower_is_better") else ""
     generation = any("tokens_per_s" in v for v in latency.values())
-    rows = ["| form | median ms | p90 ms | vs PyTorch (range) | threads | bytes | test " + primary + direction + (" | tokens/s |" if generation else " |"), "|---|---|---|---|---|---|---|" + ("---|" if generation else "")]
+    rows = [
+        "| form | median ms | p90 ms | vs PyTorch (range) | threads | bytes | test "
+        + primary
+        + direction
+        + (" | tokens/s |" if generation else " |"),
+        "|---|---|---|---|---|---|---|" + ("---|" if generation else ""),
+    ]
     forms = report.get("forms", {})
     for form, v in latency.items():
         size = files.get(forms.get(form, ""), "")
         metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
         speed = f" {_fmt(v.get('tokens_per_s', ''))} |" if generation else ""
-        rows.append(f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {_versus(form, versus, latency)} | {v.get('threads', '')} | {size} | {_fmt(metric)} |{speed}")
+        rows.append(
+            f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {_versus(form, versus, latency)} | "
+            f"{v.get('threads', '')} | {size} | {_fmt(metric)} |{speed}"
+        )
     if versus.get("note"):
         rows.append(f"\n{versus['note']}")
     return "\n".join(rows)
@@ -260,23 +309,47 @@ def model_card(report: dict[str, Any], kind: str) -> str:
 
     params, data, task = report.get("params", {}), report.get("data", {}), report.get("task", "")
     labels = data.get("labels") or []
-    library = "onnxruntime" if kind == "export" else str(report.get("merged_library") or "adapt")  # the backbone's save_merged says
+    library = (
+        "onnxruntime" if kind == "export" else str(report.get("merged_library") or "adapt")
+    )  # the backbone's save_merged says
     lines = [
-        "---", f"library_name: {library}", f"pipeline_tag: {task}", f"tags: [adapt, {report.get('method', '')}]", "---", "",
-        f"# {report.get('name', '')}: {report.get('backbone', '')} + {report.get('method', '')} ({task})", "",
-        f"Fine-tuned with adapt {__version__}: {params.get('trainable', 0):,} of {params.get('total', 0):,} parameters trained, then merged ({report.get('merge', '')}).",
-        f"Labels ({len(labels)}): {', '.join(map(str, labels[:20]))}{', ...' if len(labels) > 20 else ''}.", "",
-        "## Intended use", "",
-        f"{task} of inputs like its training data (data source `{data.get('source', '')}`, split sizes {data.get('sizes', {})}). "
-        "It was evaluated on that data's test split only; check it on your own data before relying on it.", "",
+        "---",
+        f"library_name: {library}",
+        f"pipeline_tag: {task}",
+        f"tags: [adapt, {report.get('method', '')}]",
+        "---",
+        "",
+        f"# {report.get('name', '')}: {report.get('backbone', '')} + {report.get('method', '')} ({task})",
+        "",
+        f"Fine-tuned with adapt {__version__}: {params.get('trainable', 0):,} of {params.get('total', 0):,} "
+        f"parameters trained, then merged ({report.get('merge', '')}).",
+        f"Labels ({len(labels)}): {', '.join(map(str, labels[:20]))}{', ...' if len(labels) > 20 else ''}.",
+        "",
+        "## Intended use",
+        "",
+        f"{task} of inputs like its training data (data source `{data.get('source', '')}`, split sizes "
+        f"{data.get('sizes', {})}). "
+        "It was evaluated on that data's test split only; check it on your own data before relying on it.",
+        "",
     ]
-    forms = ["adapted", "merged"] if kind == "merged" else [f for f in report.get("metrics", {}) if f not in ("adapted",)]
+    forms = (
+        ["adapted", "merged"] if kind == "merged" else [f for f in report.get("metrics", {}) if f not in ("adapted",)]
+    )
     metrics, parity = report.get("metrics", {}), report.get("parity", {})
     names = sorted({k for f in forms for k in metrics.get(f, {})})
-    lines += ["## Test metrics and parity", "", "| form | " + " | ".join(names) + " | max abs diff | verified |", "|---" * (len(names) + 3) + "|"]
+    lines += [
+        "## Test metrics and parity",
+        "",
+        "| form | " + " | ".join(names) + " | max abs diff | verified |",
+        "|---" * (len(names) + 3) + "|",
+    ]
     for form in forms:
         check = parity.get(form, {})
-        lines.append(f"| {form} | " + " | ".join(_fmt(metrics.get(form, {}).get(k, "")) for k in names) + f" | {_diff(check.get('max_abs_diff'), '')} | {_verified(check.get('verified'))} |")
+        lines.append(
+            f"| {form} | "
+            + " | ".join(_fmt(metrics.get(form, {}).get(k, "")) for k in names)
+            + f" | {_diff(check.get('max_abs_diff'), '')} | {_verified(check.get('verified'))} |"
+        )
     lines += ["", "## How to use", "", *_usage(report, kind, library), ""]
     return "\n".join(lines)
 
@@ -284,11 +357,24 @@ def model_card(report: dict[str, Any], kind: str) -> str:
 def _usage(report: dict[str, Any], kind: str, library: str) -> list[str]:
     if kind == "export":
         deployable = str(report.get("deployable", "model.onnx")).rpartition("/")[2]
-        return ["```bash", "pip install onnxruntime numpy pillow tokenizers", f'python predict.py {deployable} "an input"   # text, a sentence (NER) or an image path', "```", "",
-                "The `.onnx` files carry the labels and the preprocessing in their metadata (`adapt.labels`, `adapt.preprocess`)."]
+        return [
+            "```bash",
+            "pip install onnxruntime numpy pillow tokenizers",
+            f'python predict.py {deployable} "an input"   # text, a sentence (NER) or an image path',
+            "```",
+            "",
+            "The `.onnx` files carry the labels and the preprocessing in their metadata (`adapt.labels`, "
+            "`adapt.preprocess`).",
+        ]
     if report.get("merge") == "inline":
-        return ["The method's modules stay inline (they cannot be folded), so `model.safetensors` is in adapt's layout:", "run it with `adapt predict RUN_DIR ...`, or deploy `export/`, which holds the one graph."]
+        return [
+            "The method's modules stay inline (they cannot be folded), so `model.safetensors` is in adapt's layout:",
+            "run it with `adapt predict RUN_DIR ...`, or deploy `export/`, which holds the one graph.",
+        ]
     usage = report.get("merged_usage")
     if usage:  # the backbone wrote its library's folder and said how to open it (Backbone.save_merged)
         return [str(line) for line in usage]
-    return ["`model.safetensors` holds the merged model in adapt's layout: run it with `adapt predict RUN_DIR ...`, or deploy `export/`."]
+    return [
+        "`model.safetensors` holds the merged model in adapt's layout: run it with `adapt predict RUN_DIR ...`, or "
+        "deploy `export/`."
+    ]

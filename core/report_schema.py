@@ -114,7 +114,8 @@ class Report(_Strict):
     bench: dict[str, Any] | None = None
     merge: Literal["folded", "inline"] | None = None
     merge_note: str | None = None
-    #: the library whose own loader opens merged/ ("adapt" where adapt wrote its own layout) and the card's usage lines (Backbone.save_merged)
+    #: the library whose own loader opens merged/ ("adapt" where adapt wrote its own layout) and the card's usage lines
+    #: (Backbone.save_merged)
     merged_library: str | None = None
     merged_usage: list[str] | None = None
     merge_check: MergeCheck | None = None

@@ -30,19 +30,34 @@ import yaml
 from adapt.errors import RunDirError
 
 CONFIG_FILE = "config.yaml"
-#: Held (flock) by the adapt process writing a run directory; the OS releases it when that process ends, however it ends.
+#: Held (flock) by the adapt process writing a run directory; the OS releases it when that process ends, however it
+#: ends.
 LOCK_FILE = ".adapt.lock"
 #: Written when adapt creates a run directory: ``{"run_id", "created", "adapt"}``. No marker, not a run.
 MARKER_FILE = ".adapt-run.json"
 #: Every top-level name adapt writes in a run directory (docs/cli.md, "The run directory").
 #: ``--overwrite`` deletes these and nothing else; a folder here is adapt's as a whole.
-RUN_LAYOUT = frozenset({
-    MARKER_FILE, LOCK_FILE, CONFIG_FILE, "labels.json", "metrics.jsonl", "checkpoints", "adapter",
-    "merged", "export", "export.rejected", "training_curve.png", "report.json", "report.md",
-})
+RUN_LAYOUT = frozenset(
+    {
+        MARKER_FILE,
+        LOCK_FILE,
+        CONFIG_FILE,
+        "labels.json",
+        "metrics.jsonl",
+        "checkpoints",
+        "adapter",
+        "merged",
+        "export",
+        "export.rejected",
+        "training_curve.png",
+        "report.json",
+        "report.md",
+    }
+)
 #: adapt's temporary names beside a target: ``.<name>.<pid>.tmp`` / ``.<name>.<pid>.old``.
 _TEMPORARY = re.compile(r"^\.(?P<name>.+)\.\d+\.(tmp|old)$")
-#: errno values that mean "no room for this write" (a full disk, a quota, a file-size limit) rather than "this path is wrong".
+#: errno values that mean "no room for this write" (a full disk, a quota, a file-size limit) rather than "this path is
+#: wrong".
 NO_SPACE = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 DISK_FULL = NO_SPACE | {errno.EFBIG}
 DISK_FULL_HINT = "free disk space and run the command again; a training run continues with --resume"
@@ -57,7 +72,10 @@ def write_failure(path: Path, exc: OSError) -> RunDirError:
     """The one message for a write that the operating system refused."""
     kept = "the previous version is intact" if path.exists() else "nothing was written"
     reason = "no space left on the device" if exc.errno in NO_SPACE else (exc.strerror or str(exc))
-    return RunDirError(f"cannot write {path}: {reason}; {kept}", hint=DISK_FULL_HINT if exc.errno in DISK_FULL else "fix the folder's permissions and run the command again")
+    return RunDirError(
+        f"cannot write {path}: {reason}; {kept}",
+        hint=DISK_FULL_HINT if exc.errno in DISK_FULL else "fix the folder's permissions and run the command again",
+    )
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
@@ -158,7 +176,10 @@ def check_target(path: Path) -> str:
     """What sits at a run directory's place: ``"new"`` (nothing, or an empty folder) or
     ``"run"``. Anything else is refused: adapt writes into nothing it did not make."""
     if path.is_symlink():
-        raise RunDirError(f"{path} is a symbolic link; adapt does not write through links", hint="remove the link, or set output_dir to the folder it points to")
+        raise RunDirError(
+            f"{path} is a symbolic link; adapt does not write through links",
+            hint="remove the link, or set output_dir to the folder it points to",
+        )
     if not path.exists():
         return "new"
     if not path.is_dir():
@@ -168,15 +189,20 @@ def check_target(path: Path) -> str:
     if is_run(path):
         return "run"
     raise RunDirError(
-        f"{path} is not a run directory made by adapt (it has no {MARKER_FILE}); adapt leaves it alone, with or without --overwrite",
-        hint="give the run another name (--set name=...) or another output_dir; a run made by an older adapt (before run markers) has none: move or delete it yourself",
+        f"{path} is not a run directory made by adapt (it has no {MARKER_FILE}); adapt leaves it alone, with or "
+        "without --overwrite",
+        hint="give the run another name (--set name=...) or another output_dir; a run made by an older adapt (before "
+        "run markers) has none: move or delete it yourself",
     )
 
 
 def require_run(path: Path) -> None:
     """Refuse to write into ``path`` unless it is a run directory adapt made and may write."""
     if check_target(path) != "run":
-        raise RunDirError(f"{path} is not a run directory made by adapt (it has no {MARKER_FILE})", hint="give the folder `adapt run` printed, e.g. runs/<name>")
+        raise RunDirError(
+            f"{path} is not a run directory made by adapt (it has no {MARKER_FILE})",
+            hint="give the folder `adapt run` printed, e.g. runs/<name>",
+        )
     require_writable(path)
 
 
@@ -198,6 +224,7 @@ def require_writable(path: Path) -> None:
 
 def foreign_entries(path: Path) -> list[str]:
     """Names in a run directory that adapt did not write (kept by --overwrite)."""
+
     def ours(name: str) -> bool:
         match = _TEMPORARY.match(name)
         return name in RUN_LAYOUT or bool(match and match["name"] in RUN_LAYOUT)
@@ -224,7 +251,15 @@ def clear_stale_temporaries(path: Path) -> None:
     only while holding the run's lock: no other adapt process is writing there then."""
     if not is_run(path):
         return
-    for item in [*path.iterdir(), *(p for folder in _OWNED_FOLDERS if (path / folder).is_dir() and not (path / folder).is_symlink() for p in (path / folder).iterdir())]:
+    for item in [
+        *path.iterdir(),
+        *(
+            p
+            for folder in _OWNED_FOLDERS
+            if (path / folder).is_dir() and not (path / folder).is_symlink()
+            for p in (path / folder).iterdir()
+        ),
+    ]:
         match = _TEMPORARY.match(item.name)
         if match and (item.parent != path or match["name"] in RUN_LAYOUT):
             remove(item)
@@ -275,14 +310,18 @@ def hold_lock(path: Path) -> Iterator[None]:
         path.mkdir(parents=True, exist_ok=True)
         fd = _open_lock(path)
     except OSError as exc:
-        raise RunDirError(f"cannot create run directory {path}: {exc.strerror or exc}", hint=DISK_FULL_HINT if exc.errno in DISK_FULL else "check output_dir and its permissions") from None
+        raise RunDirError(
+            f"cannot create run directory {path}: {exc.strerror or exc}",
+            hint=DISK_FULL_HINT if exc.errno in DISK_FULL else "check output_dir and its permissions",
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             owner = os.read(fd, 32).decode("ascii", "replace").strip()
             raise RunDirError(
-                f"run directory {path} is being written by another adapt process" + (f" (pid {owner})" if owner else ""),
+                f"run directory {path} is being written by another adapt process"
+                + (f" (pid {owner})" if owner else ""),
                 hint="wait for that run to finish, or give this one another name (--set name=...)",
             ) from None
         try:
@@ -299,7 +338,10 @@ def hold_lock(path: Path) -> Iterator[None]:
 
 
 def already_a_run(path: Path) -> RunDirError:
-    return RunDirError(f"run directory {path} already holds a run", hint="choose another name (--set name=...), continue it with --resume, or pass --overwrite to replace it")
+    return RunDirError(
+        f"run directory {path} already holds a run",
+        hint="choose another name (--set name=...), continue it with --resume, or pass --overwrite to replace it",
+    )
 
 
 class RunDir:

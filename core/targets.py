@@ -24,8 +24,13 @@ def matches(name: str, spec: str | Sequence[str]) -> bool:
 
 
 def find_targets(
-    model: nn.Module, spec: str | Sequence[str], kinds: tuple[type[nn.Module], ...], *,
-    exclude: Sequence[str] = (), key: str = "method.options.targets", families: Mapping[str, Sequence[str]] | None = None,
+    model: nn.Module,
+    spec: str | Sequence[str],
+    kinds: tuple[type[nn.Module], ...],
+    *,
+    exclude: Sequence[str] = (),
+    key: str = "method.options.targets",
+    families: Mapping[str, Sequence[str]] | None = None,
 ) -> list[str]:
     """Names of the modules of ``kinds`` that ``spec`` selects, outside ``exclude`` (module-name
     prefixes). Pass ``families=built.families`` so that a family name selects its modules."""
@@ -36,15 +41,24 @@ def find_targets(
         try:
             re.compile(spec)
         except re.error as exc:
-            raise ConfigError(f"`{key}` = {spec!r} is not a valid regular expression: {exc}", hint="write a Python regular expression, or a list of module names") from None
-    candidates = [n for n, m in model.named_modules() if isinstance(m, kinds) and not any(n == e or n.startswith(e + ".") for e in exclude)]
+            raise ConfigError(
+                f"`{key}` = {spec!r} is not a valid regular expression: {exc}",
+                hint="write a Python regular expression, or a list of module names",
+            ) from None
+    candidates = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, kinds) and not any(n == e or n.startswith(e + ".") for e in exclude)
+    ]
     chosen = [n for n in candidates if matches(n, spec)]
     if not chosen:
         kinds_text = " / ".join(k.__name__ for k in kinds)
         named = f"; its target families: {', '.join(families)}" if families else ""
         raise ConfigError(
-            f"`{key}` = {spec!r} matches no {kinds_text} module of this model; it has {len(candidates)}, named like: {describe_names(candidates)}{named}",
-            hint="give a target family, names or name suffixes from that list (a list), or a regular expression over full names (a string)",
+            f"`{key}` = {spec!r} matches no {kinds_text} module of this model; it has {len(candidates)}, named like: "
+            f"{describe_names(candidates)}{named}",
+            hint="give a target family, names or name suffixes from that list (a list), or a regular expression over "
+            "full names (a string)",
         )
     return chosen
 
@@ -63,7 +77,15 @@ def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
     setattr(parent, child, new)
 
 
-def swap_modules(built: Any, spec: str | Sequence[str], kinds: tuple[type[nn.Module], ...], wrap: Callable[[nn.Module], nn.Module], *, trained: Sequence[str], key: str = "method.options.targets") -> list[str]:
+def swap_modules(
+    built: Any,
+    spec: str | Sequence[str],
+    kinds: tuple[type[nn.Module], ...],
+    wrap: Callable[[nn.Module], nn.Module],
+    *,
+    trained: Sequence[str],
+    key: str = "method.options.targets",
+) -> list[str]:
     """What a module-replacing method's ``apply`` does: find the targets (a family, a
     regex or names, see :func:`find_targets`), replace each by ``wrap(module)``, and
     leave trainable only the wrappers' parameters named ``trained`` (``["scale"]``:
@@ -73,7 +95,9 @@ def swap_modules(built: Any, spec: str | Sequence[str], kinds: tuple[type[nn.Mod
     names = find_targets(built.model, spec, kinds, exclude=built.head, key=key, families=built.families)
     for name in names:
         replace_module(built.model, name, wrap(built.model.get_submodule(name)))
-    return freeze_all_but(built.model, [*(f"{n}.{p}" for n in names for p in trained), *built.head, *built.new_parameters])
+    return freeze_all_but(
+        built.model, [*(f"{n}.{p}" for n in names for p in trained), *built.head, *built.new_parameters]
+    )
 
 
 def fold_modules(model: nn.Module, kind: type[nn.Module], fold: Callable[[Any], nn.Module]) -> int:

@@ -26,7 +26,20 @@ import torch
 from adapt.engine import freeze_frozen_norms
 from adapt.errors import AdaptError
 from adapt.host import Host, make_host
-from adapt.interfaces import IGNORE_INDEX, SPLITS, Backbone, Batch, BuiltModel, DataRequest, DataSource, Exporter, MergeResult, Method, Task, declare
+from adapt.interfaces import (
+    IGNORE_INDEX,
+    SPLITS,
+    Backbone,
+    Batch,
+    BuiltModel,
+    DataRequest,
+    DataSource,
+    Exporter,
+    MergeResult,
+    Method,
+    Task,
+    declare,
+)
 
 
 def make_test_host(*plugins: object, builtins: bool = True) -> Host:
@@ -61,11 +74,25 @@ def _check_user_error(action: Callable[[], Any], what: str) -> None:
         assert exc.hint, f"{what}: the error {exc} has no hint telling the user what to do"
         return
     except Exception as exc:  # noqa: BLE001 - any other exception would reach the user as a traceback
-        raise AssertionError(f"{what} must raise an adapt.errors error with a hint, not {type(exc).__name__}: {exc}") from exc
+        raise AssertionError(
+            f"{what} must raise an adapt.errors error with a hint, not {type(exc).__name__}: {exc}"
+        ) from exc
     raise AssertionError(f"{what} was accepted; it must raise an adapt.errors error")
 
 
-def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkpoint: str | None = None, arch: str | None = None, options: Any = None, num_labels: int = 3, methods: Sequence[str] = ("lora",), bad_checkpoint: str | None = None, task_plugin: Any = None) -> BuiltModel:
+def check_backbone(
+    backbone: Any,
+    *,
+    task: str,
+    examples: Sequence[dict],
+    checkpoint: str | None = None,
+    arch: str | None = None,
+    options: Any = None,
+    num_labels: int = 3,
+    methods: Sequence[str] = ("lora",),
+    bad_checkpoint: str | None = None,
+    task_plugin: Any = None,
+) -> BuiltModel:
     """Build for ``task`` as a run does (the task's ``head_size`` and ``wrap_model``: ``task_plugin``,
     else the built-in task of that name), and check the logits' batch size, the collator on
     the task's ``examples`` (after its ``flatten``, as a run collates them: the task's loss
@@ -75,7 +102,10 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     backbone = declare(backbone, Backbone)
     assert task in backbone.tasks, f"{backbone.name} does not list task {task!r}"
     if bad_checkpoint is not None:
-        _check_user_error(lambda: backbone.build(task, num_labels, checkpoint=bad_checkpoint, arch=arch, options=options), f"building from checkpoint {bad_checkpoint!r}")
+        _check_user_error(
+            lambda: backbone.build(task, num_labels, checkpoint=bad_checkpoint, arch=arch, options=options),
+            f"building from checkpoint {bad_checkpoint!r}",
+        )
     task_object = declare(task_plugin if task_plugin is not None else _registered("tasks", task), Task)
     torch.manual_seed(0)
     built = backbone.build(task, task_object.head_size(num_labels), checkpoint=checkpoint, arch=arch, options=options)
@@ -84,26 +114,38 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     inputs = backbone.example_inputs(built, batch_size=2)
     with torch.no_grad():
         first = _logits_of(built.model(**inputs))
-    assert first.shape[0] == next(iter(inputs.values())).shape[0], "example_inputs' logits do not have the batch's size first"
+    assert first.shape[0] == next(iter(inputs.values())).shape[0], (
+        "example_inputs' logits do not have the batch's size first"
+    )
     rows = list(task_object.flatten(examples))  # what the backbone's collator gets in a run
     batch = backbone.collator(built, options)(rows)
     assert "labels" in batch, "the collator must return labels when the examples have them"
     labels = batch.pop("labels")
     with torch.no_grad():
         logits = _logits_of(built.model(**batch))
-    assert logits.shape[0] == len(rows), f"collated batch gives logits of shape {tuple(logits.shape)} for {len(rows)} examples"
+    assert logits.shape[0] == len(rows), (
+        f"collated batch gives logits of shape {tuple(logits.shape)} for {len(rows)} examples"
+    )
     loss = task_object.loss(logits, labels)
-    assert torch.isfinite(loss).all(), f"the task's loss on the collated batch is {loss}: labels and logits do not line up"
+    assert torch.isfinite(loss).all(), (
+        f"the task's loss on the collated batch is {loss}: labels and logits do not line up"
+    )
     predictions, references = task_object.decode(logits, labels)
-    assert len(predictions) == len(references) > 0, "the task's decode of the collated batch gives a prediction per reference"
+    assert len(predictions) == len(references) > 0, (
+        "the task's decode of the collated batch gives a prediction per reference"
+    )
     io = backbone.onnx_io(built)
     signature = inspect.signature(built.model.forward).parameters
     named = [n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
     variadic = any(p.kind == p.VAR_POSITIONAL for p in signature.values())  # a cached decoder's *past
     shown = io.input_names[: len(named)] if variadic else io.input_names
-    assert named[: len(shown)] == list(shown), f"ONNX inputs {io.input_names} are not the first forward parameters {named}"
+    assert named[: len(shown)] == list(shown), (
+        f"ONNX inputs {io.input_names} are not the first forward parameters {named}"
+    )
     assert list(io.input_names) == list(inputs), "example_inputs must be keyed by the ONNX input names, in order"
-    assert set(io.dynamic_axes) == set(io.input_names) | set(io.output_names), "every input and output needs dynamic axes"
+    assert set(io.dynamic_axes) == set(io.input_names) | set(io.output_names), (
+        "every input and output needs dynamic axes"
+    )
     assert all(axes.get(0) == "batch" for axes in io.dynamic_axes.values()), "axis 0 must be the dynamic batch axis"
     modules = dict(built.model.named_modules())
     params = dict(built.model.named_parameters())
@@ -114,10 +156,14 @@ def check_backbone(backbone: Any, *, task: str, examples: Sequence[dict], checkp
     declared = set(backbone.families)
     for family, names in built.families.items():
         assert names and all(n in modules for n in names), f"target family {family!r} names no module of the model"
-        assert not declared or family in declared, f"family {family!r} is not in the backbone's `families` {sorted(declared)}"
+        assert not declared or family in declared, (
+            f"family {family!r} is not in the backbone's `families` {sorted(declared)}"
+        )
     for method in methods:
         for target in backbone.default_targets(method):
-            assert any(n == target or n.endswith("." + target) for n in modules), f"default {method} target {target!r} matches no module"
+            assert any(n == target or n.endswith("." + target) for n in modules), (
+                f"default {method} target {target!r} matches no module"
+            )
     return built
 
 
@@ -137,7 +183,19 @@ def perturb(model: torch.nn.Module, scale: float = PERTURBATION, seed: int = 0) 
                 parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * scale)
 
 
-def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, options: Any = None, default_targets: Sequence[str] = (), steps: int = 3, atol: float = 1e-5, tmp_path: Path | None = None, bad_options: Any = None, loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None) -> MergeResult:
+def check_method(
+    method: Any,
+    *,
+    build: Callable[[], BuiltModel],
+    batch: Batch,
+    options: Any = None,
+    default_targets: Sequence[str] = (),
+    steps: int = 3,
+    atol: float = 1e-5,
+    tmp_path: Path | None = None,
+    bad_options: Any = None,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> MergeResult:
     """Apply, move every trainable parameter off its initialisation (:func:`perturb`),
     train a few steps, merge, and check the merge reproduces the adapted model (and, when
     folded, the base architecture and parameter count); round-trip the adapter.
@@ -152,7 +210,10 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
 
         default_targets = default_target_names(build().families, tuple(method.default_families or ()))
     if bad_options is not None:
-        _check_user_error(lambda: method.apply(build(), bad_options, list(default_targets)), f"applying {method.name} with {bad_options!r}")
+        _check_user_error(
+            lambda: method.apply(build(), bad_options, list(default_targets)),
+            f"applying {method.name} with {bad_options!r}",
+        )
     base = build()
     base_count = sum(p.numel() for p in base.model.parameters())
     built = build()
@@ -165,6 +226,7 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     optimiser = torch.optim.AdamW(params, lr=1e-2)
     built.model.train()
     freeze_frozen_norms(built.model)  # as the engine trains: frozen BatchNorms keep their statistics
+
     def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return torch.nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
 
@@ -184,7 +246,9 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     if merged.folded:
         count = sum(p.numel() for p in merged.model.parameters())
         assert count == base_count, f"a folded merge must keep the base parameter count ({count} != {base_count})"
-        assert {type(m) for m in merged.model.modules()} <= {type(m) for m in base.model.modules()}, "a folded merge left method modules behind"
+        assert {type(m) for m in merged.model.modules()} <= {type(m) for m in base.model.modules()}, (
+            "a folded merge left method modules behind"
+        )
     fresh = build()
     method.apply(fresh, options, list(default_targets))
     method.load_adapter_state(fresh, method.adapter_state(built))
@@ -195,7 +259,16 @@ def check_method(method: Any, *, build: Callable[[], BuiltModel], batch: Batch, 
     return merged
 
 
-def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: Any, path: Path, options: Any = None, atol: float = 1e-4) -> Path:
+def check_exporter(
+    exporter: Any,
+    *,
+    model: torch.nn.Module,
+    inputs: Batch,
+    io: Any,
+    path: Path,
+    options: Any = None,
+    atol: float = 1e-4,
+) -> Path:
     """Export, run the file through ``load`` and compare the logits with the model's. A
     model with several outputs (a task's ``graph_outputs``: logits, then boxes after NMS
     or an embedding) must also give every other output by name through
@@ -211,19 +284,23 @@ def check_exporter(exporter: Any, *, model: torch.nn.Module, inputs: Batch, io: 
     outputs = list(output) if isinstance(output, (tuple, list)) else [output]
     expected = outputs[0].numpy()
     got = exporter.load(written)(feed)
-    assert tuple(got.shape) == tuple(expected.shape), f"exported output shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    assert tuple(got.shape) == tuple(expected.shape), (
+        f"exported output shape {tuple(got.shape)} != {tuple(expected.shape)}"
+    )
     diff = float(abs(got - expected).max())
     assert diff <= atol, f"exported file differs from the model by {diff:.3g} > {atol}"
     if len(outputs) > 1:
         load_outputs = declare(exporter, Exporter).load_outputs(written)
-        assert load_outputs is not None, "a graph with several outputs needs the exporter's load_outputs(path) to be checked"
+        assert load_outputs is not None, (
+            "a graph with several outputs needs the exporter's load_outputs(path) to be checked"
+        )
         named = load_outputs(feed)
         for name, want in zip(io.output_names[1:], outputs[1:]):
             assert name in named, f"the exported file has no output {name!r} (it has {sorted(named)})"
-            assert named[name].ndim == want.dim() and tuple(named[name].shape[1:]) == tuple(want.shape[1:]), f"exported output {name!r} has shape {tuple(named[name].shape)}, the model's {tuple(want.shape)}"
+            assert named[name].ndim == want.dim() and tuple(named[name].shape[1:]) == tuple(want.shape[1:]), (
+                f"exported output {name!r} has shape {tuple(named[name].shape)}, the model's {tuple(want.shape)}"
+            )
     return Path(written)
-
-
 
 
 def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]]:
@@ -237,7 +314,9 @@ def check_data_source(source: Any, request: DataRequest) -> dict[str, list[dict]
         assert request.task in source.tasks, f"{source.name} does not list task {request.task!r}"
     wanted = request.fields or _task_fields(request.task)
     splits = source.read(request)
-    assert "train" in splits and set(splits) <= set(SPLITS), f"splits must be train and optionally val, test; got {sorted(splits)}"
+    assert "train" in splits and set(splits) <= set(SPLITS), (
+        f"splits must be train and optionally val, test; got {sorted(splits)}"
+    )
     for name, examples in splits.items():
         assert examples, f"split {name} is empty"
         for example in examples:
@@ -269,16 +348,29 @@ def tiny_image_model(num_labels: int = 3, task: str = "") -> BuiltModel:
     (``task``: the name it records; nothing in a method's checks reads it)."""
     torch.manual_seed(0)
     families = {"depthwise-conv": ["blocks.0.0"], "pointwise-conv": ["blocks.1.0"]}
-    return BuiltModel(TinyCNN(num_labels), task, num_labels, head=("head",), new_parameters=("head.weight", "head.bias"), blocks=("blocks.0", "blocks.1"), families=families)
+    return BuiltModel(
+        TinyCNN(num_labels),
+        task,
+        num_labels,
+        head=("head",),
+        new_parameters=("head.weight", "head.bias"),
+        blocks=("blocks.0", "blocks.1"),
+        families=families,
+    )
 
 
 def tiny_image_batch(size: int = 6, num_labels: int = 3, pixels: int = 8) -> Batch:
     """Random images and labels for :func:`tiny_image_model`."""
     generator = torch.Generator().manual_seed(1)
-    return {"pixel_values": torch.randn(size, 3, pixels, pixels, generator=generator), "labels": torch.arange(size) % num_labels}
+    return {
+        "pixel_values": torch.randn(size, 3, pixels, pixels, generator=generator),
+        "labels": torch.arange(size) % num_labels,
+    }
 
 
-def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> None:
+def check_task(
+    task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor | None = None, labels: torch.Tensor | None = None
+) -> None:
     """The task contract (adapt.interfaces.Task), as timm checks every model: its declared
     members (a name, a primary metric, the fields it needs, a post-processing kind predict.py
     implements, no misspelt member); with ``examples``, label names and encoding; with
@@ -292,12 +384,16 @@ def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor
     from adapt.onnx_predict import finish_row
 
     misspelt = undeclared_members(task, Task)
-    assert not misspelt, f"members adapt never reads (misspelt?): {', '.join(f'{a} (did you mean {m}?)' for a, m in misspelt)}"
+    assert not misspelt, (
+        f"members adapt never reads (misspelt?): {', '.join(f'{a} (did you mean {m}?)' for a, m in misspelt)}"
+    )
     task = declare(task, Task)
     assert isinstance(task.name, str) and task.name, "a task needs a non-empty string `name`"
     assert isinstance(task.primary_metric, str) and task.primary_metric, "a task needs a `primary_metric`"
     assert all(isinstance(f, str) for f in task.fields), "`fields` must be a tuple of field names"
-    assert task.postprocess.get("kind") in POSTPROCESS_KINDS, f"postprocess kind {task.postprocess.get('kind')!r} is not one of {POSTPROCESS_KINDS}"
+    assert task.postprocess.get("kind") in POSTPROCESS_KINDS, (
+        f"postprocess kind {task.postprocess.get('kind')!r} is not one of {POSTPROCESS_KINDS}"
+    )
     json.dumps(dict(task.postprocess))  # preprocess.json holds it
     if not examples:
         return
@@ -306,7 +402,9 @@ def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor
         assert not missing, f"example {i} lacks the fields {missing} the task declares"
     names = task.label_names(examples)
     assert names == sorted(names) and all(isinstance(n, str) for n in names), "label_names must return sorted names"
-    assert not task.labelled or len(names) >= task.min_labels, f"{len(names)} labels in the examples, fewer than min_labels {task.min_labels}"
+    assert not task.labelled or len(names) >= task.min_labels, (
+        f"{len(names)} labels in the examples, fewer than min_labels {task.min_labels}"
+    )
     encoded = [task.encode(e, {n: i for i, n in enumerate(names)}) for e in examples]
     if logits is None:
         return
@@ -316,16 +414,28 @@ def check_task(task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor
     loss = task.loss(logits, labels)
     assert loss.dim() == 0 and math.isfinite(float(loss)), f"the loss must be a finite scalar, got {loss}"
     loss.backward()
-    assert logits.grad is not None and torch.isfinite(logits.grad).all(), "the loss gives no finite gradient to the logits"
+    assert logits.grad is not None and torch.isfinite(logits.grad).all(), (
+        "the loss gives no finite gradient to the logits"
+    )
     predictions, references = task.decode(logits.detach(), labels)
-    assert len(predictions) == len(references) == len(examples), "decode must give one prediction and one reference per example"
+    assert len(predictions) == len(references) == len(examples), (
+        "decode must give one prediction and one reference per example"
+    )
     metrics = task.metrics(predictions, references, names)
     assert task.primary_metric in metrics, f"metrics lack the primary metric {task.primary_metric!r}: {sorted(metrics)}"
     scores = task.example_scores(predictions, references, names)
     if scores is not None:
-        assert len(scores) == len(examples) and math.isclose(sum(scores) / len(scores), metrics[task.primary_metric], abs_tol=1e-6), "example_scores' mean must be the primary metric"
+        assert len(scores) == len(examples) and math.isclose(
+            sum(scores) / len(scores), metrics[task.primary_metric], abs_tol=1e-6
+        ), "example_scores' mean must be the primary metric"
     if task.postprocess["kind"] in ("softmax-top-k", "sigmoid-threshold", "outputs"):
-        row = finish_row("an input", {"logits": logits.detach()[:1].numpy()}, {"labels": names, "postprocess": dict(task.postprocess)}, {}, {})
+        row = finish_row(
+            "an input",
+            {"logits": logits.detach()[:1].numpy()},
+            {"labels": names, "postprocess": dict(task.postprocess)},
+            {},
+            {},
+        )
         json.dumps(row)
 
 

@@ -44,14 +44,23 @@ class TorchPredictor:
         values = result if isinstance(result, (tuple, list)) else (result,)
         return {name: value.detach().float().numpy() for name, value in zip(("logits", *self.names), values)}
 
-    def finish(self, source: str, example: Example, outputs: dict[str, Any], settings: Mapping[str, Any]) -> dict[str, Any]:
+    def finish(
+        self, source: str, example: Example, outputs: dict[str, Any], settings: Mapping[str, Any]
+    ) -> dict[str, Any]:
         from adapt.onnx_predict import finish_row
 
         labels = self._batch.get("labels")
-        first = (labels[0] != IGNORE_INDEX).nonzero().flatten().tolist() if labels is not None and labels.dim() == 2 else []
+        first = (
+            (labels[0] != IGNORE_INDEX).nonzero().flatten().tolist() if labels is not None and labels.dim() == 2 else []
+        )
         pixels = self._batch.get("pixel_values")
         spec = {"labels": self.label_names, "postprocess": dict(self.session.plan.task.postprocess)}
         if pixels is not None:
             spec["input_size"] = list(pixels.shape[1:])
-        context = {"image": example.get("image"), "words": example.get("tokens", []), "first": first, "folder": self.export_dir}
+        context = {
+            "image": example.get("image"),
+            "words": example.get("tokens", []),
+            "first": first,
+            "folder": self.export_dir,
+        }
         return finish_row(source, outputs, spec, context, dict(settings))

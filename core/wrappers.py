@@ -18,7 +18,12 @@ class LogitsOnly(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -37,7 +42,12 @@ class PooledEncoder(nn.Module):
         hidden = int(getattr(getattr(model, "config", None), "hidden_size", 0))
         self.projection = nn.Linear(hidden, dim) if dim else None
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, token_type_ids: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         kwargs = {"attention_mask": attention_mask}
         if token_type_ids is not None:
             kwargs["token_type_ids"] = token_type_ids
@@ -45,7 +55,11 @@ class PooledEncoder(nn.Module):
         if self.pooling == "cls":
             pooled = states[:, 0]
         else:
-            mask = (attention_mask if attention_mask is not None else torch.ones_like(input_ids)).unsqueeze(-1).to(states.dtype)
+            mask = (
+                (attention_mask if attention_mask is not None else torch.ones_like(input_ids))
+                .unsqueeze(-1)
+                .to(states.dtype)
+            )
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
         return self.projection(pooled) if self.projection is not None else pooled
 

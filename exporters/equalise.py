@@ -41,7 +41,9 @@ def equalise(source: Path, out: Path, sweeps: int = 20, relu6_to_relu: bool = Tr
     _materialise(graph)
     weights = {init.name: init for init in graph.initializer}
     pairs = conv_pairs(model, through_clip=relu6_to_relu)
-    arrays = {name: numpy_helper.to_array(weights[name]).astype(np.float64) for pair in pairs for name in _names(pair) if name}
+    arrays = {
+        name: numpy_helper.to_array(weights[name]).astype(np.float64) for pair in pairs for name in _names(pair) if name
+    }
     done = 0
     while done < sweeps:  # a conv in two pairs moves twice: repeat towards a fixed point
         done += 1
@@ -76,7 +78,12 @@ def conv_pairs(model: onnx.ModelProto, through_clip: bool = True) -> list[dict[s
         if not _plain_conv(first, weights, uses):
             continue
         join = only(first.output[0])
-        if join is not None and join.op_type in _JOINS and _from_zero(join, weights) and (through_clip or join.op_type == "Relu"):
+        if (
+            join is not None
+            and join.op_type in _JOINS
+            and _from_zero(join, weights)
+            and (through_clip or join.op_type == "Relu")
+        ):
             second = only(join.output[0])
         else:
             join, second = None, join
@@ -86,7 +93,15 @@ def conv_pairs(model: onnx.ModelProto, through_clip: bool = True) -> list[dict[s
         group = _attribute(second, "group", 1)
         if group not in (1, channels) or (group == 1 and weights[second.input[1]].dims[1] != channels):
             continue
-        pairs.append({"first": first.input[1], "bias": first.input[2] if len(first.input) > 2 else "", "second": second.input[1], "depthwise": group != 1, "join": join})
+        pairs.append(
+            {
+                "first": first.input[1],
+                "bias": first.input[2] if len(first.input) > 2 else "",
+                "second": second.input[1],
+                "depthwise": group != 1,
+                "join": join,
+            }
+        )
     return pairs
 
 
@@ -101,7 +116,11 @@ def correct_bias(fp32: Path, int8: Path, calibration: list[dict[str, Any]], out:
     _materialise(model.graph)
     rounded = _dequantised_conv_weights(quantised)
     weights = {init.name: init for init in model.graph.initializer}
-    convs = [node for node in model.graph.node if node.op_type == "Conv" and node.name in rounded and node.input[1] in weights]
+    convs = [
+        node
+        for node in model.graph.node
+        if node.op_type == "Conv" and node.name in rounded and node.input[1] in weights
+    ]
     probe = onnx.ModelProto()
     probe.CopyFrom(model)
     known = {o.name for o in probe.graph.output}
@@ -163,7 +182,9 @@ def _rescale(arrays: dict[str, np.ndarray], pair: dict[str, Any]) -> float:
     arrays[pair["first"]] = first / scale.reshape(shape)
     if pair["bias"]:
         arrays[pair["bias"]] = arrays[pair["bias"]] / scale
-    arrays[pair["second"]] = second * (scale.reshape(shape) if pair["depthwise"] else scale.reshape((1, -1) + (1,) * (second.ndim - 2)))
+    arrays[pair["second"]] = second * (
+        scale.reshape(shape) if pair["depthwise"] else scale.reshape((1, -1) + (1,) * (second.ndim - 2))
+    )
     return float(np.abs(np.log(scale)).max()) if scale.size else 0.0
 
 
@@ -216,7 +237,13 @@ def _dequantised_conv_weights(model: onnx.ModelProto) -> dict[str, np.ndarray]:
 
 
 def _plain_conv(node: Any, weights: dict[str, Any], uses: dict[str, int]) -> bool:
-    return node.op_type == "Conv" and len(node.input) > 1 and node.input[1] in weights and uses.get(node.input[1], 0) == 1 and (len(node.input) < 3 or not node.input[2] or (node.input[2] in weights and uses.get(node.input[2], 0) == 1))
+    return (
+        node.op_type == "Conv"
+        and len(node.input) > 1
+        and node.input[1] in weights
+        and uses.get(node.input[1], 0) == 1
+        and (len(node.input) < 3 or not node.input[2] or (node.input[2] in weights and uses.get(node.input[2], 0) == 1))
+    )
 
 
 def _from_zero(node: Any, weights: dict[str, Any]) -> bool:

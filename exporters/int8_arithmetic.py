@@ -62,14 +62,38 @@ def settings(target: str) -> dict[str, Any]:
     if target == "auto" and here == "x86":
         probe = saturation_probe()
         reduce = {a: not probe[a]["8bit"] for a in ACTIVATIONS}
-        saturated = [f"{'U8S8' if a == 'uint8' else 'S8S8'} gave {probe[a]['got']:.0f} for {probe[a]['want']:.0f}" for a in ACTIVATIONS if reduce[a]]
-        why = (f"this CPU's int8 products saturate with 8-bit weights ({'; '.join(saturated)}): 7-bit weights (reduce_range) for those" if saturated else "this CPU's int8 products are exact with 8-bit weights (probe)")
+        saturated = [
+            f"{'U8S8' if a == 'uint8' else 'S8S8'} gave {probe[a]['got']:.0f} for {probe[a]['want']:.0f}"
+            for a in ACTIVATIONS
+            if reduce[a]
+        ]
+        why = (
+            f"this CPU's int8 products saturate with 8-bit weights ({'; '.join(saturated)}): 7-bit weights "
+            "(reduce_range) for those"
+            if saturated
+            else "this CPU's int8 products are exact with 8-bit weights (probe)"
+        )
         return {"reduce_range": reduce, "measurable": True, "why": why, "probe": probe}
     if target == "x86":
-        return {"reduce_range": dict(SEVEN_BIT), "measurable": measurable, "why": "export.target x86: any x86 CPU, with or without VNNI, so 7-bit weights (reduce_range), which cannot saturate"}
+        return {
+            "reduce_range": dict(SEVEN_BIT),
+            "measurable": measurable,
+            "why": (
+                "export.target x86: any x86 CPU, with or without VNNI, "
+                "so 7-bit weights (reduce_range), which cannot saturate"
+            ),
+        }
     if target == "x86-vnni":
-        return {"reduce_range": dict(FULL_RANGE), "measurable": measurable, "why": "export.target x86-vnni: 8-bit weights (VNNI adds products in 32 bits)"}
-    return {"reduce_range": dict(FULL_RANGE), "measurable": measurable, "why": f"export.target {target} ({family}): 8-bit weights (ONNX Runtime's ARM kernels do not saturate)"}
+        return {
+            "reduce_range": dict(FULL_RANGE),
+            "measurable": measurable,
+            "why": "export.target x86-vnni: 8-bit weights (VNNI adds products in 32 bits)",
+        }
+    return {
+        "reduce_range": dict(FULL_RANGE),
+        "measurable": measurable,
+        "why": f"export.target {target} ({family}): 8-bit weights (ONNX Runtime's ARM kernels do not saturate)",
+    }
 
 
 def _worst_case_conv(activation: str, weight: int, channels: int = 32) -> tuple[float, float]:
@@ -83,9 +107,13 @@ def _worst_case_conv(activation: str, weight: int, channels: int = 32) -> tuple[
     itype, top = (np.uint8, 255) if unsigned else (np.int8, 127)
     want = float(channels * top * weight)
     tensors: dict[str, np.ndarray] = {
-        "sx": np.array(1.0, np.float32), "zx": np.array(0, itype),
-        "wq": np.full((8, channels, 1, 1), weight, np.int8), "sw": np.ones(8, np.float32), "zw": np.zeros(8, np.int8),
-        "sy": np.array(want / 100.0, np.float32), "zy": np.array(0, itype),
+        "sx": np.array(1.0, np.float32),
+        "zx": np.array(0, itype),
+        "wq": np.full((8, channels, 1, 1), weight, np.int8),
+        "sw": np.ones(8, np.float32),
+        "zw": np.zeros(8, np.int8),
+        "sy": np.array(want / 100.0, np.float32),
+        "zy": np.array(0, itype),
     }
     nodes = [
         helper.make_node("QuantizeLinear", ["x", "sx", "zx"], ["xq"]),
@@ -96,7 +124,8 @@ def _worst_case_conv(activation: str, weight: int, channels: int = 32) -> tuple[
         helper.make_node("DequantizeLinear", ["cq", "sy", "zy"], ["y"]),
     ]
     graph = helper.make_graph(
-        nodes, "saturation_probe",
+        nodes,
+        "saturation_probe",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, channels, 4, 4])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, 4, 4])],
         [numpy_helper.from_array(v, k) for k, v in tensors.items()],

@@ -49,10 +49,24 @@ class OnnxOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     opset: int = Field(17, ge=14, le=23, description="ONNX opset version")
-    calibration_examples: int = Field(100, ge=1, description="training inputs used to calibrate static int8 (CNNs); a remedy doubles it")
-    calibration_method: Literal["auto", "minmax", "percentile", "entropy"] = Field("auto", description="how static int8 sets activation ranges from the calibration inputs (ONNX Runtime's CalibrationMethod); auto: each is tried and the one scoring best on the validation split is used")
-    int8_activations: Literal["auto", "int8", "uint8"] = Field("auto", description="static int8's activation type; auto: both are timed at batch 1 and the faster is kept (a choice by timing: pin it where two exports of the same run must be identical)")
-    int8_format: Literal["auto", "qdq", "qoperator"] = Field("auto", description="static int8's file format; auto: QOperator where timed more than 10% faster, else QDQ (pin it for identical exports)")
+    calibration_examples: int = Field(
+        100, ge=1, description="training inputs used to calibrate static int8 (CNNs); a remedy doubles it"
+    )
+    calibration_method: Literal["auto", "minmax", "percentile", "entropy"] = Field(
+        "auto",
+        description="how static int8 sets activation ranges from the calibration inputs (ONNX Runtime's "
+        "CalibrationMethod); auto: each is tried and the one scoring best on the validation split is used",
+    )
+    int8_activations: Literal["auto", "int8", "uint8"] = Field(
+        "auto",
+        description="static int8's activation type; auto: both are timed at batch 1 and the faster is kept (a choice "
+        "by timing: pin it where two exports of the same run must be identical)",
+    )
+    int8_format: Literal["auto", "qdq", "qoperator"] = Field(
+        "auto",
+        description="static int8's file format; auto: QOperator where timed more than 10% faster, else QDQ (pin it "
+        "for identical exports)",
+    )
 
 
 class OnnxExporter(Exporter):
@@ -72,12 +86,22 @@ class OnnxExporter(Exporter):
             with warnings.catch_warnings(), torch.no_grad():
                 warnings.simplefilter("ignore")
                 torch.onnx.export(
-                    model, args, str(path), input_names=list(io.input_names), output_names=list(io.output_names),
-                    dynamic_axes={k: dict(v) for k, v in io.dynamic_axes.items()}, opset_version=opset, do_constant_folding=True, dynamo=False,
+                    model,
+                    args,
+                    str(path),
+                    input_names=list(io.input_names),
+                    output_names=list(io.output_names),
+                    dynamic_axes={k: dict(v) for k, v in io.dynamic_axes.items()},
+                    opset_version=opset,
+                    do_constant_folding=True,
+                    dynamo=False,
                 )
             onnx.checker.check_model(str(path), full_check=True)
         except Exception as exc:  # noqa: BLE001 - export failures come in many types
-            raise ExportError(f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint="run with --debug for the full error; a plugin's custom layer may need an ONNX-exportable form") from exc
+            raise ExportError(
+                f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+                hint="run with --debug for the full error; a plugin's custom layer may need an ONNX-exportable form",
+            ) from exc
         return path
 
     def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
@@ -85,7 +109,9 @@ class OnnxExporter(Exporter):
         run = self.load_outputs(path, threads)
         return lambda feed: next(iter(run(feed).values()))
 
-    def load_outputs(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
+    def load_outputs(
+        self, path: Path, threads: int | None = None
+    ) -> Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]]:
         """Like :meth:`load`, but the function returns every output of the graph by name
         (object-detection: ``logits`` and the final ``boxes``, ``scores``, ...), in graph order."""
         import numpy as np
@@ -103,7 +129,12 @@ class OnnxExporter(Exporter):
 
         def run(feed: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
             batch = len(next(iter(feed.values())))
-            arrays = {n: np.asarray(feed[n], dtype=np.int64 if "int64" in kinds[n] else np.float32) if n in feed else _empty_cache(shapes[n], batch, n) for n in names}
+            arrays = {
+                n: np.asarray(feed[n], dtype=np.int64 if "int64" in kinds[n] else np.float32)
+                if n in feed
+                else _empty_cache(shapes[n], batch, n)
+                for n in names
+            }
             return dict(zip(outputs, session.run(None, arrays)))
 
         return run
@@ -140,10 +171,18 @@ class OnnxExporter(Exporter):
                 info = ctx.model_info
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    optimised = optimize_model(str(path), model_type=info["model_type"], num_heads=info.get("num_heads", 0), hidden_size=info.get("hidden_size", 0), opt_level=0)
+                    optimised = optimize_model(
+                        str(path),
+                        model_type=info["model_type"],
+                        num_heads=info.get("num_heads", 0),
+                        hidden_size=info.get("hidden_size", 0),
+                        opt_level=0,
+                    )
                 fusions = {k: v for k, v in optimised.get_fused_operator_statistics().items() if v}
                 optimised.save_model_to_file(str(out))
-                result.notes.append("transformer fusions: " + (", ".join(f"{k} {v}" for k, v in sorted(fusions.items())) or "none"))
+                result.notes.append(
+                    "transformer fusions: " + (", ".join(f"{k} {v}" for k, v in sorted(fusions.items())) or "none")
+                )
                 result.info["fusions"] = fusions
             else:
                 import onnxruntime as ort
@@ -176,7 +215,16 @@ class OnnxExporter(Exporter):
                 continue
             gate = _gate(ctx, out, base, baseline)
             ok = gate["passed"]
-            result.attempts.append({"attempt": label, "file": out.name, **gate, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size, **extra})
+            result.attempts.append(
+                {
+                    "attempt": label,
+                    "file": out.name,
+                    **gate,
+                    "latency_ms": ctx.latency(out),
+                    "bytes": out.stat().st_size,
+                    **extra,
+                }
+            )
             if number == 1 or ok:
                 result.forms.append(Form("onnx_int8" if number == 1 else f"onnx_int8_try{number}", out, exact=False))
             if ok:
@@ -184,14 +232,26 @@ class OnnxExporter(Exporter):
                 result.info["int8_remedy"] = "none needed (the first attempt)" if number == 1 else label
                 fp32 = ctx.latency(base)["median"]
                 if result.attempts[-1]["latency_ms"]["median"] > fp32:
-                    result.notes.append(f"{out.name} keeps the accuracy and is {base.stat().st_size / out.stat().st_size:.1f}x smaller, but slower than fp32 on this CPU ({result.attempts[-1]['latency_ms']['median']:.2f} vs {fp32:.2f} ms at batch 1); deploy {base.name} where speed matters more than size")
+                    result.notes.append(
+                        f"{out.name} keeps the accuracy and is {base.stat().st_size / out.stat().st_size:.1f}x "
+                        f"smaller, but slower than fp32 on this CPU ({result.attempts[-1]['latency_ms']['median']:.2f} "
+                        f"vs {fp32:.2f} ms at batch 1); deploy {base.name} where speed matters more than size"
+                    )
                 break
         base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
         if passed is None:
             result.info["int8_remedy"] = None
             undecided = [a for a in result.attempts if a.get("verdict") == "undecided"]
-            result.notes.append(f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; export.max_accuracy_drop, or max_perplexity_increase for a lower-is-better metric): the int8 file is kept but not recommended"
-                                + (f"; {len(undecided)} attempt(s) were undecided, not rejected: {undecided[0]['why']}" if undecided else ""))
+            result.notes.append(
+                f"no int8 attempt kept the validation score within its budget ({ctx.max_accuracy_drop:.4g}; "
+                "export.max_accuracy_drop, or max_perplexity_increase for a lower-is-better metric): the int8 file is "
+                "kept but not recommended"
+                + (
+                    f"; {len(undecided)} attempt(s) were undecided, not rejected: {undecided[0]['why']}"
+                    if undecided
+                    else ""
+                )
+            )
         return passed
 
     def _quantise_int4(self, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
@@ -210,7 +270,14 @@ class OnnxExporter(Exporter):
         try:
             logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
             graph = version_converter.convert_version(onnx.load(str(plain)), 21)
-            quantizer = MatMulNBitsQuantizer(graph, block_size=32, is_symmetric=True, accuracy_level=4, op_types_to_quantize=("MatMul", "Gather"), quant_axes=(("MatMul", 0), ("Gather", 1)))
+            quantizer = MatMulNBitsQuantizer(
+                graph,
+                block_size=32,
+                is_symmetric=True,
+                accuracy_level=4,
+                op_types_to_quantize=("MatMul", "Gather"),
+                quant_axes=(("MatMul", 0), ("Gather", 1)),
+            )
             _quietly(quantizer.process)
             quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
         except Exception as exc:  # noqa: BLE001 - record it; the other forms stand
@@ -218,13 +285,20 @@ class OnnxExporter(Exporter):
             return None
         gate = _gate(ctx, out, plain, ctx.score(plain))
         ok = gate["passed"]
-        result.attempts.append({"attempt": label, "file": out.name, **gate, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size})
+        result.attempts.append(
+            {"attempt": label, "file": out.name, **gate, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size}
+        )
         result.forms.append(Form("onnx_int4", out, exact=False))
         if not ok:
-            result.notes.append(f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept but not recommended")
+            result.notes.append(
+                f"{out.name} loses more than its budget ({ctx.max_accuracy_drop:.4g}) on the validation split: kept "
+                "but not recommended"
+            )
         return out if ok else None
 
-    def _attempts(self, base: Path, plain: Path, ctx: DeriveContext, baseline: float) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
+    def _attempts(
+        self, base: Path, plain: Path, ctx: DeriveContext, baseline: float
+    ) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
         """The int8 attempts in the order they are tried, and (static int8) how its
         activation type, format and calibrator were chosen. ``baseline``: the fp32
         file's validation score, which an equalised file is held to."""
@@ -236,50 +310,112 @@ class OnnxExporter(Exporter):
             seven = safe["reduce_range"]["uint8"]  # dynamic int8 quantises activations to uint8
 
             def dynamic(exclude: list[str]) -> Callable[[Path], None]:
-                return lambda out: _quietly(quantize_dynamic, str(base), str(out), weight_type=QuantType.QInt8, nodes_to_exclude=exclude, reduce_range=seven, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})
+                return lambda out: _quietly(
+                    quantize_dynamic,
+                    str(base),
+                    str(out),
+                    weight_type=QuantType.QInt8,
+                    nodes_to_exclude=exclude,
+                    reduce_range=seven,
+                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                )
 
             label = "dynamic int8" + (" (7-bit weights)" if seven else "")
             probe = {"saturation_probe": safe["probe"]} if "probe" in safe else {}
-            arithmetic = {"activations": {"chosen": "uint8", "reduce_range": seven, "arithmetic": safe["why"], "cpu_flags": cpu_flags(), **probe, "why": "dynamic int8 quantises activations to uint8 as they arrive"}}
+            arithmetic = {
+                "activations": {
+                    "chosen": "uint8",
+                    "reduce_range": seven,
+                    "arithmetic": safe["why"],
+                    "cpu_flags": cpu_flags(),
+                    **probe,
+                    "why": "dynamic int8 quantises activations to uint8 as they arrive",
+                }
+            }
             return [(label, dynamic([])), (f"{label}, head in fp32", dynamic(_head_nodes(base)))], arithmetic
 
         n = ctx.options.calibration_examples if ctx.options else 100
         static = _StaticInt8(plain, ctx, baseline)
-        choice = {"activations": _choose_activations({kind: static.maker(n, activation=kind) for kind in int8_arithmetic.ACTIVATIONS}, plain, ctx)}
+        choice = {
+            "activations": _choose_activations(
+                {kind: static.maker(n, activation=kind) for kind in int8_arithmetic.ACTIVATIONS}, plain, ctx
+            )
+        }
         static.activation = choice["activations"]["chosen"]
-        choice["format"] = _choose_format({"qdq": static.maker(n), "qoperator": static.maker(n, fmt="qoperator")}, plain, ctx)
+        choice["format"] = _choose_format(
+            {"qdq": static.maker(n), "qoperator": static.maker(n, fmt="qoperator")}, plain, ctx
+        )
         static.format = choice["format"]["chosen"]
         wanted = ctx.options.calibration_method if ctx.options else "auto"
-        choice["calibration"] = _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx) if wanted == "auto" else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
+        choice["calibration"] = (
+            _choose_calibration({m: static.maker(n, method=m) for m in _StaticInt8.METHODS}, plain, ctx)
+            if wanted == "auto"
+            else {"chosen": wanted, "why": "export.options.onnx.calibration_method"}
+        )
         static.method = choice["calibration"]["chosen"]
         weights = ", 7-bit weights" if static.seven_bit[static.activation] else ""
         attempts: list[tuple[str, Callable[[Path], dict[str, Any] | None]]] = [
-            (f"static {'QDQ' if static.format == 'qdq' else 'QOperator'} per-channel ({static.activation} activations, {static.method} ranges{weights}), {n} calibration inputs", static.maker(n)),
+            (
+                f"static {'QDQ' if static.format == 'qdq' else 'QOperator'} per-channel ({static.activation} "
+                f"activations, {static.method} ranges{weights}), {n} calibration inputs",
+                static.maker(n),
+            ),
             (f"more calibration data ({2 * n} inputs)", static.maker(2 * n)),
             (f"{2 * n} inputs, cross-layer equalisation and bias correction", static.equalised(2 * n)),
         ]
         if ctx.qat is not None:
             attempts.append((f"quantisation-aware fine-tuning (export.qat), {2 * n} inputs", static.after_qat(2 * n)))
-        return [*attempts, (f"{2 * n} inputs, first conv, depthwise convs and head in fp32", static.maker(2 * n, keep_sensitive_in_fp32=True))], choice
+        return [
+            *attempts,
+            (
+                f"{2 * n} inputs, first conv, depthwise convs and head in fp32",
+                static.maker(2 * n, keep_sensitive_in_fp32=True),
+            ),
+        ], choice
 
     def _mobile(self, path: Path, ctx: DeriveContext, result: Derived) -> None:
         folder = ctx.out_dir / "mobile"
         folder.mkdir(parents=True, exist_ok=True)
         source = folder / "model.onnx"
         source.write_bytes(path.read_bytes())
-        convert = subprocess.run([sys.executable, "-m", "onnxruntime.tools.convert_onnx_models_to_ort", str(source), "--output_dir", str(folder), "--optimization_style", "Fixed"], capture_output=True, text=True)
+        convert = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "onnxruntime.tools.convert_onnx_models_to_ort",
+                str(source),
+                "--output_dir",
+                str(folder),
+                "--optimization_style",
+                "Fixed",
+            ],
+            capture_output=True,
+            text=True,
+        )
         source.unlink()
-        check = subprocess.run([sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)], capture_output=True, text=True)
+        check = subprocess.run(
+            [sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
+            capture_output=True,
+            text=True,
+        )
         lines = [line.split(":", 1)[-1].strip() for line in (check.stdout + check.stderr).splitlines()]
-        result.info["mobile_usability"] = [line for line in lines if line.startswith(("Model should", "Model is", "Model has", "Partition", "CoreML", "NNAPI"))][:8]
+        result.info["mobile_usability"] = [
+            line
+            for line in lines
+            if line.startswith(("Model should", "Model is", "Model has", "Partition", "CoreML", "NNAPI"))
+        ][:8]
         ort_files = sorted(folder.glob("*.ort"))
         if convert.returncode != 0 or not ort_files:
-            result.notes.append(f"conversion to .ort failed: {(convert.stderr or convert.stdout).strip().splitlines()[-1:]}")
+            result.notes.append(
+                f"conversion to .ort failed: {(convert.stderr or convert.stdout).strip().splitlines()[-1:]}"
+            )
             return
         result.forms.append(Form("ort_mobile", ort_files[0], exact=False, runnable=False))
         result.info["mobile_from"] = path.name
         result.info["mobile_operators"] = required_operators(folder)
-        result.notes.append(f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build")
+        result.notes.append(
+            f"mobile: {ort_files[0].name} from {path.name}, with the operator config for a reduced ONNX Runtime build"
+        )
 
 
 def required_operators(folder: Path) -> dict[str, list[str]]:
@@ -301,7 +437,10 @@ def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
     from adapt.onnx_predict import empty_cache
 
     if not name.startswith("past_key_values.") or len(shape) != 4:
-        raise ExportError(f"the ONNX graph needs input {name!r}, which the batches do not hold", hint="the backbone's onnx_io names inputs its collator does not make")
+        raise ExportError(
+            f"the ONNX graph needs input {name!r}, which the batches do not hold",
+            hint="the backbone's onnx_io names inputs its collator does not make",
+        )
     return empty_cache(shape, batch)
 
 
@@ -319,11 +458,16 @@ def _gate(ctx: DeriveContext, candidate: Path, reference: Path, baseline: float)
 
 def _fastest(files: list[Path], ctx: DeriveContext, result: Derived) -> Path:
     """``export.prefer: speed``: the file that runs fastest at batch 1 here, fp32 included."""
-    timings = {f: ctx.latency(f)["median"] for f in files}  # timed together, not taken from the attempts: times from other moments do not compare
+    timings = {
+        f: ctx.latency(f)["median"] for f in files
+    }  # timed together, not taken from the attempts: times from other moments do not compare
     fastest = min(timings, key=lambda f: timings[f])
     result.info["prefer_speed"] = {f.name: t for f, t in timings.items()}
     if fastest == files[0]:
-        result.notes.append(f"export.prefer: speed: {fastest.name} ({timings[fastest]:.2f} ms) is faster at batch 1 on this CPU than the quantised files that kept the accuracy, so it is deployed")
+        result.notes.append(
+            f"export.prefer: speed: {fastest.name} ({timings[fastest]:.2f} ms) is faster at batch 1 on this CPU than "
+            "the quantised files that kept the accuracy, so it is deployed"
+        )
     return fastest
 
 
@@ -338,7 +482,12 @@ def _choose_activations(makers: dict[str, Callable[[Path], None]], plain: Path, 
     The report's ``export.onnx.int8_activations`` says which, why, and the probe's figures."""
     safe = int8_arithmetic.settings(ctx.target)
     target, machine = _families(ctx)
-    arithmetic = {"target": ctx.target if ctx.target != "auto" else target, "arithmetic": safe["why"], "cpu_flags": cpu_flags(), **({"saturation_probe": safe["probe"]} if "probe" in safe else {})}
+    arithmetic = {
+        "target": ctx.target if ctx.target != "auto" else target,
+        "arithmetic": safe["why"],
+        "cpu_flags": cpu_flags(),
+        **({"saturation_probe": safe["probe"]} if "probe" in safe else {}),
+    }
 
     def chosen(kind: str, why: str, **extra: Any) -> dict[str, Any]:
         return {"chosen": kind, "reduce_range": safe["reduce_range"][kind], **extra, **arithmetic, "why": why}
@@ -347,12 +496,17 @@ def _choose_activations(makers: dict[str, Callable[[Path], None]], plain: Path, 
     if pinned != "auto":
         return chosen(pinned, "export.options.onnx.int8_activations")
     if not safe["measurable"]:
-        return chosen("int8", f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there")
+        return chosen(
+            "int8",
+            f"the export is for {target}, this machine is {machine}: not measured; S8S8 is the usual choice there",
+        )
     try:
         timings = _timed_probes(makers, plain, ctx, "activations")
     except RuntimeError as exc:
         return chosen("int8", f"{exc}; S8S8 without measuring")
-    return chosen(min(timings, key=lambda k: timings[k]), f"the faster at batch 1 on this {machine} CPU", latency_ms=timings)
+    return chosen(
+        min(timings, key=lambda k: timings[k]), f"the faster at batch 1 on this {machine} CPU", latency_ms=timings
+    )
 
 
 def _families(ctx: DeriveContext) -> tuple[str, str]:
@@ -372,17 +526,32 @@ def _choose_format(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: 
     if pinned != "auto":
         return {"chosen": pinned, "why": "export.options.onnx.int8_format"}
     if target != machine:
-        return {"chosen": "qdq", "why": f"the export is for {target}, this machine is {machine}: not measured; QDQ, the format NNAPI, XNNPACK and Core ML take"}
+        return {
+            "chosen": "qdq",
+            "why": (
+                f"the export is for {target}, this machine is {machine}: not measured; "
+                "QDQ, the format NNAPI, XNNPACK and Core ML take"
+            ),
+        }
     try:
         timings = _timed_probes(makers, plain, ctx, "format")
     except RuntimeError as exc:
         return {"chosen": "qdq", "why": f"{exc}; QDQ without measuring"}
     if timings["qoperator"] < 0.9 * timings["qdq"]:
         return {"chosen": "qoperator", "latency_ms": timings, "why": "more than 10% faster at batch 1 on this CPU"}
-    return {"chosen": "qdq", "latency_ms": timings, "why": "QOperator is not more than 10% faster here (timings move that much between calls); QDQ is the format more execution providers take (NNAPI, XNNPACK, Core ML)"}
+    return {
+        "chosen": "qdq",
+        "latency_ms": timings,
+        "why": (
+            "QOperator is not more than 10% faster here (timings move that much between calls); "
+            "QDQ is the format more execution providers take (NNAPI, XNNPACK, Core ML)"
+        ),
+    }
 
 
-def _timed_probes(makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext, what: str) -> dict[str, float]:
+def _timed_probes(
+    makers: dict[str, Callable[[Path], None]], plain: Path, ctx: DeriveContext, what: str
+) -> dict[str, float]:
     """Each maker's file timed at batch 1, then removed; RuntimeError naming the one that failed."""
     timings = {}
     for name, make in makers.items():
@@ -416,9 +585,19 @@ def _choose_calibration(makers: dict[str, Callable[[Path], None]], plain: Path, 
             out.unlink(missing_ok=True)
     measured = {k: v for k, v in scores.items() if math.isfinite(v)}
     if not measured:
-        return {"chosen": "minmax", "val_score": scores, "errors": errors, "why": "no calibrator gave a finite score; MinMax without measuring"}
+        return {
+            "chosen": "minmax",
+            "val_score": scores,
+            "errors": errors,
+            "why": "no calibrator gave a finite score; MinMax without measuring",
+        }
     best = max(measured, key=lambda k: (measured[k], -list(makers).index(k)))
-    return {"chosen": best, "val_score": scores, **({"errors": errors} if errors else {}), "why": "the best validation score of the calibrators"}
+    return {
+        "chosen": best,
+        "val_score": scores,
+        **({"errors": errors} if errors else {}),
+        "why": "the best validation score of the calibrators",
+    }
 
 
 class _StaticInt8:
@@ -430,26 +609,65 @@ class _StaticInt8:
     def __init__(self, plain: Path, ctx: DeriveContext, baseline: float) -> None:
         self.plain, self.ctx, self.baseline = plain, ctx, baseline
         self.activation, self.method, self.format = "int8", "minmax", "qdq"
-        #: per activation type: 7-bit weights where the target CPU's int8 products saturate (adapt.exporters.int8_arithmetic)
+        #: per activation type: 7-bit weights where the target CPU's int8 products saturate
+        #: (adapt.exporters.int8_arithmetic)
         self.seven_bit: dict[str, bool] = int8_arithmetic.settings(ctx.target)["reduce_range"]
 
-    def quantise(self, source: Path, out: Path, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None, fmt: str | None = None) -> None:
+    def quantise(
+        self,
+        source: Path,
+        out: Path,
+        examples: int,
+        keep_sensitive_in_fp32: bool = False,
+        activation: str | None = None,
+        method: str | None = None,
+        fmt: str | None = None,
+    ) -> None:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process
 
-        prepared = source.with_name("model.preprocessed.onnx" if source == self.plain else f"{source.stem}.preprocessed.onnx")
+        prepared = source.with_name(
+            "model.preprocessed.onnx" if source == self.plain else f"{source.stem}.preprocessed.onnx"
+        )
         if not prepared.exists() or source != self.plain:
             quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
-        exclude = shape_nodes(prepared) + tail_nodes(prepared) + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
+        exclude = (
+            shape_nodes(prepared)
+            + tail_nodes(prepared)
+            + (_sensitive_nodes(prepared) if keep_sensitive_in_fp32 else [])
+        )
         activation = activation or self.activation
         kind = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}[activation]
 
-        ranges = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile, "entropy": CalibrationMethod.Entropy}[method or self.method]
-        _quietly(quantize_static, str(prepared), str(out), _Reader(self.ctx.calibration[:examples]), quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt or self.format], per_channel=True, activation_type=kind, weight_type=QuantType.QInt8, nodes_to_exclude=exclude, calibrate_method=ranges, reduce_range=self.seven_bit[activation])
+        ranges = {
+            "minmax": CalibrationMethod.MinMax,
+            "percentile": CalibrationMethod.Percentile,
+            "entropy": CalibrationMethod.Entropy,
+        }[method or self.method]
+        _quietly(
+            quantize_static,
+            str(prepared),
+            str(out),
+            _Reader(self.ctx.calibration[:examples]),
+            quant_format={"qdq": QuantFormat.QDQ, "qoperator": QuantFormat.QOperator}[fmt or self.format],
+            per_channel=True,
+            activation_type=kind,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            calibrate_method=ranges,
+            reduce_range=self.seven_bit[activation],
+        )
         if source != self.plain:
             prepared.unlink(missing_ok=True)
 
-    def maker(self, examples: int, keep_sensitive_in_fp32: bool = False, activation: str | None = None, method: str | None = None, fmt: str | None = None) -> Callable[[Path], None]:
+    def maker(
+        self,
+        examples: int,
+        keep_sensitive_in_fp32: bool = False,
+        activation: str | None = None,
+        method: str | None = None,
+        fmt: str | None = None,
+    ) -> Callable[[Path], None]:
         return lambda out: self.quantise(self.plain, out, examples, keep_sensitive_in_fp32, activation, method, fmt)
 
     def equalised(self, examples: int) -> Callable[[Path], dict[str, Any]]:
@@ -467,7 +685,10 @@ class _StaticInt8:
                 info["fp32_val_score"] = self.ctx.score(equal)
                 if info["relu6_replaced"] and self.baseline - info["fp32_val_score"] > self.ctx.max_accuracy_drop:
                     # ReLU6 -> ReLU changed what the network computes: only the exact pairs
-                    info = {**equalise(self.plain, equal, relu6_to_relu=False), "relu6_to_relu_val_score": info["fp32_val_score"]}
+                    info = {
+                        **equalise(self.plain, equal, relu6_to_relu=False),
+                        "relu6_to_relu_val_score": info["fp32_val_score"],
+                    }
                     info["fp32_val_score"] = self.ctx.score(equal)
                 self.quantise(equal, out, examples)
                 info["biases_corrected"] = correct_bias(equal, out, self.ctx.calibration[:examples], corrected)
@@ -546,7 +767,9 @@ def _head_nodes(path: Path) -> list[str]:
     """The last MatMul/Gemm of the graph: the classification head."""
     import onnx
 
-    nodes = [n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in ("MatMul", "Gemm")]
+    nodes = [
+        n.name for n in onnx.load(str(path), load_external_data=False).graph.node if n.op_type in ("MatMul", "Gemm")
+    ]
     return nodes[-1:]
 
 
@@ -567,7 +790,9 @@ def shape_nodes(path: Path) -> list[str]:
         inputs = [i for i in node.input if i]
         if node.op_type == "Constant":
             constant.update(node.output)
-        elif node.op_type in ("Shape", "Size") or (inputs and all(i in derived or i in constant for i in inputs) and any(i in derived for i in inputs)):
+        elif node.op_type in ("Shape", "Size") or (
+            inputs and all(i in derived or i in constant for i in inputs) and any(i in derived for i in inputs)
+        ):
             derived.update(node.output)
             names.append(node.name)
     return names

@@ -19,7 +19,6 @@ if TYPE_CHECKING:
     import torch
 
 
-
 def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     import torch.nn.functional as F
 
@@ -28,7 +27,9 @@ def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 def _label_of(example: Mapping[str, Any], position: int) -> str:
     if "label" not in example or example["label"] is None or example["label"] == "":
-        raise DataError(f"example {position} has no label: {_short(example)}", hint="every training example needs a label")
+        raise DataError(
+            f"example {position} has no label: {_short(example)}", hint="every training example needs a label"
+        )
     return str(example["label"])
 
 
@@ -63,13 +64,19 @@ class _SequenceClassification(Task):
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
             if self.input_field not in example:
-                raise DataError(f"example {i} has no {self.input_field!r} field: {_short(example)}", hint=f"{self.name} examples need `{self.input_field}` and `label`")
+                raise DataError(
+                    f"example {i} has no {self.input_field!r} field: {_short(example)}",
+                    hint=f"{self.name} examples need `{self.input_field}` and `label`",
+                )
         return sorted({_label_of(e, i) for i, e in enumerate(examples)})
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
         label = str(example["label"])
         if label not in index:
-            raise DataError(f"label {label!r} does not occur in the training data (known: {', '.join(index)})", hint="add training examples of that label, or drop the examples that carry it")
+            raise DataError(
+                f"label {label!r} does not occur in the training data (known: {', '.join(index)})",
+                hint="add training examples of that label, or drop the examples that carry it",
+            )
         return {**example, "label": index[label]}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -78,12 +85,20 @@ class _SequenceClassification(Task):
     def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[int], list[int]]:
         return logits.argmax(-1).tolist(), labels.tolist()
 
-    def metrics(self, predictions: Sequence[int], references: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[int], references: Sequence[int], label_names: Sequence[str]
+    ) -> dict[str, float]:
         n = len(references)
         correct = sum(1 for p, r in zip(predictions, references) if p == r)
-        return {"accuracy": correct / n if n else 0.0, "macro_f1": macro_f1(predictions, references), "examples": float(n)}
+        return {
+            "accuracy": correct / n if n else 0.0,
+            "macro_f1": macro_f1(predictions, references),
+            "examples": float(n),
+        }
 
-    def example_scores(self, predictions: Sequence[int], references: Sequence[int], label_names: Sequence[str]) -> list[float]:
+    def example_scores(
+        self, predictions: Sequence[int], references: Sequence[int], label_names: Sequence[str]
+    ) -> list[float]:
         """1 for each example labelled right, else 0: their mean is the accuracy, so the
         int8 gate can judge a drop paired over the examples (adapt.paired)."""
         return [float(p == r) for p, r in zip(predictions, references)]
@@ -131,14 +146,20 @@ class TokenClassification(Task):
         for i, example in enumerate(examples):
             tokens, tags = example.get("tokens"), example.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
-                raise DataError(f"sentence {i} needs `tokens` and `tags` lists of equal length: {_short(example)}", hint="one tag per token, e.g. CoNLL `token<TAB>B-PER` lines")
+                raise DataError(
+                    f"sentence {i} needs `tokens` and `tags` lists of equal length: {_short(example)}",
+                    hint="one tag per token, e.g. CoNLL `token<TAB>B-PER` lines",
+                )
             names.update(str(t) for t in tags)
         return sorted(names)
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
         unknown = [t for t in example["tags"] if str(t) not in index]
         if unknown:
-            raise DataError(f"tag {unknown[0]!r} does not occur in the training data (known: {', '.join(index)})", hint="add training sentences with that tag, or map it to a known one")
+            raise DataError(
+                f"tag {unknown[0]!r} does not occur in the training data (known: {', '.join(index)})",
+                hint="add training sentences with that tag, or map it to a known one",
+            )
         return {**example, "tags": [index[str(t)] for t in example["tags"]]}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -149,7 +170,9 @@ class TokenClassification(Task):
         keep = labels != IGNORE_INDEX
         return [p[k].tolist() for p, k in zip(predicted, keep)], [r[k].tolist() for r, k in zip(labels, keep)]
 
-    def metrics(self, predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]], label_names: Sequence[str]
+    ) -> dict[str, float]:
         found = gold = hit = tokens = correct = 0
         for pred, ref in zip(predictions, references):
             pred_spans = entities([label_names[i] for i in pred])
@@ -160,7 +183,13 @@ class TokenClassification(Task):
         precision = hit / found if found else 0.0
         recall = hit / gold if gold else 0.0
         f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-        return {"f1": f1, "precision": precision, "recall": recall, "accuracy": correct / tokens if tokens else 0.0, "examples": float(len(references))}
+        return {
+            "f1": f1,
+            "precision": precision,
+            "recall": recall,
+            "accuracy": correct / tokens if tokens else 0.0,
+            "examples": float(len(references)),
+        }
 
 
 @hookimpl

@@ -51,10 +51,18 @@ def flip_and_crop(example: Mapping[str, Any], rng: Any, kinds: Sequence[str] = (
         if cropped[0] or not boxes:
             image = image[top : top + crop_h, left : left + crop_w]
             boxes, labels = cropped
-    return {**example, "image": image.copy(), "size": [int(image.shape[1]), int(image.shape[0])], "boxes": boxes, "labels": labels}
+    return {
+        **example,
+        "image": image.copy(),
+        "size": [int(image.shape[1]), int(image.shape[0])],
+        "boxes": boxes,
+        "labels": labels,
+    }
 
 
-def _crop_boxes(boxes: list[list[float]], labels: list[Any], left: int, top: int, width: int, height: int) -> tuple[list[list[float]], list[Any]]:
+def _crop_boxes(
+    boxes: list[list[float]], labels: list[Any], left: int, top: int, width: int, height: int
+) -> tuple[list[list[float]], list[Any]]:
     kept_boxes, kept_labels = [], []
     for (x1, y1, x2, y2), label in zip(boxes, labels):
         clipped = [max(x1 - left, 0.0), max(y1 - top, 0.0), min(x2 - left, float(width)), min(y2 - top, float(height))]

@@ -34,7 +34,11 @@ def xywh(box: Sequence[float]) -> list[float]:
 def checked_box(box: object, width: int, height: int) -> tuple[list[float] | None, str]:
     """``box`` clipped to the image, or None with why it cannot be used: not four finite
     numbers, zero or negative area, or reaching past the image by more than :data:`EDGE_SLACK`."""
-    if not isinstance(box, (list, tuple)) or len(box) != 4 or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box):
+    if (
+        not isinstance(box, (list, tuple))
+        or len(box) != 4
+        or not all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+    ):
         return None, f"not four finite numbers: {box!r}"
     x1, y1, x2, y2 = (float(v) for v in box)
     if x2 <= x1 or y2 <= y1:

@@ -21,6 +21,10 @@ from adapt.paths import inside
 SPLIT_FILES = {"train": ("train.json",), "val": ("val.json", "valid.json", "validation.json"), "test": ("test.json",)}
 
 
+#: What a COCO annotations file holds, for messages about one that is not.
+COCO_HINT = 'give the annotations file COCO tools write: {"images": [...], "annotations": [...], "categories": [...]}'
+
+
 def annotation_files(root: Path) -> dict[str, Path]:
     if root.is_file() and root.suffix == ".json":
         return {"train": root}
@@ -29,18 +33,33 @@ def annotation_files(root: Path) -> dict[str, Path]:
         return found
     if (root / "annotations.json").is_file():
         return {"train": root / "annotations.json"}
-    raise DataError(f"no COCO annotations under {root}", hint="put annotations.json (or train.json, val.json, test.json) in data.path, with the images in data.path/images/")
+    raise DataError(
+        f"no COCO annotations under {root}",
+        hint="put annotations.json (or train.json, val.json, test.json) in data.path, with the images in "
+        "data.path/images/",
+    )
 
 
 def _load(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except RecursionError:
-        raise DataError(f"{path} is nested too deeply to be COCO JSON", hint="give the annotations file COCO tools write: {\"images\": [...], \"annotations\": [...], \"categories\": [...]}") from None
+        raise DataError(
+            f"{path} is nested too deeply to be COCO JSON",
+            hint=COCO_HINT,
+        ) from None
     except (OSError, ValueError) as exc:
-        raise DataError(f"{path} is not readable COCO JSON ({exc})", hint="give the annotations file COCO tools write: {\"images\": [...], \"annotations\": [...], \"categories\": [...]}") from None
-    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations", "categories")):
-        raise DataError(f"{path} lacks COCO's `images`, `annotations` and `categories` lists", hint="give the annotations file COCO tools write")
+        raise DataError(
+            f"{path} is not readable COCO JSON ({exc})",
+            hint=COCO_HINT,
+        ) from None
+    if not isinstance(data, dict) or not all(
+        isinstance(data.get(k), list) for k in ("images", "annotations", "categories")
+    ):
+        raise DataError(
+            f"{path} lacks COCO's `images`, `annotations` and `categories` lists",
+            hint="give the annotations file COCO tools write",
+        )
     return data
 
 
@@ -56,7 +75,9 @@ def read_coco(path: Path, request: DataRequest) -> list[Example]:
     boxes could not be told apart)."""
     data = _load(path)
     folder = path.parent / "images" if (path.parent / "images").is_dir() else path.parent
-    names = {c["id"]: str(c.get("name", c["id"])) for c in data["categories"] if isinstance(c, dict) and _is_id(c.get("id"))}
+    names = {
+        c["id"]: str(c.get("name", c["id"])) for c in data["categories"] if isinstance(c, dict) and _is_id(c.get("id"))
+    }
     examples: dict[Any, Example] = {}
     first: dict[Any, int] = {}
     for number, image in enumerate(data["images"]):
@@ -64,7 +85,11 @@ def read_coco(path: Path, request: DataRequest) -> list[Example]:
             request.skip(f"{path.name}: images[{number}]", "not an object with a number or string id")
             continue
         if image["id"] in first:
-            raise DataError(f"{path}: images[{first[image['id']]}] and images[{number}] have the same id {image['id']!r}", hint="give every image its own id (annotations name their image by id, so boxes of the two would be mixed)")
+            raise DataError(
+                f"{path}: images[{first[image['id']]}] and images[{number}] have the same id {image['id']!r}",
+                hint="give every image its own id (annotations name their image by id, so boxes of the two would be "
+                "mixed)",
+            )
         first[image["id"]] = number
         file = inside(folder, image.get("file_name"), file=path, key=f"images[{number}].file_name", error=DataError)
         size, problem = image_size(file)
@@ -73,7 +98,13 @@ def read_coco(path: Path, request: DataRequest) -> list[Example]:
             continue
         examples[image["id"]] = {"image": file, "size": list(size), "boxes": [], "labels": []}
     for number, note in enumerate(data["annotations"]):
-        _add(note, examples, names, request, f"{path.name}: annotation {note.get('id', number) if isinstance(note, dict) else number}")
+        _add(
+            note,
+            examples,
+            names,
+            request,
+            f"{path.name}: annotation {note.get('id', number) if isinstance(note, dict) else number}",
+        )
     if not examples:
         raise DataError(f"{path} names no readable image", hint=f"the images go in {folder}")
     return list(examples.values())
@@ -106,7 +137,10 @@ class CocoSource(DataSource):
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
         if request.path is None:
-            raise DataError("the coco data source needs data.path", hint="a folder with annotations.json (or train.json, ...) and the images")
+            raise DataError(
+                "the coco data source needs data.path",
+                hint="a folder with annotations.json (or train.json, ...) and the images",
+            )
         return {split: read_coco(file, request) for split, file in annotation_files(request.path).items()}
 
 

@@ -55,10 +55,15 @@ class DetectionHead(nn.Module):
     """FPN-lite laterals and one tower shared by the levels (its BatchNorms per level); per
     level: box distances, centerness, classes."""
 
-    def __init__(self, in_channels: list[int], strides: list[int], num_classes: int, channels: int = 64, depth: int = 2) -> None:
+    def __init__(
+        self, in_channels: list[int], strides: list[int], num_classes: int, channels: int = 64, depth: int = 2
+    ) -> None:
         super().__init__()
         self.strides = list(strides)
-        self.laterals = nn.ModuleList(nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU6(inplace=True)) for c in in_channels)
+        self.laterals = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(c, channels, 1, bias=False), nn.BatchNorm2d(channels), nn.ReLU6(inplace=True))
+            for c in in_channels
+        )
         self.tower = nn.ModuleList(_TowerBlock(channels, len(strides)) for _ in range(depth))
         self.classes = nn.Conv2d(channels, num_classes, 3, padding=1)
         self.boxes = nn.Conv2d(channels, 4, 3, padding=1)
@@ -66,7 +71,9 @@ class DetectionHead(nn.Module):
         self.scales = nn.Parameter(torch.ones(len(strides)))
         nn.init.normal_(self.classes.weight, std=0.01)
         nn.init.normal_(self.boxes.weight, std=0.01)
-        nn.init.constant_(cast(torch.Tensor, self.classes.bias), -4.6)  # prior probability 0.01: the focal loss starts stable
+        nn.init.constant_(
+            cast(torch.Tensor, self.classes.bias), -4.6
+        )  # prior probability 0.01: the focal loss starts stable
         nn.init.zeros_(cast(torch.Tensor, self.boxes.bias))
 
     def forward(self, features: list[torch.Tensor], side: int) -> torch.Tensor:
@@ -85,7 +92,9 @@ class DetectionHead(nn.Module):
         ys = (torch.arange(height, dtype=x.dtype, device=x.device) + 0.5) * stride
         xs = (torch.arange(width, dtype=x.dtype, device=x.device) + 0.5) * stride
         grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-        points = torch.stack([grid_x, grid_y, torch.full_like(grid_x, stride)], dim=0).unsqueeze(0).expand(batch, -1, -1, -1)
+        points = (
+            torch.stack([grid_x, grid_y, torch.full_like(grid_x, stride)], dim=0).unsqueeze(0).expand(batch, -1, -1, -1)
+        )
         row = torch.cat([points, distances, self.centerness(x), self.classes(x)], dim=1)
         return row.flatten(2).transpose(1, 2)
 

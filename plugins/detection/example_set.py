@@ -42,7 +42,9 @@ def _digits() -> tuple[Any, Any]:
     return digits.images, digits.target
 
 
-def compose(rng: Any, backgrounds: Sequence[Any], digits: Any, targets: Any, size: int, most: int) -> tuple[Any, list[tuple[int, list[float]]]]:
+def compose(
+    rng: Any, backgrounds: Sequence[Any], digits: Any, targets: Any, size: int, most: int
+) -> tuple[Any, list[tuple[int, list[float]]]]:
     """One image: a random crop of a photograph with 1..``most`` digits pasted on it,
     non-overlapping; returns the RGB array and ``(class, [x1, y1, x2, y2])`` per digit."""
     import numpy as np
@@ -59,7 +61,15 @@ def compose(rng: Any, backgrounds: Sequence[Any], digits: Any, targets: Any, siz
         box = [float(x), float(y), float(x + side), float(y + side)]
         if any(_overlap(box, other) > 0.0 for _, other in boxes):
             continue
-        glyph = np.asarray(Image.fromarray((digits[index] * 16).clip(0, 255).astype(np.uint8)).resize((side, side), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
+        glyph = (
+            np.asarray(
+                Image.fromarray((digits[index] * 16).clip(0, 255).astype(np.uint8)).resize(
+                    (side, side), Image.Resampling.BILINEAR
+                ),
+                dtype=np.float32,
+            )
+            / 255.0
+        )
         region = canvas[y : y + side, x : x + side]
         ink = _contrasting(rng, region.mean(axis=(0, 1)))
         canvas[y : y + side, x : x + side] = region * (1 - glyph[..., None]) + ink * glyph[..., None]
@@ -90,12 +100,20 @@ def make_detection_set(out: Path, images: int = 300, size: int = 160, seed: int 
     from adapt.errors import DataError
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists and is not an empty folder; the detection set is written only into a new or empty one", hint="give a new folder")
+        raise DataError(
+            f"{out} already exists and is not an empty folder; the detection set is written only into a new or empty "
+            "one",
+            hint="give a new folder",
+        )
     rng = np.random.default_rng(seed)
     backgrounds, (digits, targets) = _backgrounds(), _digits()
     (out / "images").mkdir(parents=True, exist_ok=True)
     (out / "labels").mkdir(exist_ok=True)
-    coco: dict[str, Any] = {"images": [], "annotations": [], "categories": [{"id": i + 1, "name": name} for i, name in enumerate(NAMES)]}
+    coco: dict[str, Any] = {
+        "images": [],
+        "annotations": [],
+        "categories": [{"id": i + 1, "name": name} for i, name in enumerate(NAMES)],
+    }
     for number in range(images):
         pixels, boxes = compose(rng, backgrounds, digits, targets, size, most)
         name = f"{number:05d}.jpg"
@@ -103,8 +121,20 @@ def make_detection_set(out: Path, images: int = 300, size: int = 160, seed: int 
         coco["images"].append({"id": number + 1, "file_name": name, "width": size, "height": size})
         lines = []
         for cls, (x1, y1, x2, y2) in boxes:
-            coco["annotations"].append({"id": len(coco["annotations"]) + 1, "image_id": number + 1, "category_id": cls + 1, "bbox": xywh([x1, y1, x2, y2]), "area": (x2 - x1) * (y2 - y1), "iscrowd": 0})
-            lines.append(f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} {(y2 - y1) / size:.6f}")
+            coco["annotations"].append(
+                {
+                    "id": len(coco["annotations"]) + 1,
+                    "image_id": number + 1,
+                    "category_id": cls + 1,
+                    "bbox": xywh([x1, y1, x2, y2]),
+                    "area": (x2 - x1) * (y2 - y1),
+                    "iscrowd": 0,
+                }
+            )
+            lines.append(
+                f"{cls} {(x1 + x2) / 2 / size:.6f} {(y1 + y2) / 2 / size:.6f} {(x2 - x1) / size:.6f} "
+                f"{(y2 - y1) / size:.6f}"
+            )
         (out / "labels" / f"{number:05d}.txt").write_text("".join(line + "\n" for line in lines))
     (out / "annotations.json").write_text(json.dumps(coco))
     (out / "names.txt").write_text("".join(name + "\n" for name in NAMES))
@@ -112,7 +142,10 @@ def make_detection_set(out: Path, images: int = 300, size: int = 160, seed: int 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapt.plugins.detection.example_set", description="Write the digits-on-photographs detection set (COCO and YOLO formats).")
+    parser = argparse.ArgumentParser(
+        prog="python -m adapt.plugins.detection.example_set",
+        description="Write the digits-on-photographs detection set (COCO and YOLO formats).",
+    )
     parser.add_argument("out", type=Path, help="folder to write (images/, annotations.json, labels/, names.txt)")
     parser.add_argument("--images", type=int, default=300, help="how many images")
     parser.add_argument("--size", type=int, default=160, help="image side in pixels (at most 427)")
@@ -122,7 +155,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--size must be between 32 and 427 (the photographs are 427 pixels high)")
     from adapt.errors import run_or_report
 
-    return run_or_report(lambda: make_detection_set(args.out, args.images, args.size, args.seed), f"wrote {args.images} images to {args.out}")
+    return run_or_report(
+        lambda: make_detection_set(args.out, args.images, args.size, args.seed),
+        f"wrote {args.images} images to {args.out}",
+    )
 
 
 if __name__ == "__main__":

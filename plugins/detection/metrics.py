@@ -17,7 +17,9 @@ from typing import Any, Mapping, Sequence
 from adapt.plugins.detection.boxes import xywh
 
 
-def coco_map(predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]], num_classes: int) -> dict[str, float]:
+def coco_map(
+    predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]], num_classes: int
+) -> dict[str, float]:
     """mAP over a split, by pycocotools. With no reference box at all the mAPs are NaN
     (nothing to find); with no prediction they are 0."""
     from pycocotools.coco import COCO
@@ -29,9 +31,25 @@ def coco_map(predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapp
         truth["images"].append({"id": image})
         for box, label in zip(ref["boxes"], ref["labels"]):
             bbox = xywh(box)
-            truth["annotations"].append({"id": len(truth["annotations"]) + 1, "image_id": image, "category_id": int(label) + 1, "bbox": bbox, "area": bbox[2] * bbox[3], "iscrowd": 0})
-        found += [{"image_id": image, "category_id": int(label) + 1, "bbox": xywh(box), "score": float(score)} for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"])]
-    counts = {"images": float(len(references)), "objects": float(len(truth["annotations"])), "detections": float(len(found))}
+            truth["annotations"].append(
+                {
+                    "id": len(truth["annotations"]) + 1,
+                    "image_id": image,
+                    "category_id": int(label) + 1,
+                    "bbox": bbox,
+                    "area": bbox[2] * bbox[3],
+                    "iscrowd": 0,
+                }
+            )
+        found += [
+            {"image_id": image, "category_id": int(label) + 1, "bbox": xywh(box), "score": float(score)}
+            for box, score, label in zip(pred["boxes"], pred["scores"], pred["labels"])
+        ]
+    counts = {
+        "images": float(len(references)),
+        "objects": float(len(truth["annotations"])),
+        "detections": float(len(found)),
+    }
     if not truth["annotations"]:
         return {"map": math.nan, "map50": math.nan, "map75": math.nan, **counts}
     if not found:

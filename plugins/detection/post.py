@@ -21,12 +21,20 @@ from torchvision.ops import batched_nms  # imported before any export: it regist
 class Detections(nn.Module):
     """Score threshold, top candidates, class-aware NMS, the best ``max_detections`` per image."""
 
-    def __init__(self, score_threshold: float = 0.05, iou_threshold: float = 0.5, candidates: int = 1000, max_detections: int = 100) -> None:
+    def __init__(
+        self,
+        score_threshold: float = 0.05,
+        iou_threshold: float = 0.5,
+        candidates: int = 1000,
+        max_detections: int = 100,
+    ) -> None:
         super().__init__()
         self.score_threshold, self.iou_threshold = score_threshold, iou_threshold
         self.candidates, self.max_detections = candidates, max_detections
 
-    def forward(self, boxes: torch.Tensor, scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(
+        self, boxes: torch.Tensor, scores: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, _, classes = scores.shape
         flat = scores.flatten(1)  # (B, N * C): every (location, class) pair
         best, order = flat.topk(min(self.candidates, flat.shape[1]), dim=1)

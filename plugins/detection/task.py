@@ -55,12 +55,16 @@ class ObjectDetection(Task):
 
         if not built.pyramid:
             raise ConfigError(
-                "object-detection needs a backbone that builds a feature extractor (BuiltModel.pyramid: each level's channels and stride)",
-                hint="use backbone mobilenet (any timm mobile CNN), or a backbone plugin that fills BuiltModel.pyramid for this task",
+                "object-detection needs a backbone that builds a feature extractor (BuiltModel.pyramid: each level's "
+                "channels and stride)",
+                hint="use backbone mobilenet (any timm mobile CNN), or a backbone plugin that fills "
+                "BuiltModel.pyramid for this task",
             )
         settings = {**HEAD_DEFAULTS, **{k: v for k, v in built.head_options.items() if k in HEAD_DEFAULTS}}
         channels, strides = (list(values) for values in zip(*built.pyramid))
-        detector = Detector(built.model, DetectionHead(channels, strides, num_labels, settings["channels"], settings["depth"]))
+        detector = Detector(
+            built.model, DetectionHead(channels, strides, num_labels, settings["channels"], settings["depth"])
+        )
         fresh = [n for n, _ in detector.named_parameters() if n.startswith("head.")]
         return wrap_built(built, detector, new=fresh, head=("head",))
 
@@ -73,15 +77,26 @@ class ObjectDetection(Task):
         names: set[str] = set()
         for i, example in enumerate(examples):
             boxes, labels = example.get("boxes"), example.get("labels")
-            if "image" not in example or not isinstance(boxes, list) or not isinstance(labels, list) or len(boxes) != len(labels):
-                raise DataError(f"example {i} needs `image`, and `boxes` and `labels` lists of equal length", hint="read detection data with data.source: coco or yolo")
+            if (
+                "image" not in example
+                or not isinstance(boxes, list)
+                or not isinstance(labels, list)
+                or len(boxes) != len(labels)
+            ):
+                raise DataError(
+                    f"example {i} needs `image`, and `boxes` and `labels` lists of equal length",
+                    hint="read detection data with data.source: coco or yolo",
+                )
             names.update(str(label) for label in labels)
         return sorted(names)
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
         unknown = [str(label) for label in example["labels"] if str(label) not in index]
         if unknown:
-            raise DataError(f"class {unknown[0]!r} does not occur in the training data (known: {', '.join(index)})", hint="add training images with that class, or drop its boxes")
+            raise DataError(
+                f"class {unknown[0]!r} does not occur in the training data (known: {', '.join(index)})",
+                hint="add training images with that class, or drop its boxes",
+            )
         return {**example, "labels": [index[str(label)] for label in example["labels"]]}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -95,24 +110,39 @@ class ObjectDetection(Task):
 
         final = Detections(SCORE_THRESHOLD, IOU_THRESHOLD, max_detections=MAX_DETECTIONS)
         boxes, scores, classes, images = final(*boxes_and_scores(logits.float()))
-        predictions = [_detections(boxes[images == b], scores[images == b], classes[images == b]) for b in range(len(logits))]
+        predictions = [
+            _detections(boxes[images == b], scores[images == b], classes[images == b]) for b in range(len(logits))
+        ]
         references = []
         for rows in labels.float():
             real = rows[rows[:, 0] != IGNORE_INDEX]
             references.append({"boxes": real[:, 1:5].tolist(), "labels": real[:, 0].long().tolist()})
         return predictions, references
 
-    def metrics(self, predictions: Sequence[Mapping[str, Any]], references: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self,
+        predictions: Sequence[Mapping[str, Any]],
+        references: Sequence[Mapping[str, Any]],
+        label_names: Sequence[str],
+    ) -> dict[str, float]:
         from adapt.plugins.detection.metrics import coco_map
 
         return coco_map(predictions, references, len(label_names))
 
-    def augment(self, example: Mapping[str, Any], rng: np.random.Generator, kinds: Sequence[str] | None = None) -> dict[str, Any]:
+    def augment(
+        self, example: Mapping[str, Any], rng: np.random.Generator, kinds: Sequence[str] | None = None
+    ) -> dict[str, Any]:
         from adapt.plugins.detection.augment import flip_and_crop
 
         return flip_and_crop(example, rng, ("flip", "crop") if kinds is None else kinds)
 
-    def draw(self, examples: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], label_names: Sequence[str], folder: Path) -> dict[str, Path]:
+    def draw(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Mapping[str, Any]],
+        label_names: Sequence[str],
+        folder: Path,
+    ) -> dict[str, Path]:
         return draw_side_by_side(examples, predictions, label_names, folder)
 
     def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
@@ -120,13 +150,17 @@ class ObjectDetection(Task):
 
         return FinalDetections(model), FINAL_OUTPUTS
 
-    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[dict[str, Any]]:
+    def final_predictions(
+        self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]
+    ) -> list[dict[str, Any]]:
         """Per-image detections from the graph's final outputs, in the units of :meth:`decode`."""
         import torch
 
         pixels = inputs["pixel_values"]
         side, count = float(pixels.shape[-1]), int(pixels.shape[0])
-        boxes, scores, labels, images = (torch.from_numpy(outputs[name]) for name in ("boxes", "scores", "labels", "batch_index"))
+        boxes, scores, labels, images = (
+            torch.from_numpy(outputs[name]) for name in ("boxes", "scores", "labels", "batch_index")
+        )
         return [_detections(boxes[images == b] / side, scores[images == b], labels[images == b]) for b in range(count)]
 
     def agreement(self, reference: Sequence[Mapping[str, Any]], candidate: Sequence[Mapping[str, Any]]) -> float:
@@ -147,7 +181,12 @@ class ObjectDetection(Task):
         return found / wanted if wanted else 1.0
 
 
-def draw_side_by_side(examples: Sequence[Mapping[str, Any]], predictions: Sequence[Mapping[str, Any]], label_names: Sequence[str], folder: Path) -> dict[str, Path]:
+def draw_side_by_side(
+    examples: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    label_names: Sequence[str],
+    folder: Path,
+) -> dict[str, Path]:
     """``detections.png``: one row per example, its true boxes (green) on the left and the
     predicted ones scoring >= 0.3 (red, with class and score) on the right."""
     import io
@@ -163,7 +202,11 @@ def draw_side_by_side(examples: Sequence[Mapping[str, Any]], predictions: Sequen
         image = Image.fromarray(pixels(example["image"]))
         scale = [image.width, image.height, image.width, image.height]
         truth = [{"box": list(map(float, b))} for b in example["boxes"]]
-        shown = [{"label": label_names[c], "score": s, "box": [v * f for v, f in zip(b, scale)]} for b, s, c in zip(found["boxes"], found["scores"], found["labels"]) if s >= DETECTION["min_score"]]
+        shown = [
+            {"label": label_names[c], "score": s, "box": [v * f for v, f in zip(b, scale)]}
+            for b, s, c in zip(found["boxes"], found["scores"], found["labels"])
+            if s >= DETECTION["min_score"]
+        ]
         rows.append((draw_detections(image, [], None, truth), draw_detections(image, shown, None)))
     width, height = max(a.width + b.width for a, b in rows) + 8, sum(a.height for a, _ in rows) + 4 * len(rows)
     sheet, top = Image.new("RGB", (width, height), (255, 255, 255)), 0

@@ -32,7 +32,10 @@ def class_names(root: Path) -> list[str]:
     elif (root / "data.yaml").is_file():
         names = _yaml_names(root / "data.yaml")
     else:
-        raise DataError(f"{root} has no names.txt or data.yaml naming the classes", hint="write names.txt: one class name per line, line N naming class N")
+        raise DataError(
+            f"{root} has no names.txt or data.yaml naming the classes",
+            hint="write names.txt: one class name per line, line N naming class N",
+        )
     if not names:
         raise DataError(f"the class names of {root} are empty", hint="names.txt: one class name per line")
     return names
@@ -42,7 +45,10 @@ def _text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start:exc.start + 1]!r})", hint=f"save {path.name} as UTF-8 (for example `iconv -f latin1 -t utf-8`)") from None
+        raise DataError(
+            f"{path} is not UTF-8 text (byte {exc.start}: {exc.object[exc.start : exc.start + 1]!r})",
+            hint=f"save {path.name} as UTF-8 (for example `iconv -f latin1 -t utf-8`)",
+        ) from None
     except OSError as exc:
         raise DataError(f"cannot read {path}: {exc.strerror or exc}", hint="check the file's permissions") from None
 
@@ -62,13 +68,20 @@ def _yaml_names(path: Path) -> list[str]:
         try:
             index = {int(k): str(v) for k, v in raw.items()}
         except (TypeError, ValueError):
-            raise DataError(f"{path}: names has a key that is not a class index ({', '.join(repr(k) for k in list(raw)[:3])})", hint=hint) from None
+            raise DataError(
+                f"{path}: names has a key that is not a class index ({', '.join(repr(k) for k in list(raw)[:3])})",
+                hint=hint,
+            ) from None
         if len(index) != len(raw) or sorted(index) != list(range(len(index))):
-            raise DataError(f"{path}: names' indices are {sorted(index)[:8]}, not 0..{len(raw) - 1} once each", hint=hint)
+            raise DataError(
+                f"{path}: names' indices are {sorted(index)[:8]}, not 0..{len(raw) - 1} once each", hint=hint
+            )
         return [index[i] for i in range(len(index))]
     if not isinstance(data, dict):
         raise DataError(f"{path} is a YAML {type(data).__name__}, not a mapping with `names`", hint=hint)
-    raise DataError(f"{path}: `names` is " + ("missing" if raw is None else f"a {type(raw).__name__} ({raw!r})"), hint=hint)
+    raise DataError(
+        f"{path}: `names` is " + ("missing" if raw is None else f"a {type(raw).__name__} ({raw!r})"), hint=hint
+    )
 
 
 def read_yolo(images: Path, labels: Path, names: list[str], request: DataRequest) -> list[Example]:
@@ -109,7 +122,9 @@ def _add(line: str, example: Example, names: list[str], request: DataRequest, wh
         request.skip(where, f"class {cls} has no name ({len(names)} names)")
         return
     width, height = example["size"]
-    box, problem = checked_box([(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], width, height)
+    box, problem = checked_box(
+        [(cx - w / 2) * width, (cy - h / 2) * height, (cx + w / 2) * width, (cy + h / 2) * height], width, height
+    )
     if box is None:
         request.skip(where, problem)
         return
@@ -127,11 +142,19 @@ class YoloSource(DataSource):
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
         root = request.path
         if root is None or not (root / "images").is_dir():
-            raise DataError(f"data.path must hold images/ and labels/ folders, got {root}", hint="the YOLO layout: images/, labels/ (one .txt per image) and names.txt")
+            raise DataError(
+                f"data.path must hold images/ and labels/ folders, got {root}",
+                hint="the YOLO layout: images/, labels/ (one .txt per image) and names.txt",
+            )
         names = class_names(root)
-        splits = {split: stem for split, stems in SPLIT_STEMS.items() for stem in stems if (root / "images" / stem).is_dir()}
+        splits = {
+            split: stem for split, stems in SPLIT_STEMS.items() for stem in stems if (root / "images" / stem).is_dir()
+        }
         if "train" in splits:
-            return {split: read_yolo(root / "images" / stem, root / "labels" / stem, names, request) for split, stem in splits.items()}
+            return {
+                split: read_yolo(root / "images" / stem, root / "labels" / stem, names, request)
+                for split, stem in splits.items()
+            }
         return {"train": read_yolo(root / "images", root / "labels", names, request)}
 
 

@@ -102,7 +102,11 @@ def make_bbc_interactions(out: Path, users: int = 300, items: int = 1000, seed: 
     from adapt.errors import DataError
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DataError(f"{out} already exists and is not an empty folder; the interaction set is written only into a new or empty one", hint="give a new folder")
+        raise DataError(
+            f"{out} already exists and is not an empty folder; the interaction set is written only into a new or "
+            "empty one",
+            hint="give a new folder",
+        )
     ids, labels, texts = _articles(items)
     reads = simulate(labels, _similarity(texts), users, seed)
     out.mkdir(parents=True, exist_ok=True)
@@ -119,17 +123,28 @@ def make_bbc_interactions(out: Path, users: int = 300, items: int = 1000, seed: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m adapt.plugins.embeddings.bbc_interactions", description="Write the simulated BBC News reading set (interactions.csv, items.jsonl) for task recommendation.")
+    parser = argparse.ArgumentParser(
+        prog="python -m adapt.plugins.embeddings.bbc_interactions",
+        description="Write the simulated BBC News reading set (interactions.csv, items.jsonl) for task recommendation.",
+    )
     parser.add_argument("out", type=Path, help="folder to write (new or empty)")
     parser.add_argument("--users", type=int, default=300, help="how many simulated readers")
-    parser.add_argument("--items", type=int, default=1000, help="how many articles in the catalogue (as many from each of the 5 sections)")
+    parser.add_argument(
+        "--items",
+        type=int,
+        default=1000,
+        help="how many articles in the catalogue (as many from each of the 5 sections)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     if not 10 <= args.items <= 2200 or args.users < 1:
         parser.error("--items must be between 10 and 2200 and --users at least 1")
     from adapt.errors import run_or_report
 
-    return run_or_report(lambda: make_bbc_interactions(args.out, args.users, args.items, args.seed), f"wrote {args.users} users' reads of {args.items} articles to {args.out}")
+    return run_or_report(
+        lambda: make_bbc_interactions(args.out, args.users, args.items, args.seed),
+        f"wrote {args.users} users' reads of {args.items} articles to {args.out}",
+    )
 
 
 if __name__ == "__main__":

@@ -50,7 +50,9 @@ class EmbeddingTask(Task):
         """How many leading columns of the model's output are the embedding (None: all)."""
         return None
 
-    def final_predictions(self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]) -> list[list[float]]:
+    def final_predictions(
+        self, outputs: Mapping[str, np.ndarray], inputs: Mapping[str, np.ndarray]
+    ) -> list[list[float]]:
         return outputs["embedding"].tolist()
 
 

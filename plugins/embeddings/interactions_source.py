@@ -47,7 +47,11 @@ class Catalogue:
 class InteractionsOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    min_rating: float | None = Field(None, description="keep only interactions rated at least this (needs a `rating` column); none: every row is an interaction")
+    min_rating: float | None = Field(
+        None,
+        description="keep only interactions rated at least this (needs a `rating` column); none: every row is an "
+        "interaction",
+    )
 
 
 def _rows(path: Path, what: str, key: str) -> list[dict[str, str]]:
@@ -57,16 +61,24 @@ def _rows(path: Path, what: str, key: str) -> list[dict[str, str]]:
     except FileNotFoundError:
         raise DataError(f"{what} not found: {path}", hint=f"point {key} at an existing file") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"cannot read {what} {path} ({type(exc).__name__}: {exc})", hint="save it as UTF-8 text") from None
+        raise DataError(
+            f"cannot read {what} {path} ({type(exc).__name__}: {exc})", hint="save it as UTF-8 text"
+        ) from None
     if path.suffix.lower() in (".jsonl", ".json"):
         rows = []
         for number, line in enumerate(text.splitlines(), 1):
             try:
                 row = json.loads(line) if line.strip() else None
             except (json.JSONDecodeError, RecursionError) as exc:
-                raise DataError(f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})", hint="one JSON object per line") from None
+                raise DataError(
+                    f"{path}, line {number}: not valid JSON ({getattr(exc, 'msg', 'nested too deeply')})",
+                    hint="one JSON object per line",
+                ) from None
             if row is not None and not isinstance(row, dict):
-                raise DataError(f"{path}, line {number}: a JSON {type(row).__name__}, not an object", hint='one JSON object per line, e.g. {"item": "a1", "text": "..."}')
+                raise DataError(
+                    f"{path}, line {number}: a JSON {type(row).__name__}, not an object",
+                    hint='one JSON object per line, e.g. {"item": "a1", "text": "..."}',
+                )
             if row is not None:
                 rows.append({str(k): "" if v is None else str(v) for k, v in row.items()})
         return rows
@@ -74,7 +86,9 @@ def _rows(path: Path, what: str, key: str) -> list[dict[str, str]]:
         with long_fields():
             return list(csv.DictReader(text.splitlines()))
     except csv.Error as exc:
-        raise DataError(f"{path} is not a readable CSV file: {exc}", hint="a header line, then one row per entry, comma-separated") from None
+        raise DataError(
+            f"{path} is not a readable CSV file: {exc}", hint="a header line, then one row per entry, comma-separated"
+        ) from None
 
 
 def _need(rows: Sequence[dict[str, str]], keys: Sequence[str], path: Path, example: str) -> None:
@@ -96,7 +110,10 @@ def read_items(path: Path) -> dict[str, str]:
         if not item:
             continue
         if item in texts and texts[item] != text:
-            raise DataError(f"{path}: item {item!r} has two different texts (entries {first[item]} and {number})", hint="give each item one row (or the same text in every row)")
+            raise DataError(
+                f"{path}: item {item!r} has two different texts (entries {first[item]} and {number})",
+                hint="give each item one row (or the same text in every row)",
+            )
         texts.setdefault(item, text)
         first.setdefault(item, number)
     return texts
@@ -110,7 +127,11 @@ def user_sequences(path: Path, options: InteractionsOptions, request: DataReques
         _need(rows, ("rating",), path, "user,item,rating")
         rows = [r for r in rows if _number(r["rating"], path, "rating") >= options.min_rating]
     timed = "timestamp" in rows[0] if rows else False
-    ordered = sorted(enumerate(rows), key=lambda p: (_number(p[1]["timestamp"], path, "timestamp"), p[0])) if timed else list(enumerate(rows))
+    ordered = (
+        sorted(enumerate(rows), key=lambda p: (_number(p[1]["timestamp"], path, "timestamp"), p[0]))
+        if timed
+        else list(enumerate(rows))
+    )
     sequences: dict[str, list[str]] = {}
     for number, row in ordered:
         user, item = (row.get("user") or "").strip(), (row.get("item") or "").strip()
@@ -127,19 +148,32 @@ def _number(value: str, path: Path, column: str) -> float:
     try:
         return float(value)
     except (TypeError, ValueError):
-        raise DataError(f"{path}: a {column!r} value is not a number: {value!r}", hint=f"write {column}s as numbers (a timestamp as seconds since 1970)") from None
+        raise DataError(
+            f"{path}: a {column!r} value is not a number: {value!r}",
+            hint=f"write {column}s as numbers (a timestamp as seconds since 1970)",
+        ) from None
 
 
-def leave_last_out(sequences: dict[str, list[str]], index: dict[str, int], catalogue: Catalogue, request: DataRequest) -> dict[str, list[Example]]:
+def leave_last_out(
+    sequences: dict[str, list[str]], index: dict[str, int], catalogue: Catalogue, request: DataRequest
+) -> dict[str, list[Example]]:
     splits: dict[str, list[Example]] = {"train": [], "val": [], "test": []}
     for user, items in sequences.items():
         if len(items) < LEAST_ITEMS:
-            request.skip(f"user {user}", f"{len(items)} distinct item(s); a user needs {LEAST_ITEMS} (train, val and test targets)")
+            request.skip(
+                f"user {user}",
+                f"{len(items)} distinct item(s); a user needs {LEAST_ITEMS} (train, val and test targets)",
+            )
             continue
         rows = [index[i] for i in items]
         for split, position in (("test", len(rows) - 1), ("val", len(rows) - 2)):
-            splits[split].append({"user": user, "history": rows[:position], "target": rows[position], "catalogue": catalogue})
-        splits["train"] += [{"user": user, "history": rows[:t], "target": rows[t], "catalogue": catalogue} for t in range(1, len(rows) - 2)]
+            splits[split].append(
+                {"user": user, "history": rows[:position], "target": rows[position], "catalogue": catalogue}
+            )
+        splits["train"] += [
+            {"user": user, "history": rows[:t], "target": rows[t], "catalogue": catalogue}
+            for t in range(1, len(rows) - 2)
+        ]
     for split in ("val", "test"):
         splits[split] += [{"item": i, "catalogue": catalogue} for i in range(len(catalogue.ids))]
     return splits
@@ -154,7 +188,10 @@ class InteractionsSource(DataSource):
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
         if request.path is None:
-            raise DataError("the interactions data source needs data.path", hint="set data.path to a CSV with columns user,item[,rating,timestamp]")
+            raise DataError(
+                "the interactions data source needs data.path",
+                hint="set data.path to a CSV with columns user,item[,rating,timestamp]",
+            )
         options = request.options or InteractionsOptions()
         sequences = user_sequences(request.path, options, request)
         read = {i for items in sequences.values() for i in items}
@@ -164,15 +201,25 @@ class InteractionsSource(DataSource):
             texts = read_items(request.items)
         unknown = sorted(read - set(texts))
         if unknown:
-            raise DataError(f"{len(unknown)} item(s) of {request.path.name} have no text in {request.items}, e.g. {unknown[0]!r}", hint="add a row (item, text) for every item the interactions name")
+            raise DataError(
+                f"{len(unknown)} item(s) of {request.path.name} have no text in {request.items}, e.g. {unknown[0]!r}",
+                hint="add a row (item, text) for every item the interactions name",
+            )
         empty = sorted(i for i, t in texts.items() if not t)
         if empty:
-            raise DataError(f"{len(empty)} item(s) in {request.items} have an empty text, e.g. {empty[0]!r}", hint="give every item a text (a title, a description)")
+            raise DataError(
+                f"{len(empty)} item(s) in {request.items} have an empty text, e.g. {empty[0]!r}",
+                hint="give every item a text (a title, a description)",
+            )
         ids = tuple(sorted(texts))
         catalogue = Catalogue(ids, tuple(texts[i] for i in ids))
         splits = leave_last_out(sequences, {item: k for k, item in enumerate(ids)}, catalogue, request)
         if not splits["train"]:
-            raise DataError(f"{request.path} leaves no training example: every user needs at least {LEAST_ITEMS + 1} distinct items for one", hint="add interactions, or users with longer histories")
+            raise DataError(
+                f"{request.path} leaves no training example: every user needs at least {LEAST_ITEMS + 1} distinct "
+                "items for one",
+                hint="add interactions, or users with longer histories",
+            )
         return splits
 
 

@@ -67,9 +67,14 @@ class ItemTableBackbone(Backbone):
     families: tuple[str, ...] = ()
     options_schema = ItemTableOptions
 
-    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+    def build(
+        self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any
+    ) -> BuiltModel:
         if checkpoint or arch:
-            raise ConfigError("backbone item-table has no checkpoint and no arch: its table is learnt from the interactions", hint="remove backbone.checkpoint and backbone.arch")
+            raise ConfigError(
+                "backbone item-table has no checkpoint and no arch: its table is learnt from the interactions",
+                hint="remove backbone.checkpoint and backbone.arch",
+            )
         options = options or ItemTableOptions()
         model = _tower(options.buckets, options.width, num_labels)
         new = tuple(name for name, _ in model.named_parameters())
@@ -98,7 +103,11 @@ class ItemTableBackbone(Backbone):
 
     def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any]:
         """preprocess.json: a device feeds ``item_ids``, each id's row by :func:`row_of`."""
-        return {"kind": "items", "buckets": (options or ItemTableOptions()).buckets, "hash": "fnv1a-64 of the id's UTF-8 bytes, modulo buckets"}
+        return {
+            "kind": "items",
+            "buckets": (options or ItemTableOptions()).buckets,
+            "hash": "fnv1a-64 of the id's UTF-8 bytes, modulo buckets",
+        }
 
     def default_targets(self, method: str) -> list[str]:
         return []

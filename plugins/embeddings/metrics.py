@@ -45,7 +45,9 @@ def _fold_accuracy(scores: np.ndarray, same: np.ndarray, seed: int) -> float:
     for fold in folds:
         rest = np.setdiff1d(order, fold)
         seen = np.unique(scores[rest])
-        candidates = np.concatenate([seen[:1] - 1e-6, (seen[:-1] + seen[1:]) / 2, seen[-1:] + 1e-6])  # between the scores seen
+        candidates = np.concatenate(
+            [seen[:1] - 1e-6, (seen[:-1] + seen[1:]) / 2, seen[-1:] + 1e-6]
+        )  # between the scores seen
         accuracy = [np.mean((scores[rest] >= t) == same[rest]) for t in candidates]
         threshold = candidates[int(np.argmax(accuracy))]
         correct += int(np.sum((scores[fold] >= threshold) == same[fold]))
@@ -62,7 +64,12 @@ def verification(embeddings: np.ndarray, ids: np.ndarray, pairs: int = PAIRS, se
     fpr, tpr, _ = roc_curve(same, scores)
     tar = float(tpr[fpr <= 1e-3].max()) if np.any(fpr <= 1e-3) else 0.0
     accuracy = _fold_accuracy(scores, same, seed) if len(same) >= FOLDS else float("nan")
-    return {"auc": float(roc_auc_score(same, scores)), "tar@far1e-3": tar, "verification_accuracy": accuracy, "pairs": float(len(same))}
+    return {
+        "auc": float(roc_auc_score(same, scores)),
+        "tar@far1e-3": tar,
+        "verification_accuracy": accuracy,
+        "pairs": float(len(same)),
+    }
 
 
 def identification(embeddings: np.ndarray, ids: np.ndarray) -> dict[str, float]:

@@ -7,7 +7,8 @@ cosine to that vector, the items of the pooled history left out.
 
 * :func:`rank_of_targets` ranks each query's held-out item among the catalogue (ties
   broken by catalogue order, so a constant score earns nothing) and
-  :func:`rank_metrics` (adapt.plugins.embeddings.metrics) turns ranks into ``recall@k``, ``mrr`` and ``ndcg@10``: the same
+  :func:`rank_metrics` (adapt.plugins.embeddings.metrics) turns ranks into ``recall@k``, ``mrr`` and ``ndcg@10``: the
+  same
   code scores the model and the popularity baseline (:func:`popularity_scores`).
 * :class:`UserTower` is the user tower as a graph over the exported item index, so a
   device needs only onnxruntime and numpy: ``history`` (rows of the index, -1 padding)
@@ -71,10 +72,14 @@ def export_user_tower(index: np.ndarray) -> bytes:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation notice: the graph is plain ops
         torch.onnx.export(
-            tower, (history,), buffer,  # type: ignore[arg-type]  # a file-like object is accepted
-            input_names=["history"], output_names=["user", "scores"],
+            tower,
+            (history,),
+            buffer,  # type: ignore[arg-type]  # a file-like object is accepted
+            input_names=["history"],
+            output_names=["user", "scores"],
             dynamic_axes={"history": {0: "batch", 1: "items"}, "user": {0: "batch"}, "scores": {0: "batch"}},
-            opset_version=17, dynamo=False,
+            opset_version=17,
+            dynamo=False,
         )
     return buffer.getvalue()
 

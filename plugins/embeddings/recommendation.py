@@ -43,10 +43,24 @@ ITEM, IN_CATALOGUE, ROLES = 0, 1, 2
 class RecommendationOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dim: int = Field(0, ge=0, le=4096, description="a new linear projection of the item vectors to this size; 0: none, the pooled hidden state")
-    loss: Literal["contrastive"] = Field("contrastive", description="in-batch negatives: a user's next item against every other item of the batch")
-    temperature: float = Field(0.05, gt=0, le=1, description="the softmax temperature of the loss (cosines divided by it)")
-    history: int = Field(10, ge=1, le=1000, description="the last N items of a user's history pool into the user's vector (and are not recommended again)")
+    dim: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="a new linear projection of the item vectors to this size; 0: none, the pooled hidden state",
+    )
+    loss: Literal["contrastive"] = Field(
+        "contrastive", description="in-batch negatives: a user's next item against every other item of the batch"
+    )
+    temperature: float = Field(
+        0.05, gt=0, le=1, description="the softmax temperature of the loss (cosines divided by it)"
+    )
+    history: int = Field(
+        10,
+        ge=1,
+        le=1000,
+        description="the last N items of a user's history pool into the user's vector (and are not recommended again)",
+    )
 
 
 class Recommendation(EmbeddingTask):
@@ -67,14 +81,19 @@ class Recommendation(EmbeddingTask):
         from adapt.onnx_predict import PredictError, recommend
 
         if predictor.export_dir is None:
-            raise PredictError("the run has no export yet, and the recommendations come from its item index: export it first")
+            raise PredictError(
+                "the run has no export yet, and the recommendations come from its item index: export it first"
+            )
         return [recommend(source, predictor.export_dir) for source in inputs]
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
             user = "target" in example and isinstance(example.get("history"), list)
             if "catalogue" not in example or not (user or "item" in example):
-                raise DataError(f"example {i} is neither a user (history, target) nor a catalogue item", hint="read recommendation data with data.source: interactions")
+                raise DataError(
+                    f"example {i} is neither a user (history, target) nor a catalogue item",
+                    hint="read recommendation data with data.source: interactions",
+                )
         return []
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
@@ -122,14 +141,21 @@ class Recommendation(EmbeddingTask):
         import torch.nn.functional as F
 
         table = labels.tolist()
-        references: list[dict[str, Any]] = [{"item": r[ITEM], "catalogue": bool(r[IN_CATALOGUE]), "users": []} for r in table]
+        references: list[dict[str, Any]] = [
+            {"item": r[ITEM], "catalogue": bool(r[IN_CATALOGUE]), "users": []} for r in table
+        ]
         for column in range(ROLES, labels.shape[1]):
             target = [k for k, r in enumerate(table) if r[column] == TARGET]
             if target:
                 references[target[0]]["users"].append([r[ITEM] for r in table if r[column] == HISTORY])
         return F.normalize(logits.float(), dim=-1).tolist(), references
 
-    def metrics(self, predictions: Sequence[Sequence[float]], references: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self,
+        predictions: Sequence[Sequence[float]],
+        references: Sequence[Mapping[str, Any]],
+        label_names: Sequence[str],
+    ) -> dict[str, float]:
         import numpy as np
 
         from adapt.plugins.embeddings.metrics import rank_metrics
@@ -151,7 +177,9 @@ class Recommendation(EmbeddingTask):
         ranks = rank_of_targets(users @ items.T, seen, [column.get(target, -1) for _, target in queries])
         return {**rank_metrics(ranks), "users": float(len(queries))}
 
-    def baseline_metrics(self, train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    def baseline_metrics(
+        self, train: Sequence[Mapping[str, Any]], test: Sequence[Mapping[str, Any]]
+    ) -> dict[str, float]:
         """The popularity ranking: items by how many training users interacted with them,
         scored on the test users like the model (their pooled history left out)."""
         import numpy as np
@@ -162,10 +190,18 @@ class Recommendation(EmbeddingTask):
         size = max((len(e["catalogue"].ids) for e in test[:1]), default=0)
         counts = popularity_scores(((e["user"], i) for e in train for i in (*e["history"], e["target"])), size)
         users = [e for e in test if "target" in e]
-        ranks = rank_of_targets(np.tile(counts, (len(users), 1)), [self.pooled(u) for u in users], [u["target"] for u in users])
+        ranks = rank_of_targets(
+            np.tile(counts, (len(users), 1)), [self.pooled(u) for u in users], [u["target"] for u in users]
+        )
         return {**rank_metrics(ranks), "users": float(len(users))}
 
-    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[Sequence[int]], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    def gallery(
+        self,
+        predictions: Sequence[Sequence[float]],
+        references: Sequence[Sequence[int]],
+        label_names: Sequence[str],
+        examples: Sequence[Mapping[str, Any]] = (),
+    ) -> dict[str, Any]:
         """The item index: every catalogue item's vector (``gallery.npy``, in catalogue
         order), their ids (``gallery.json``) and the user tower over them (``user_tower.onnx``)."""
         import numpy as np
@@ -175,9 +211,21 @@ class Recommendation(EmbeddingTask):
         ids = examples[0]["catalogue"].ids if examples else ()
         vectors = {int(r[ITEM]): v for v, r in zip(predictions, references) if r[IN_CATALOGUE]}
         if sorted(vectors) != list(range(len(ids))):
-            raise DataError(f"the gallery split holds {len(vectors)} of the catalogue's {len(ids)} items", hint="read recommendation data with data.source: interactions")
+            raise DataError(
+                f"the gallery split holds {len(vectors)} of the catalogue's {len(ids)} items",
+                hint="read recommendation data with data.source: interactions",
+            )
         index = np.asarray([vectors[i] for i in range(len(ids))], dtype=np.float32)
-        return {GALLERY: npy_bytes(index), GALLERY_IDS: {"ids": list(ids), "dim": int(index.shape[1]), "kind": "items", "history": self.options.history}, USER_TOWER: export_user_tower(index)}
+        return {
+            GALLERY: npy_bytes(index),
+            GALLERY_IDS: {
+                "ids": list(ids),
+                "dim": int(index.shape[1]),
+                "kind": "items",
+                "history": self.options.history,
+            },
+            USER_TOWER: export_user_tower(index),
+        }
 
 
 @hookimpl

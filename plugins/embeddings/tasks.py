@@ -36,7 +36,13 @@ class HeadOptions(BaseModel):
 
     dim: int = Field(128, ge=2, le=4096, description="length of the embedding")
     loss: Literal["arcface", "cosface"] = Field("arcface", description="margin loss over the training identities")
-    margin: float | None = Field(None, ge=0, le=1.5, description="the margin: radians added to the true identity's angle (arcface, default 0.5) or subtracted from its cosine (cosface, default 0.35)")
+    margin: float | None = Field(
+        None,
+        ge=0,
+        le=1.5,
+        description="the margin: radians added to the true identity's angle (arcface, default 0.5) or subtracted from "
+        "its cosine (cosface, default 0.35)",
+    )
     scale: float = Field(30.0, gt=0, le=128, description="the logits' scale s (cosines times s)")
 
 
@@ -54,7 +60,10 @@ class ImageEmbedding(EmbeddingTask):
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
             if "image" not in example or example.get("label") in (None, ""):
-                raise DataError(f"example {i} needs `image` and `label` (its identity)", hint="read identities with data.source: image-folder, one sub-folder per identity")
+                raise DataError(
+                    f"example {i} needs `image` and `label` (its identity)",
+                    hint="read identities with data.source: image-folder, one sub-folder per identity",
+                )
         return sorted({str(e["label"]) for e in examples})
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
@@ -70,7 +79,11 @@ class ImageEmbedding(EmbeddingTask):
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         from adapt.plugins.embeddings.embedding import margin_loss
 
-        margin = self.options.margin if self.options.margin is not None else (0.5 if self.options.loss == "arcface" else 0.35)
+        margin = (
+            self.options.margin
+            if self.options.margin is not None
+            else (0.5 if self.options.loss == "arcface" else 0.35)
+        )
         return margin_loss(logits[:, self.options.dim :], labels, self.options.loss, margin, self.options.scale)
 
     def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[list[float]], list[int]]:
@@ -78,7 +91,9 @@ class ImageEmbedding(EmbeddingTask):
 
         return F.normalize(logits[:, : self.options.dim].float(), dim=-1).tolist(), labels.tolist()
 
-    def metrics(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]
+    ) -> dict[str, float]:
         import numpy as np
 
         from adapt.plugins.embeddings.metrics import identification, verification
@@ -86,7 +101,13 @@ class ImageEmbedding(EmbeddingTask):
         embeddings, ids = np.asarray(predictions, dtype=np.float32), np.asarray(references)
         return {**verification(embeddings, ids), **identification(embeddings, ids), "examples": float(len(ids))}
 
-    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    def gallery(
+        self,
+        predictions: Sequence[Sequence[float]],
+        references: Sequence[int],
+        label_names: Sequence[str],
+        examples: Sequence[Mapping[str, Any]] = (),
+    ) -> dict[str, Any]:
         """One entry per training identity: its embeddings' mean, normalised again
         (``gallery.npy``, float32, identities x dim), and the identities in that order
         (``gallery.json``). A query's nearest entries are its likeliest identities."""
@@ -96,14 +117,34 @@ class ImageEmbedding(EmbeddingTask):
         known = [i for i in range(len(label_names)) if np.any(ids == i)]
         means = np.stack([embeddings[ids == i].mean(axis=0) for i in known])
         means /= np.linalg.norm(means, axis=1, keepdims=True) + 1e-12
-        return {GALLERY: npy_bytes(means), GALLERY_IDS: {"ids": [label_names[i] for i in known], "dim": int(means.shape[1]), "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known}}}
+        return {
+            GALLERY: npy_bytes(means),
+            GALLERY_IDS: {
+                "ids": [label_names[i] for i in known],
+                "dim": int(means.shape[1]),
+                "enrolled": {label_names[i]: int(np.sum(ids == i)) for i in known},
+            },
+        }
+
 
 class TextHeadOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    dim: int = Field(0, ge=0, le=4096, description="a new linear projection to this size after pooling; 0: none, the pooled hidden state is the embedding (so the untuned model is a fair baseline)")
-    loss: Literal["contrastive"] = Field("contrastive", description="in-batch negatives: each query's own positive against every other positive in the batch (InfoNCE, multiple-negatives ranking)")
-    temperature: float = Field(0.05, gt=0, le=1, description="the softmax temperature of the contrastive loss (cosines divided by it)")
+    dim: int = Field(
+        0,
+        ge=0,
+        le=4096,
+        description="a new linear projection to this size after pooling; 0: none, the pooled hidden state is the "
+        "embedding (so the untuned model is a fair baseline)",
+    )
+    loss: Literal["contrastive"] = Field(
+        "contrastive",
+        description="in-batch negatives: each query's own positive against every other positive in the batch "
+        "(InfoNCE, multiple-negatives ranking)",
+    )
+    temperature: float = Field(
+        0.05, gt=0, le=1, description="the softmax temperature of the contrastive loss (cosines divided by it)"
+    )
 
 
 class TextEmbedding(EmbeddingTask):
@@ -130,7 +171,11 @@ class TextEmbedding(EmbeddingTask):
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
             if not str(example.get("query") or "").strip() or not str(example.get("positive") or "").strip():
-                raise DataError(f"example {i} needs a non-empty `query` and `positive`", hint="give (query, positive) pairs: jsonl with data.query_column / data.positive_column, or text-folder with data.options.prompt_lines (first lines: the query)")
+                raise DataError(
+                    f"example {i} needs a non-empty `query` and `positive`",
+                    hint="give (query, positive) pairs: jsonl with data.query_column / data.positive_column, or "
+                    "text-folder with data.options.prompt_lines (first lines: the query)",
+                )
         return []
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
@@ -138,7 +183,9 @@ class TextEmbedding(EmbeddingTask):
 
     def flatten(self, examples: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         """A batch of pairs as texts: the queries (label 0), then their positives (label 1)."""
-        return [{"text": e["query"], "label": 0} for e in examples] + [{"text": e["positive"], "label": 1} for e in examples]
+        return [{"text": e["query"], "label": 0} for e in examples] + [
+            {"text": e["positive"], "label": 1} for e in examples
+        ]
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         from adapt.plugins.embeddings.embedding import info_nce
@@ -150,7 +197,9 @@ class TextEmbedding(EmbeddingTask):
 
         return F.normalize(logits.float(), dim=-1).tolist(), labels.tolist()
 
-    def metrics(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]
+    ) -> dict[str, float]:
         import numpy as np
 
         from adapt.plugins.embeddings.metrics import retrieval
@@ -159,7 +208,9 @@ class TextEmbedding(EmbeddingTask):
         queries, documents = embeddings[roles == 0], embeddings[roles == 1]  # in pair order: batches keep it
         return {**retrieval(queries, documents, np.arange(len(queries))), "queries": float(len(queries))}
 
-    def example_scores(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]) -> list[float]:
+    def example_scores(
+        self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str]
+    ) -> list[float]:
         """Per query, 1 where its positive ranks in the top 10 of the split's positives:
         their mean is recall@10, so the int8 gate judges a drop paired over the queries."""
         import numpy as np
@@ -170,14 +221,24 @@ class TextEmbedding(EmbeddingTask):
         queries, documents = embeddings[roles == 0], embeddings[roles == 1]
         return [float(r <= 10) for r in ranks(queries, documents, np.arange(len(queries)))]
 
-    def gallery(self, predictions: Sequence[Sequence[float]], references: Sequence[int], label_names: Sequence[str], examples: Sequence[Mapping[str, Any]] = ()) -> dict[str, Any]:
+    def gallery(
+        self,
+        predictions: Sequence[Sequence[float]],
+        references: Sequence[int],
+        label_names: Sequence[str],
+        examples: Sequence[Mapping[str, Any]] = (),
+    ) -> dict[str, Any]:
         """The search index: the training split's positives (``gallery.npy``) and, in that
         order, their opening words (``gallery.json`` ``ids``, :data:`SNIPPET` characters)."""
         import numpy as np
 
         documents = np.asarray(predictions, dtype=np.float32)[np.asarray(references) == 1]
         snippets = [" ".join(str(e["positive"]).split())[:SNIPPET] for e in examples]
-        return {GALLERY: npy_bytes(documents), GALLERY_IDS: {"ids": snippets, "dim": int(documents.shape[1]), "kind": "documents"}}
+        return {
+            GALLERY: npy_bytes(documents),
+            GALLERY_IDS: {"ids": snippets, "dim": int(documents.shape[1]), "kind": "documents"},
+        }
+
 
 @hookimpl
 def adapt_register_tasks(register: Any) -> None:

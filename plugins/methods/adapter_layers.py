@@ -64,7 +64,13 @@ class AdapterAfter(nn.Module):
         super().__init__()
         self.base_layer = base
         conv = isinstance(base, nn.Conv2d)
-        channels = base.out_channels if isinstance(base, nn.Conv2d) else base.out_features if isinstance(base, nn.Linear) else base.nf
+        channels = (
+            base.out_channels
+            if isinstance(base, nn.Conv2d)
+            else base.out_features
+            if isinstance(base, nn.Linear)
+            else base.nf
+        )
         weight = base.weight
         self.adapter = Bottleneck(channels, reduction, activation, conv).to(dtype=weight.dtype, device=weight.device)
 

@@ -30,8 +30,12 @@ class AdapterOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reduction: int = Field(16, ge=1, le=4096, description="bottleneck width is channels / reduction")
-    activation: Literal["relu", "gelu", "silu", "tanh", "none"] = Field("relu", description="non-linearity; none makes the adapter foldable")
-    placement: Literal["pfeiffer", "houlsby"] = Field("pfeiffer", description="pfeiffer: after the feed-forward block; houlsby: after attention too")
+    activation: Literal["relu", "gelu", "silu", "tanh", "none"] = Field(
+        "relu", description="non-linearity; none makes the adapter foldable"
+    )
+    placement: Literal["pfeiffer", "houlsby"] = Field(
+        "pfeiffer", description="pfeiffer: after the feed-forward block; houlsby: after attention too"
+    )
     targets: str | list[str] | None = Field(None, description="modules to put adapters after (overrides placement)")
 
 
@@ -48,7 +52,10 @@ class Adapters(SavesTrainedTensors, Method):
 
         model = built.model
         if self._adapters(model):
-            raise ConfigError("method 'adapters' is already applied to this model", hint="build a fresh model before applying a method again")
+            raise ConfigError(
+                "method 'adapters' is already applied to this model",
+                hint="build a fresh model before applying a method again",
+            )
         names = self._targets(built, options, default_targets)
         for name in names:
             base = cast("layers.LinearOrConv", model.get_submodule(name))  # _targets keeps only these kinds
@@ -70,7 +77,9 @@ class Adapters(SavesTrainedTensors, Method):
             return find_targets(built.model, options.targets, kinds, exclude=built.head, families=built.families)
         modules = dict(built.model.named_modules())
         if "mlp-output" in built.families:
-            wanted = set(built.families["mlp-output"]) | (set(built.families.get("attention-output", ())) if options.placement == "houlsby" else set())
+            wanted = set(built.families["mlp-output"]) | (
+                set(built.families.get("attention-output", ())) if options.placement == "houlsby" else set()
+            )
             return [name for name in modules if name in wanted]
         names = []
         for block in built.blocks:
@@ -81,7 +90,10 @@ class Adapters(SavesTrainedTensors, Method):
                 inside = [n for n, m in modules.items() if n.startswith(block + ".") and isinstance(m, kinds)]
                 names += inside[-1:]
         if not names:
-            raise ConfigError("found nowhere to place adapters in this model (no blocks with a projection layer)", hint="set method.options.targets to the layers to put adapters after")
+            raise ConfigError(
+                "found nowhere to place adapters in this model (no blocks with a projection layer)",
+                hint="set method.options.targets to the layers to put adapters after",
+            )
         return names
 
     @staticmethod
@@ -103,8 +115,14 @@ class Adapters(SavesTrainedTensors, Method):
         model.requires_grad_(False)
         if inline:
             reason = adapters[inline[0]].why_inline()
-            return MergeResult(model, folded=False, note=f"{len(inline)} adapters kept inline: {reason}, so they cannot be folded into the weights")
-        return MergeResult(model, folded=True, note=f"{len(adapters)} linear adapters folded into the projections they follow")
+            return MergeResult(
+                model,
+                folded=False,
+                note=f"{len(inline)} adapters kept inline: {reason}, so they cannot be folded into the weights",
+            )
+        return MergeResult(
+            model, folded=True, note=f"{len(adapters)} linear adapters folded into the projections they follow"
+        )
 
 
 @hookimpl

@@ -39,7 +39,7 @@ class Freeze(SavesTrainedTensors, Method):
                 f"method.options.last_blocks = {options.last_blocks}, but this model has {len(built.blocks)} blocks",
                 hint=f"use a number from 0 to {len(built.blocks)}",
             )
-        trained = [*built.head, *built.new_parameters, *built.blocks[len(built.blocks) - options.last_blocks:]]
+        trained = [*built.head, *built.new_parameters, *built.blocks[len(built.blocks) - options.last_blocks :]]
         if options.biases:
             trained += [n for n, _ in built.model.named_parameters() if n.endswith("bias")]
         return freeze_all_but(built.model, trained)

@@ -34,7 +34,12 @@ class LoRAOptions(BaseModel):
     r: int = Field(8, ge=1, le=4096, description="rank of the update (per group for grouped convolutions)")
     alpha: float = Field(16.0, gt=0, description="scale: the update is multiplied by alpha / r")
     dropout: float = Field(0.0, ge=0, lt=1, description="dropout on the LoRA branch's input during training")
-    targets: str | list[str] | None = Field(None, description="a target family of the backbone (attention-qv, attention, mlp, all-linear, pointwise-conv, ...), a regular expression over full module names, or a list of names / name suffixes; default: the families in default_families")
+    targets: str | list[str] | None = Field(
+        None,
+        description="a target family of the backbone (attention-qv, attention, mlp, all-linear, pointwise-conv, ...), "
+        "a regular expression over full module names, or a list of names / name suffixes; default: the "
+        "families in default_families",
+    )
     rslora: bool = Field(False, description="rank-stabilised scaling: alpha / sqrt(r)")
 
 
@@ -45,7 +50,11 @@ def inner_prefix(model: torch.nn.Module) -> str:
     centres, keeps its own names)."""
     from torch import nn
 
-    alone = isinstance(getattr(model, "model", None), nn.Module) and len(list(model.children())) == 1 and not list(model.parameters(recurse=False))
+    alone = (
+        isinstance(getattr(model, "model", None), nn.Module)
+        and len(list(model.children())) == 1
+        and not list(model.parameters(recurse=False))
+    )
     return WRAPPER_PREFIX if alone else ""
 
 
@@ -70,13 +79,25 @@ class LoRA(Method):
 
         model = built.model
         if self._lora_modules(model):
-            raise ConfigError("method 'lora' is already applied to this model", hint="build a fresh model before applying a method again")
+            raise ConfigError(
+                "method 'lora' is already applied to this model",
+                hint="build a fresh model before applying a method again",
+            )
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
-            raise ConfigError(f"method.options.targets is not set and this model has none of LoRA's default target families ({', '.join(self.default_families)})", hint="set method.options.targets to a target family, module names or a regular expression" + (f"; this model's families: {', '.join(built.families)}" if built.families else ""))
+            raise ConfigError(
+                "method.options.targets is not set and this model has none of LoRA's default target families "
+                f"({', '.join(self.default_families)})",
+                hint="set method.options.targets to a target family, module names or a regular expression"
+                + (f"; this model's families: {', '.join(built.families)}" if built.families else ""),
+            )
         names = find_targets(model, spec, tuple(layers.LORA_LAYERS), exclude=built.head, families=built.families)
         for name in names:
-            replace_module(model, name, layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora))
+            replace_module(
+                model,
+                name,
+                layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora),
+            )
         lora = [f"{n}.{p}" for n in names for p in ("lora_A", "lora_B")]
         return freeze_all_but(model, [*lora, *built.head, *built.new_parameters])
 
@@ -129,7 +150,13 @@ class LoRA(Method):
                 key = name.removeprefix(prefix)
                 rank_pattern[key] = module.r * groups
                 alpha_pattern[key] = module.alpha * (math.sqrt(groups) if module.rslora else groups)
-        trained_modules = sorted({n.rpartition(".")[0].removeprefix(prefix) for n, p in built.model.named_parameters() if p.requires_grad and not n.endswith(("lora_A", "lora_B"))})
+        trained_modules = sorted(
+            {
+                n.rpartition(".")[0].removeprefix(prefix)
+                for n, p in built.model.named_parameters()
+                if p.requires_grad and not n.endswith(("lora_A", "lora_B"))
+            }
+        )
         transformers_model = hasattr(getattr(built.model, "model", built.model), "config")
         return {
             "peft_type": "LORA",
@@ -163,9 +190,15 @@ class LoRA(Method):
             if name.endswith((".lora_A.weight", ".lora_B.weight")):
                 name = name.removesuffix(".weight")
             if name not in params:
-                raise CheckpointError(f"adapter tensor {key!r} has no counterpart in this model", hint="were the adapter's targets, backbone or task different? match method.options.targets to the adapter")
+                raise CheckpointError(
+                    f"adapter tensor {key!r} has no counterpart in this model",
+                    hint="were the adapter's targets, backbone or task different? match method.options.targets to the "
+                    "adapter",
+                )
             target = params[name]
-            if target.numel() != tensor.numel() or (not name.endswith(("lora_A", "lora_B")) and tuple(target.shape) != tuple(tensor.shape)):
+            if target.numel() != tensor.numel() or (
+                not name.endswith(("lora_A", "lora_B")) and tuple(target.shape) != tuple(tensor.shape)
+            ):
                 raise CheckpointError(
                     f"adapter tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}",
                     hint="was the adapter saved with another rank (method.options.r) or label count?",
@@ -200,13 +233,21 @@ def peft_conv_shape(module: Any, leaf: str) -> tuple[int, ...]:
 def options_from_peft(config: Mapping[str, Any]) -> LoRAOptions:
     """LoRA options equal to a PEFT ``adapter_config.json`` (plain LoRA only)."""
     if config.get("peft_type") != "LORA":
-        raise CheckpointError(f"adapter is of PEFT type {config.get('peft_type')!r}, not LORA", hint="adapt loads PEFT LoRA adapters")
+        raise CheckpointError(
+            f"adapter is of PEFT type {config.get('peft_type')!r}, not LORA", hint="adapt loads PEFT LoRA adapters"
+        )
     if config.get("use_dora") or config.get("fan_in_fan_out"):
         raise CheckpointError("adapter uses DoRA or fan_in_fan_out, which adapt's LoRA does not implement")
     targets = config.get("target_modules")
     if isinstance(targets, str):  # PEFT matches it against names inside the wrapped model
         targets = r"(?:model\.)?(?:" + targets + ")"
-    return LoRAOptions(r=config["r"], alpha=config["lora_alpha"], dropout=config.get("lora_dropout", 0.0), targets=targets, rslora=config.get("use_rslora", False))
+    return LoRAOptions(
+        r=config["r"],
+        alpha=config["lora_alpha"],
+        dropout=config.get("lora_dropout", 0.0),
+        targets=targets,
+        rslora=config.get("use_rslora", False),
+    )
 
 
 @hookimpl

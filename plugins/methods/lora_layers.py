@@ -105,7 +105,10 @@ class LoRAConv2d(nn.Module):
         depthwise ones, whose kernel gradient is tiny."""
         base = self.base_layer
         k2 = base.kernel_size[0] * base.kernel_size[1]
-        return 3 * self.r * (base.in_channels * k2 + base.out_channels) < base.out_channels * (base.in_channels // base.groups) * k2
+        return (
+            3 * self.r * (base.in_channels * k2 + base.out_channels)
+            < base.out_channels * (base.in_channels // base.groups) * k2
+        )
 
     def _branch(self, x: torch.Tensor) -> torch.Tensor:
         """``s * B A x`` as two convolutions: A is a grouped k x k convolution to ``g r``

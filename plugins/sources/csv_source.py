@@ -18,12 +18,17 @@ from adapt.interfaces import DataRequest, DataSource, Example
 
 GENERATION = "text-generation"  # a task without fields, by its name: rows are texts, prompt/completion pairs or chats
 
+
 class CsvOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     delimiter: str = Field(",", min_length=1, max_length=1, description="field separator")
     encoding: str = Field("utf-8-sig", description="text encoding of the files")
-    label_separator: str = Field("|", min_length=1, description="multi-label tasks: what separates the label names in the label column (`sport|politics`)")
+    label_separator: str = Field(
+        "|",
+        min_length=1,
+        description="multi-label tasks: what separates the label names in the label column (`sport|politics`)",
+    )
 
 
 def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Example]:
@@ -33,7 +38,10 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
             reader = csv.DictReader(handle, delimiter=options.delimiter)
             columns = reader.fieldnames or []
             if not columns:
-                raise DataError(f"{path} is empty", hint="the file needs a header line (with the text and label columns) and at least one row")
+                raise DataError(
+                    f"{path} is empty",
+                    hint="the file needs a header line (with the text and label columns) and at least one row",
+                )
             kind = row_kind(request, {GENERATION: "text"})
             if kind == "text":
                 return _generation_rows(path, reader, request)
@@ -49,39 +57,64 @@ def read_csv(path: Path, request: DataRequest, options: CsvOptions) -> list[Exam
                 if kind == "multi-label":
                     labels = label_list(label, options.label_separator)
                 elif label is None or label.strip() == "":
-                    raise DataError(f"{path}, line {reader.line_num}: the {label_col!r} column is empty", hint="give every row a label, or remove the row")
+                    raise DataError(
+                        f"{path}, line {reader.line_num}: the {label_col!r} column is empty",
+                        hint="give every row a label, or remove the row",
+                    )
                 text = row.get(text_col) or ""
                 if not text.strip():
                     request.skip(f"{path}, line {reader.line_num}", f"the {text_col!r} column is empty")
                     continue
-                examples.append({"text": text, "labels": labels} if kind == "multi-label" else {"text": text, "label": str(label).strip()})
+                examples.append(
+                    {"text": text, "labels": labels}
+                    if kind == "multi-label"
+                    else {"text": text, "label": str(label).strip()}
+                )
     except UnicodeDecodeError as exc:
-        raise DataError(f"{path} is not valid {options.encoding} text (byte {exc.start})", hint="save the file as UTF-8, or set data.options.encoding") from None
+        raise DataError(
+            f"{path} is not valid {options.encoding} text (byte {exc.start})",
+            hint="save the file as UTF-8, or set data.options.encoding",
+        ) from None
     except csv.Error as exc:
         raise DataError(f"{path} is not a readable CSV file: {exc}") from None
     if not examples:
-        raise DataError(f"{path} holds no rows with text", hint="the file needs a header line and at least one row whose text is not empty")
+        raise DataError(
+            f"{path} holds no rows with text",
+            hint="the file needs a header line and at least one row whose text is not empty",
+        )
     return examples
 
 
 def _generation_rows(path: Path, reader: csv.DictReader, request: DataRequest) -> list[Example]:
-    examples = [e for row in reader if (e := generation_example(dict(row), request, f"{path}, line {reader.line_num}")) is not None]
+    examples = [
+        e
+        for row in reader
+        if (e := generation_example(dict(row), request, f"{path}, line {reader.line_num}")) is not None
+    ]
     if not examples:
-        raise DataError(f"{path} holds no rows with text", hint="the file needs a header line and at least one row whose text (or completion) is not empty")
+        raise DataError(
+            f"{path} holds no rows with text",
+            hint="the file needs a header line and at least one row whose text (or completion) is not empty",
+        )
     return examples
 
 
 class CsvSource(DataSource):
     name = "csv"
     tasks = ("text-classification", GENERATION)
-    #: a text with one label, a list of labels (the label column split on data.options.label_separator), or a text to model
+    #: a text with one label, a list of labels (the label column split on data.options.label_separator), or a text to
+    #: model
     fields = ("text", "label", "labels", "prompt", "completion", "messages")
     options_schema = CsvOptions
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
         if request.path is None:
-            raise DataError("the csv data source needs data.path", hint="set data.path to a .csv file or a folder holding train.csv")
-        return {split: read_csv(file, request, request.options) for split, file in split_files(request.path, ".csv").items()}
+            raise DataError(
+                "the csv data source needs data.path", hint="set data.path to a .csv file or a folder holding train.csv"
+            )
+        return {
+            split: read_csv(file, request, request.options) for split, file in split_files(request.path, ".csv").items()
+        }
 
 
 @hookimpl

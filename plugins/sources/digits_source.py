@@ -22,7 +22,10 @@ class DigitsSource(DataSource):
 
     def read(self, request: DataRequest) -> dict[str, list[Example]]:
         if request.path is not None:
-            raise DataError(f"the digits data source reads no files, but data.path is {str(request.path)!r}", hint="remove data.path, or pick another source (image-folder)")
+            raise DataError(
+                f"the digits data source reads no files, but data.path is {str(request.path)!r}",
+                hint="remove data.path, or pick another source (image-folder)",
+            )
         import numpy as np
         from sklearn.datasets import load_digits
 

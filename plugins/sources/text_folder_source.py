@@ -25,7 +25,12 @@ class TextFolderOptions(BaseModel):
 
     suffixes: list[str] = Field([".txt"], min_length=1, description="file suffixes to read")
     encoding: str = Field("utf-8", description="text encoding; files that fail to decode are skipped")
-    prompt_lines: int = Field(0, ge=0, description="text-generation: the first N non-empty lines of a file are its prompt, the rest its completion (0: the whole file is learnt); text-embedding: they are the query, the rest its positive")
+    prompt_lines: int = Field(
+        0,
+        ge=0,
+        description="text-generation: the first N non-empty lines of a file are its prompt, the rest its completion "
+        "(0: the whole file is learnt); text-embedding: they are the query, the rest its positive",
+    )
 
 
 LAYOUT = "<data.path>/<label>/<file>.txt, or train/ and test/ folders of those"
@@ -53,7 +58,10 @@ def read_label_folders(root: Path, request: DataRequest, options: TextFolderOpti
         else:
             examples.append({"text": text.strip(), "label": label})
     if not examples:
-        raise DataError(f"no {'/'.join(options.suffixes)} files under {root}", hint="set data.options.suffixes to the file suffixes used")
+        raise DataError(
+            f"no {'/'.join(options.suffixes)} files under {root}",
+            hint="set data.options.suffixes to the file suffixes used",
+        )
     return examples
 
 
@@ -65,9 +73,14 @@ def _generation_example(text: str, prompt_lines: int) -> Example:
 
 
 def _pair(text: str, prompt_lines: int, file: Path, request: DataRequest) -> Example:
-    """text-embedding: the first ``prompt_lines`` lines (a headline) as the query, the rest (its article) as the positive."""
+    """A (query, positive) pair: the first ``prompt_lines`` lines (a headline) as the query,
+    the rest (its article) as the positive."""
     if not prompt_lines:
-        raise DataError("text-embedding from a text folder needs data.options.prompt_lines: the first lines of a file are the query, the rest its positive", hint="BBC News: prompt_lines: 1 (headline -> article)")
+        raise DataError(
+            "text-embedding from a text folder needs data.options.prompt_lines: the first lines of a file are the "
+            "query, the rest its positive",
+            hint="BBC News: prompt_lines: 1 (headline -> article)",
+        )
     example = _generation_example(text, prompt_lines)
     return {"query": example["prompt"].strip(), "positive": example["completion"].strip()}
 

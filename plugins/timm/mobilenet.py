@@ -43,14 +43,21 @@ class DetectionHeadOptions(BaseModel):
 
     channels: int = Field(64, ge=8, le=512, description="width of the FPN laterals and the shared head tower")
     depth: int = Field(2, ge=1, le=6, description="depthwise-separable blocks in the shared head tower")
-    levels: int = Field(3, ge=1, le=4, description="feature levels the head reads, coarsest last (3: strides 8, 16, 32)")
+    levels: int = Field(
+        3, ge=1, le=4, description="feature levels the head reads, coarsest last (3: strides 8, 16, 32)"
+    )
 
 
 class MobileNetOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    image_size: int | None = Field(None, ge=16, le=1024, description="square input size; default: the model's own (224 for most)")
-    head: DetectionHeadOptions = Field(default_factory=lambda: DetectionHeadOptions(), description="object-detection: the feature levels the head reads and the head the task puts on them")
+    image_size: int | None = Field(
+        None, ge=16, le=1024, description="square input size; default: the model's own (224 for most)"
+    )
+    head: DetectionHeadOptions = Field(
+        default_factory=lambda: DetectionHeadOptions(),
+        description="object-detection: the feature levels the head reads and the head the task puts on them",
+    )
 
 
 @dataclass
@@ -77,7 +84,14 @@ class DetectionPreprocessor:
         return (3, self.size, self.size)
 
     def spec(self) -> dict[str, Any]:
-        return {"kind": "detection", "input_names": ["pixel_values"], "input_size": list(self.input_size), "interpolation": self.interpolation, "mean": list(self.mean), "std": list(self.std)}
+        return {
+            "kind": "detection",
+            "input_names": ["pixel_values"],
+            "input_size": list(self.input_size),
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+        }
 
 
 def read_state_dict(path: Path, checkpoint: str) -> dict[str, torch.Tensor]:
@@ -97,16 +111,25 @@ def read_state_dict(path: Path, checkpoint: str) -> dict[str, torch.Tensor]:
     except CheckpointError:
         raise
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-        raise CheckpointError(f"cannot read checkpoint {checkpoint!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}", hint="the file is corrupt, truncated or not a weights file; download or copy it again") from None
+        raise CheckpointError(
+            f"cannot read checkpoint {checkpoint!r}: {type(exc).__name__}: "
+            f"{str(exc).splitlines()[0] if str(exc) else ''}",
+            hint="the file is corrupt, truncated or not a weights file; download or copy it again",
+        ) from None
     for key in ("state_dict", "model", "model_state_dict"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise CheckpointError(f"checkpoint {checkpoint!r} is not a dictionary of tensors", hint="save the model's state_dict(), not the model object")
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r} is not a dictionary of tensors",
+            hint="save the model's state_dict(), not the model object",
+        )
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, checkpoint: str, *, ordered: bool) -> dict[str, torch.Tensor]:
+def map_onto(
+    model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, checkpoint: str, *, ordered: bool
+) -> dict[str, torch.Tensor]:
     """Rename ``state`` into ``model``'s names: by name when they already match,
     else by position (only for ``ordered`` files: a pickle keeps the order it was
     saved in, safetensors does not). The head is taken only when its shape fits
@@ -120,7 +143,8 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
         missing = next(k for k in body if k not in state)
         raise CheckpointError(
             f"checkpoint {checkpoint!r} has no tensor {missing!r}, and a safetensors file cannot be mapped by position",
-            hint="save it with timm's tensor names (timm.create_model(...).state_dict()), or use the original .pth file",
+            hint="save it with timm's tensor names (timm.create_model(...).state_dict()), or use the original .pth "
+            "file",
         )
     else:
         source = list(state)
@@ -130,7 +154,8 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
             pairs = list(zip(source, body))
         else:
             raise CheckpointError(
-                f"checkpoint {checkpoint!r} has {len(source)} tensors; the model has {len(target)} ({len(body)} without its head), and the names differ",
+                f"checkpoint {checkpoint!r} has {len(source)} tensors; the model has {len(target)} ({len(body)} "
+                "without its head), and the names differ",
                 hint="is it a checkpoint of another architecture? check backbone.arch",
             )
     mapped = {}
@@ -140,7 +165,8 @@ def map_onto(model: torch.nn.Module, state: dict[str, torch.Tensor], head: str, 
             if dst in head_keys:
                 continue  # a head for another label count: the new head stays
             raise CheckpointError(
-                f"checkpoint {checkpoint!r} does not fit {type(model).__name__}: tensor {src!r} has shape {found}, the model's {dst!r} expects {expected}",
+                f"checkpoint {checkpoint!r} does not fit {type(model).__name__}: tensor {src!r} has shape {found}, "
+                f"the model's {dst!r} expects {expected}",
                 hint="is it a checkpoint of another architecture? check backbone.arch",
             )
         mapped[dst] = state[src]
@@ -156,7 +182,9 @@ class MobileNet(Backbone):
     recommended_families = ("pointwise-conv", "depthwise-conv")
     options_schema = MobileNetOptions
 
-    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+    def build(
+        self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any
+    ) -> BuiltModel:
         model, head, new = self._classifier(num_labels, checkpoint, arch)
         if task == DETECTION:
             return self._features(model, task, num_labels, new, options)
@@ -175,7 +203,9 @@ class MobileNet(Backbone):
             families=_families(wrapped, blocks),
         )
 
-    def _classifier(self, num_labels: int, checkpoint: str | None, arch: str | None) -> tuple[torch.nn.Module, str, list[str]]:
+    def _classifier(
+        self, num_labels: int, checkpoint: str | None, arch: str | None
+    ) -> tuple[torch.nn.Module, str, list[str]]:
         """timm's classifier for ``arch`` with the checkpoint's weights; its head's name and
         the parameters the checkpoint did not provide."""
         import timm
@@ -183,21 +213,36 @@ class MobileNet(Backbone):
         hub = checkpoint is not None and (checkpoint in HUB_CHECKPOINTS or checkpoint.startswith(HUB_PREFIX))
         name = checkpoint if checkpoint is not None and hub and checkpoint.startswith(HUB_PREFIX) else arch
         if not name:
-            raise ConfigError("backbone 'mobilenet' needs backbone.arch, the timm model name", hint="for example arch: mobilenetv2_100 (or mobilenetv3_small_100, mobilenetv3_large_100, tf_efficientnet_lite0)")
+            raise ConfigError(
+                "backbone 'mobilenet' needs backbone.arch, the timm model name",
+                hint="for example arch: mobilenetv2_100 (or mobilenetv3_small_100, mobilenetv3_large_100, "
+                "tf_efficientnet_lite0)",
+            )
         if not name.startswith(HUB_PREFIX) and not timm.is_model(name):
             close = difflib.get_close_matches(name, timm.list_models(), n=3)
-            raise ConfigError(f"backbone.arch: timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""), hint="`python -c \"import timm; print(timm.list_models('*mobilenet*'))\"` lists names")
+            raise ConfigError(
+                f"backbone.arch: timm has no model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else ""),
+                hint="`python -c \"import timm; print(timm.list_models('*mobilenet*'))\"` lists names",
+            )
         try:
             model = timm.create_model(name, pretrained=hub, num_classes=max(1, num_labels))
         except Exception as exc:  # noqa: BLE001 - hub and download failures vary
-            raise CheckpointError(f"cannot load timm weights for {name!r}: {type(exc).__name__}: {exc}", hint="timm's pretrained weights need a model hub; use a local weights file instead") from None
+            raise CheckpointError(
+                f"cannot load timm weights for {name!r}: {type(exc).__name__}: {exc}",
+                hint="timm's pretrained weights need a model hub; use a local weights file instead",
+            ) from None
         head = getattr(model, "pretrained_cfg", {}).get("classifier", "classifier")
         new: list[str] = [n for n, _ in model.named_parameters() if n.startswith(head + ".")]
         if checkpoint and not hub:
             path = Path(resolve_checkpoint(checkpoint))
             if path.is_dir():
-                raise CheckpointError(f"checkpoint {checkpoint!r} is a folder; backbone 'mobilenet' reads one weights file", hint="point at the .safetensors or .pth file inside it")
-            mapped = map_onto(model, read_state_dict(path, checkpoint), head, checkpoint, ordered=path.suffix != ".safetensors")
+                raise CheckpointError(
+                    f"checkpoint {checkpoint!r} is a folder; backbone 'mobilenet' reads one weights file",
+                    hint="point at the .safetensors or .pth file inside it",
+                )
+            mapped = map_onto(
+                model, read_state_dict(path, checkpoint), head, checkpoint, ordered=path.suffix != ".safetensors"
+            )
             model.load_state_dict(mapped, strict=False)
             new = [n for n, _ in model.named_parameters() if n not in mapped]
         return model, head, new
@@ -215,11 +260,17 @@ class MobileNet(Backbone):
         features: Any = timm.create_model(name, features_only=True, out_indices=levels)
         missing, _ = features.load_state_dict(classifier.state_dict(), strict=False)
         if missing:
-            raise CheckpointError(f"the feature extractor of {name!r} lacks {len(missing)} tensors of its classifier (first: {missing[0]})", hint="report this: timm's features_only model should share the classifier's names")
+            raise CheckpointError(
+                f"the feature extractor of {name!r} lacks {len(missing)} tensors of its classifier (first: "
+                f"{missing[0]})",
+                hint="report this: timm's features_only model should share the classifier's names",
+            )
         info = features.feature_info
         unloaded = set(new)
         blocks = tuple(b.removeprefix("model.") for b in _blocks(features))
-        size = getattr(options, "image_size", None) or int(classifier.pretrained_cfg.get("input_size", (3, 224, 224))[-1])
+        size = getattr(options, "image_size", None) or int(
+            classifier.pretrained_cfg.get("input_size", (3, 224, 224))[-1]
+        )
         config = {**classifier.pretrained_cfg, "input_size": (3, size, size)}
         return BuiltModel(
             model=features,
@@ -227,7 +278,9 @@ class MobileNet(Backbone):
             num_labels=num_labels,
             new_parameters=tuple(n for n, _ in features.named_parameters() if n in unloaded),
             blocks=blocks,
-            preprocessor=DetectionPreprocessor(size, tuple(config.get("mean", (0.485, 0.456, 0.406))), tuple(config.get("std", (0.229, 0.224, 0.225)))),
+            preprocessor=DetectionPreprocessor(
+                size, tuple(config.get("mean", (0.485, 0.456, 0.406))), tuple(config.get("std", (0.229, 0.224, 0.225)))
+            ),
             families=_families(features, blocks),
             pyramid=tuple(zip(info.channels(), info.reduction())),
             head_options={"channels": head_options.channels, "depth": head_options.depth},
@@ -256,7 +309,9 @@ class MobileNet(Backbone):
                     with Image.open(image) as opened:
                         return opened.convert("RGB")
                 except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
-                    raise DataError(f"cannot read image {image}: {type(exc).__name__}: {exc}", hint="replace or remove the file") from None
+                    raise DataError(
+                        f"cannot read image {image}: {type(exc).__name__}: {exc}", hint="replace or remove the file"
+                    ) from None
             if isinstance(image, Image.Image):
                 return image.convert("RGB")
             array = np.asarray(image)
@@ -280,9 +335,15 @@ class MobileNet(Backbone):
     def example_inputs(self, built: BuiltModel, batch_size: int = 2) -> Batch:
         import torch
 
-        return {"pixel_values": torch.randn(batch_size, *built.preprocessor.input_size, generator=torch.Generator().manual_seed(0))}
+        return {
+            "pixel_values": torch.randn(
+                batch_size, *built.preprocessor.input_size, generator=torch.Generator().manual_seed(0)
+            )
+        }
 
-    def save_merged(self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any) -> MergedFolder | None:
+    def save_merged(
+        self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any
+    ) -> MergedFolder | None:
         """Backbone.save_merged: a classifier's timm network under timm's own tensor names, which
         ``timm.create_model(arch, pretrained_cfg_overlay=dict(file=...))`` loads; None for the
         other models (a detector, an embedding model), which adapt writes in its own layout."""
@@ -296,11 +357,18 @@ class MobileNet(Backbone):
         (folder / "model.safetensors").write_bytes(save(state, metadata={"format": "pt", "layout": "network"}))
         network: Any = model.model
         arch, labels = network.pretrained_cfg.get("architecture") or "ARCH", max(1, len(label_names))
-        return MergedFolder("timm", [
-            "```python", "import timm", f'model = timm.create_model("{arch}", pretrained=True, num_classes={labels},',
-            f'                          pretrained_cfg_overlay=dict(file="merged/model.safetensors", num_classes={labels}))', "```",
-            "(`num_classes` in the overlay too: else timm drops the trained head as not fitting ImageNet's 1000 classes.)",
-        ])
+        return MergedFolder(
+            "timm",
+            [
+                "```python",
+                "import timm",
+                f'model = timm.create_model("{arch}", pretrained=True, num_classes={labels},',
+                " " * 26 + f'pretrained_cfg_overlay=dict(file="merged/model.safetensors", num_classes={labels}))',
+                "```",
+                "(`num_classes` in the overlay too: else timm drops the trained head as not fitting ImageNet's 1000 "
+                "classes.)",
+            ],
+        )
 
     def export_form(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO) -> torch.nn.Module:
         """Backbone.export_form: with the image size fixed in the graph (only the batch varies),
@@ -334,7 +402,9 @@ class MobileNet(Backbone):
         return {"lora": ["conv_pw", "conv_dw", "conv_pwl"]}.get(method, [])
 
 
-def _box_collator(preprocessor: DetectionPreprocessor, to_rgb: Callable[[Any], Any]) -> Callable[[Sequence[Example]], Batch]:
+def _box_collator(
+    preprocessor: DetectionPreprocessor, to_rgb: Callable[[Any], Any]
+) -> Callable[[Sequence[Example]], Batch]:
     """Images stretched to the input size; ``labels`` rows ``class, x1, y1, x2, y2`` in
     fractions of each image's width and height, padded with class -100 (adapt.plugins.detection.loss)."""
     import numpy as np
@@ -351,7 +421,12 @@ def _box_collator(preprocessor: DetectionPreprocessor, to_rgb: Callable[[Any], A
             image = to_rgb(example["image"])
             arrays.append(stretch_image(image, spec))
             scale = np.array([image.width, image.height, image.width, image.height], dtype=np.float32)
-            rows.append([[float(c), *(np.asarray(b, dtype=np.float32) / scale)] for b, c in zip(example.get("boxes", []), example.get("labels", []))])
+            rows.append(
+                [
+                    [float(c), *(np.asarray(b, dtype=np.float32) / scale)]
+                    for b, c in zip(example.get("boxes", []), example.get("labels", []))
+                ]
+            )
         labels = torch.full((len(examples), max([1, *map(len, rows)]), 5), float(IGNORE_INDEX))
         for i, found in enumerate(rows):
             if found:
@@ -408,7 +483,12 @@ def static_same_padding(model: torch.nn.Module, args: tuple[Any, ...]) -> torch.
     if not names:
         return model
     sizes: dict[str, tuple[int, int]] = {}
-    hooks = [model.get_submodule(n).register_forward_pre_hook(lambda module, inputs, name=n: sizes.__setitem__(name, tuple(inputs[0].shape[-2:]))) for n in names]
+    hooks = [
+        model.get_submodule(n).register_forward_pre_hook(
+            lambda module, inputs, name=n: sizes.__setitem__(name, tuple(inputs[0].shape[-2:]))
+        )
+        for n in names
+    ]
     try:
         with torch.no_grad():
             model(*args)
@@ -429,8 +509,13 @@ def static_same_padding(model: torch.nn.Module, args: tuple[Any, ...]) -> torch.
     for name in names:
         conv = model.get_submodule(name)
         assert isinstance(conv, torch.nn.Conv2d)
-        pad_h, pad_w = (_same_padding(size, k, s, d) for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation))
-        replace_module(model, name, StaticPadConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2)))
+        pad_h, pad_w = (
+            _same_padding(size, k, s, d)
+            for size, k, s, d in zip(sizes[name], conv.kernel_size, conv.stride, conv.dilation)
+        )
+        replace_module(
+            model, name, StaticPadConv(conv, (pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2))
+        )
     return model
 
 

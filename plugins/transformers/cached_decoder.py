@@ -24,15 +24,30 @@ class CausalLMWithCache(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None, *past: torch.Tensor, **named_past: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        *past: torch.Tensor,
+        **named_past: torch.Tensor,
+    ) -> torch.Tensor | tuple[torch.Tensor, ...]:
         past = past or tuple(named_past.values())
         if not past:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False).logits
+            return self.model(
+                input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+            ).logits
         from transformers import DynamicCache
 
         cache = DynamicCache(config=getattr(self.model, "config", None))
         for layer in range(len(past) // 2):
             cache.update(past[2 * layer], past[2 * layer + 1], layer)
-        out = self.model(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=True, **{cache_argument(self.model): cache})
+        out = self.model(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            use_cache=True,
+            **{cache_argument(self.model): cache},
+        )
         present = [t for layer in cache_of(out).layers for t in (layer.keys, layer.values)]
         return (out.logits, *present)

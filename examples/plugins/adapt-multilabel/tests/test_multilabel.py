@@ -24,7 +24,11 @@ def test_the_host_finds_the_task():
 
 
 def test_the_task_meets_the_contract():
-    check_task(adapt_multilabel.MultiLabelText(), examples=EXAMPLES, logits=torch.tensor([[3.0, -2.0], [1.0, 2.0], [2.0, -3.0], [-1.0, -1.0]]))
+    check_task(
+        adapt_multilabel.MultiLabelText(),
+        examples=EXAMPLES,
+        logits=torch.tensor([[3.0, -2.0], [1.0, 2.0], [2.0, -3.0], [-1.0, -1.0]]),
+    )
 
 
 def test_labels_become_a_multi_hot_row():

@@ -21,7 +21,14 @@ def test_mobilenet_exports_with_parity(tmp_path):
     inputs = backbone.example_inputs(built, batch_size=2)
     for freeze in (True, False):
         exporter = host.exporters.get("torchscript")
-        path = check_exporter(exporter, model=built.model, inputs=inputs, io=backbone.onnx_io(built), path=tmp_path / f"model-{freeze}.pt", options=adapt_torchscript.TorchScriptOptions(freeze=freeze))
+        path = check_exporter(
+            exporter,
+            model=built.model,
+            inputs=inputs,
+            io=backbone.onnx_io(built),
+            path=tmp_path / f"model-{freeze}.pt",
+            options=adapt_torchscript.TorchScriptOptions(freeze=freeze),
+        )
         assert path.stat().st_size > 0
     batch_of_five = {k: torch.cat([v] * 3)[:5] for k, v in inputs.items()}  # traced with batch 2, run with 5
     got = host.exporters.get("torchscript").load(path)({k: v.numpy() for k, v in batch_of_five.items()})
