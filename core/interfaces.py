@@ -355,10 +355,6 @@ class Task:
         Default None: no check."""
         return None
 
-    def report_rows(self, report: Mapping[str, Any]) -> list[str]:
-        """Extra markdown lines for report.md (after the metrics); default none."""
-        return []
-
 
 @dataclass
 class ExportCheck:

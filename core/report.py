@@ -132,10 +132,19 @@ def _verified(value: Any) -> str:
     return {True: "yes", False: "**NO**"}.get(value, "")
 
 
+#: The entries every parity check has; anything else in one is a task's own (its agreement_name, its check_export's).
+PARITY_KEYS = ("max_abs_diff", "label_agreement", "examples", "bound", "verified")
+
+
 def _agreements(parity: dict[str, Any]) -> str:
-    """A form's agreements on final outputs, after its label agreement (boxes after NMS, generated tokens)."""
-    found = {"box agreement": parity.get("box_agreement"), "generation agreement": parity.get("generation_agreement")}
-    return "".join(f"; {name} {value:.2%}" for name, value in found.items() if value is not None)
+    """A form's task-specific checks, after its label agreement (boxes after NMS, generated tokens,
+    the smallest cosine): every other number in its parity entry, by its own name."""
+    shown = []
+    for key, value in parity.items():
+        if key in PARITY_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        shown.append(f"; {key.replace('_', ' ')} " + (f"{value:.2%}" if key.endswith("agreement") else f"{value:.6g}"))
+    return "".join(shown)
 
 
 def render_markdown(report: dict[str, Any]) -> str:
