@@ -26,3 +26,12 @@ def test_the_latency_table_reads_the_runs_own_primary_metric_and_direction():
     assert "test micro_f1 |" in table
     assert "| onnx | 1.00 | 1.20 |" in table and "| 0.7421 |" in table and "| 0.75 |" in table
     assert "(lower is better)" in latency_table({**report, "primary_metric": "perplexity", "lower_is_better": True})
+
+
+def test_report_md_shows_a_tasks_own_parity_entries_by_their_names():
+    """A task's agreement (its agreement_name) and its export check's entries reach report.md
+    by their own names, with no list of built-in names in core."""
+    from adapt.report import _agreements
+
+    shown = _agreements({"max_abs_diff": 1e-6, "label_agreement": 1.0, "examples": 8, "bound": 1e-4, "verified": True, "box_agreement": 0.995, "min_cosine": 0.99998})
+    assert shown == "; box agreement 99.50%; min cosine 0.99998"
