@@ -80,6 +80,46 @@ def _check_user_error(action: Callable[[], Any], what: str) -> None:
     raise AssertionError(f"{what} was accepted; it must raise an adapt.errors error")
 
 
+def _check_collated(backbone: Backbone, built: BuiltModel, task: Task, examples: Sequence[dict], options: Any) -> None:
+    """The task's examples, flattened and collated as a run does, give logits the task's loss
+    and decode take."""
+    rows = list(task.flatten(examples))  # what the backbone's collator gets in a run
+    batch = backbone.collator(built, options)(rows)
+    assert "labels" in batch, "the collator must return labels when the examples have them"
+    labels = batch.pop("labels")
+    with torch.no_grad():
+        logits = _logits_of(built.model(**batch))
+    assert logits.shape[0] == len(rows), (
+        f"collated batch gives logits of shape {tuple(logits.shape)} for {len(rows)} examples"
+    )
+    loss = task.loss(logits, labels)
+    assert torch.isfinite(loss).all(), (
+        f"the task's loss on the collated batch is {loss}: labels and logits do not line up"
+    )
+    predictions, references = task.decode(logits, labels)
+    assert len(predictions) == len(references) > 0, (
+        "the task's decode of the collated batch gives a prediction per reference"
+    )
+
+
+def _check_graph_io(backbone: Backbone, built: BuiltModel, inputs: Batch) -> None:
+    """ONNX input names are the model's first forward parameters, keyed as example_inputs, with a
+    dynamic batch axis on every input and output."""
+    io = backbone.onnx_io(built)
+    signature = inspect.signature(built.model.forward).parameters
+    named = [n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
+    variadic = any(p.kind == p.VAR_POSITIONAL for p in signature.values())  # a cached decoder's *past
+    shown = io.input_names[: len(named)] if variadic else io.input_names
+    assert named[: len(shown)] == list(shown), (
+        f"ONNX inputs {io.input_names} are not the first forward parameters {named}"
+    )
+    assert list(io.input_names) == list(inputs), "example_inputs must be keyed by the ONNX input names, in order"
+    assert set(io.dynamic_axes) == set(io.input_names) | set(io.output_names), (
+        "every input and output needs dynamic axes"
+    )
+    assert all(axes.get(0) == "batch" for axes in io.dynamic_axes.values()), "axis 0 must be the dynamic batch axis"
+
+
 def check_backbone(
     backbone: Any,
     *,
@@ -117,36 +157,8 @@ def check_backbone(
     assert first.shape[0] == next(iter(inputs.values())).shape[0], (
         "example_inputs' logits do not have the batch's size first"
     )
-    rows = list(task_object.flatten(examples))  # what the backbone's collator gets in a run
-    batch = backbone.collator(built, options)(rows)
-    assert "labels" in batch, "the collator must return labels when the examples have them"
-    labels = batch.pop("labels")
-    with torch.no_grad():
-        logits = _logits_of(built.model(**batch))
-    assert logits.shape[0] == len(rows), (
-        f"collated batch gives logits of shape {tuple(logits.shape)} for {len(rows)} examples"
-    )
-    loss = task_object.loss(logits, labels)
-    assert torch.isfinite(loss).all(), (
-        f"the task's loss on the collated batch is {loss}: labels and logits do not line up"
-    )
-    predictions, references = task_object.decode(logits, labels)
-    assert len(predictions) == len(references) > 0, (
-        "the task's decode of the collated batch gives a prediction per reference"
-    )
-    io = backbone.onnx_io(built)
-    signature = inspect.signature(built.model.forward).parameters
-    named = [n for n, p in signature.items() if p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)]
-    variadic = any(p.kind == p.VAR_POSITIONAL for p in signature.values())  # a cached decoder's *past
-    shown = io.input_names[: len(named)] if variadic else io.input_names
-    assert named[: len(shown)] == list(shown), (
-        f"ONNX inputs {io.input_names} are not the first forward parameters {named}"
-    )
-    assert list(io.input_names) == list(inputs), "example_inputs must be keyed by the ONNX input names, in order"
-    assert set(io.dynamic_axes) == set(io.input_names) | set(io.output_names), (
-        "every input and output needs dynamic axes"
-    )
-    assert all(axes.get(0) == "batch" for axes in io.dynamic_axes.values()), "axis 0 must be the dynamic batch axis"
+    _check_collated(backbone, built, task_object, examples, options)
+    _check_graph_io(backbone, built, inputs)
     modules = dict(built.model.named_modules())
     params = dict(built.model.named_parameters())
     assert built.head or not built.num_labels, "a classifier's head (the modules its task adds) must be named"
@@ -368,6 +380,28 @@ def tiny_image_batch(size: int = 6, num_labels: int = 3, pixels: int = 8) -> Bat
     }
 
 
+def _check_task_declaration(task: Any) -> Task:
+    """A task's declared members: no misspelt member, a name, a primary metric, fields of names,
+    a post-processing kind predict.py implements (JSON, as preprocess.json holds it)."""
+    import json
+
+    from adapt.interfaces import POSTPROCESS_KINDS, undeclared_members
+
+    misspelt = undeclared_members(task, Task)
+    assert not misspelt, (
+        f"members adapt never reads (misspelt?): {', '.join(f'{a} (did you mean {m}?)' for a, m in misspelt)}"
+    )
+    declared = declare(task, Task)
+    assert isinstance(declared.name, str) and declared.name, "a task needs a non-empty string `name`"
+    assert isinstance(declared.primary_metric, str) and declared.primary_metric, "a task needs a `primary_metric`"
+    assert all(isinstance(f, str) for f in declared.fields), "`fields` must be a tuple of field names"
+    assert declared.postprocess.get("kind") in POSTPROCESS_KINDS, (
+        f"postprocess kind {declared.postprocess.get('kind')!r} is not one of {POSTPROCESS_KINDS}"
+    )
+    json.dumps(dict(declared.postprocess))  # preprocess.json holds it
+    return declared
+
+
 def check_task(
     task: Any, *, examples: Sequence[dict] = (), logits: torch.Tensor | None = None, labels: torch.Tensor | None = None
 ) -> None:
@@ -380,21 +414,9 @@ def check_task(
     import json
     import math
 
-    from adapt.interfaces import POSTPROCESS_KINDS, undeclared_members
     from adapt.onnx_predict import finish_row
 
-    misspelt = undeclared_members(task, Task)
-    assert not misspelt, (
-        f"members adapt never reads (misspelt?): {', '.join(f'{a} (did you mean {m}?)' for a, m in misspelt)}"
-    )
-    task = declare(task, Task)
-    assert isinstance(task.name, str) and task.name, "a task needs a non-empty string `name`"
-    assert isinstance(task.primary_metric, str) and task.primary_metric, "a task needs a `primary_metric`"
-    assert all(isinstance(f, str) for f in task.fields), "`fields` must be a tuple of field names"
-    assert task.postprocess.get("kind") in POSTPROCESS_KINDS, (
-        f"postprocess kind {task.postprocess.get('kind')!r} is not one of {POSTPROCESS_KINDS}"
-    )
-    json.dumps(dict(task.postprocess))  # preprocess.json holds it
+    task = _check_task_declaration(task)
     if not examples:
         return
     for i, example in enumerate(examples):
