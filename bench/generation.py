@@ -53,7 +53,8 @@ def build(work: Path):
     built = BuiltModel(CausalLMWithCache(model), "text-generation", 0)
     host = make_host(autoload=False)
     backbone, exporter = host.backbones.get("transformers"), host.exporters.get("onnx")
-    path = exporter.export(built.model, backbone.example_inputs(built, 2), backbone.onnx_io(built), work / "model.onnx", None)
+    inputs, io = backbone.example_inputs(built, 2), backbone.onnx_io(built)
+    path = exporter.export(backbone.export_form(built.model, inputs, io), inputs, io, work / "model.onnx", None)  # as the export stage does
     threads = torch.get_num_threads()
     ctx = DeriveContext(work, {"quantization": "dynamic"}, "all", False, 1.0, [], lambda p: 1.0, lambda p: {"median": 0.0, "p90": 0.0, "threads": threads})
     derived = exporter.derive(path, ctx)

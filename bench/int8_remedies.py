@@ -71,7 +71,8 @@ def main() -> None:
 
         def fine_tune_and_export(path: Path) -> dict[str, Any]:
             tuned, info = qat.finetune(merged, session.splits.train, session.collate, session.plan.task, epochs=args.qat_epochs, lr=args.qat_lr, batch_size=train.batch_size, seed=0, device="cpu", say=lambda text: print(text, file=sys.stderr))
-            exporter.export(tuned, session.plan.backbone.example_inputs(session.built, 2), session.plan.backbone.onnx_io(session.built), path, None)
+            backbone, inputs, io = session.plan.backbone, session.plan.backbone.example_inputs(session.built, 2), session.plan.backbone.onnx_io(session.built)
+            exporter.export(backbone.export_form(tuned, inputs, io), inputs, io, path, None)  # as the export stage does
             return info
 
         ctx = DeriveContext(Path(folder), {}, "int8", False, 0.01, calibration, lambda p: accuracy(p, "val"), lambda p: {"median": 0.0, "p90": 0.0, "threads": 1}, None, qat=fine_tune_and_export)
