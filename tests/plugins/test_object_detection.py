@@ -166,3 +166,14 @@ def test_check_exporter_compares_every_graph_output_of_a_detector_with_nms_insid
     io = OnnxIO(base.input_names, (*base.output_names, *names), {**base.dynamic_axes, **{n: {0: "detections"} for n in names}})
     inputs = backbone.example_inputs(built, 2)
     check_exporter(host.exporters.get("onnx"), model=module, inputs=inputs, io=io, path=tmp_path / "det.onnx")
+
+
+def test_a_backbone_without_feature_levels_is_a_clear_error(task):
+    """The detector's head goes on the backbone's feature levels (BuiltModel.pyramid): a model
+    without them is one message naming what is missing and which backbone has it."""
+    from adapt.errors import ConfigError
+    from adapt.testing import tiny_image_model
+
+    with pytest.raises(ConfigError) as info:
+        task.wrap_model(tiny_image_model(), 2)
+    assert "BuiltModel.pyramid" in info.value.message and "mobilenet" in info.value.hint
