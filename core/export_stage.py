@@ -508,7 +508,10 @@ class _ExportJob:
 
         done = self.run_file(exporter, form.path, self.test_batches, finals=True)
         metrics, logits, predictions, finals = done.metrics, done.logits, done.predictions, done.finals
-        parity = compare(self.merged.logits, logits, self.merged.predictions, predictions, self.plan.task.agreement)
+        task = self.plan.task
+        parity = compare(
+            self.merged.logits, logits, self.merged.predictions, predictions, task.agreement, task.agreement_name
+        )
         bound = self.cfg.parity_tolerance if form.exact else None
         problem = verdict(parity, bound, reference="the merged model", candidate=form.path.name)
         self.new["metrics"][form.name] = {k: round(v, 6) if math.isfinite(v) else v for k, v in metrics.items()}

@@ -128,6 +128,9 @@ class Parity:
     scale: float = 0.0
     #: Which side holds NaN or Inf: "", "reference", "candidate" or "both".
     nonfinite: str = ""
+    #: What ``label_agreement`` measured: "labels" (equal predictions), or the name of the
+    #: task's own agreement where it has one (``box_agreement``, ``min_cosine``).
+    agreement_of: str = "labels"
 
 
 @dataclass

@@ -26,11 +26,14 @@ def compare(
     reference_predictions: Sequence[Any],
     predictions: Sequence[Any],
     agreement: Callable[[Sequence[Any], Sequence[Any]], float | None] | None = None,
+    agreement_name: str = "agreement",
 ) -> Parity:
     """Max abs difference of logits (batch by batch), the share of equal predicted
     labels (or the task's own ``agreement(reference, candidate)`` where it has one:
     object-detection matches boxes), the reference's largest logit, and which side
-    holds NaN or Inf (if any): then the difference is NaN."""
+    holds NaN or Inf (if any): then the difference is NaN. ``agreement_of`` says which of
+    the two the share is (the task's ``agreement_name``), so a report never calls a cosine
+    or a box match a label agreement."""
     import torch
 
     diff, scale, bad_reference, bad_candidate = 0.0, 0.0, False, False
@@ -47,6 +50,7 @@ def compare(
         (bad_reference, bad_candidate), ""
     )
     found = agreement(reference_predictions, predictions) if agreement is not None else None  # None: the task has none
+    measured = "labels" if found is None else agreement_name
     if found is not None:
         share = float(found)
     else:
@@ -58,6 +62,7 @@ def compare(
         examples=len(reference_predictions),
         scale=scale,
         nonfinite=nonfinite,
+        agreement_of=measured,
     )
 
 
@@ -80,6 +85,7 @@ def report_entry(parity: Parity, bound: float | None, verified: bool) -> dict[st
     return {
         "max_abs_diff": None if math.isnan(parity.max_abs_diff) else parity.max_abs_diff,
         "label_agreement": parity.label_agreement,
+        "agreement_of": parity.agreement_of,
         "examples": parity.examples,
         "bound": bound,
         "verified": verified,

@@ -33,7 +33,7 @@ from adapt.errors import AdaptError, CheckpointError, DataError, MergeError, Run
 from adapt.host import Host
 from adapt.interfaces import BuiltModel, Example, Task
 from adapt.plan import Plan, make_plan, model_task
-from adapt.report import add_section, plot_curve, read_report, write_report
+from adapt.report import add_section, agreement_text, plot_curve, read_report, write_report
 from adapt.rundir import CONFIG_FILE, RunDir, already_a_run, atomic_write_json, check_target, hold_lock, require_run
 
 LABELS_FILE = "labels.json"
@@ -359,8 +359,14 @@ def merge_stage(session: Session) -> Merged:
     adapted = run(session.built.model)
     merged = plan.method.merge(session.built)
     merged_eval = run(merged.model)
+    task = session.plan.task
     parity = compare(
-        adapted.logits, merged_eval.logits, adapted.predictions, merged_eval.predictions, session.plan.task.agreement
+        adapted.logits,
+        merged_eval.logits,
+        adapted.predictions,
+        merged_eval.predictions,
+        task.agreement,
+        task.agreement_name,
     )
     section: dict[str, Any] = {
         "metrics": {"adapted": _clean(adapted.metrics), "merged": _clean(merged_eval.metrics)},
@@ -380,8 +386,8 @@ def merge_stage(session: Session) -> Merged:
         f"test: adapted {primary} {adapted.metrics.get(primary, float('nan')):.4f}, merged "
         f"{merged_eval.metrics.get(primary, float('nan')):.4f}; merge "
         f"{section['merge']}{' (approximate)' if merged.tolerance is not None else ''} verified: max abs diff "
-        f"{parity.max_abs_diff:.2e} (allowed {gate['parity']['merged']['bound']:.1e}), label agreement "
-        f"{parity.label_agreement:.2%}"
+        f"{parity.max_abs_diff:.2e} (allowed {gate['parity']['merged']['bound']:.1e}), "
+        f"{agreement_text(parity.agreement_of, parity.label_agreement)}"
     )
     return Merged(merged, merged_eval, section)
 

@@ -132,8 +132,15 @@ def _verified(value: Any) -> str:
     return {True: "yes", False: "**NO**"}.get(value, "")
 
 
+def agreement_text(measured: Any, share: float) -> str:
+    """``label agreement 100.00%``, or the task's own agreement by its name (``box agreement 99.50%``,
+    ``min cosine 0.99998``): what a parity entry's ``label_agreement`` measured (``agreement_of``)."""
+    name = "label_agreement" if measured in (None, "labels") else str(measured)
+    return f"{name.replace('_', ' ')} " + (f"{share:.2%}" if name.endswith("agreement") else f"{share:.6g}")
+
+
 #: The entries every parity check has; anything else in one is a task's own (its agreement_name, its check_export's).
-PARITY_KEYS = ("max_abs_diff", "label_agreement", "examples", "bound", "verified")
+PARITY_KEYS = ("max_abs_diff", "label_agreement", "agreement_of", "examples", "bound", "verified")
 
 
 def _agreements(parity: dict[str, Any]) -> str:
@@ -143,7 +150,8 @@ def _agreements(parity: dict[str, Any]) -> str:
     for key, value in parity.items():
         if key in PARITY_KEYS or isinstance(value, bool) or not isinstance(value, (int, float)):
             continue
-        shown.append(f"; {key.replace('_', ' ')} " + (f"{value:.2%}" if key.endswith("agreement") else f"{value:.6g}"))
+        text = agreement_text(key, value)  # the same name as the agreement: measured on the graph's own final outputs
+        shown.append(f"; final outputs' {text}" if key == parity.get("agreement_of") else f"; {text}")
     return "".join(shown)
 
 
@@ -184,12 +192,13 @@ def render_markdown(report: dict[str, Any]) -> str:
             "",
             "## Parity (merged: against the adapted model; exported forms: against the merged model)",
             "",
-            "| form | max abs diff of logits | allowed | label agreement | verified |",
+            "| form | max abs diff of logits | allowed | agreement | verified |",
             "|---|---|---|---|---|",
         ]
         lines += [
             f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | "
-            f"{p.get('label_agreement', 0):.2%}{_agreements(p)} | {_verified(p.get('verified'))} |"
+            f"{agreement_text(p.get('agreement_of'), p.get('label_agreement', 0))}{_agreements(p)} | "
+            f"{_verified(p.get('verified'))} |"
             for form, p in parity.items()
         ]
     if report.get("latency_ms"):

@@ -49,6 +49,8 @@ class Check(_Strict):
 
     max_abs_diff: float | None
     label_agreement: float
+    #: what label_agreement measured: "labels" (equal predictions) or the task's own agreement's name
+    agreement_of: str | None = None
     examples: int
     bound: float | None
     verified: bool
