@@ -379,84 +379,169 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
     _add_predict_command(cli, host, run_dir_argument)
 
 
-def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
-    """`adapt bench`: time the run's model and files here and now, taking turns."""
+def _options(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
+    """Apply click options in the order listed (the order ``--help`` shows)."""
 
-    @cli.command("bench")
-    @run_dir_argument
-    @click.option(
+    def apply(function: Any) -> Any:
+        for option in reversed(options):
+            function = option(function)
+        return function
+
+    return apply
+
+
+#: `adapt bench`'s options.
+BENCH_OPTIONS = [
+    click.option(
         "--threads",
         type=click.IntRange(1),
         default=None,
         help="CPU threads for PyTorch and ONNX Runtime alike (default: torch's).",
-    )
-    @click.option(
+    ),
+    click.option(
         "--rounds",
         type=click.IntRange(1),
         default=5,
         show_default=True,
         help="rounds in which the contenders take turns.",
-    )
-    @click.option(
+    ),
+    click.option(
         "--runs", type=click.IntRange(1), default=10, show_default=True, help="timed calls per contender per round."
-    )
-    @click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="examples per call.")
-    @click.option(
+    ),
+    click.option("--batch-size", type=click.IntRange(1), default=1, show_default=True, help="examples per call."),
+    click.option(
         "--seq-len",
         type=click.IntRange(1),
         default=None,
         help="text: tokens per example (default: the run's max_length).",
-    )
-    @click.option(
+    ),
+    click.option(
         "--image-size", type=click.IntRange(8), default=None, help="images: side in pixels (default: the run's)."
-    )
-    @click.option("--save", is_flag=True, help="also write the figures to report.json (`bench`).")
+    ),
+    click.option("--save", is_flag=True, help="also write the figures to report.json (`bench`)."),
+]
+
+
+def _add_bench_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
+    """`adapt bench`: time the run's model and files here and now, taking turns."""
+
+    @cli.command("bench")
+    @run_dir_argument
+    @_options(BENCH_OPTIONS)
     def bench_command(run_dir: Path, save: bool, **options: Any) -> None:
         """Time RUN_DIR's model here and now: PyTorch eager (the merged model) and every
         exported ONNX file take turns, round by round, on the same inputs and threads.
         Prints a table (median ms, the spread of the rounds, each file's ratio to eager
         with its range) and, last, one JSON line with the figures and the machine."""
         from adapt.bench import bench_run, bench_table
-        from adapt.report import latency_table, read_report
+        from adapt.report import read_report
 
         report = read_report(run_dir)  # a damaged report.json is named
-        if (report.get("postprocess") or {}).get(
-            "kind"
-        ) == "generation":  # its speed is generation, measured by the export
-            if not report.get("latency_ms"):
-                raise AdaptError(
-                    f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}"
-                )
-            click.echo(latency_table(report))
-            click.echo(
-                "note: a generator: these are the export's figures (new tokens per second of greedy generation "
-                "through the KV cache, timed taking turns); adapt bench does not time generation again: "
-                "bench/generation.py does, against transformers and Optimum"
-            )
+        if (report.get("postprocess") or {}).get("kind") == "generation":
+            _generation_figures(run_dir, report)
             return
         result = bench_run(run_dir, host, **options)
         click.echo(bench_table(result))
         if "note" in result:
             click.echo(f"note: {result['note']}")
         if save:
-            from adapt.report import read_report, write_report
-            from adapt.rundir import hold_lock
+            _save_bench(run_dir, result)
+        figures: dict[str, Any] = {
+            "ms": result["ms"],
+            "to_pytorch": {k: v["ratio"] for k, v in result.get("to_pytorch", {}).items()},
+            **{k: result[k] for k in ("batch_size", "seq_len", "image_size") if k in result},
+            "threads": result["machine"]["threads"],
+        }
+        click.echo(json.dumps(figures))
 
-            with hold_lock(run_dir):
-                report = read_report(run_dir)
-                report["bench"] = result  # the latest measurement replaces an earlier one
-                write_report(run_dir, report)
-            click.echo(f"saved to {run_dir / 'report.json'} (bench)")
-        click.echo(
-            json.dumps(
-                {
-                    "ms": result["ms"],
-                    "to_pytorch": {k: v["ratio"] for k, v in result.get("to_pytorch", {}).items()},
-                    **{k: result[k] for k in ("batch_size", "seq_len", "image_size") if k in result},
-                    "threads": result["machine"]["threads"],
-                }
-            )
-        )
+
+def _generation_figures(run_dir: Path, report: dict[str, Any]) -> None:
+    """A generator's speed is generation, measured by the export: its figures, not a new timing."""
+    from adapt.report import latency_table
+
+    if not report.get("latency_ms"):
+        raise AdaptError(f"{run_dir} has no latency figures yet", hint=f"export it first: adapt export {run_dir}")
+    click.echo(latency_table(report))
+    click.echo(
+        "note: a generator: these are the export's figures (new tokens per second of greedy generation "
+        "through the KV cache, timed taking turns); adapt bench does not time generation again: "
+        "bench/generation.py does, against transformers and Optimum"
+    )
+
+
+def _save_bench(run_dir: Path, result: dict[str, Any]) -> None:
+    """`adapt bench --save`: the figures into report.json (the latest replaces an earlier one)."""
+    from adapt.report import read_report, write_report
+    from adapt.rundir import hold_lock
+
+    with hold_lock(run_dir):
+        report = read_report(run_dir)
+        report["bench"] = result
+        write_report(run_dir, report)
+    click.echo(f"saved to {run_dir / 'report.json'} (bench)")
+
+
+#: `adapt predict`'s options.
+PREDICT_OPTIONS = [
+    click.option(
+        "--onnx",
+        "use_onnx",
+        is_flag=True,
+        help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.",
+    ),
+    click.option(
+        "--model",
+        "model_file",
+        type=click.Path(dir_okay=False, exists=True, path_type=Path),
+        help="With --onnx: this exported file instead of the deployable one.",
+    ),
+    click.option(
+        "--max-new-tokens",
+        type=click.IntRange(1),
+        default=64,
+        show_default=True,
+        help="generating runs: most tokens to add to each prompt.",
+    ),
+    click.option(
+        "--temperature",
+        type=click.FloatRange(0),
+        default=0.0,
+        show_default=True,
+        help="generating runs: 0 is greedy; higher samples more freely.",
+    ),
+    click.option(
+        "--top-k",
+        type=click.IntRange(0),
+        default=0,
+        show_default=True,
+        help="generating runs: sample among the k most likely tokens (0: all).",
+    ),
+    click.option(
+        "--top-p",
+        type=click.FloatRange(0, 1, min_open=True),
+        default=1.0,
+        show_default=True,
+        help="generating runs: sample within this much probability mass.",
+    ),
+    click.option(
+        "--seed", type=int, default=0, show_default=True, help="generating runs: random seed of the sampling."
+    ),
+    click.option("--stop", multiple=True, help="generating runs: cut the generated text at this string (repeatable)."),
+    click.option(
+        "--min-score",
+        type=click.FloatRange(0, 1),
+        default=0.3,
+        show_default=True,
+        help="detectors (boxes): print detections scoring at least this.",
+    ),
+    click.option(
+        "--draw",
+        type=click.Path(dir_okay=False, path_type=Path),
+        default=None,
+        help="detectors (boxes): write the image with its boxes to this PNG (several images: one file each, named "
+        "after them).",
+    ),
+]
 
 
 def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callable[[Any], Any]) -> None:
@@ -465,64 +550,7 @@ def _add_predict_command(cli: click.Group, host: Host, run_dir_argument: Callabl
     @cli.command("predict")
     @run_dir_argument
     @click.argument("inputs", nargs=-1, required=True)
-    @click.option(
-        "--onnx",
-        "use_onnx",
-        is_flag=True,
-        help="Run the exported deployable file with ONNX Runtime alone (no PyTorch), as on a device.",
-    )
-    @click.option(
-        "--model",
-        "model_file",
-        type=click.Path(dir_okay=False, exists=True, path_type=Path),
-        help="With --onnx: this exported file instead of the deployable one.",
-    )
-    @click.option(
-        "--max-new-tokens",
-        type=click.IntRange(1),
-        default=64,
-        show_default=True,
-        help="generating runs: most tokens to add to each prompt.",
-    )
-    @click.option(
-        "--temperature",
-        type=click.FloatRange(0),
-        default=0.0,
-        show_default=True,
-        help="generating runs: 0 is greedy; higher samples more freely.",
-    )
-    @click.option(
-        "--top-k",
-        type=click.IntRange(0),
-        default=0,
-        show_default=True,
-        help="generating runs: sample among the k most likely tokens (0: all).",
-    )
-    @click.option(
-        "--top-p",
-        type=click.FloatRange(0, 1, min_open=True),
-        default=1.0,
-        show_default=True,
-        help="generating runs: sample within this much probability mass.",
-    )
-    @click.option(
-        "--seed", type=int, default=0, show_default=True, help="generating runs: random seed of the sampling."
-    )
-    @click.option("--stop", multiple=True, help="generating runs: cut the generated text at this string (repeatable).")
-    @click.option(
-        "--min-score",
-        type=click.FloatRange(0, 1),
-        default=0.3,
-        show_default=True,
-        help="detectors (boxes): print detections scoring at least this.",
-    )
-    @click.option(
-        "--draw",
-        type=click.Path(dir_okay=False, path_type=Path),
-        default=None,
-        help="detectors (boxes): write the image with its boxes to this PNG (several images: one file each, named "
-        "after them).",
-    )
+    @_options(PREDICT_OPTIONS)
     def predict_command(
         run_dir: Path, inputs: tuple[str, ...], use_onnx: bool, model_file: Path | None, **settings: Any
     ) -> None:

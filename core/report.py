@@ -156,6 +156,16 @@ def _agreements(parity: dict[str, Any]) -> str:
 
 
 def render_markdown(report: dict[str, Any]) -> str:
+    """report.md: the run's summary and test metrics, parity, latency, the int8 attempts, files and pictures."""
+    lines = _summary_lines(report) + _parity_lines(report)
+    if report.get("latency_ms"):
+        lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
+    lines += _export_lines(report) + _closing_lines(report)
+    return "\n".join(lines) + "\n"
+
+
+def _summary_lines(report: dict[str, Any]) -> list[str]:
+    """The title, what ran on what data and how training went, and each form's test metrics."""
     lines = [f"# Run report: {report.get('name', '')}", ""]
     params = report.get("params", {})
     lines += [
@@ -186,6 +196,12 @@ def render_markdown(report: dict[str, Any]) -> str:
         names = sorted({k for m in metrics.values() for k in m})
         lines += ["", "## Test metrics", "", "| form | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
         lines += [f"| {form} | " + " | ".join(_fmt(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()]
+    return lines
+
+
+def _parity_lines(report: dict[str, Any]) -> list[str]:
+    """Each form's parity with the form it came from."""
+    lines: list[str] = []
     parity = report.get("parity", {})
     if parity:
         lines += [
@@ -201,8 +217,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             f"{_verified(p.get('verified'))} |"
             for form, p in parity.items()
         ]
-    if report.get("latency_ms"):
-        lines += ["", "## CPU latency (batch 1)", "", latency_table(report)]
+    return lines
+
+
+def _export_lines(report: dict[str, Any]) -> list[str]:
+    """Each exporter's int8 attempts, notes and mobile usability check."""
+    lines: list[str] = []
     export = report.get("export", {})
     for name, details in export.items():
         attempts = details.get("attempts") or []
@@ -226,6 +246,12 @@ def render_markdown(report: dict[str, Any]) -> str:
             lines.append(f"- {name}: {note}")
         if details.get("mobile_usability"):
             lines += ["", "Mobile usability check:", "", *[f"    {line}" for line in details["mobile_usability"]]]
+    return lines
+
+
+def _closing_lines(report: dict[str, Any]) -> list[str]:
+    """Files with their sizes, the deployable one, export notes, pictures and notes."""
+    lines: list[str] = []
     files = report.get("files", {})
     if files:
         lines += ["", "## Files", "", "| file | bytes |", "|---|---|"]
@@ -238,7 +264,7 @@ def render_markdown(report: dict[str, Any]) -> str:
         lines += ["", f"## Picture: {name}", "", f"![{name}]({path})"]
     if report.get("notes") or []:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def latency_table(report: dict[str, Any]) -> str:

@@ -27,7 +27,6 @@ from adapt.engine import freeze_frozen_norms
 from adapt.errors import AdaptError
 from adapt.host import Host, make_host
 from adapt.interfaces import (
-    IGNORE_INDEX,
     SPLITS,
     Backbone,
     Batch,
@@ -40,6 +39,7 @@ from adapt.interfaces import (
     Task,
     declare,
 )
+from adapt.task_kit import cross_entropy
 
 
 def make_test_host(*plugins: object, builtins: bool = True) -> Host:
@@ -195,6 +195,42 @@ def perturb(model: torch.nn.Module, scale: float = PERTURBATION, seed: int = 0) 
                 parameter.add_(torch.randn(parameter.shape, generator=generator, dtype=parameter.dtype) * scale)
 
 
+def _train_steps(
+    built: BuiltModel,
+    inputs: Batch,
+    labels: torch.Tensor,
+    steps: int,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+) -> None:
+    """A few AdamW steps on one batch, as the engine trains (frozen BatchNorms keep their statistics)."""
+    params = [p for p in built.model.parameters() if p.requires_grad]
+    optimiser = torch.optim.AdamW(params, lr=1e-2)
+    built.model.train()
+    freeze_frozen_norms(built.model)
+    for _ in range(steps):
+        value = loss(built.model(**inputs), labels)
+        optimiser.zero_grad()
+        value.backward()
+        optimiser.step()
+
+
+def _check_merged(
+    merged: MergeResult, adapted: torch.Tensor, folded: torch.Tensor, base: BuiltModel, atol: float
+) -> None:
+    """The merge reproduces the adapted model in fp32; a folded one keeps the base's size and module kinds."""
+    diff = float((adapted - folded).abs().max())
+    assert diff <= atol, f"merged model differs from the adapted one by {diff:.3g} > {atol}"
+    assert torch.equal(adapted.argmax(-1), folded.argmax(-1)), "merged model predicts other labels"
+    assert all(p.dtype == torch.float32 for p in merged.model.parameters()), "merge must give an fp32 model"
+    if merged.folded:
+        count = sum(p.numel() for p in merged.model.parameters())
+        want = sum(p.numel() for p in base.model.parameters())
+        assert count == want, f"a folded merge must keep the base parameter count ({count} != {want})"
+        assert {type(m) for m in merged.model.modules()} <= {type(m) for m in base.model.modules()}, (
+            "a folded merge left method modules behind"
+        )
+
+
 def check_method(
     method: Any,
     *,
@@ -227,40 +263,18 @@ def check_method(
             f"applying {method.name} with {bad_options!r}",
         )
     base = build()
-    base_count = sum(p.numel() for p in base.model.parameters())
     built = build()
     trainable = method.apply(built, options, list(default_targets))
     assert trainable, "apply left nothing trainable"
     assert set(built.new_parameters) <= set(trainable), "parameters the checkpoint lacked must stay trainable"
     perturb(built.model)
     inputs = {k: v for k, v in batch.items() if k != "labels"}
-    params = [p for p in built.model.parameters() if p.requires_grad]
-    optimiser = torch.optim.AdamW(params, lr=1e-2)
-    built.model.train()
-    freeze_frozen_norms(built.model)  # as the engine trains: frozen BatchNorms keep their statistics
-
-    def cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return torch.nn.functional.cross_entropy(logits.flatten(0, -2), labels.flatten(), ignore_index=IGNORE_INDEX)
-
-    for _ in range(steps):
-        value = (loss or cross_entropy)(built.model(**inputs), batch["labels"])
-        optimiser.zero_grad()
-        value.backward()
-        optimiser.step()
+    _train_steps(built, inputs, batch["labels"], steps, loss or cross_entropy)
     built.model.eval()
     merged = method.merge(built)
     with torch.no_grad():
         adapted, folded = built.model(**inputs), merged.model(**inputs)
-    diff = float((adapted - folded).abs().max())
-    assert diff <= atol, f"merged model differs from the adapted one by {diff:.3g} > {atol}"
-    assert torch.equal(adapted.argmax(-1), folded.argmax(-1)), "merged model predicts other labels"
-    assert all(p.dtype == torch.float32 for p in merged.model.parameters()), "merge must give an fp32 model"
-    if merged.folded:
-        count = sum(p.numel() for p in merged.model.parameters())
-        assert count == base_count, f"a folded merge must keep the base parameter count ({count} != {base_count})"
-        assert {type(m) for m in merged.model.modules()} <= {type(m) for m in base.model.modules()}, (
-            "a folded merge left method modules behind"
-        )
+    _check_merged(merged, adapted, folded, base, atol)
     fresh = build()
     method.apply(fresh, options, list(default_targets))
     method.load_adapter_state(fresh, method.adapter_state(built))

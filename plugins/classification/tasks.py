@@ -14,28 +14,18 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from adapt import hookimpl
 from adapt.errors import DataError
 from adapt.interfaces import IGNORE_INDEX, Task
+from adapt.task_kit import cross_entropy, describe_example
 
 if TYPE_CHECKING:
     import torch
 
 
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
-
-
 def _label_of(example: Mapping[str, Any], position: int) -> str:
     if "label" not in example or example["label"] is None or example["label"] == "":
         raise DataError(
-            f"example {position} has no label: {_short(example)}", hint="every training example needs a label"
+            f"example {position} has no label: {describe_example(example)}", hint="every training example needs a label"
         )
     return str(example["label"])
-
-
-def _short(example: Mapping[str, Any]) -> str:
-    text = repr({k: v for k, v in example.items() if k != "image"})
-    return text if len(text) < 120 else text[:117] + "..."
 
 
 def macro_f1(predictions: Sequence[int], references: Sequence[int]) -> float:
@@ -65,7 +55,7 @@ class _SequenceClassification(Task):
         for i, example in enumerate(examples):
             if self.input_field not in example:
                 raise DataError(
-                    f"example {i} has no {self.input_field!r} field: {_short(example)}",
+                    f"example {i} has no {self.input_field!r} field: {describe_example(example)}",
                     hint=f"{self.name} examples need `{self.input_field}` and `label`",
                 )
         return sorted({_label_of(e, i) for i, e in enumerate(examples)})
@@ -80,7 +70,7 @@ class _SequenceClassification(Task):
         return {**example, "label": index[label]}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _cross_entropy(logits, labels)
+        return cross_entropy(logits, labels)
 
     def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[int], list[int]]:
         return logits.argmax(-1).tolist(), labels.tolist()
@@ -147,7 +137,7 @@ class TokenClassification(Task):
             tokens, tags = example.get("tokens"), example.get("tags")
             if not isinstance(tokens, list) or not isinstance(tags, list) or len(tokens) != len(tags):
                 raise DataError(
-                    f"sentence {i} needs `tokens` and `tags` lists of equal length: {_short(example)}",
+                    f"sentence {i} needs `tokens` and `tags` lists of equal length: {describe_example(example)}",
                     hint="one tag per token, e.g. CoNLL `token<TAB>B-PER` lines",
                 )
             names.update(str(t) for t in tags)
@@ -163,7 +153,7 @@ class TokenClassification(Task):
         return {**example, "tags": [index[str(t)] for t in example["tags"]]}
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _cross_entropy(logits, labels)
+        return cross_entropy(logits, labels)
 
     def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[list[int]], list[list[int]]]:
         predicted = logits.argmax(-1)

@@ -12,20 +12,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 from adapt import hookimpl
 from adapt.errors import DataError
 from adapt.interfaces import IGNORE_INDEX, ExportCheck, ExportVerdict, Predictor, Task
+from adapt.task_kit import cross_entropy, describe_example
 
 if TYPE_CHECKING:
     import torch
-
-
-def _short(example: Mapping[str, Any]) -> str:
-    text = repr(dict(example))
-    return text if len(text) < 120 else text[:117] + "..."
-
-
-def _cross_entropy(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    import torch.nn.functional as F
-
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), labels.reshape(-1), ignore_index=IGNORE_INDEX)
 
 
 class TextGeneration(Task):
@@ -60,7 +50,7 @@ class TextGeneration(Task):
         for i, example in enumerate(examples):
             if not any(k in example for k in ("text", "completion", "messages")):
                 raise DataError(
-                    f"example {i} has no text: {_short(example)}",
+                    f"example {i} has no text: {describe_example(example)}",
                     hint="text-generation examples need `text`, `prompt` and `completion`, or `messages`",
                 )
         return []
@@ -69,7 +59,7 @@ class TextGeneration(Task):
         return dict(example)
 
     def loss(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        return _cross_entropy(logits[:, :-1], labels[:, 1:])
+        return cross_entropy(logits[:, :-1], labels[:, 1:])
 
     def decode(self, logits: torch.Tensor, labels: torch.Tensor) -> tuple[list[list[int]], list[dict[str, Any]]]:
         """Predictions: the greedy next token at each target position (so parity counts

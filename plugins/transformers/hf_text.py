@@ -132,6 +132,8 @@ class TransformersTextBackbone(Backbone):
     def build(
         self, task: str, num_labels: int, *, checkpoint: str | None, arch: str | None, options: Any
     ) -> BuiltModel:
+        """The checkpoint's model for ``task`` (transformers' Auto class for it), its tokenizer,
+        and what methods need to know of it (head, blocks, families, switches)."""
         if not checkpoint:
             raise ConfigError(
                 f"backbone {self.name!r} needs backbone.checkpoint (a hub id, a local folder, or pkg:<module>/<path>)",
@@ -144,58 +146,13 @@ class TransformersTextBackbone(Backbone):
                 hint="remove backbone.arch",
             )
         source = resolve_checkpoint(checkpoint)
-        from transformers import (
-            AutoConfig,
-            AutoModelForCausalLM,
-            AutoModelForSequenceClassification,
-            AutoModelForTokenClassification,
-            AutoTokenizer,
-        )
-
-        from transformers import AutoModel
-
         pooled = task == EMBEDDING or (task == "text-classification" and getattr(options, "pooling", None) == "mean")
-        autos: dict[str, Any] = {
-            "token-classification": AutoModelForTokenClassification,
-            "text-generation": AutoModelForCausalLM,
-        }
-        auto = AutoModel if pooled else autos.get(task, AutoModelForSequenceClassification)
-        labels = {} if task == GENERATION or pooled else {"num_labels": num_labels}
+        auto = _auto_class(task, pooled)
         trust = remote_code_consent(source, checkpoint, bool(getattr(options, "trust_remote_code", False)))
-        labels["trust_remote_code"] = trust
         with quiet_transformers():
-            config = self._load(lambda: AutoConfig.from_pretrained(source, **labels), checkpoint)
-            if self.model_types and config.model_type not in self.model_types:
-                raise CheckpointError(
-                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects "
-                    f"{' or '.join(self.model_types)}",
-                    hint="use backbone `transformers`, which takes any encoder architecture, or the backbone that "
-                    "matches the checkpoint (`adapt plugins` lists them)",
-                )
-            remote = trust and auto.__name__ in (
-                getattr(config, "auto_map", None) or {}
-            )  # the checkpoint's own class, opted in
-            if type(config) not in auto._model_mapping and not remote:
-                raise CheckpointError(
-                    f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build "
-                    f"for {task} ({auto.__name__} has no class for it)",
-                    hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, "
-                    "...), or write a backbone plugin for this one (docs/plugins.md)",
-                )
-            tokenizer = self._load(
-                lambda: AutoTokenizer.from_pretrained(
-                    source, trust_remote_code=trust, **self.tokenizer_options(config)
-                ),
-                checkpoint,
-            )
-            if task == "text-generation":
-                from adapt.plugins.transformers.causal_lm import check_tokenizer
-
-                check_tokenizer(tokenizer, checkpoint)
-                config.use_cache = (
-                    False  # training and scoring see whole sequences; generation asks for the cache itself
-                )
-            set_padding(tokenizer, config)
+            labels = {} if task == GENERATION or pooled else {"num_labels": num_labels}
+            config = self._config(source, checkpoint, task, auto, {**labels, "trust_remote_code": trust})
+            tokenizer = self._tokenizer(source, checkpoint, task, config, trust)
             model, info = self._load(
                 lambda: auto.from_pretrained(
                     source,
@@ -207,29 +164,92 @@ class TransformersTextBackbone(Backbone):
                 ),
                 checkpoint,
             )
+        return self._built(
+            model,
+            self._new_parameters(model, info, checkpoint),
+            tokenizer,
+            task,
+            num_labels,
+            options,
+            pooled,
+            checkpoint,
+        )
+
+    def _config(self, source: str, checkpoint: str, task: str, auto: Any, kwargs: dict[str, Any]) -> Any:
+        """The checkpoint's config, refused (CheckpointError) where this backbone or transformers'
+        ``auto`` class cannot build its architecture for ``task``."""
+        from transformers import AutoConfig
+
+        config = self._load(lambda: AutoConfig.from_pretrained(source, **kwargs), checkpoint)
+        if self.model_types and config.model_type not in self.model_types:
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} holds a {config.model_type!r} model; backbone {self.name!r} expects "
+                f"{' or '.join(self.model_types)}",
+                hint="use backbone `transformers`, which takes any encoder architecture, or the backbone that "
+                "matches the checkpoint (`adapt plugins` lists them)",
+            )
+        # the checkpoint's own class, where the user opted in to its code
+        remote = kwargs["trust_remote_code"] and auto.__name__ in (getattr(config, "auto_map", None) or {})
+        if type(config) not in auto._model_mapping and not remote:
+            raise CheckpointError(
+                f"checkpoint {checkpoint!r} holds a {config.model_type!r} model, which transformers cannot build "
+                f"for {task} ({auto.__name__} has no class for it)",
+                hint="pick a checkpoint of a text architecture (BERT, RoBERTa, DistilBERT, DeBERTa, GPT-2, Llama, "
+                "...), or write a backbone plugin for this one (docs/plugins.md)",
+            )
+        return config
+
+    def _tokenizer(self, source: str, checkpoint: str, task: str, config: Any, trust: bool) -> Any:
+        """The checkpoint's tokenizer, with a padding token; a decoder's checked for generation (and
+        its model then built without a cache: training and scoring see whole sequences)."""
+        from transformers import AutoTokenizer
+
+        tokenizer = self._load(
+            lambda: AutoTokenizer.from_pretrained(source, trust_remote_code=trust, **self.tokenizer_options(config)),
+            checkpoint,
+        )
+        if task == GENERATION:
+            from adapt.plugins.transformers.causal_lm import check_tokenizer
+
+            check_tokenizer(tokenizer, checkpoint)
+            config.use_cache = False  # generation asks for the cache itself
+        set_padding(tokenizer, config)
         if task == "token-classification" and not tokenizer.is_fast:
             raise CheckpointError(
                 f"checkpoint {checkpoint!r} has no fast tokenizer (tokenizer.json), which word-level labels need",
                 hint="use a checkpoint that ships tokenizer.json",
             )
-        new = self._new_parameters(model, info, checkpoint)
+        return tokenizer
+
+    def _built(
+        self,
+        model: Any,
+        new: Sequence[str],
+        tokenizer: Any,
+        task: str,
+        num_labels: int,
+        options: Any,
+        pooled: bool,
+        checkpoint: str,
+    ) -> BuiltModel:
+        """``model`` behind adapt's calling convention, with its head, blocks, families and switches."""
         wrapped = self._wrap(model, task, num_labels, options, pooled)
         blocks = self.find_blocks(wrapped)
         if not blocks:
             raise CheckpointError(
-                f"checkpoint {checkpoint!r}: found no repeated layers in its {config.model_type!r} model",
+                f"checkpoint {checkpoint!r}: found no repeated layers in its {model.config.model_type!r} model",
                 hint="adapt finds a transformer's layers as a ModuleList of identical blocks; subclass "
                 "TransformersTextBackbone and override find_blocks for this architecture",
             )
+        projection = tuple(n for n, _ in wrapped.named_parameters() if n.startswith("projection."))
         built = BuiltModel(
             model=wrapped,
             task=task,
             num_labels=0 if task in (GENERATION, EMBEDDING) else num_labels,
-            head=tuple(n for n, m in wrapped.named_children() if n == "projection")
+            head=tuple(n for n, _ in wrapped.named_children() if n == "projection")
             if pooled
             else self.find_head(wrapped),
-            new_parameters=tuple(f"model.{n}" for n in new)
-            + tuple(n for n, _ in wrapped.named_parameters() if n.startswith("projection.")),
+            new_parameters=tuple(f"model.{n}" for n in new) + projection,
             blocks=tuple(blocks),
             preprocessor=tokenizer,
         )
@@ -575,3 +595,19 @@ def _cls_only_last_layer(model: Any) -> tuple[Callable[[], None] | None, str]:
     from adapt.plugins.transformers.cls_last_layer import switch_on
 
     return switch_on(model)
+
+
+def _auto_class(task: str, pooled: bool) -> Any:
+    """transformers' Auto class that builds the model for ``task`` (the bare encoder where adapt pools it)."""
+    from transformers import (
+        AutoModel,
+        AutoModelForCausalLM,
+        AutoModelForSequenceClassification,
+        AutoModelForTokenClassification,
+    )
+
+    if pooled:
+        return AutoModel
+    return {"token-classification": AutoModelForTokenClassification, GENERATION: AutoModelForCausalLM}.get(
+        task, AutoModelForSequenceClassification
+    )

@@ -47,6 +47,22 @@ def test_plugins_json_and_verbose():
     assert "adapt_register_methods" in verbose and "adapt.plugins.methods.freeze" in verbose
 
 
+def test_plugins_and_help_import_no_heavy_library():
+    """`adapt plugins` registers every built-in plugin (the contract's views, the family packages,
+    the moved-module finder) without importing torch, transformers, timm or onnxruntime."""
+    code = (
+        "import sys\n"
+        "from adapt.cli import main\n"
+        "for argv in (['plugins', '--verbose'], ['--help']):\n"
+        "    try:\n        main(argv)\n    except SystemExit as exit:\n        assert exit.code == 0, exit.code\n"
+        "heavy = [m for m in ('torch', 'transformers', 'timm', 'onnxruntime') if m in sys.modules]\n"
+        "assert not heavy, heavy\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "text-generation" in done.stdout and "FIELDS" in done.stdout
+
+
 def test_plugins_lists_target_families():
     rows = {r["name"]: r for r in json.loads(invoke(["plugins", "--json"]).output)}
     assert rows["transformers"]["families"] == "attention, attention-qv, attention-output, mlp, mlp-output, all-linear"
