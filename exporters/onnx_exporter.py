@@ -69,6 +69,43 @@ class OnnxOptions(BaseModel):
     )
 
 
+def _dynamic_attempts(
+    base: Path, ctx: DeriveContext
+) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
+    """Dynamic int8 (transformers: weights quantised, activations as they arrive): the whole graph,
+    then with the head in fp32; 7-bit weights where the target CPU's int8 products saturate."""
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    safe = int8_arithmetic.settings(ctx.target)
+    seven = safe["reduce_range"]["uint8"]  # dynamic int8 quantises activations to uint8
+
+    def dynamic(exclude: list[str]) -> Callable[[Path], None]:
+        return lambda out: _quietly(
+            quantize_dynamic,
+            str(base),
+            str(out),
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=exclude,
+            reduce_range=seven,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+
+    label = "dynamic int8" + (" (7-bit weights)" if seven else "")
+    probe = {"saturation_probe": safe["probe"]} if "probe" in safe else {}
+    arithmetic = {
+        "activations": {
+            "chosen": "uint8",
+            "reduce_range": seven,
+            "arithmetic": safe["why"],
+            "cpu_flags": cpu_flags(),
+            **probe,
+            "why": "dynamic int8 quantises activations to uint8 as they arrive",
+        }
+    }
+    return [(label, dynamic([])), (f"{label}, head in fp32", dynamic(_head_nodes(base)))], arithmetic
+
+
 class OnnxExporter(Exporter):
     name = "onnx"
     suffix = ".onnx"
@@ -302,38 +339,8 @@ class OnnxExporter(Exporter):
         """The int8 attempts in the order they are tried, and (static int8) how its
         activation type, format and calibrator were chosen. ``baseline``: the fp32
         file's validation score, which an equalised file is held to."""
-        import onnx
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         if ctx.model_info.get("model_type") or ctx.model_info.get("quantization") == "dynamic":
-            safe = int8_arithmetic.settings(ctx.target)
-            seven = safe["reduce_range"]["uint8"]  # dynamic int8 quantises activations to uint8
-
-            def dynamic(exclude: list[str]) -> Callable[[Path], None]:
-                return lambda out: _quietly(
-                    quantize_dynamic,
-                    str(base),
-                    str(out),
-                    weight_type=QuantType.QInt8,
-                    nodes_to_exclude=exclude,
-                    reduce_range=seven,
-                    extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-                )
-
-            label = "dynamic int8" + (" (7-bit weights)" if seven else "")
-            probe = {"saturation_probe": safe["probe"]} if "probe" in safe else {}
-            arithmetic = {
-                "activations": {
-                    "chosen": "uint8",
-                    "reduce_range": seven,
-                    "arithmetic": safe["why"],
-                    "cpu_flags": cpu_flags(),
-                    **probe,
-                    "why": "dynamic int8 quantises activations to uint8 as they arrive",
-                }
-            }
-            return [(label, dynamic([])), (f"{label}, head in fp32", dynamic(_head_nodes(base)))], arithmetic
-
+            return _dynamic_attempts(base, ctx)
         n = ctx.options.calibration_examples if ctx.options else 100
         static = _StaticInt8(plain, ctx, baseline)
         choice = {
