@@ -40,6 +40,7 @@ def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, floa
 EXPORT_KEYS = (
     "export",
     "forms",
+    "form_bytes",
     "deployable",
     "latency_ms",
     "latency_ms_batch",
@@ -112,7 +113,7 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
         write_report(run_dir, with_export(report, {}))  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
         remove(run_dir / REJECTED_DIR)
-    owners = {job.new["forms"][form]: exporter for form, exporter in job.form_exporters.items()}
+    owners = {job.new["forms"][form]: exporter for form, exporter in job.form_exporters.items()} | job.companions
     for path in sorted(p for p in out.rglob("*") if p.is_file()):
         host.call(
             "adapt_artifact_exported",
@@ -175,13 +176,22 @@ class _ExportJob:
         self.many = (
             session.collate(session.splits.test[: self.cfg.latency_batch]) if self.cfg.latency_batch > 1 else None
         )
-        self.new: dict[str, Any] = {"metrics": {}, "parity": {}, "forms": {}, "export": {}, "latency_ms": {}}
+        self.new: dict[str, Any] = {
+            "metrics": {},
+            "parity": {},
+            "forms": {},
+            "form_bytes": {},
+            "export": {},
+            "latency_ms": {},
+        }
         #: The task's final output names after the logits (``graph_outputs``; none for most tasks).
         self.final_names: tuple[str, ...] = self.graph()[1].output_names[len(self.io.output_names) :]
         #: What the task's check_export keeps for the whole export (its reference outputs).
         self.check_memo: dict[str, Any] = {}
         #: form name -> the exporter that made it (adapt_artifact_exported's kind)
         self.form_exporters: dict[str, str] = {}
+        #: final name of a file that ships with a form (its external data) -> the exporter
+        self.companions: dict[str, str] = {}
         #: name -> calls at batch 1 and at latency_batch, timed together at the end
         self.timed: dict[str, tuple[Callable[[], Any], Callable[[], Any] | None]] = {}
         #: (file, mtime) -> its validation metric and per-example scores (see val_outcome)
@@ -346,6 +356,9 @@ class _ExportJob:
         for form in forms:
             self.new["forms"][form.name] = self.final_name(form.path)
             self.form_exporters[form.name] = exporter.name
+            companions = [p for p in exporter.companions(form.path) if p.is_file()]
+            self.companions.update({self.final_name(p): exporter.name for p in companions})
+            self.new["form_bytes"][form.name] = sum(p.stat().st_size for p in (form.path, *companions))
             if form.runnable:
                 self.verify(exporter, form)
         self.new["deployable"] = self.final_name(deployable)

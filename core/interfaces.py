@@ -584,6 +584,11 @@ class Exporter:
         default None: the exported file is the deployable one."""
         return None
 
+    def companions(self, path: Path) -> list[Path]:
+        """Files beside ``path`` that belong to the model and ship with it (ONNX's external
+        weights past 2 GB); its size in the report counts them. Default: none."""
+        return []
+
 
 class DataSource:
     """Reads examples for a task from a path (or from a package)."""

@@ -624,19 +624,25 @@ def _finishing(session: Session, host: Host, report: dict[str, Any]) -> Iterator
 
 
 class Stopwatch:
-    """Wall seconds per stage of a run (the report's ``timings``), so a user sees where the time goes."""
+    """Wall seconds and peak resident memory per stage of a run (the report's ``timings`` and
+    ``memory``), so a user sees where the time and the memory go."""
 
     def __init__(self) -> None:
+        from adapt.memory import StagePeaks
+
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
+        self.memory = StagePeaks()
 
     @contextlib.contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         begun = time.perf_counter()
+        self.memory.begin()
         try:
             yield
         finally:
             self.seconds[stage] = round(time.perf_counter() - begun, 2)
+            self.memory.end(stage)
 
     def total(self) -> dict[str, float]:
         return {**self.seconds, "total": round(time.perf_counter() - self.started, 2)}
@@ -688,11 +694,17 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
                         export_and_record(session, merged, report, host)
                 finally:
                     report["timings"] = clock.total()
+                    report["memory"] = clock.memory.section(4 * int(report["params"]["total"]))
                     if host.warnings:  # observers that raised (adapt_run_finished's come after this write)
                         report["plugin_warnings"] = list(host.warnings)
                     write_report(run.path, report)
                 session.say(
                     "timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
+                )
+                session.say(
+                    "peak memory: "
+                    + ", ".join(f"{stage} {mib:,.0f} MiB" for stage, mib in report["memory"]["peak_mib"].items())
+                    + f" ({report['memory']['peak_over_weights']}x the fp32 weights)"
                 )
                 session.say(f"report: {run.path / 'report.md'}")
         distributed.barrier(dist)

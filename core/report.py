@@ -164,6 +164,25 @@ def render_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _stage_lines(report: dict[str, Any]) -> list[str]:
+    """Each stage's seconds and peak resident memory, and the run's peak against the fp32 weights."""
+    timings, memory = report.get("timings") or {}, report.get("memory") or {}
+    peaks = memory.get("peak_mib") or {}
+    stages = [s for s in timings if s != "total"] or list(peaks)
+    if not stages:
+        return []
+    line = "- stages: " + ", ".join(
+        f"{stage} {timings.get(stage, 0):.1f} s" + (f" / {peaks[stage]:,.0f} MiB" if stage in peaks else "")
+        for stage in stages
+    )
+    if memory.get("peak_over_weights") is not None:
+        line += (
+            f"; peak {memory['run_peak_mib']:,.0f} MiB, {memory['peak_over_weights']}x the fp32 weights "
+            f"({memory['fp32_weights_mib']:,.0f} MiB)"
+        )
+    return [line]
+
+
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     """The title, what ran on what data and how training went, and each form's test metrics."""
     lines = [f"# Run report: {report.get('name', '')}", ""]
@@ -191,6 +210,7 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
             f"{training.get('steps')} steps, {training.get('seconds', 0):.0f} s on {training.get('device')} "
             f"({training.get('precision')}); fast path: {switched}"
         )
+    lines += _stage_lines(report)
     metrics = report.get("metrics", {})
     if metrics:
         names = sorted({k for m in metrics.values() for k in m})
@@ -285,7 +305,7 @@ def latency_table(report: dict[str, Any]) -> str:
     ]
     forms = report.get("forms", {})
     for form, v in latency.items():
-        size = files.get(forms.get(form, ""), "")
+        size = (report.get("form_bytes") or {}).get(form, files.get(forms.get(form, ""), ""))
         metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
         speed = f" {_fmt(v.get('tokens_per_s', ''))} |" if generation else ""
         rows.append(

@@ -108,6 +108,9 @@ class Report(_Strict):
     metrics: dict[str, dict[str, float]] | None = None
     #: wall seconds per stage of `adapt run` (load, train, merge, export) and the total
     timings: dict[str, float] | None = None
+    #: peak resident memory per stage in MiB (``peak_mib``), the run's peak, the fp32 weights' size and the
+    #: ratio of the two, and ``how`` it was measured (adapt.memory)
+    memory: dict[str, Any] | None = None
     #: each exported form's latency over PyTorch eager's, measured taking turns: {"ratio", "range"} (or a "note")
     latency_vs_pytorch: dict[str, Any] | None = None
     #: the machine the latencies were measured on (CPU model and flags, threads, denormals)
@@ -124,6 +127,8 @@ class Report(_Strict):
     parity: dict[str, Check] | None = None
     #: form -> its file, relative to the run directory
     forms: dict[str, str] | None = None
+    #: form -> its size as shipped: the file and its companions (ONNX's external data past 2 GB)
+    form_bytes: dict[str, int] | None = None
     #: exporter -> what its derive step reports (attempts, notes, fusions, ...): free-form per exporter
     export: dict[str, dict[str, Any]] | None = None
     latency_ms: dict[str, Latency] | None = None

@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from adapt.exporters import onnx_files
+
 if TYPE_CHECKING:
     import onnx
 
@@ -52,7 +54,7 @@ def equalise(source: Path, out: Path, sweeps: int = 20, relu6_to_relu: bool = Tr
     for name, array in arrays.items():
         weights[name].CopyFrom(numpy_helper.from_array(array.astype(np.float32), name))
     replaced = sum(_relu6_to_relu(pair["join"]) for pair in pairs if pair["join"] is not None)
-    onnx.save(model, str(out))
+    onnx_files.save(model, out)
     return {"pairs": len(pairs), "relu6_replaced": replaced, "sweeps": done}
 
 
@@ -141,7 +143,7 @@ def correct_bias(fp32: Path, int8: Path, calibration: list[dict[str, Any]], out:
         weight = numpy_helper.to_array(weights[node.input[1]])
         shift = _output_shift(rounded[node.name] - weight, mean_input, _attribute(node, "group", 1))
         _set_bias(model, node, weights, -shift)
-    onnx.save(model, str(out))
+    onnx_files.save(model, out)
     return len(convs)
 
 

@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import ExportError
 from adapt.interfaces import Derived, DeriveContext, Exporter, Form
-from adapt.exporters import int8_arithmetic
+from adapt.exporters import int8_arithmetic, onnx_files
 from adapt.latency import cpu_flags
 
 if TYPE_CHECKING:
@@ -62,6 +62,11 @@ class OnnxOptions(BaseModel):
         description="static int8's activation type; auto: both are timed at batch 1 and the faster is kept (a choice "
         "by timing: pin it where two exports of the same run must be identical)",
     )
+    external_data: onnx_files.ExternalData = Field(
+        "auto",
+        description="where the weights go: auto keeps them in the .onnx file unless they pass 1.8 GB (protobuf's "
+        "limit is 2 GB), then writes them to <file>.data beside it; always writes every file that way",
+    )
     int8_format: Literal["auto", "qdq", "qoperator"] = Field(
         "auto",
         description="static int8's file format; auto: QOperator where timed more than 10% faster, else QDQ (pin it "
@@ -79,17 +84,24 @@ def _dynamic_attempts(
 
     safe = int8_arithmetic.settings(ctx.target)
     seven = safe["reduce_range"]["uint8"]  # dynamic int8 quantises activations to uint8
+    # the quantiser cannot say the size before it has written the file: a data file where fp32 needed one
+    external = _external(ctx) == "always" or bool(onnx_files.data_files(base))
 
     def dynamic(exclude: list[str]) -> Callable[[Path], None]:
-        return lambda out: _quietly(
-            quantize_dynamic,
-            str(base),
-            str(out),
-            weight_type=QuantType.QInt8,
-            nodes_to_exclude=exclude,
-            reduce_range=seven,
-            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
-        )
+        def make(out: Path) -> None:
+            onnx_files.remove(out)  # ONNX Runtime appends to a data file left from an earlier attempt
+            _quietly(
+                quantize_dynamic,
+                str(base),
+                str(out),
+                weight_type=QuantType.QInt8,
+                nodes_to_exclude=exclude,
+                reduce_range=seven,
+                extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+                use_external_data_format=external,
+            )
+
+        return make
 
     label = "dynamic int8" + (" (7-bit weights)" if seven else "")
     probe = {"saturation_probe": safe["probe"]} if "probe" in safe else {}
@@ -112,34 +124,48 @@ class OnnxExporter(Exporter):
     options_schema = OnnxOptions
 
     def export(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO, path: Path, options: Any) -> Path:
-        import onnx
-        import torch
+        """torch's exporter writes into a fresh folder beside ``path`` (past 2 GB it writes one file
+        per tensor there), then the graph moves to ``path`` with at most one data file."""
+        import shutil
 
-        opset = options.opset if options else 17
+        import onnx
+
         path.parent.mkdir(parents=True, exist_ok=True)
-        model = model.eval()
-        args = tuple(inputs[name] for name in io.input_names)
+        scratch = path.parent / f".{path.stem}.torch-export"
+        shutil.rmtree(scratch, ignore_errors=True)  # adapt's own scratch folder, from a run that was killed
+        scratch.mkdir()
         try:
-            with warnings.catch_warnings(), torch.no_grad():
-                warnings.simplefilter("ignore")
-                torch.onnx.export(
-                    model,
-                    args,
-                    str(path),
-                    input_names=list(io.input_names),
-                    output_names=list(io.output_names),
-                    dynamic_axes={k: dict(v) for k, v in io.dynamic_axes.items()},
-                    opset_version=opset,
-                    do_constant_folding=True,
-                    dynamo=False,
-                )
-            onnx.checker.check_model(str(path), full_check=True)
+            self._trace(model, inputs, io, scratch / path.name, options.opset if options else 17)
+            onnx_files.consolidate(scratch / path.name, path, options.external_data if options else "auto")
+            onnx.checker.check_model(str(path), full_check=True)  # by path: a model past 2 GB is checked too
+        except ExportError:
+            raise
         except Exception as exc:  # noqa: BLE001 - export failures come in many types
             raise ExportError(
                 f"ONNX export failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
                 hint="run with --debug for the full error; a plugin's custom layer may need an ONNX-exportable form",
             ) from exc
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
         return path
+
+    @staticmethod
+    def _trace(model: torch.nn.Module, inputs: Batch, io: OnnxIO, path: Path, opset: int) -> None:
+        import torch
+
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(
+                model.eval(),
+                tuple(inputs[name] for name in io.input_names),
+                str(path),
+                input_names=list(io.input_names),
+                output_names=list(io.output_names),
+                dynamic_axes={k: dict(v) for k, v in io.dynamic_axes.items()},
+                opset_version=opset,
+                do_constant_folding=True,
+                dynamo=False,
+            )
 
     def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:
         """An ONNX Runtime CPU session as a function from named numpy inputs to logits."""
@@ -176,6 +202,10 @@ class OnnxExporter(Exporter):
 
         return run
 
+    def companions(self, path: Path) -> list[Path]:
+        """The external data file of a model past 2 GB (``model.onnx.data``), else none."""
+        return onnx_files.data_files(path) if path.suffix == ".onnx" else []
+
     # -- optimise, quantise, mobile --------------------------------------------
 
     def derive(self, path: Path, ctx: DeriveContext) -> Derived:
@@ -190,7 +220,7 @@ class OnnxExporter(Exporter):
             passed.append(self._quantise_int4(path, ctx, result))
         kept = [p for p in passed if p is not None]
         if kept:  # of the quantised files within the budget, the smallest
-            result.deployable = min(kept, key=lambda p: p.stat().st_size)
+            result.deployable = min(kept, key=onnx_files.total_bytes)
         if ctx.prefer == "speed" and kept:
             result.deployable = _fastest([base, *kept], ctx, result)
         for made in [path, *(f.path for f in result.forms if f.path.suffix == ".onnx")]:
@@ -216,7 +246,8 @@ class OnnxExporter(Exporter):
                         opt_level=0,
                     )
                 fusions = {k: v for k, v in optimised.get_fused_operator_statistics().items() if v}
-                optimised.save_model_to_file(str(out))
+                optimised.topological_sort()
+                onnx_files.save(optimised.model, out, _external(ctx))
                 result.notes.append(
                     "transformer fusions: " + (", ".join(f"{k} {v}" for k, v in sorted(fusions.items())) or "none")
                 )
@@ -227,6 +258,14 @@ class OnnxExporter(Exporter):
                 options = ort.SessionOptions()
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
                 options.optimized_model_filepath = str(out)
+                if onnx_files.data_files(path) or _external(ctx) == "always":
+                    onnx_files.remove(out)
+                    options.add_session_config_entry(
+                        "session.optimized_model_external_initializers_file_name", onnx_files.data_name(out)
+                    )
+                    options.add_session_config_entry(
+                        "session.optimized_model_external_initializers_min_size_in_bytes", "1024"
+                    )
                 options.log_severity_level = 3
                 ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
                 result.notes.append("ONNX Runtime offline graph optimisation (extended level, CPU)")
@@ -258,7 +297,7 @@ class OnnxExporter(Exporter):
                     "file": out.name,
                     **gate,
                     "latency_ms": ctx.latency(out),
-                    "bytes": out.stat().st_size,
+                    "bytes": onnx_files.total_bytes(out),
                     **extra,
                 }
             )
@@ -269,13 +308,14 @@ class OnnxExporter(Exporter):
                 result.info["int8_remedy"] = "none needed (the first attempt)" if number == 1 else label
                 fp32 = ctx.latency(base)["median"]
                 if result.attempts[-1]["latency_ms"]["median"] > fp32:
+                    smaller = onnx_files.total_bytes(base) / onnx_files.total_bytes(out)
                     result.notes.append(
-                        f"{out.name} keeps the accuracy and is {base.stat().st_size / out.stat().st_size:.1f}x "
+                        f"{out.name} keeps the accuracy and is {smaller:.1f}x "
                         f"smaller, but slower than fp32 on this CPU ({result.attempts[-1]['latency_ms']['median']:.2f} "
                         f"vs {fp32:.2f} ms at batch 1); deploy {base.name} where speed matters more than size"
                     )
                 break
-        base.with_name("model.preprocessed.onnx").unlink(missing_ok=True)
+        onnx_files.remove(base.with_name("model.preprocessed.onnx"))
         if passed is None:
             result.info["int8_remedy"] = None
             undecided = [a for a in result.attempts if a.get("verdict") == "undecided"]
@@ -300,13 +340,17 @@ class OnnxExporter(Exporter):
 
         import onnx
         from onnx import version_converter
+        from onnx.external_data_helper import load_external_data_for_model
         from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
         out = plain.with_name("model.int4.onnx")
         label = "int4 weight-only (MatMulNBits + GatherBlockQuantized, block 32)"
         try:
             logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
-            graph = version_converter.convert_version(onnx.load(str(plain)), 21)
+            # converted without its weights (the converter serialises the graph, which past 2 GB it cannot),
+            # then the weights are read in from the file
+            graph = version_converter.convert_version(onnx.load(str(plain), load_external_data=False), 21)
+            load_external_data_for_model(graph, str(plain.parent))
             quantizer = MatMulNBitsQuantizer(
                 graph,
                 block_size=32,
@@ -316,14 +360,21 @@ class OnnxExporter(Exporter):
                 quant_axes=(("MatMul", 0), ("Gather", 1)),
             )
             _quietly(quantizer.process)
-            quantizer.model.save_model_to_file(str(out), use_external_data_format=False)
+            quantizer.model.topological_sort()
+            onnx_files.save(quantizer.model.model, out, _external(ctx))
         except Exception as exc:  # noqa: BLE001 - record it; the other forms stand
             result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
             return None
         gate = _gate(ctx, out, plain, ctx.score(plain))
         ok = gate["passed"]
         result.attempts.append(
-            {"attempt": label, "file": out.name, **gate, "latency_ms": ctx.latency(out), "bytes": out.stat().st_size}
+            {
+                "attempt": label,
+                "file": out.name,
+                **gate,
+                "latency_ms": ctx.latency(out),
+                "bytes": onnx_files.total_bytes(out),
+            }
         )
         result.forms.append(Form("onnx_int4", out, exact=False))
         if not ok:
@@ -383,8 +434,7 @@ class OnnxExporter(Exporter):
     def _mobile(self, path: Path, ctx: DeriveContext, result: Derived) -> None:
         folder = ctx.out_dir / "mobile"
         folder.mkdir(parents=True, exist_ok=True)
-        source = folder / "model.onnx"
-        source.write_bytes(path.read_bytes())
+        source = onnx_files.copy(path, folder / "model.onnx")
         convert = subprocess.run(
             [
                 sys.executable,
@@ -399,7 +449,7 @@ class OnnxExporter(Exporter):
             capture_output=True,
             text=True,
         )
-        source.unlink()
+        onnx_files.remove(source)
         check = subprocess.run(
             [sys.executable, "-m", "onnxruntime.tools.check_onnx_model_mobile_usability", str(path)],
             capture_output=True,
@@ -449,6 +499,11 @@ def _empty_cache(shape: list[Any], batch: int, name: str) -> np.ndarray:
             hint="the backbone's onnx_io names inputs its collator does not make",
         )
     return empty_cache(shape, batch)
+
+
+def _external(ctx: DeriveContext) -> str:
+    """``export.options.onnx.external_data`` (auto unless set)."""
+    return ctx.options.external_data if ctx.options else "auto"
 
 
 def _gate(ctx: DeriveContext, candidate: Path, reference: Path, baseline: float) -> dict[str, Any]:
@@ -569,7 +624,7 @@ def _timed_probes(
         except Exception as exc:  # noqa: BLE001 - the attempts proper record their own failures
             raise RuntimeError(f"measuring the {name} {what} failed ({type(exc).__name__}: {exc})") from exc
         finally:
-            out.unlink(missing_ok=True)
+            onnx_files.remove(out)
     return timings
 
 
@@ -589,7 +644,7 @@ def _choose_calibration(makers: dict[str, Callable[[Path], None]], plain: Path, 
         except Exception as exc:  # noqa: BLE001 - a calibrator that fails is only left out
             errors[name] = f"{type(exc).__name__}: {exc}"
         finally:
-            out.unlink(missing_ok=True)
+            onnx_files.remove(out)
     measured = {k: v for k, v in scores.items() if math.isfinite(v)}
     if not measured:
         return {
@@ -636,8 +691,16 @@ class _StaticInt8:
         prepared = source.with_name(
             "model.preprocessed.onnx" if source == self.plain else f"{source.stem}.preprocessed.onnx"
         )
+        external = _external(self.ctx) == "always" or bool(onnx_files.data_files(source))
         if not prepared.exists() or source != self.plain:
-            quant_pre_process(str(source), str(prepared), skip_symbolic_shape=True)
+            quant_pre_process(
+                str(source),
+                str(prepared),
+                skip_symbolic_shape=True,
+                save_as_external_data=external,
+                all_tensors_to_one_file=True,
+                external_data_location=onnx_files.data_name(prepared),
+            )
         exclude = (
             shape_nodes(prepared)
             + tail_nodes(prepared)
@@ -663,9 +726,10 @@ class _StaticInt8:
             nodes_to_exclude=exclude,
             calibrate_method=ranges,
             reduce_range=self.seven_bit[activation],
+            use_external_data_format=external,
         )
         if source != self.plain:
-            prepared.unlink(missing_ok=True)
+            onnx_files.remove(prepared)
 
     def maker(
         self,
@@ -701,8 +765,8 @@ class _StaticInt8:
                 info["biases_corrected"] = correct_bias(equal, out, self.ctx.calibration[:examples], corrected)
                 self.quantise(corrected, out, examples)
             finally:  # intermediate files of this attempt, in adapt's own staging folder
-                equal.unlink(missing_ok=True)
-                corrected.unlink(missing_ok=True)
+                onnx_files.remove(equal)
+                onnx_files.remove(corrected)
             return {"equalisation": info}
 
         return make
@@ -721,7 +785,7 @@ class _StaticInt8:
                 info["fp32_val_score"] = self.ctx.score(tuned)
                 self.quantise(tuned, out, examples)
             finally:
-                tuned.unlink(missing_ok=True)
+                onnx_files.remove(tuned)
             return {"qat": info}
 
         return make
@@ -734,13 +798,13 @@ def stamp(path: Path, metadata: dict[str, str]) -> None:
 
     if not metadata:
         return
-    model = onnx.load(str(path))
+    model = onnx.load(str(path), load_external_data=False)  # the weights stay where they are
     kept = [p for p in model.metadata_props if p.key not in metadata]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     for key, value in metadata.items():
         model.metadata_props.add(key=key, value=value)
-    onnx.save(model, str(path))
+    onnx_files.save_graph(model, path)
 
 
 def _quietly(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
