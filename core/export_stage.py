@@ -26,6 +26,7 @@ PREPROCESS_FILE = "preprocess.json"
 
 # The exporter's side of the contract lives with the other interfaces; these names stay importable here.
 from adapt.interfaces import Derived, DeriveContext, Form  # noqa: E402,F401
+from adapt.latency import LazyRunner  # noqa: E402
 
 
 def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
@@ -57,6 +58,8 @@ MODEL_ENTRIES = ("baseline", "adapted", "merged")
 #: The least share of the merged model's final predictions (object-detection: confident
 #: boxes) that an exact form's own final outputs must reproduce (the task's ``agreement``).
 MIN_FINAL_AGREEMENT = 0.99
+#: Past this many bytes of exported files timed together, each form's session is open for its own turns only.
+LEAN_ABOVE_BYTES = 1 << 30
 #: Where an export that failed its parity check is kept for inspection (the previous export stays in place).
 REJECTED_DIR = "export.rejected"
 
@@ -190,6 +193,8 @@ class _ExportJob:
         self.check_memo: dict[str, Any] = {}
         #: form name -> the exporter that made it (adapt_artifact_exported's kind)
         self.form_exporters: dict[str, str] = {}
+        #: forms whose session opens at their first timed turn (and, past LEAN_ABOVE_BYTES, closes after each)
+        self.lazy: dict[str, LazyRunner] = {}
         #: final name of a file that ships with a form (its external data) -> the exporter
         self.companions: dict[str, str] = {}
         #: name -> calls at batch 1 and at latency_batch, timed together at the end
@@ -253,6 +258,8 @@ class _ExportJob:
         """Queue a form for :meth:`time_together` at batch 1 (and ``latency_batch``)."""
         one, batch = self._feed(self.one), self.many
         self.timed[name] = (lambda: runner(one), None)
+        if isinstance(runner, LazyRunner):
+            self.lazy[name] = runner
         self.new["latency_ms"].setdefault(name, {})
         if batch is not None:
             many = self._feed(batch)
@@ -284,13 +291,24 @@ class _ExportJob:
 
         rounds = min(LATENCY_ROUNDS, self.cfg.latency_runs)
         runs = max(1, self.cfg.latency_runs // rounds)
+        lazy = self.lazy
+        lean = sum(self.new["form_bytes"].get(name, 0) for name in lazy) > LEAN_ABOVE_BYTES
+
+        def release(name: str) -> None:
+            if name in lazy:
+                lazy[name].release()
+
+        if lean:
+            self.new.setdefault("export_notes", []).append(
+                "the files timed together pass 1 GiB, so each form's session was open for its own turns only"
+            )
         for key, which in (("latency_ms", 0), ("latency_ms_batch", 1)):
             calls: dict[str, Callable[[], Any]] = {
                 name: call for name, pair in self.timed.items() if (call := pair[which]) is not None
             }
             if not calls:
                 continue
-            times = timed_rounds(calls, rounds, runs, pause=LATENCY_PAUSE_S)
+            times = timed_rounds(calls, rounds, runs, pause=LATENCY_PAUSE_S, after_turn=release if lean else None)
             for name, per_round in times.items():
                 self.new[key][name].update({**figures(per_round), "threads": self.threads})
             if key == "latency_ms":
@@ -300,6 +318,8 @@ class _ExportJob:
                     **({"note": found["note"]} if "note" in found else {}),
                 }
         self.new["latency_machine"] = machine()
+        for runner in lazy.values():  # the sessions' memory goes back before the next exporter
+            runner.release()
 
     def write_preprocessing(self) -> None:
         """``preprocess.json`` and the standalone ``predict.py``, where the backbone can describe its preprocessing."""
@@ -537,7 +557,8 @@ class _ExportJob:
                 hint=f"the new export is kept in {REJECTED_DIR}/ for inspection and the previous export/ is "
                 "untouched; raise export.parity_tolerance only if that difference is acceptable",
             )
-        self.to_time(form.name, exporter.load(form.path, self.threads))
+        path, threads = form.path, self.threads
+        self.to_time(form.name, LazyRunner(lambda: exporter.load(path, threads)))
         self.task_check(exporter, form)
         if self.final_names:
             self.verify_final_outputs(exporter, form, finals)

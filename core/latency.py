@@ -26,10 +26,16 @@ MAX_SPREAD = 2.0
 
 
 def timed_rounds(
-    contenders: dict[str, Callable[[], object]], rounds: int, runs: int, pause: float = PAUSE_S, warmup: int = 2
+    contenders: dict[str, Callable[[], object]],
+    rounds: int,
+    runs: int,
+    pause: float = PAUSE_S,
+    warmup: int = 2,
+    after_turn: Callable[[str], None] | None = None,
 ) -> dict[str, list[list[float]]]:
     """Every call's milliseconds, by contender and round; within a round the contenders
-    take turns, each after ``pause`` seconds and ``warmup`` untimed calls."""
+    take turns, each after ``pause`` seconds and ``warmup`` untimed calls (where a
+    :class:`LazyRunner` opens its session), then ``after_turn(name)`` (which may close it)."""
     times: dict[str, list[list[float]]] = {name: [] for name in contenders}
     for _ in range(rounds):
         for name, call in contenders.items():
@@ -42,7 +48,26 @@ def timed_rounds(
                 call()
                 this_round.append((time.perf_counter() - started) * 1000)
             times[name].append(this_round)
+            if after_turn is not None:
+                after_turn(name)
     return times
+
+
+class LazyRunner:
+    """A file's runner opened on its first call and closed by :meth:`release`: where the files
+    timed together would not fit in memory at once (a 2.5 GB decoder in fp32 and optimised),
+    each contender's session is open for its own turn only, and the turns still alternate."""
+
+    def __init__(self, load: Callable[[], Callable[[Any], Any]]) -> None:
+        self._load, self._run = load, None
+
+    def __call__(self, feed: Any) -> Any:
+        if self._run is None:
+            self._run = self._load()
+        return self._run(feed)
+
+    def release(self) -> None:
+        self._run = None
 
 
 def take_turns(
