@@ -157,6 +157,16 @@ class TrainConfig(_Section):
     fast: FastConfig = Field(
         default_factory=FastConfig, description="the training fast path; every switch keeps the maths"
     )
+    gradient_checkpointing: StrictBool = Field(
+        False,
+        description="recompute each block's activations in the backward pass instead of keeping them: less memory "
+        "(a large decoder's long sequences), about a third more compute; the same loss. Where the backbone offers it",
+    )
+    packing: StrictBool = Field(
+        False,
+        description="text-generation: join each batch's examples into as few rows as fit the sequence length, each "
+        "example attending only to itself (less padding, the same loss). Where the task offers it",
+    )
     cache_features: StrictBool = Field(
         True,
         description="linear probes (only the head trains): compute the frozen backbone once per example and train the "

@@ -290,10 +290,12 @@ class Trainer:
         run_dir: Path,
         on_epoch: Callable[[int, dict], None] | None = None,
         dist: distributed.Dist | None = None,
+        sequence_length: int | None = None,
     ) -> None:
         self.built, self.method, self.task, self.collate = built, method, task, collate
         self.train_set, self.val_set, self.label_names = list(train), list(val), list(label_names)
         self.config, self.run_dir, self.on_epoch = config, run_dir, on_epoch
+        self.sequence_length = sequence_length  # the rows train.packing fills (the backbone's sequence length)
         self.lengths = [example_length(e) for e in self.train_set] if config.group_by_length else None
         self.dist = dist or distributed.Dist()
         self.device = resolve_device(config.device)
@@ -335,14 +337,42 @@ class Trainer:
         if not params:
             raise nothing_trainable(self.built)
         fast = fast_path.prepare(model, self.config.fast, self.device, self.built.switches)
-        self.probe = feature_cache.probe_head(model, self.built.head)
-        if self.probe is not None:
-            self._cache_features(model)
         try:
+            fast.undo.append(self._gradient_checkpointing())
+            self.probe = feature_cache.probe_head(model, self.built.head)
+            if self.probe is not None:
+                self._cache_features(model)
             with stop_on_interrupt(not self.dist.active) as self._stop_asked:
                 return self._fit(model, params, fast, resume)
         finally:
             fast.restore()  # the merge and the export see the model as the backbone built it
+
+    def _gradient_checkpointing(self) -> Callable[[], None]:
+        """``train.gradient_checkpointing`` through the backbone's switch; how to undo it."""
+        if not self.config.gradient_checkpointing:
+            return lambda: None
+        switch = self.built.switches.get("gradient_checkpointing")
+        undo, why = switch() if switch is not None else (None, "the backbone offers no gradient checkpointing")
+        if undo is None:
+            raise ConfigError(
+                f"train.gradient_checkpointing: {why}",
+                hint="set train.gradient_checkpointing: false (a smaller train.batch_size also saves memory)",
+            )
+        self._say("train: gradient checkpointing on (activations recomputed in the backward pass)")
+        return undo
+
+    def _collate_training(self, examples: list[Example]) -> Any:
+        """A training batch, packed where ``train.packing`` asks (the task's ``pack``)."""
+        batch = self.collate(examples)
+        if not self.config.packing:
+            return batch
+        packed = self.task.pack(batch, self.sequence_length or 0)
+        if packed is None:
+            raise ConfigError(
+                f"train.packing: task {self.built.task!r} cannot pack its batches",
+                hint="set train.packing: false (packing joins token sequences, as text-generation's are)",
+            )
+        return packed
 
     def _cache_features(self, model: nn.Module) -> None:
         """A probe's head inputs for the training and validation splits, computed once
@@ -640,7 +670,7 @@ class Trainer:
         examples = TrainingExamples(self.train_set, self._augment(), self.config.seed, epoch)
         if self.config.workers == 0:
             return (
-                (start + k, fast_path.pinned(self.collate([examples[j] for j in indices]), fast))
+                (start + k, fast_path.pinned(self._collate_training([examples[j] for j in indices]), fast))
                 for k, indices in enumerate(remaining)
             )
         from torch.utils.data import DataLoader, Dataset
@@ -648,7 +678,7 @@ class Trainer:
         loader: DataLoader[Example] = DataLoader(
             cast("Dataset[Example]", examples),
             batch_sampler=remaining,
-            collate_fn=self.collate,
+            collate_fn=self._collate_training,
             num_workers=self.config.workers,
             pin_memory=fast.pin_memory,
         )

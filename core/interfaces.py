@@ -290,6 +290,12 @@ class Task:
         """A changed copy of one training example, or None (the default): no augmentation."""
         return None
 
+    def pack(self, batch: Batch, length: int) -> Batch | None:
+        """``train.packing``: the training batch's examples joined into as few rows of at most ``length``
+        tokens as fit, each attending only to itself, with the same loss as ``batch``. Default None: the
+        task cannot pack (the run is refused before training)."""
+        return None
+
     def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]] | None:
         """``(module, names)`` to export instead of ``model``: logits first, then the task's final
         outputs ``names`` (boxes after NMS). Default None: the model as it is."""

@@ -268,6 +268,7 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
         run_dir=session.run.path,
         on_epoch=lambda epoch, metrics: _epoch_ended(host, session.run.path, epoch, metrics),
         dist=session.dist,
+        sequence_length=session.plan.backbone.sequence_length(session.built, session.plan.backbone_options),
     )
     baseline = _baseline_metrics(session)
     result = trainer.fit(resume=resume)

@@ -104,6 +104,47 @@ def collator(tokenizer: Any, max_length: int) -> Callable[[Sequence[Example]], B
     return collate
 
 
+def _bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Row indices grouped first-fit, longest first, so each group's lengths sum to at most ``capacity``."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for index in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+        slot = next((b for b, free in enumerate(room) if free >= lengths[index]), None)
+        if slot is None:
+            bins.append([index])
+            room.append(capacity - lengths[index])
+        else:
+            bins[slot].append(index)
+            room[slot] -= lengths[index]
+    return bins
+
+
+def pack(batch: Batch, length: int) -> Batch:
+    """A collated batch's sequences joined into as few rows of at most ``length`` tokens as fit.
+    Each sequence keeps its own positions (0, 1, ...) and the rest of a row is a padding segment;
+    without an attention mask transformers reads the segments from the restarting positions and
+    keeps attention within each (its packed-sequence mask). The first token of each sequence is
+    not a target, so no sequence learns to predict the next one: the loss is the unpacked batch's."""
+    import torch
+
+    lengths = [int(n) for n in batch["attention_mask"].sum(1).tolist()]
+    bins = _bins(lengths, max(length, max(lengths, default=1)))
+    width = max(sum(lengths[i] for i in group) for group in bins)
+    input_ids = torch.zeros((len(bins), width), dtype=torch.long)  # any id pads: its segment is never learnt
+    labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
+    positions = torch.zeros((len(bins), width), dtype=torch.long)
+    for row, group in enumerate(bins):
+        at = 0
+        for index in sorted(group):
+            n = lengths[index]
+            input_ids[row, at : at + n] = batch["input_ids"][index, :n]
+            labels[row, at + 1 : at + n] = batch["labels"][index, 1:n]
+            positions[row, at : at + n] = torch.arange(n)
+            at += n
+        positions[row, at:] = torch.arange(width - at)  # padding: a segment of its own, never learnt
+    return {"input_ids": input_ids, "position_ids": positions, "labels": labels}
+
+
 def check_tokenizer(tokenizer: Any, checkpoint: str) -> None:
     """Generation needs an end-of-text token: it ends every learnt sequence."""
     from adapt.errors import CheckpointError

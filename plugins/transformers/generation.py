@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from adapt import hookimpl
 from adapt.errors import DataError
-from adapt.interfaces import IGNORE_INDEX, ExportCheck, ExportVerdict, Predictor, Task
+from adapt.interfaces import IGNORE_INDEX, Batch, ExportCheck, ExportVerdict, Predictor, Task
 from adapt.task_kit import cross_entropy, describe_example
 
 if TYPE_CHECKING:
@@ -73,6 +73,12 @@ class TextGeneration(Task):
         predictions = [g[k].tolist() for g, k in zip(greedy, keep)]
         references = [{"targets": t[k].tolist(), "nll": float(n.sum())} for t, k, n in zip(targets, keep, nll)]
         return predictions, references
+
+    def pack(self, batch: Batch, length: int) -> Batch:
+        """``train.packing`` (adapt.plugins.transformers.causal_lm.pack)."""
+        from adapt.plugins.transformers.causal_lm import pack
+
+        return pack(batch, length)
 
     def check_export(self, check: ExportCheck) -> ExportVerdict | None:
         """The export gate: greedy continuations through the file's KV cache equal the merged model's."""

@@ -254,7 +254,10 @@ class TransformersTextBackbone(Backbone):
             preprocessor=tokenizer,
         )
         built.families = self.target_families(built)
-        built.switches = {"cls_last_layer": lambda: _cls_only_last_layer(model)}  # train.fast.cls_last_layer
+        built.switches = {
+            "cls_last_layer": lambda: _cls_only_last_layer(model),  # train.fast.cls_last_layer
+            "gradient_checkpointing": lambda: gradient_checkpointing(model),  # train.gradient_checkpointing
+        }
         return built
 
     @staticmethod
@@ -587,6 +590,19 @@ def conv1d_as_linear(model: torch.nn.Module) -> torch.nn.Module:
             linear.bias.copy_(old.bias)
         replace_module(model, name, linear)
     return model
+
+
+def gradient_checkpointing(model: Any) -> tuple[Callable[[], None] | None, str]:
+    """BuiltModel.switches' ``gradient_checkpointing``: transformers' own, non-reentrant (so a
+    frozen embedding under LoRA needs no input gradients), undone after training."""
+    if not getattr(model, "supports_gradient_checkpointing", False):
+        return None, f"{type(model).__name__} does not support gradient checkpointing in transformers"
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.x's name
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        return model.activation_checkpointing_disable, ""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model.gradient_checkpointing_disable, ""
 
 
 def _cls_only_last_layer(model: Any) -> tuple[Callable[[], None] | None, str]:
