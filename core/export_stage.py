@@ -27,6 +27,7 @@ PREPROCESS_FILE = "preprocess.json"
 # The exporter's side of the contract lives with the other interfaces; these names stay importable here.
 from adapt.interfaces import Derived, DeriveContext, Form  # noqa: E402,F401
 from adapt.latency import LazyRunner  # noqa: E402
+from adapt.memory import give_back  # noqa: E402
 
 
 def measure(fn: Callable[[], Any], runs: int, warmup: int = 3) -> dict[str, float]:
@@ -247,6 +248,8 @@ class _ExportJob:
             predictions += pred
             references += ref
             logits.append(out_logits)
+        del run  # the session's memory goes back before the next file is opened
+        give_back()
         return FileRun(
             task.metrics(predictions, references, self.session.label_names), logits, predictions, references, final
         )
@@ -366,6 +369,7 @@ class _ExportJob:
         path = exporter.export(
             model, inputs, io, self.staging / f"model{exporter.suffix}", plan.exporter_options.get(exporter.name)
         )
+        give_back()  # the trace's copies of the weights
         forms, details, deployable = [Form(exporter.name, path)], {}, path
         derived = exporter.derive(path, self.derive_context(exporter))
         if derived is not None:

@@ -59,7 +59,8 @@ class LazyRunner:
     each contender's session is open for its own turn only, and the turns still alternate."""
 
     def __init__(self, load: Callable[[], Callable[[Any], Any]]) -> None:
-        self._load, self._run = load, None
+        self._load = load
+        self._run: Callable[[Any], Any] | None = None
 
     def __call__(self, feed: Any) -> Any:
         if self._run is None:
@@ -67,7 +68,11 @@ class LazyRunner:
         return self._run(feed)
 
     def release(self) -> None:
-        self._run = None
+        from adapt.memory import give_back
+
+        if self._run is not None:
+            self._run = None
+            give_back()
 
 
 def take_turns(

@@ -35,6 +35,7 @@ from adapt.host import Host
 from adapt.interfaces import BuiltModel, Example, Task
 from adapt.plan import Plan, make_plan, model_task
 from adapt.report import add_section, agreement_text, plot_curve, read_report, write_report
+from adapt.memory import give_back
 from adapt.rundir import CONFIG_FILE, RunDir, already_a_run, atomic_write_json, check_target, hold_lock, require_run
 
 LABELS_FILE = "labels.json"
@@ -42,9 +43,16 @@ MERGED_DIR = "merged"
 
 
 def count_parameters(model: Any) -> dict[str, int]:
-    total = sum(p.numel() for p in model.parameters())
+    total = sum(logical_numel(p) for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return {"trainable": trainable, "total": total}
+
+
+def logical_numel(parameter: Any) -> int:
+    """How many weights a parameter stands for: a packed one (a 4-bit weight stores two per
+    byte) says its unpacked shape in ``quant_state.shape``, as bitsandbytes' do."""
+    shape = getattr(getattr(parameter, "quant_state", None), "shape", None)
+    return math.prod(shape) if shape is not None else int(parameter.numel())
 
 
 #: How many modules the start-up message names one by one.
@@ -471,6 +479,7 @@ def merge_and_save(session: Session, report: dict[str, Any]) -> Merged:
     # (a 0.6B decoder is 2.5 GB per copy); the backbone's members read the same config from the merged one
     session.built.model = merged.result.model
     gc.collect()
+    give_back()
     return merged
 
 

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterator, Literal
+from typing import TYPE_CHECKING, Iterable, Literal
 
 from adapt.errors import ExportError
 
@@ -33,7 +33,7 @@ def data_name(path: Path) -> str:
     return path.name + ".data"
 
 
-def _tensors(model: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+def _tensors(model: onnx.ModelProto) -> Iterable[onnx.TensorProto]:
     from onnx.external_data_helper import _get_all_tensors
 
     return _get_all_tensors(model)

@@ -6,6 +6,12 @@ through the same host, method and pipeline code as the built-in backbones.
 
 from __future__ import annotations
 
+import os
+
+# No test reaches a model hub: libraries that would ask one (bitsandbytes' CPU kernels,
+# transformers) answer from the local cache at once instead of trying the network.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
 from pathlib import Path
 from typing import Any, Sequence
 

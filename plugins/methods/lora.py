@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -26,6 +26,8 @@ PEFT_PREFIX = "base_model.model."
 #: adapt's task -> PEFT's task_type, for transformers models.
 PEFT_TASK_TYPES = {"text-classification": "SEQ_CLS", "token-classification": "TOKEN_CLS"}
 WRAPPER_PREFIX = "model."
+#: The attribute a model with a quantised base carries (what ``quantised_base.quantise`` reported).
+QUANTISED_BASE = "adapt_quantised_base"
 
 
 class LoRAOptions(BaseModel):
@@ -41,6 +43,11 @@ class LoRAOptions(BaseModel):
         "families in default_families",
     )
     rslora: bool = Field(False, description="rank-stabilised scaling: alpha / sqrt(r)")
+    base: Literal["full", "4bit", "8bit"] = Field(
+        "full",
+        description="QLoRA: the frozen Linear layers inside the blocks held in 4-bit NF4 or 8-bit by bitsandbytes "
+        "while training (CUDA, or the CPU with bitsandbytes >= 0.46); the merge folds into their dequantised weights",
+    )
 
 
 def inner_prefix(model: torch.nn.Module) -> str:
@@ -98,6 +105,11 @@ class LoRA(Method):
                 name,
                 layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora),
             )
+        if options.base != "full":
+            from adapt.plugins.methods.quantised_base import quantise
+
+            # kept on the model (a copy goes with it into the merge) for the merge's note
+            setattr(model, QUANTISED_BASE, quantise(model, options.base, built.blocks, built.head))
         lora = [f"{n}.{p}" for n in names for p in ("lora_A", "lora_B")]
         return freeze_all_but(model, [*lora, *built.head, *built.new_parameters])
 
@@ -214,12 +226,39 @@ class LoRA(Method):
         from adapt.plugins.methods import lora_layers as layers
         from adapt.targets import replace_module
 
-        model = copy.deepcopy(built.model).float().eval()
+        model = copy.deepcopy(built.model)
+        note = ""
+        quantised = getattr(model, QUANTISED_BASE, None)
+        if quantised is not None:
+            from adapt.plugins.methods.quantised_base import dequantise
+
+            dequantise(model)
+            delattr(model, QUANTISED_BASE)
+            note = (
+                f"; the {quantised['base']} base ({quantised['layers']} layers) dequantised to fp32 first, the "
+                f"weights the adapter was trained on (their rounding against the original weights: relative error "
+                f"max {quantised['rounding']['max']:.4f}, mean {quantised['rounding']['mean']:.4f})"
+            )
+        model = model.float().eval()
         modules = self._lora_modules(model)
         for name, module in modules.items():
             replace_module(model, name, layers.fold(module))
         model.requires_grad_(False)
-        return MergeResult(model, folded=True, note=f"{len(modules)} LoRA layers folded into their weights")
+        return MergeResult(
+            model,
+            folded=True,
+            note=f"{len(modules)} LoRA layers folded into their weights{note}",
+            tolerance=quantised_tolerance(quantised),
+        )
+
+
+def quantised_tolerance(quantised: Mapping[str, Any] | None) -> float | None:
+    """The merge's promise: exact (None) but for an 8-bit base, whose products round activations."""
+    if quantised is None or quantised["base"] != "8bit":
+        return None
+    from adapt.plugins.methods.quantised_base import INT8_TOLERANCE
+
+    return INT8_TOLERANCE
 
 
 def peft_conv_shape(module: Any, leaf: str) -> tuple[int, ...]:
