@@ -157,6 +157,12 @@ class TrainConfig(_Section):
     fast: FastConfig = Field(
         default_factory=FastConfig, description="the training fast path; every switch keeps the maths"
     )
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="under torchrun: ddp (every process holds the whole model and averages gradients) or fsdp (the "
+        "frozen base sharded across the processes with FSDP2's fully_shard, the trainable parameters whole on each, "
+        "their gradients averaged: for a base too big for one device); one process ignores it",
+    )
     gradient_checkpointing: StrictBool = Field(
         False,
         description="recompute each block's activations in the backward pass instead of keeping them: less memory "

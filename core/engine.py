@@ -296,6 +296,7 @@ class Trainer:
         self.train_set, self.val_set, self.label_names = list(train), list(val), list(label_names)
         self.config, self.run_dir, self.on_epoch = config, run_dir, on_epoch
         self.sequence_length = sequence_length  # the rows train.packing fills (the backbone's sequence length)
+        self.sharded_bytes = 0  # train.strategy: fsdp under torchrun: the frozen weights sharded
         self.lengths = [example_length(e) for e in self.train_set] if config.group_by_length else None
         self.dist = dist or distributed.Dist()
         self.device = resolve_device(config.device)
@@ -448,6 +449,12 @@ class Trainer:
         runner: nn.Module = model
         if self.cache is not None:
             runner = self.cache.runner
+        elif dist.active and cfg.strategy == "fsdp":
+            self.sharded_bytes = distributed.shard(model, self.built.blocks, params, self.device.type)
+            self._say(
+                f"train: fsdp: {self.sharded_bytes / 2**20:,.0f} MiB of frozen weights sharded over {dist.world} "
+                "processes"
+            )
         elif dist.active:
             from torch.nn.parallel import DistributedDataParallel
 
@@ -578,6 +585,8 @@ class Trainer:
     def _step(self, params: list[nn.Parameter], loop: _Loop, batch_index: int) -> None:
         """One optimiser step (clipping, the scaler, the schedule) after batch ``batch_index``."""
         cfg = self.config
+        if self.sharded_bytes:  # fsdp: the trainable parameters are whole on each process, DDP is not there
+            distributed.average_gradients(self.dist, params)
         if cfg.max_grad_norm > 0:
             loop.scaler.unscale_(loop.optimiser)
             torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)

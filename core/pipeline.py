@@ -292,11 +292,32 @@ def train_stage(session: Session, host: Host, *, resume: bool) -> dict[str, Any]
         "processes": session.dist.world,
         "fast_path": result.fast_path,
     }
+    if session.dist.active:
+        section["strategy"] = config.train.strategy
+        if trainer.sharded_bytes:
+            section["sharded_mib"] = round(trainer.sharded_bytes / 2**20, 1)
+    if trainer.sharded_bytes and session.dist.main:
+        whole_again(session)
     if session.dist.main:
         plot_curve(session.run.path, result.history, session.plan.task.primary_metric)
         for path in sorted(p for p in (session.run.path / "adapter").rglob("*") if p.is_file()):
             host.call("adapt_artifact_exported", run_dir=session.run.path, path=path, kind="adapter")
     return {"training": section, **({"metrics": {"baseline": baseline}} if baseline else {})}
+
+
+def whole_again(session: Session) -> None:
+    """After sharded training, the model as one piece for the merge and the export: the base
+    built again from its checkpoint (training never changed it) with the best epoch's adapter."""
+    from adapt.adapter_io import load_adapter
+    from adapt.engine import ADAPTER_DIR
+
+    plan = session.plan
+    built = build_model(plan, len(session.label_names))
+    adapt_model(plan, built)
+    load_adapter(plan.method, built, session.run.path / ADAPTER_DIR)
+    session.built = built
+    gc.collect()
+    give_back()
 
 
 def _baseline_metrics(session: Session) -> dict[str, Any]:

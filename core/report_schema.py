@@ -42,6 +42,9 @@ class Training(_Strict):
     precision: Literal["fp32", "bf16", "fp16"]
     processes: int
     fast_path: dict[str, Any]
+    #: under torchrun: ``ddp`` or ``fsdp`` (train.strategy), and with fsdp the frozen weights sharded (MiB)
+    strategy: str | None = None
+    sharded_mib: float | None = None
 
 
 class Check(_Strict):
