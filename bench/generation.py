@@ -1,23 +1,27 @@
-"""Generation speed of adapt's exported decoder against transformers' generate, in one run.
+"""Generation speed of adapt's exported decoder side by side with onnxruntime-genai and
+transformers, on one run's merged model, taking turns.
 
-GPT-2-small shape (124M parameters, random weights, seeded), batch 1, a 128-token
-prompt and exactly 64 new tokens (greedy; the end token is never chosen, so every
-contender does the same work):
+The case of issue #29: a Llama-shape decoder of 55M parameters (hidden 512, 8 layers,
+8 query / 2 key-value heads, MLP 1408, vocabulary 32,000; random, seeded) with a
+byte-level BPE trained here on BBC News text, fine-tuned by `adapt run` (LoRA, one
+short epoch) so that merged/ and export/ are a real run's. Then:
 
-* ``transformers``: ``model.generate`` in PyTorch (eager mode, its default SDPA
-  attention, its KV cache on): the baseline;
-* ``onnx``, ``onnx_optimized``, ``onnx_int8``, ``onnx_int4``: the files adapt's ONNX
-  exporter writes for a text-generation run (one cached decoder graph; the same
-  ``export`` and ``derive`` code), run by adapt's numpy loop (adapt.onnx_predict.generate_ids,
-  what the exported predict.py runs), ONNX Runtime with as many threads as torch;
-* ``optimum``: Optimum's ORTModelForCausalLM, where it is installed.
+* ``transformers``: ``generate`` on merged/ in PyTorch (SDPA attention, KV cache on);
+* ``adapt <form>``: each ONNX file the run exported (fp32, optimised, int8, int4), run by
+  the loop of the exported predict.py (``adapt.onnx_predict.generate_ids``: numpy and
+  ONNX Runtime);
+* ``genai <precision>``: onnxruntime-genai's model builder (``python -m
+  onnxruntime_genai.models.builder``, fp32 and int4 for the CPU) run on the same merged/
+  folder, and genai's own generator, as a new user would.
 
-The contenders take turns (``--rounds`` rounds, ``--runs`` generations each), so drift
-of the machine reaches all alike; a ratio is the median of per-round ratios with their
-range (``to_transformers``: tokens/s over transformers'). File sizes are reported with
-their ratio to the fp32 file. The last line printed is one JSON object.
+Batch 1, a 32-token prompt, exactly 128 new tokens (greedy; the end token cannot stop
+anyone early), 2 threads for everyone. Rounds in which the contenders take turns; per
+contender: tokens/s (median over rounds, and the range), the first token's latency
+(prompt processed and one token out), file size (external data included), and greedy
+agreement with transformers (the share of the 128 tokens equal, position by position,
+and where the first difference is). The last line printed is one JSON object.
 
-Usage: python bench/generation.py [--rounds N] [--runs N] [--new-tokens N] [--prompt N]
+Usage: python bench/generation.py [--work DIR] [--rounds N] [--runs N] [--new-tokens N] [--prompt N]
 """
 
 from __future__ import annotations
@@ -27,7 +31,8 @@ import json
 import os
 import platform
 import statistics
-import tempfile
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,110 +41,213 @@ import torch
 
 from adapt.latency import cpu_flags
 
+SHAPE = {
+    "hidden_size": 512,
+    "num_hidden_layers": 8,
+    "num_attention_heads": 8,
+    "num_key_value_heads": 2,
+    "intermediate_size": 1408,
+    "vocab_size": 32000,
+    "max_position_embeddings": 2048,
+    "tie_word_embeddings": False,
+}
+THREADS = 2
 PAUSE_S = 0.5  # idle time before each turn, so the previous contender's threads stop spinning
+#: a contender: makes ``new`` tokens after ``prompt``; returns them and the first token's seconds
+Call = Callable[[list[int], int], tuple[list[int], float]]
 
 
-def build(work: Path):
-    """The random GPT-2-small as a text-generation BuiltModel, and the exported files."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+def checkpoint(folder: Path) -> Path:
+    """The random Llama-shape decoder and a fast BPE tokenizer (tokenizer.json, which genai reads)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
-    from adapt.export_stage import DeriveContext
-    from adapt.host import make_host
-    from adapt.interfaces import BuiltModel
-    from adapt.plugins.transformers.cached_decoder import CausalLMWithCache
+    sys.path.insert(0, str(Path(__file__).parent))
+    from large_decoder import bbc_examples
 
+    if (folder / "config.json").exists():
+        return folder
+    folder.mkdir(parents=True)
+    bpe = ByteLevelBPETokenizer()
+    texts = [r["prompt"] + r["completion"] for r in bbc_examples(2000)]
+    bpe.train_from_iterator(texts, vocab_size=8000, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    end = "<|endoftext|>"
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=end, bos_token=end, pad_token=end)
+    tokenizer.save_pretrained(folder)
     torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(attn_implementation="eager")).eval()
-    built = BuiltModel(CausalLMWithCache(model), "text-generation", 0)
-    host = make_host(autoload=False)
-    backbone, exporter = host.backbones.get("transformers"), host.exporters.get("onnx")
-    inputs, io = backbone.example_inputs(built, 2), backbone.onnx_io(built)
-    path = exporter.export(backbone.export_form(built.model, inputs, io), inputs, io, work / "model.onnx", None)  # as the export stage does
-    threads = torch.get_num_threads()
-    ctx = DeriveContext(work, {"quantization": "dynamic"}, "all", False, 1.0, [], lambda p: 1.0, lambda p: {"median": 0.0, "p90": 0.0, "threads": threads})
-    derived = exporter.derive(path, ctx)
-    files = {"onnx": path, **{f.name: f.path for f in derived.forms if f.runnable}}
-    return model, files
+    eos = tokenizer.eos_token_id
+    LlamaForCausalLM(LlamaConfig(**SHAPE, bos_token_id=eos, eos_token_id=eos, pad_token_id=eos)).save_pretrained(folder)
+    return folder
 
 
-def contenders(model, files: dict[str, Path], prompt: list[int], new_tokens: int) -> dict[str, Callable[[], int]]:
-    """name -> a call that generates ``new_tokens`` tokens and returns how many it made."""
+def adapt_run(work: Path, model: Path) -> Path:
+    """`adapt run`: LoRA for one short epoch on BBC headlines -> articles, every export form."""
+    import yaml
+
+    from large_decoder import bbc_examples
+
+    run = work / "runs" / "llama55"
+    if (run / "report.json").exists():
+        return run
+    data = work / "bbc.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in bbc_examples(96)))
+    config = {
+        "name": "llama55", "output_dir": str(work / "runs"), "task": "text-generation",
+        "backbone": {"name": "transformers", "checkpoint": str(model), "options": {"max_length": 64}},
+        "method": {"name": "lora", "options": {"r": 8, "targets": "all-linear"}},
+        "data": {"source": "jsonl", "path": str(data), "split": {"val": 0.1, "test": 0.1, "seed": 0}},
+        "train": {"epochs": 1, "batch_size": 8, "lr": 1e-3, "seed": 0},
+        "export": {"quantize": "all", "mobile": False, "latency_runs": 3},
+    }  # fmt: skip
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    subprocess.run([sys.executable, "-c", "from adapt.cli import main; main()", "run", str(work / "config.yaml")], check=True)
+    return run
+
+
+def genai_build(merged: Path, out: Path, precision: str) -> Path:
+    """onnxruntime-genai's model builder on merged/, as its docs show, then 2 threads in its config."""
+    if not (out / "genai_config.json").exists():
+        builder = [sys.executable, "-m", "onnxruntime_genai.models.builder", "-i", str(merged), "-o", str(out)]
+        subprocess.run([*builder, "-p", precision, "-e", "cpu"], check=True, capture_output=True)
+    config = json.loads((out / "genai_config.json").read_text())
+    config["model"]["decoder"]["session_options"]["intra_op_num_threads"] = THREADS
+    (out / "genai_config.json").write_text(json.dumps(config, indent=4))
+    return out
+
+
+def transformers_call(merged: Path) -> Call:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(merged).eval()
+
+    def greedy(new: int) -> GenerationConfig:
+        return GenerationConfig(do_sample=False, max_new_tokens=new, min_new_tokens=new, pad_token_id=0)
+
+    def call(prompt: list[int], new: int) -> tuple[list[int], float]:
+        ids = torch.tensor([prompt])
+        with torch.no_grad():
+            started = time.perf_counter()
+            model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy(1))
+            first = time.perf_counter() - started
+            out = model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=greedy(new))
+        return out[0, len(prompt) :].tolist(), first
+
+    return call
+
+
+def adapt_call(path: Path) -> Call:
     import onnxruntime as ort
-    from transformers import GenerationConfig
 
     from adapt.onnx_predict import generate_ids
 
-    ids = torch.tensor([prompt])
-    config = GenerationConfig(do_sample=False, max_new_tokens=new_tokens, min_new_tokens=new_tokens, use_cache=True, pad_token_id=0, eos_token_id=model.config.eos_token_id)
-
-    def transformers_generate() -> int:
-        with torch.no_grad():
-            return int(model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config).shape[1] - len(prompt))
-
-    calls: dict[str, Callable[[], int]] = {"transformers": transformers_generate}
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
-    for name, path in files.items():
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
-        calls[name] = lambda s=session: len(generate_ids(s, prompt, -1, max_new_tokens=new_tokens))  # eos -1: never stops early
-    optimum = _optimum(model, files["onnx"].parent / "hf", ids, config)
-    if optimum is not None:
-        calls["optimum"] = optimum
-    return calls
+    options.intra_op_num_threads = THREADS
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def call(prompt: list[int], new: int) -> tuple[list[int], float]:
+        started = time.perf_counter()
+        generate_ids(session, prompt, -1, max_new_tokens=1)
+        first = time.perf_counter() - started
+        return generate_ids(session, prompt, -1, max_new_tokens=new), first  # end token -1: never stops early
+
+    return call
 
 
-def _optimum(model, folder: Path, ids: torch.Tensor, config) -> Callable[[], int] | None:
-    """Optimum's own export of the same weights (from a local folder) and its generate."""
-    try:
-        from optimum.onnxruntime import ORTModelForCausalLM
-    except ImportError:
-        return None
-    model.save_pretrained(folder)
-    ort_model = ORTModelForCausalLM.from_pretrained(folder, export=True, use_cache=True)
-    return lambda: int(ort_model.generate(ids, attention_mask=torch.ones_like(ids), generation_config=config).shape[1] - ids.shape[1])
+def genai_call(folder: Path) -> Call:
+    import onnxruntime_genai as og
+
+    model = og.Model(str(folder))
+
+    def generate(prompt: list[int], new: int) -> list[int]:
+        params = og.GeneratorParams(model)
+        params.set_search_options(do_sample=False, max_length=len(prompt) + new, min_length=len(prompt) + new)
+        generator = og.Generator(model, params)
+        generator.append_tokens(prompt)
+        made: list[int] = []
+        while not generator.is_done() and len(made) < new:
+            generator.generate_next_token()
+            made.append(int(generator.get_next_tokens()[0]))
+        return made
+
+    def call(prompt: list[int], new: int) -> tuple[list[int], float]:
+        started = time.perf_counter()
+        generate(prompt, 1)
+        first = time.perf_counter() - started
+        return generate(prompt, new), first
+
+    return call
 
 
-def take_turns(calls: dict[str, Callable[[], int]], rounds: int, runs: int) -> dict[str, list[float]]:
-    """Each contender's median tokens/s in each round."""
-    per_round: dict[str, list[float]] = {name: [] for name in calls}
-    for call in calls.values():
-        call()  # warm-up
+def folder_bytes(path: Path) -> int:
+    """A model's bytes as shipped: the .onnx and its data files (genai: every .onnx* in its folder)."""
+    from adapt.exporters.onnx_files import total_bytes
+
+    if path.is_dir():
+        return sum(p.stat().st_size for p in path.iterdir() if ".onnx" in p.name)
+    return total_bytes(path)
+
+
+def take_turns(calls: dict[str, Call], prompt: list[int], new: int, rounds: int, runs: int) -> dict[str, dict]:
+    """Each contender's tokens/s per round (median of its runs), first-token seconds and tokens."""
+    found: dict[str, dict] = {name: {"rates": [], "first": [], "tokens": None} for name in calls}
+    for name, call in calls.items():  # warm-up, and the tokens each one makes
+        found[name]["tokens"] = call(prompt, new)[0]
     for _ in range(rounds):
         for name, call in calls.items():
             time.sleep(PAUSE_S)
             rates = []
             for _ in range(runs):
                 started = time.perf_counter()
-                made = call()
-                rates.append(made / (time.perf_counter() - started))
-            per_round[name].append(statistics.median(rates))
-    return per_round
+                tokens, first = call(prompt, new)
+                rates.append(len(tokens) / (time.perf_counter() - started - first))
+                found[name]["first"].append(first)
+            found[name]["rates"].append(statistics.median(rates))
+    return found
+
+
+def agreement(tokens: list[int], reference: list[int]) -> dict[str, float | int | None]:
+    same = [a == b for a, b in zip(tokens, reference)]
+    return {"share": round(sum(same) / max(len(reference), 1), 3), "first_difference": same.index(False) if False in same else None}
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--work", type=Path, default=Path("bench-generation"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--runs", type=int, default=2)
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--prompt", type=int, default=128)
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--prompt", type=int, default=32)
     args = parser.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="adapt-bench-gen-"))
-    model, files = build(work)
-    prompt = torch.randint(1000, 40000, (args.prompt,), generator=torch.Generator().manual_seed(1)).tolist()
-    per_round = take_turns(contenders(model, files, prompt, args.new_tokens), args.rounds, args.runs)
-    ratios = {name: [a / b for a, b in zip(rates, per_round["transformers"])] for name, rates in per_round.items() if name != "transformers"}
-    fp32 = files["onnx"].stat().st_size
+    torch.set_num_threads(THREADS)
+    work = args.work.resolve()
+    run = adapt_run(work, checkpoint(work / "checkpoint"))
+    report = json.loads((run / "report.json").read_text())
+    files = {f"adapt {name}": run / path for name, path in report["forms"].items() if path.endswith(".onnx")}
+    genai = {f"genai {p}": genai_build(run / "merged", work / f"genai-{p}", p) for p in ("fp32", "int4")}
+    calls: dict[str, Call] = {"transformers": transformers_call(run / "merged")}
+    calls.update({name: adapt_call(path) for name, path in files.items()})
+    calls.update({name: genai_call(folder) for name, folder in genai.items()})
+    prompt = torch.randint(10, 7000, (args.prompt,), generator=torch.Generator().manual_seed(1)).tolist()
+    found = take_turns(calls, prompt, args.new_tokens, args.rounds, args.runs)
+    reference = found["transformers"]["tokens"]
+    rows = {
+        name: {
+            "tokens_per_s": round(statistics.median(f["rates"]), 1),
+            "range": [round(min(f["rates"]), 1), round(max(f["rates"]), 1)],
+            "first_token_ms": round(1000 * statistics.median(f["first"]), 1),
+            "bytes": folder_bytes({**files, **genai}[name]) if name != "transformers" else None,
+            "agreement_with_transformers": agreement(f["tokens"], reference),
+        }
+        for name, f in found.items()
+    }
     import onnxruntime
+    import onnxruntime_genai
 
     print(json.dumps({
-        "case": f"gpt2-small shape (124M, random), batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, greedy",
-        "tokens_per_s": {name: round(statistics.median(rates), 1) for name, rates in per_round.items()},
-        "to_transformers": {name: {"ratio": round(statistics.median(r), 2), "range": [round(min(r), 2), round(max(r), 2)]} for name, r in ratios.items()},
-        "bytes": {name: path.stat().st_size for name, path in files.items()},
-        "size_to_fp32": {name: round(path.stat().st_size / fp32, 3) for name, path in files.items()},
-        "optimum": "installed" if "optimum" in per_round else "not installed (not measured)",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__},
-    }))
+        "case": f"Llama shape 55M (random + 1 LoRA epoch), batch 1, prompt {args.prompt}, {args.new_tokens} new tokens, greedy, {THREADS} threads",
+        "contenders": rows,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "cpu_flags": cpu_flags(), "torch": torch.__version__, "onnxruntime": onnxruntime.__version__, "onnxruntime_genai": onnxruntime_genai.__version__},
+    }))  # fmt: skip
 
 
 if __name__ == "__main__":

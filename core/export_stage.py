@@ -59,7 +59,8 @@ MODEL_ENTRIES = ("baseline", "adapted", "merged")
 #: The least share of the merged model's final predictions (object-detection: confident
 #: boxes) that an exact form's own final outputs must reproduce (the task's ``agreement``).
 MIN_FINAL_AGREEMENT = 0.99
-#: Past this many bytes of exported files timed together, each form's session is open for its own turns only.
+#: Past this many bytes of exported files timed together, each form's session is open for its own turns only;
+#: past this many bytes of PyTorch weights, the merged model waits on disk while the exporter derives its forms.
 LEAN_ABOVE_BYTES = 1 << 30
 #: Where an export that failed its parity check is kept for inspection (the previous export stays in place).
 REJECTED_DIR = "export.rejected"
@@ -371,7 +372,7 @@ class _ExportJob:
         )
         give_back()  # the trace's copies of the weights
         forms, details, deployable = [Form(exporter.name, path)], {}, path
-        derived = exporter.derive(path, self.derive_context(exporter))
+        derived = self.derive(exporter, path)
         if derived is not None:
             forms += derived.forms
             deployable = derived.deployable
@@ -393,6 +394,17 @@ class _ExportJob:
             + ", ".join(f"{f.name} {_short(self.new['metrics'].get(f.name, {}), primary)}" for f in forms if f.runnable)
             + f"; deployable {self.new['deployable']}"
         )
+
+    def derive(self, exporter: Any, path: Path) -> Any:
+        """The exporter's further forms; past LEAN_ABOVE_BYTES of PyTorch weights, with the merged
+        model's tensors parked on disk meanwhile (adapt.offload: the quantisers need the memory)."""
+        from adapt.offload import model_bytes, offloaded
+
+        context = self.derive_context(exporter)
+        if model_bytes(self.merged_model) <= LEAN_ABOVE_BYTES or self.cfg.qat is not None:
+            return exporter.derive(path, context)
+        with offloaded(self.merged_model, self.staging):
+            return exporter.derive(path, context)
 
     def write_gallery(self, exporter: Any, deployable: Path) -> None:
         """A task with ``gallery`` (the embedding tasks): the deployable file's outputs on
