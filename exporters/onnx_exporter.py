@@ -28,7 +28,7 @@ import subprocess
 import sys
 import warnings
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Literal
+from typing import TYPE_CHECKING, Any, Callable, Literal, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -72,6 +72,64 @@ class OnnxOptions(BaseModel):
         description="static int8's file format; auto: QOperator where timed more than 10% faster, else QDQ (pin it "
         "for identical exports)",
     )
+
+
+#: Past this many bytes of fp32 graph, int8 for a transformer is weight-only (MatMulNBits, 8 bits) made from the
+#: file: ONNX Runtime's dynamic quantiser holds four copies of the graph (10 GB for a 0.63B decoder).
+DYNAMIC_INT8_MAX_BYTES = 1 << 30
+
+
+def weight_only(source: Path, out: Path, bits: int, setting: str, exclude: Sequence[str] = ()) -> None:
+    """ONNX Runtime's weight-only quantiser from the file: MatMul weights in ``bits`` (MatMulNBits,
+    blocks of 32, symmetric, int8 compute) and, at 4 bits, the embedding tables (GatherBlockQuantized,
+    which needs opset 21: the graph is converted without its weights, which the converter cannot
+    serialise past 2 GB, and they are read in once afterwards)."""
+    import logging
+
+    import onnx
+    from onnx import version_converter
+    from onnx.external_data_helper import load_external_data_for_model
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
+    graph = onnx.load(str(source), load_external_data=False)
+    if bits == 4:
+        graph = version_converter.convert_version(graph, 21)
+    load_external_data_for_model(graph, str(source.parent))
+    kinds = ("MatMul", "Gather") if bits == 4 else ("MatMul",)
+    quantizer = MatMulNBitsQuantizer(
+        graph,
+        bits=bits,
+        block_size=32,
+        is_symmetric=True,
+        accuracy_level=4,
+        nodes_to_exclude=list(exclude),
+        op_types_to_quantize=kinds,
+        quant_axes=(("MatMul", 0), ("Gather", 1))[: len(kinds)],
+    )
+    _quietly(quantizer.process)
+    quantizer.model.topological_sort()
+    onnx_files.save(quantizer.model.model, out, setting)
+
+
+def _weight_only_int8_attempts(
+    base: Path, ctx: DeriveContext
+) -> tuple[list[tuple[str, Callable[[Path], dict[str, Any] | None]]], dict[str, Any]]:
+    """int8 for a transformer past DYNAMIC_INT8_MAX_BYTES: weight-only, the whole graph, then the head in fp32."""
+
+    def make(exclude: list[str]) -> Callable[[Path], None]:
+        return lambda out: weight_only(base, out, 8, _external(ctx), exclude)
+
+    label = "int8 weight-only (MatMulNBits, 8 bits, block 32)"
+    why = {
+        "activations": {
+            "chosen": "weight-only",
+            "why": f"the fp32 graph passes {DYNAMIC_INT8_MAX_BYTES >> 20} MiB, and ONNX Runtime's dynamic quantiser "
+            "would hold four copies of it; MatMulNBits is made from the file (activations int8 inside the kernel)",
+            "cpu_flags": cpu_flags(),
+        }
+    }
+    return [(label, make([])), (f"{label}, head in fp32", make(_head_nodes(base)))], why
 
 
 def _dynamic_attempts(
@@ -336,32 +394,10 @@ class OnnxExporter(Exporter):
         (ONNX Runtime's MatMulNBits and GatherBlockQuantized, blocks of 32, int8 compute),
         scored against the fp32 file within the same budget. The quantised embedding needs
         opset 21, so the graph is converted to it first."""
-        import logging
-
-        import onnx
-        from onnx import version_converter
-        from onnx.external_data_helper import load_external_data_for_model
-        from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
-
         out = plain.with_name("model.int4.onnx")
         label = "int4 weight-only (MatMulNBits + GatherBlockQuantized, block 32)"
         try:
-            logging.getLogger("onnxruntime.quantization.matmul_nbits_quantizer").setLevel(logging.ERROR)
-            # converted without its weights (the converter serialises the graph, which past 2 GB it cannot),
-            # then the weights are read in from the file
-            graph = version_converter.convert_version(onnx.load(str(plain), load_external_data=False), 21)
-            load_external_data_for_model(graph, str(plain.parent))
-            quantizer = MatMulNBitsQuantizer(
-                graph,
-                block_size=32,
-                is_symmetric=True,
-                accuracy_level=4,
-                op_types_to_quantize=("MatMul", "Gather"),
-                quant_axes=(("MatMul", 0), ("Gather", 1)),
-            )
-            _quietly(quantizer.process)
-            quantizer.model.topological_sort()
-            onnx_files.save(quantizer.model.model, out, _external(ctx))
+            weight_only(plain, out, 4, _external(ctx))
         except Exception as exc:  # noqa: BLE001 - record it; the other forms stand
             result.attempts.append({"attempt": label, "error": f"{type(exc).__name__}: {exc}"})
             return None
@@ -391,6 +427,8 @@ class OnnxExporter(Exporter):
         activation type, format and calibrator were chosen. ``baseline``: the fp32
         file's validation score, which an equalised file is held to."""
         if ctx.model_info.get("model_type") or ctx.model_info.get("quantization") == "dynamic":
+            if onnx_files.total_bytes(base) > DYNAMIC_INT8_MAX_BYTES:
+                return _weight_only_int8_attempts(base, ctx)
             return _dynamic_attempts(base, ctx)
         n = ctx.options.calibration_examples if ctx.options else 100
         static = _StaticInt8(plain, ctx, baseline)

@@ -103,6 +103,7 @@ def run_dir(tmp_path_factory) -> Path:
     (root / "config.yaml").write_text(yaml.safe_dump(config))
     with pytest.MonkeyPatch.context() as patch:  # the memory-lean export a model past 1 GiB gets, on a tiny one
         patch.setattr("adapt.export_stage.LEAN_ABOVE_BYTES", 0)
+        patch.setattr("adapt.exporters.onnx_exporter.DYNAMIC_INT8_MAX_BYTES", 0)
         result = CliRunner().invoke(make_cli(lambda: make_host(autoload=False)), ["run", str(root / "config.yaml")])
     assert result.exit_code == 0, result.output
     return root / "runs" / "lm"
@@ -136,6 +137,33 @@ def test_the_lean_export_parks_the_model_on_disk_and_times_one_session_at_a_time
     assert any("its own turns only" in note for note in report["export_notes"])
     assert not list(run_dir.rglob(".offloaded-model.safetensors"))
     assert report["latency_vs_pytorch"].get("onnx") or report["latency_vs_pytorch"].get("note")
+
+
+def test_a_large_graphs_int8_is_weight_only_made_from_the_file(run_dir):
+    """Past 1 GiB (patched to 0 here) ONNX Runtime's dynamic quantiser would hold four copies of the
+    graph: int8 is MatMulNBits at 8 bits instead, gated like any attempt."""
+    report = json.loads((run_dir / "report.json").read_text())
+    attempt = next(a for a in report["export"]["onnx"]["attempts"] if a["file"] == "model.int8.onnx")
+    assert attempt["attempt"].startswith("int8 weight-only (MatMulNBits, 8 bits")
+    assert report["export"]["onnx"]["int8_activations"]["chosen"] == "weight-only"
+    ops = {n.op_type for n in onnx.load(str(run_dir / "export" / "model.int8.onnx"), load_external_data=False).graph.node}
+    assert "MatMulNBits" in ops and "GatherBlockQuantized" not in ops  # the embedding stays fp32 at 8 bits
+
+
+def test_dynamic_int8_reads_and_writes_external_data(run_dir, tmp_path):
+    """The dynamic quantiser (what a graph under 1 GiB gets) on a graph whose weights are in a data file."""
+    from adapt.exporters.onnx_exporter import _dynamic_attempts
+    from adapt.interfaces import DeriveContext
+    from adapt.exporters.onnx_exporter import OnnxOptions
+
+    base = onnx_files.copy(run_dir / "export" / "model.onnx", tmp_path / "model.onnx")
+    ctx = DeriveContext(tmp_path, {"quantization": "dynamic"}, "int8", False, 1.0, [], lambda p: 0.0, lambda p: {}, OnnxOptions(external_data="always"))
+    attempts, _ = _dynamic_attempts(base, ctx)
+    out = tmp_path / "model.int8.onnx"
+    attempts[0][1](out)
+    assert onnx_files.data_files(out) == [tmp_path / "model.int8.onnx.data"]
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(out), load_external_data=False).graph.node}
+    ort.InferenceSession(str(out))  # loads with its data file
 
 
 def test_the_report_gives_each_stages_peak_memory_against_the_weights(run_dir):
