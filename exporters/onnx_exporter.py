@@ -304,8 +304,11 @@ class OnnxExporter(Exporter):
                         opt_level=0,
                     )
                 fusions = {k: v for k, v in optimised.get_fused_operator_statistics().items() if v}
-                optimised.topological_sort()
-                onnx_files.save(optimised.model, out, _external(ctx))
+                onnx_files.remove(out)
+                # its own save adds the com.microsoft opset its fused nodes need; the data file is <out>.data as ours
+                optimised.save_model_to_file(
+                    str(out), use_external_data_format=onnx_files.wants_external(optimised.model, _external(ctx))
+                )
                 result.notes.append(
                     "transformer fusions: " + (", ".join(f"{k} {v}" for k, v in sorted(fusions.items())) or "none")
                 )

@@ -83,8 +83,13 @@ def wants_external(model: onnx.ModelProto, setting: str = "auto") -> bool:
 
 
 def remove(path: Path) -> None:
-    """Remove an adapt-written model file and its data files (missing ones are fine)."""
-    for data in data_files(path) if path.is_file() else []:
+    """Remove an adapt-written model file and its data files (missing ones are fine; a file that
+    is not a whole model, left by a quantiser that failed, goes with its ``.data`` name only)."""
+    try:
+        found = data_files(path)
+    except Exception:  # noqa: BLE001 - a damaged or partial file names no data file to trust
+        found = []
+    for data in found:
         data.unlink(missing_ok=True)
     path.unlink(missing_ok=True)
     Path(str(path) + ".data").unlink(missing_ok=True)  # a data file left by a save that failed
