@@ -22,6 +22,7 @@ agreement with transformers (the share of the 128 tokens equal, position by posi
 and where the first difference is). The last line printed is one JSON object.
 
 Usage: python bench/generation.py [--work DIR] [--rounds N] [--runs N] [--new-tokens N] [--prompt N]
+(needs onnxruntime-genai: pip install 'adapt-edge[bench]')
 """
 
 from __future__ import annotations
@@ -218,6 +219,10 @@ def main() -> None:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=32)
     args = parser.parse_args()
+    try:
+        import onnxruntime_genai  # noqa: F401
+    except ImportError:
+        sys.exit("bench/generation.py compares with onnxruntime-genai: pip install 'adapt-edge[bench]'")
     torch.set_num_threads(THREADS)
     work = args.work.resolve()
     run = adapt_run(work, checkpoint(work / "checkpoint"))

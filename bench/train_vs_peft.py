@@ -62,7 +62,7 @@ NUM_LABELS = 4
 LR = 1e-3
 SEQ = 128
 IMAGE = 224
-PEFT_TARGETS = {"text": ["query", "value"], "image": r".*\.(conv_pw|conv_pwl)$", "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"]}
+PEFT_TARGETS = {"text": ["query", "value"], "image": r".*\.(conv_pw|conv_pwl)$", "gpt2": ["c_attn"], "llama": ["q_proj", "v_proj"], "qwen05": ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]}
 
 
 @dataclass(frozen=True)
@@ -72,19 +72,27 @@ class Case:
     batch: int
     steps: int  # optimiser steps per epoch
     seq: int = SEQ  # tokens per text example
+    checkpointing: bool = False  # gradient checkpointing on both sides (train.gradient_checkpointing)
+    base: str = "full"  # "4bit": QLoRA's NF4 base on both sides (method.options.base; PEFT: BitsAndBytesConfig)
 
     @property
     def kind(self) -> str:
         return "image" if self.model == "mobilenetv3" else "lm" if self.model in DECODER_SHAPES else "text"
 
 
-CUDA_CASES = [Case("bert_base_b32", "bert-base", 32, 120), Case("mobilenetv3_large_b128", "mobilenetv3", 128, 30), Case("bert_base_b128", "bert-base", 128, 30), Case("minilm_b32", "minilm", 32, 120), Case("gpt2_b8_seq512", "gpt2", 8, 60, 512), Case("llama_b8_seq512", "llama", 8, 60, 512)]
-CPU_CASES = [Case("bert_base_b8", "bert-base", 8, 5), Case("minilm_b8", "minilm", 8, 16), Case("mobilenetv3_large_b8", "mobilenetv3", 8, 12), Case("gpt2_b8", "gpt2", 8, 5), Case("llama_b8", "llama", 8, 5)]
+CUDA_CASES = [Case("bert_base_b32", "bert-base", 32, 120), Case("mobilenetv3_large_b128", "mobilenetv3", 128, 30), Case("bert_base_b128", "bert-base", 128, 30), Case("minilm_b32", "minilm", 32, 120), Case("gpt2_b8_seq512", "gpt2", 8, 60, 512), Case("llama_b8_seq512", "llama", 8, 60, 512),
+              Case("qwen05_b8_seq512", "qwen05", 8, 20, 512), Case("qwen05_b8_seq512_ckpt", "qwen05", 8, 20, 512, checkpointing=True), Case("qwen05_b8_seq512_4bit", "qwen05", 8, 20, 512, base="4bit")]
+CPU_CASES = [Case("bert_base_b8", "bert-base", 8, 5), Case("minilm_b8", "minilm", 8, 16), Case("mobilenetv3_large_b8", "mobilenetv3", 8, 12), Case("gpt2_b8", "gpt2", 8, 5), Case("llama_b8", "llama", 8, 5),
+             Case("llama_b8_ckpt", "llama", 8, 5, checkpointing=True), Case("llama_b8_4bit", "llama", 8, 5, base="4bit")]
+#: Peak dense bf16 tensor FLOP/s by GPU name, for model FLOPs utilisation (vendor figures, without sparsity).
+PEAK_BF16 = {"H100 PCIe": 756e12, "H100": 989e12, "H200": 989e12, "A100": 312e12, "L4": 121e12}
 #: Causal LM shapes (text-generation, LoRA on attention-qv): GPT-2 small (Conv1D projections)
 #: and a Llama-family model the size of SmolLM-135M (grouped-query attention, SwiGLU).
 DECODER_SHAPES = {
     "gpt2": dict(n_embd=768, n_layer=12, n_head=12, resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0),
     "llama": dict(hidden_size=576, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3, intermediate_size=1536, vocab_size=49152, tie_word_embeddings=True),
+    # Qwen2.5-0.5B's shape with an untied output matrix: 0.63B parameters (issue 29's decoder)
+    "qwen05": dict(model_type="qwen2", hidden_size=896, num_hidden_layers=24, num_attention_heads=14, num_key_value_heads=2, intermediate_size=4864, vocab_size=151936, tie_word_embeddings=False),
 }
 TEXT_SHAPES = {"bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072), "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536)}
 
@@ -128,7 +136,8 @@ def _write_decoder(model: str, folder: Path) -> None:
     bpe.train_from_iterator(["the team won the match and shares fell"] * 4, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"], show_progress=False)
     bpe.save_model(str(folder))
     GPT2Tokenizer(vocab=str(folder / "vocab.json"), merges=str(folder / "merges.txt")).save_pretrained(folder)
-    AutoModelForCausalLM.from_config(AutoConfig.for_model(model, **DECODER_SHAPES[model])).save_pretrained(folder)
+    shape = dict(DECODER_SHAPES[model])
+    AutoModelForCausalLM.from_config(AutoConfig.for_model(shape.pop("model_type", model), **shape)).save_pretrained(folder)
 
 
 def adapt_model(case: Case, base: Path):  # noqa: ANN201 - (host, built, method) of adapt's own plugins
@@ -150,7 +159,7 @@ def adapt_model(case: Case, base: Path):  # noqa: ANN201 - (host, built, method)
         backbone = host.backbones.get("mobilenet")
         built = backbone.build("image-classification", NUM_LABELS, checkpoint=str(base / "model.safetensors"), arch="mobilenetv3_large_100", options=validate_options(backbone, "b", {}, "b"))
         targets = PEFT_TARGETS["image"]
-    options = validate_options(method, "m", {"r": 8, "alpha": 16, "targets": targets}, "m")
+    options = validate_options(method, "m", {"r": 8, "alpha": 16, "targets": targets, "base": case.base}, "m")
     method.apply(built, options, backbone.default_targets("lora"))
     return host, built, method
 
@@ -244,7 +253,7 @@ def run_adapt(case: Case, device: str, base: Path, init: Path, work: Path, overr
     host, built, method = adapt_model(case, base)
     load_adapter(method, built, init)
     examples, collate = batches_for(case)
-    settings: dict = {"epochs": epochs, "batch_size": case.batch, "lr": LR, "device": device, "warmup": 0.0, "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0, "precision": "auto"}
+    settings: dict = {"epochs": epochs, "batch_size": case.batch, "lr": LR, "device": device, "warmup": 0.0, "weight_decay": 0.01, "max_grad_norm": 1.0, "checkpoint_every": 0, "precision": "auto", "gradient_checkpointing": case.checkpointing}
     for item in overrides:
         key, _, value = item.partition("=")
         *parents, leaf = key.split(".")
@@ -269,7 +278,9 @@ def loop_model(case: Case, base: Path, init: Path, full: bool):  # noqa: ANN201 
     if case.kind == "lm":
         from transformers import AutoModelForCausalLM
 
-        model = AutoModelForCausalLM.from_pretrained(base, use_cache=False)  # transformers' default attention (SDPA)
+        model = AutoModelForCausalLM.from_pretrained(base, use_cache=False, **_quantisation(case))  # default attention (SDPA)
+        if case.checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         forward = lambda batch: model(**batch).logits  # noqa: E731
         loss_of = lambda logits, labels: F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten())  # noqa: E731
     elif case.kind == "text":
@@ -291,6 +302,34 @@ def loop_model(case: Case, base: Path, init: Path, full: bool):  # noqa: ANN201 
     return model, forward, loss_of
 
 
+def _quantisation(case: Case) -> dict:
+    """QLoRA as a PEFT user loads it: transformers' bitsandbytes config (NF4, every Linear but lm_head)."""
+    if case.base != "4bit":
+        return {}
+    import torch
+    from transformers import BitsAndBytesConfig
+
+    compute = torch.bfloat16 if torch.cuda.is_available() else torch.float32
+    return {"quantization_config": BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=compute)}
+
+
+def model_flops_utilisation(case: Case, samples_per_s: float, gpu: str | None) -> float | None:
+    """Model FLOPs per second over the GPU's bf16 peak: 4 N FLOPs a token for LoRA (forward 2N, backward
+    to the activations 2N; the frozen weights get no gradients), N the model's parameters. Recomputation
+    under checkpointing is not counted, as MFU's definition says."""
+    peak = next((v for k, v in PEAK_BF16.items() if gpu and k in gpu), None)
+    if peak is None or case.kind != "lm":
+        return None
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    shape = dict(DECODER_SHAPES[case.model])
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.for_model(shape.pop("model_type", case.model), **shape))
+    parameters = sum(p.numel() for p in model.parameters())
+    return round(4 * parameters * samples_per_s * case.seq / peak, 4)
+
+
 def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs: int) -> dict:
     """The loop a PEFT user writes: PeftModel (or the plain model, for full fine-tuning), AdamW, autocast."""
     import torch
@@ -300,7 +339,9 @@ def run_loop(case: Case, device: str, base: Path, init: Path, full: bool, epochs
     from adapt.engine import epoch_batches
 
     model, forward, loss_of = loop_model(case, base, init, full)
-    model.to(device).train()
+    if case.base == "full":  # a bitsandbytes model is placed by from_pretrained and refuses .to()
+        model.to(device)
+    model.train()
     if case.kind == "image":  # frozen BatchNorms keep their statistics, as adapt does, or the two would compute different things
         for module in model.modules():
             if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and not any(p.requires_grad for p in module.parameters(recurse=False)):
@@ -442,6 +483,10 @@ def run_case(case: Case, args: argparse.Namespace, work: Path, variants: list[tu
             row[f"{key}_memory_vs_peft"] = round(fig["peak_memory_mb"] / peft["peak_memory_mb"], 3)
             row[f"{key}_training_memory_vs_peft"] = round(fig["training_memory_mb"] / max(peft["training_memory_mb"], 1e-9), 3)
             row[f"{key}_same_loss"] = same_loss(fig, peft, tolerance)
+    gpu = machine(args.device).get("gpu")
+    for fig in figures.values():
+        if "samples_per_s" in fig and (mfu := model_flops_utilisation(case, fig["samples_per_s"], gpu)) is not None:
+            fig["mfu"] = mfu
     if "full" in figures and "samples_per_s" in figures["full"] and "samples_per_s" in figures["adapt"]:
         row["adapt_speed_vs_full"] = round(figures["adapt"]["samples_per_s"] / figures["full"]["samples_per_s"], 3)
     print(f"{case.name}: " + ", ".join(f"{s} {f.get('samples_per_s', 0):.1f} samples/s {f.get('peak_memory_mb', 0):.0f} MB losses {f.get('losses')}" if "error" not in f else f"{s} failed: {f['error']}" for s, f in figures.items()), flush=True)
