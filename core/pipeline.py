@@ -734,19 +734,22 @@ def _run_stages(plan: Plan, host: Host, dist: distributed.Dist, *, fresh: bool, 
                     if host.warnings:  # observers that raised (adapt_run_finished's come after this write)
                         report["plugin_warnings"] = list(host.warnings)
                     write_report(run.path, report)
-                session.say(
-                    "timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items())
-                )
-                session.say(
-                    "peak memory: "
-                    + ", ".join(f"{stage} {mib:,.0f} MiB" for stage, mib in report["memory"]["peak_mib"].items())
-                    + f" ({report['memory']['peak_over_weights']}x the fp32 weights)"
-                )
-                session.say(f"report: {run.path / 'report.md'}")
+                _say_where_it_went(session, report)
         distributed.barrier(dist)
         return run.path
     finally:
         distributed.shutdown(dist)
+
+
+def _say_where_it_went(session: Session, report: dict[str, Any]) -> None:
+    """The run's last lines: each stage's seconds and peak memory, and where the report is."""
+    session.say("timings: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in report["timings"].items()))
+    session.say(
+        "peak memory: "
+        + ", ".join(f"{stage} {mib:,.0f} MiB" for stage, mib in report["memory"]["peak_mib"].items())
+        + f" ({report['memory']['peak_over_weights']}x the fp32 weights)"
+    )
+    session.say(f"report: {session.run.path / 'report.md'}")
 
 
 def plan_from_run(run_dir: Path, host: Host, *, writing: bool = False) -> Plan:
