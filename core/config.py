@@ -170,8 +170,8 @@ class TrainConfig(_Section):
     )
     packing: StrictBool = Field(
         False,
-        description="text-generation: join each batch's examples into as few rows as fit the sequence length, each "
-        "example attending only to itself (less padding, the same loss). Where the task offers it",
+        description="join each training batch's token sequences into as few rows as fit the sequence length, each "
+        "attending only to itself (less padding, the same loss); where the task offers it (Task.pack: decoder LMs)",
     )
     cache_features: StrictBool = Field(
         True,

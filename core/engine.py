@@ -371,7 +371,7 @@ class Trainer:
         if packed is None:
             raise ConfigError(
                 f"train.packing: task {self.built.task!r} cannot pack its batches",
-                hint="set train.packing: false (packing joins token sequences, as text-generation's are)",
+                hint="set train.packing: false (packing joins the token sequences of a decoder LM's examples)",
             )
         return packed
 
