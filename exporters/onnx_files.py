@@ -11,6 +11,7 @@ and a location read from a file checked to stay inside that file's folder.
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Literal
@@ -56,13 +57,21 @@ def _inside(folder: Path, location: str, source: Path) -> Path:
 
 def data_files(path: Path) -> list[Path]:
     """The external data files ``path`` uses (none for a self-contained file)."""
-    import onnx
-
     if not path.is_file():
         return []
-    model = onnx.load(str(path), load_external_data=False)
-    locations = {_location(t) for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL}
-    return [_inside(path.parent, location, path) for location in sorted(locations)]
+    stat = path.stat()
+    locations = _locations(str(path), stat.st_mtime_ns, stat.st_size)
+    return [_inside(path.parent, location, path) for location in locations]
+
+
+@functools.lru_cache(maxsize=64)
+def _locations(path: str, mtime_ns: int, size: int) -> tuple[str, ...]:
+    """The data locations a file names, read once per version of the file (a self-contained 1 GB
+    graph is parsed whole to learn that it names none, and the export asks several times)."""
+    import onnx
+
+    model = onnx.load(path, load_external_data=False)
+    return tuple(sorted({_location(t) for t in _tensors(model) if t.data_location == onnx.TensorProto.EXTERNAL}))
 
 
 def total_bytes(path: Path) -> int:
