@@ -45,11 +45,9 @@ The last line printed is one JSON object with every figure.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -211,29 +209,24 @@ def reset_peak_memory(device: str) -> int:
     """Start measuring peak memory now; return the memory in use now (bytes)."""
     import torch
 
+    from adapt import memory
+
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
         return int(torch.cuda.memory_allocated())
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: resets the peak RSS (VmHWM) to the RSS now
-    return _status_bytes("VmRSS:")
-
-
-def _status_bytes(field: str) -> int:
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field):
-                return int(line.split()[1]) * 1024
-    return 0
+    memory.reset_peak()  # Linux: the peak RSS (VmHWM) starts again at the RSS now
+    return int(memory.resident_mib() * memory.MIB)
 
 
 def peak_memory(device: str) -> int:
     """Bytes: CUDA max allocated, or the process's peak RSS, since ``reset_peak_memory``."""
     import torch
 
+    from adapt import memory
+
     if device == "cuda":
         return int(torch.cuda.max_memory_allocated())
-    return _status_bytes("VmHWM:") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(memory.peak_mib() * memory.MIB)
 
 
 def timed_speed(epoch_speeds: list[float], warmup: int) -> float:

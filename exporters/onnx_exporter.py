@@ -142,8 +142,7 @@ def _dynamic_attempts(
 
     safe = int8_arithmetic.settings(ctx.target)
     seven = safe["reduce_range"]["uint8"]  # dynamic int8 quantises activations to uint8
-    # the quantiser cannot say the size before it has written the file: a data file where fp32 needed one
-    external = _external(ctx) == "always" or bool(onnx_files.data_files(base))
+    external = _external_like(ctx, base)
 
     def dynamic(exclude: list[str]) -> Callable[[Path], None]:
         def make(out: Path) -> None:
@@ -319,7 +318,7 @@ class OnnxExporter(Exporter):
                 options = ort.SessionOptions()
                 options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
                 options.optimized_model_filepath = str(out)
-                if onnx_files.data_files(path) or _external(ctx) == "always":
+                if _external_like(ctx, path):
                     onnx_files.remove(out)
                     options.add_session_config_entry(
                         "session.optimized_model_external_initializers_file_name", onnx_files.data_name(out)
@@ -547,6 +546,13 @@ def _external(ctx: DeriveContext) -> str:
     return ctx.options.external_data if ctx.options else "auto"
 
 
+def _external_like(ctx: DeriveContext, source: Path) -> bool:
+    """Whether a file made from ``source`` by a tool that cannot say its size before writing it
+    (ONNX Runtime's quantisers and session optimiser) gets a data file: where ``source`` has
+    one, or ``external_data: always``."""
+    return _external(ctx) == "always" or bool(onnx_files.data_files(source))
+
+
 def _gate(ctx: DeriveContext, candidate: Path, reference: Path, baseline: float) -> dict[str, Any]:
     """The accuracy gate of a quantised file against the file it was made from: paired
     over the validation examples with an interval where the task allows (ctx.judge,
@@ -732,7 +738,7 @@ class _StaticInt8:
         prepared = source.with_name(
             "model.preprocessed.onnx" if source == self.plain else f"{source.stem}.preprocessed.onnx"
         )
-        external = _external(self.ctx) == "always" or bool(onnx_files.data_files(source))
+        external = _external_like(self.ctx, source)
         if not prepared.exists() or source != self.plain:
             quant_pre_process(
                 str(source),

@@ -152,7 +152,7 @@ def consolidate(source: Path, path: Path, setting: str = "auto") -> Path:
     with open(path.parent / data_name(path), "wb") as out:
         for tensor in scattered:
             _append(tensor, source.parent, out, data_name(path), source)
-    onnx.save_model(model, str(path))
+    save_graph(model, path)
     return path
 
 

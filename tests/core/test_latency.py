@@ -30,3 +30,25 @@ def test_an_unsteady_reference_gets_a_note_not_a_ratio():
 
 def test_figures_pool_every_call_and_measure_the_rounds_spread():
     assert figures([[1.0, 3.0], [2.0, 6.0]]) == {"median": pytest.approx(2.5), "p90": 6.0, "spread": 2.0}
+
+
+def test_a_lazy_runner_opens_at_its_first_call_and_again_after_a_release():
+    """The export's timing of files too big to keep open together: each session open for its own turns."""
+    from adapt.latency import LazyRunner, timed_rounds
+
+    opened: list[str] = []
+
+    def loader(name: str):
+        return lambda: opened.append(name) or (lambda feed: feed)
+
+    runners = {name: LazyRunner(loader(name)) for name in ("a", "b")}
+    turns: list[str] = []
+
+    def after(name: str) -> None:
+        turns.append(name)
+        runners[name].release()
+
+    times = timed_rounds({n: (lambda r=r: r(1)) for n, r in runners.items()}, rounds=2, runs=2, pause=0, warmup=1, after_turn=after)
+    assert turns == ["a", "b", "a", "b"] and opened == ["a", "b", "a", "b"]  # opened once per turn, in turns
+    assert all(len(r) == 2 and len(r[0]) == 2 for r in times.values())
+    assert runners["a"](5) == 5 and opened[-1] == "a"  # released, then opened again on use

@@ -71,6 +71,8 @@ def test_consolidate_gathers_one_file_per_tensor_into_one_data_file_with_the_sam
     assert onnx_files.data_files(path) == [tmp_path / "model.onnx.data"]
     np.testing.assert_array_equal(_run(path), expected)
     onnx.checker.check_model(str(path), full_check=True)
+    offsets = [int(e.value) for t in onnx.load(str(path), load_external_data=False).graph.initializer for e in t.external_data if e.key == "offset"]
+    assert len(offsets) == 3 and all(o % 4096 == 0 for o in offsets)  # aligned, so ONNX Runtime can map the weights
 
 
 def test_a_data_location_outside_the_models_folder_is_refused(tmp_path):
