@@ -7,9 +7,10 @@ byte-level BPE trained here on BBC News text, fine-tuned by `adapt run` (LoRA, o
 short epoch) so that merged/ and export/ are a real run's. Then:
 
 * ``transformers``: ``generate`` on merged/ in PyTorch (SDPA attention, KV cache on);
-* ``adapt <form>``: each ONNX file the run exported (fp32, optimised, int8, int4), run by
-  the loop of the exported predict.py (``adapt.onnx_predict.generate_ids``: numpy and
-  ONNX Runtime);
+* ``adapt <form>``: each ONNX file the run exported (fp32, optimised, int8, int4; fused
+  attention, adapt.plugins.transformers.fused_decoder), run by the loop of the exported
+  predict.py (``adapt.onnx_predict.generate_ids``: numpy and ONNX Runtime, the cache in
+  buffers bound as the graph's past and present);
 * ``genai <precision>``: onnxruntime-genai's model builder (``python -m
   onnxruntime_genai.models.builder``, fp32 and int4 for the CPU) run on the same merged/
   folder, and genai's own generator, as a new user would.
@@ -71,7 +72,9 @@ def checkpoint(folder: Path) -> Path:
     folder.mkdir(parents=True)
     bpe = ByteLevelBPETokenizer()
     texts = [r["prompt"] + r["completion"] for r in bbc_examples(2000)]
-    bpe.train_from_iterator(texts, vocab_size=8000, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False)
+    bpe.train_from_iterator(
+        texts, vocab_size=8000, min_frequency=2, special_tokens=["<|endoftext|>"], show_progress=False
+    )
     end = "<|endoftext|>"
     tokenizer = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token=end, bos_token=end, pad_token=end)
     tokenizer.save_pretrained(folder)
@@ -101,7 +104,9 @@ def adapt_run(work: Path, model: Path) -> Path:
         "export": {"quantize": "all", "mobile": False, "latency_runs": 3},
     }  # fmt: skip
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    subprocess.run([sys.executable, "-c", "from adapt.cli import main; main()", "run", str(work / "config.yaml")], check=True)
+    subprocess.run(
+        [sys.executable, "-c", "from adapt.cli import main; main()", "run", str(work / "config.yaml")], check=True
+    )
     return run
 
 
@@ -144,12 +149,13 @@ def adapt_call(path: Path) -> Call:
     options = ort.SessionOptions()
     options.intra_op_num_threads = THREADS
     session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    kv_cache = json.loads((path.parent / "preprocess.json").read_text()).get("kv_cache", "appended")  # as predict.py
 
     def call(prompt: list[int], new: int) -> tuple[list[int], float]:
         started = time.perf_counter()
-        generate_ids(session, prompt, -1, max_new_tokens=1)
+        generate_ids(session, prompt, -1, kv_cache, max_new_tokens=1)
         first = time.perf_counter() - started
-        return generate_ids(session, prompt, -1, max_new_tokens=new), first  # end token -1: never stops early
+        return generate_ids(session, prompt, -1, kv_cache, max_new_tokens=new), first  # end -1: never stops early
 
     return call
 
@@ -208,13 +214,16 @@ def take_turns(calls: dict[str, Call], prompt: list[int], new: int, rounds: int,
 
 def agreement(tokens: list[int], reference: list[int]) -> dict[str, float | int | None]:
     same = [a == b for a, b in zip(tokens, reference)]
-    return {"share": round(sum(same) / max(len(reference), 1), 3), "first_difference": same.index(False) if False in same else None}
+    return {
+        "share": round(sum(same) / max(len(reference), 1), 3),
+        "first_difference": same.index(False) if False in same else None,
+    }
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--work", type=Path, default=Path("bench-generation"))
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=8)
     parser.add_argument("--runs", type=int, default=2)
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--prompt", type=int, default=32)

@@ -258,35 +258,93 @@ def cut_at_stops(text: str, stops: Sequence[str]) -> str:
     return text[: min(found)] if found else text
 
 
-def generate_ids(session: Any, prompt: Sequence[int], eos_id: int, **settings: Any) -> list[int]:
+def generate_ids(
+    session: Any, prompt: Sequence[int], eos_id: int, kv_cache: str = "appended", **settings: Any
+) -> list[int]:
     """New token ids after ``prompt`` from a cached decoder graph, until the end-of-text
-    token (not returned) or ``max_new_tokens``; ``settings`` as :data:`SAMPLING`."""
+    token (not returned) or ``max_new_tokens``; ``settings`` as :data:`SAMPLING`.
+
+    ``kv_cache`` (preprocess.json's, from the export) says how the graph keeps the cache:
+    ``appended``: each step returns the cache one token longer (``present.*``), fed back as
+    ``past_key_values.*``; ``shared``: the graph writes the new entries in place into
+    buffers as long as the whole generation, bound as both its past and present (ONNX
+    Runtime's GroupQueryAttention), so no step copies the cache."""
     import numpy as np
 
     options = {**SAMPLING, **settings}
     rng = np.random.default_rng(options["seed"])
-    inputs = {i.name: i for i in session.get_inputs()}
-    outputs = [o.name for o in session.get_outputs()]
-    cache = {n: empty_cache(i.shape, 1) for n, i in inputs.items() if n.startswith("past_key_values.")}
-    step, done = np.array([list(prompt) or [eos_id]], dtype=np.int64), 0
+    step = np.array([list(prompt) or [eos_id]], dtype=np.int64)
+    run = (_shared_cache_steps if kv_cache == "shared" else _appended_cache_steps)(
+        session, step.shape[1] + options["max_new_tokens"]
+    )
     new: list[int] = []
     for _ in range(options["max_new_tokens"]):
-        length = step.shape[1]
+        logits = run(step)
+        token = next_token(logits[0, -1], rng, options["temperature"], options["top_k"], options["top_p"])
+        if token == eos_id:
+            break
+        new.append(token)
+        step = np.array([[token]], dtype=np.int64)
+    return new
+
+
+def _appended_cache_steps(session: Any, room: int) -> Callable[[Any], Any]:
+    """A function running one step of a decoder whose cache grows by concatenation: given
+    the new tokens, it returns their logits and keeps the longer cache for the next call."""
+    import numpy as np
+
+    inputs = {i.name: i for i in session.get_inputs()}
+    outputs = [o.name for o in session.get_outputs()]
+    state: dict[str, Any] = {
+        "done": 0,
+        "cache": {n: empty_cache(i.shape, 1) for n, i in inputs.items() if n.startswith("past_key_values.")},
+    }
+
+    def run(step: Any) -> Any:
+        done, length = state["done"], step.shape[1]
         feed = {
             "input_ids": step,
             "attention_mask": np.ones((1, done + length), dtype=np.int64),
             "position_ids": np.arange(done, done + length, dtype=np.int64)[None],
-            **cache,
+            **state["cache"],
         }
         result = dict(zip(outputs, session.run(None, {n: feed[n] for n in inputs})))
-        token = next_token(result["logits"][0, -1], rng, options["temperature"], options["top_k"], options["top_p"])
-        if token == eos_id:
-            break
-        new.append(token)
-        done += length
-        cache = {n: result["present" + n[len("past_key_values") :]] for n in cache}
-        step = np.array([[token]], dtype=np.int64)
-    return new
+        state["done"] = done + length
+        state["cache"] = {n: result["present" + n[len("past_key_values") :]] for n in state["cache"]}
+        return result["logits"]
+
+    return run
+
+
+def _shared_cache_steps(session: Any, room: int) -> Callable[[Any], Any]:
+    """Like :func:`_appended_cache_steps` for a graph that writes its cache in place: one
+    buffer of ``room`` positions per cache tensor, bound once as input and output."""
+    import numpy as np
+    import onnxruntime as ort
+
+    inputs = {i.name: i for i in session.get_inputs()}
+    binding = session.io_binding()
+    binding.bind_output("logits", "cpu")  # first: get_outputs() lists outputs in the order they were bound
+    for name, spec in inputs.items():
+        if name.startswith("past_key_values."):
+            shape = empty_cache(spec.shape, 1).shape
+            buffer = ort.OrtValue.ortvalue_from_numpy(np.zeros((1, shape[1], room, shape[3]), dtype=np.float32))
+            binding.bind_ortvalue_input(name, buffer)
+            binding.bind_ortvalue_output("present" + name[len("past_key_values") :], buffer)
+    state = {"done": 0}
+
+    def run(step: Any) -> Any:
+        done, length = state["done"], step.shape[1]
+        binding.bind_cpu_input("input_ids", step)
+        binding.bind_cpu_input("attention_mask", np.ones((1, done + length), dtype=np.int64))
+        if "position_ids" in inputs:
+            binding.bind_cpu_input("position_ids", np.arange(done, done + length, dtype=np.int64)[None])
+        binding.bind_output("logits", "cpu")  # a new array each step: its length changes after the prompt
+        session.run_with_iobinding(binding)
+        state["done"] = done + length
+        return binding.get_outputs()[0].numpy()
+
+    return run
 
 
 def escapes_folder(name: Any) -> bool:
@@ -645,7 +703,11 @@ def _generate(
             positions,
             spec.get("bos_id"),
             lambda start, budget: generate_ids(
-                session, start, spec["eos_id"], **{**settings, "max_new_tokens": budget}
+                session,
+                start,
+                spec["eos_id"],
+                spec.get("kv_cache", "appended"),
+                **{**settings, "max_new_tokens": budget},
             ),
         )
         results.append(

@@ -222,6 +222,7 @@ class OnnxExporter(Exporter):
                 opset_version=opset,
                 do_constant_folding=True,
                 dynamo=False,
+                custom_opsets={"com.microsoft": 1},  # ONNX Runtime's fused operators, where an export form uses them
             )
 
     def load(self, path: Path, threads: int | None = None) -> Callable[[dict[str, np.ndarray]], np.ndarray]:

@@ -85,11 +85,12 @@ def _bpe_tokenizer(folder: Path):
 
 #: Tiny configs of decoder architectures: GPT-2 (Conv1D projections, fused c_attn),
 #: Llama (RMSNorm, rotary positions, grouped-query attention: 4 query heads, 2 key/value
-#: heads, SwiGLU) and Qwen2 (the Llama layout with biased q/k/v and tied embeddings).
+#: heads of 16, the least ONNX Runtime's fused attention takes; SwiGLU) and Qwen2 (the Llama
+#: layout with biased q/k/v and tied embeddings).
 DECODERS = {
     "gpt2": {"n_embd": 32, "n_layer": 2, "n_head": 2, "n_positions": 128},
-    "llama": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": False},
-    "qwen2": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 64, "max_position_embeddings": 128, "tie_word_embeddings": True},
+    "llama": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128, "tie_word_embeddings": False},
+    "qwen2": {"hidden_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128, "max_position_embeddings": 128, "tie_word_embeddings": True},
 }
 
 

@@ -20,11 +20,13 @@ class GenerationCheck:
     """The merged model's continuations of the test prompts (made once), and each file's against them."""
 
     def __init__(self, tokenizer: Any, test: Sequence[Any], max_length: int | None, merged_model: Any) -> None:
+        from adapt.plugins.transformers.fused_decoder import fusable
         from adapt.plugins.transformers.hf_text import inner_model
 
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.prompts = causal_lm.check_prompts(tokenizer, test, max_length or tokenizer.model_max_length)
         self.inner = inner_model(merged_model)
+        self.kv_cache = "shared" if fusable(self.inner) else "appended"  # as preprocess.json tells predict.py
         self._reference: list[list[int]] | None = None
         self.reference_tokens_per_s = 0.0
 
@@ -43,7 +45,8 @@ class GenerationCheck:
         session = onnx_predict.open_session(path)
         started = time.perf_counter()
         continued = [
-            onnx_predict.generate_ids(session, p, self.eos, max_new_tokens=causal_lm.CHECK_TOKENS) for p in self.prompts
+            onnx_predict.generate_ids(session, p, self.eos, self.kv_cache, max_new_tokens=causal_lm.CHECK_TOKENS)
+            for p in self.prompts
         ]
         return causal_lm.agreement(reference, continued), _rate(continued, time.perf_counter() - started)
 

@@ -417,7 +417,17 @@ class TransformersTextBackbone(Backbone):
         return MergedFolder("transformers", usage)
 
     def export_form(self, model: torch.nn.Module, inputs: Batch, io: OnnxIO) -> torch.nn.Module:
-        """Backbone.export_form: GPT-2's Conv1D layers as the equal nn.Linear (:func:`conv1d_as_linear`)."""
+        """Backbone.export_form: a decoder that ONNX Runtime's fused operators compute exactly
+        as its fused copy (adapt.plugins.transformers.fused_decoder); GPT-2's Conv1D layers as
+        the equal nn.Linear (:func:`conv1d_as_linear`)."""
+        from adapt.plugins.transformers.cached_decoder import CausalLMWithCache
+
+        if isinstance(model, CausalLMWithCache):
+            from adapt.plugins.transformers.fused_decoder import fused
+
+            fused_model = fused(model)
+            if fused_model is not None:
+                return fused_model
         return conv1d_as_linear(model)
 
     def sequence_length(self, built: BuiltModel, options: Any) -> int:
@@ -511,9 +521,16 @@ class TransformersTextBackbone(Backbone):
         tokens, and the model's positions, which prompts and generation stay within."""
         from adapt.plugins.transformers.causal_lm import positions
 
-        tokenizer = built.preprocessor
+        from adapt.plugins.transformers.fused_decoder import fusable
+
+        tokenizer, inner = built.preprocessor, inner_model(built.model)
         bos = tokenizer.bos_token_id if getattr(tokenizer, "add_bos_token", False) else None
-        return {"eos_id": tokenizer.eos_token_id, "bos_id": bos, "positions": positions(inner_model(built.model))}
+        return {
+            "eos_id": tokenizer.eos_token_id,
+            "bos_id": bos,
+            "positions": positions(inner),
+            "kv_cache": "shared" if fusable(inner) else "appended",  # adapt.onnx_predict.generate_ids
+        }
 
     def save_preprocessing(self, built: BuiltModel, options: Any, folder: Path) -> dict[str, Any]:
         """The tokenizer as ``tokenizer.json`` and its settings, for inference without torch."""

@@ -144,6 +144,7 @@ def test_llama_lora_generation_and_every_way_to_predict_agrees(tmp_path, lms):
 
     run_dir, report = run(tmp_path, lms["llama"], {"name": "lora", "options": {"r": 8, "alpha": 16, "targets": "all-linear"}}, rows=[{"text": t} for t in TEXTS], epochs=3)
     assert report["merge"] == "folded" and report["parity"]["onnx"]["generation_agreement"] == 1.0
+    assert json.loads((run_dir / "export" / "preprocess.json").read_text())["kv_cache"] == "shared"  # the fused graph
     cli = make_cli(lambda: make_host(autoload=False))
     prompts = ["the team won", "shares"]
     torch_rows = [json.loads(line) for line in CliRunner().invoke(cli, ["predict", str(run_dir), *prompts, "--max-new-tokens", "6"]).output.splitlines()]
@@ -185,8 +186,18 @@ def test_adapters_after_bias_free_projections_stay_inline_and_say_why(lms):
 def test_qwen2_freeze_of_the_last_block_generates_and_a_freeze_that_trains_nothing_is_refused_first(tmp_path, lms):
     """A causal LM has no new head, so plain `freeze` would train nothing: refused before any
     run directory exists, with the fix; `last_blocks: 1` trains the last block."""
-    run_dir, report = run(tmp_path / "a", lms["qwen2"], {"name": "freeze", "options": {"last_blocks": 1}}, rows=PAIRS, epochs=1)
+    run_dir, report = run(tmp_path / "a", lms["qwen2"], {"name": "freeze", "options": {"last_blocks": 1}}, rows=PAIRS, epochs=1, quantize="all", mobile=True)
     assert report["parity"]["onnx"]["generation_agreement"] == 1.0 and 0 < report["params"]["trainable"] < report["params"]["total"]
+    # exported with ONNX Runtime's fused attention (adapt.plugins.transformers.fused_decoder): every form keeps it,
+    # and each form's continuations went through predict.py's shared-buffer loop in the export gate
+    import onnx
+
+    assert json.loads((run_dir / "export" / "preprocess.json").read_text())["kv_cache"] == "shared"
+    for form in ("onnx", "onnx_optimized", "onnx_int8", "onnx_int4"):
+        ops = {n.op_type for n in onnx.load(str(run_dir / report["forms"][form])).graph.node}
+        assert "GroupQueryAttention" in ops and "generation_agreement" in report["parity"][form], form
+    assert report["parity"]["onnx_optimized"]["generation_agreement"] == 1.0
+    assert (run_dir / report["forms"]["ort_mobile"]).is_file()
     (tmp_path / "b").mkdir()
     (tmp_path / "b" / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in PAIRS))
     config = {"name": "f", "output_dir": str(tmp_path / "b" / "runs"), "task": "text-generation", "backbone": {"name": "transformers", "checkpoint": str(lms["qwen2"])}, "method": {"name": "freeze"}, "data": {"source": "jsonl", "path": str(tmp_path / "b" / "data.jsonl")}}
