@@ -66,10 +66,11 @@ class GroupQueryAttention(torch.autograd.Function):
         sin: torch.Tensor,
         heads: int,
         kv_heads: int,
+        head_dim: int,
         scale: float,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         batch, length, _ = qkv.shape
-        dim = past_key.shape[-1]
+        dim = head_dim
         split = qkv.view(batch, length, heads + 2 * kv_heads, dim).transpose(1, 2)
         query, key, value = split.split([heads, kv_heads, kv_heads], dim=1)
         start = past_key.shape[2]
@@ -102,6 +103,7 @@ class GroupQueryAttention(torch.autograd.Function):
         sin: Any,
         heads: int,
         kv_heads: int,
+        head_dim: int,
         scale: float,
     ) -> Any:
         absent = g.op("prim::Constant")
@@ -124,9 +126,10 @@ class GroupQueryAttention(torch.autograd.Function):
             rotary_interleaved_i=0,
             outputs=3,
         )
-        out.setType(qkv.type())  # the exporter cannot infer a contrib operator's outputs: say their kinds
-        key.setType(past_key.type())
-        value.setType(past_value.type())
+        # the exporter cannot infer a contrib operator's outputs: their types, and the sizes that are fixed
+        out.setType(qkv.type().with_sizes([None, None, heads * head_dim]))
+        key.setType(past_key.type().with_sizes([None, kv_heads, None, head_dim]))
+        value.setType(past_value.type().with_sizes([None, kv_heads, None, head_dim]))
         return out, key, value
 
 
@@ -159,7 +162,7 @@ class FusedAttention(nn.Module):
         self.qkv = _packed([attention.q_proj, attention.k_proj, attention.v_proj])
         self.o_proj = attention.o_proj
         self.layer_idx, self.heads, self.kv_heads = int(attention.layer_idx), heads, kv_heads
-        self.scale = float(attention.scaling)
+        self.head_dim, self.scale = int(attention.head_dim), float(attention.scaling)
 
     def forward(self, hidden_states: torch.Tensor, *args: Any, **kwargs: Any) -> tuple[torch.Tensor, None]:
         step = _STEP.get()
@@ -174,6 +177,7 @@ class FusedAttention(nn.Module):
             step.sin,
             self.heads,
             self.kv_heads,
+            self.head_dim,
             self.scale,
         )
         step.present[index] = (key, value)
@@ -270,7 +274,7 @@ def why_not_fused(inner: nn.Module) -> str | None:
         if width % 16:
             return f"its heads are {width} wide; ONNX Runtime's GroupQueryAttention takes multiples of 16"
         if not all(isinstance(getattr(mlp, n, None), nn.Linear) for n in ("gate_proj", "up_proj", "down_proj")):
-            return "its MLP is not gated (gate, up and down projections)"
+            return "its MLP is not three Linear projections (gate, up and down)"
     return None
 
 
