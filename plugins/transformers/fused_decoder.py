@@ -7,15 +7,15 @@ Why: traced as transformers writes it, a Llama-shape layer is about 200 ONNX nod
 (shape arithmetic for every ``view``, rotary's halves, ``repeat_kv``'s expand, the cache's
 concat, the causal mask); at batch 1 a step of generation is mostly their overhead, not the
 matrix products. Fused, a layer is about a dozen nodes, onnxruntime-genai's layout
-(docs/large-models.md has the tokens/s).
+(docs/benchmarks.md has the tokens/s).
 
 Only where it is exact: :func:`why_not_fused` names what a model has that the operator
 does not do (sliding windows, soft-capping, per-head norms, a rotary embedding that
-depends on the sequence length); such a model exports unfused, as before. The fused
-graph takes the same inputs and gives the same outputs as the unfused one
-(adapt.plugins.transformers.cached_decoder), so the loop in predict.py drives either;
-``position_ids`` is an input the fused graph does not read: GroupQueryAttention counts
-positions from the attention mask (right padding, which the collator makes).
+depends on the sequence length or turns part of each head); such a model exports unfused,
+as before. The fused graph gives the unfused one's outputs
+(adapt.plugins.transformers.cached_decoder) from the same inputs less ``position_ids``:
+GroupQueryAttention counts positions from the attention mask (right padding, which the
+collator makes), so the loop in predict.py drives either.
 """
 
 from __future__ import annotations
@@ -140,13 +140,20 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
 
 
 def _packed(layers: list[nn.Linear]) -> nn.Linear:
-    """One Linear computing ``layers`` side by side (their outputs concatenated)."""
+    """One Linear computing ``layers`` side by side (their outputs concatenated). The
+    layers' own weights become views into the packed ones (the same values), so the
+    packed copy costs no memory: a 0.6B decoder's export would otherwise hold a second
+    gigabyte of MLP weights while it traces."""
     bias = layers[0].bias is not None
     out = nn.Linear(layers[0].in_features, sum(layer.out_features for layer in layers), bias=bias)
     with torch.no_grad():
-        out.weight.copy_(torch.cat([layer.weight for layer in layers]))
-        if bias:
-            out.bias.copy_(torch.cat([layer.bias for layer in layers]))
+        for kind in ("weight", "bias") if bias else ("weight",):
+            packed = torch.cat([getattr(layer, kind).detach() for layer in layers])
+            getattr(out, kind).data = packed
+            start = 0
+            for layer in layers:
+                getattr(layer, kind).data = packed[start : start + layer.out_features]
+                start += layer.out_features
     return out
 
 
@@ -296,12 +303,15 @@ def rotary_tables(inner: Any, positions: int) -> tuple[torch.Tensor, torch.Tenso
 MAX_TABLE = 131_072
 
 
-def fusable(inner: nn.Module) -> bool:
+def fusable(inner: Any) -> bool:
     """Whether ``inner`` exports fused (exactly): the one test the export form, the
     generation spec in preprocess.json (``kv_cache: shared``) and the export gate share."""
     from adapt.plugins.transformers.causal_lm import positions
 
-    return why_not_fused(inner) is None and bool(positions(inner)) and rotary_tables(inner, 2) is not None
+    if why_not_fused(inner) is not None or not positions(inner):
+        return False
+    tables = rotary_tables(inner, 2)
+    return tables is not None and 2 * tables[0].shape[-1] == int(inner.model.layers[0].self_attn.head_dim)
 
 
 def fused(model: CausalLMWithCache) -> FusedCausalLM | None:

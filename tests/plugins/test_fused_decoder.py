@@ -68,7 +68,11 @@ def test_the_fused_copy_computes_what_transformers_computes(decoders, kind):
         past = {name: t[:1] for name, t in zip(causal_lm.cache_names(shapes, causal_lm.PAST), reference[1:])}
         assert torch.allclose(model(**step, **past)[0], copy(**step, **past)[0], atol=1e-5)
     assert copy.model.model.layers[0].self_attn.qkv.out_features == sum(heads * dim for heads, dim in shapes[:2]) + 64
-    assert model.model.model.layers[0].self_attn.q_proj.weight is not None  # the original is untouched
+    # the packed weights are the originals' storage (no second copy while the export traces), values unchanged
+    original, packed = model.model.model.layers[0].self_attn.k_proj.weight, copy.model.model.layers[0].self_attn.qkv.weight
+    assert original.untyped_storage().data_ptr() == packed.untyped_storage().data_ptr()
+    queries = model.model.model.layers[0].self_attn.q_proj.out_features
+    assert torch.equal(original, packed[queries : queries + original.shape[0]])
 
 
 def export_fused(model: CausalLMWithCache, path: Path) -> Path:

@@ -123,6 +123,7 @@ def test_gpt2_adapters_generation_end_to_end_with_the_cached_decoder_int8_and_in
     assert "generation_agreement" in report["parity"]["onnx_int8"]
     inputs = {i.name for i in __import__("onnxruntime").InferenceSession(str(run_dir / "export" / "model.onnx")).get_inputs()}
     assert {"past_key_values.0.key", "past_key_values.1.value", "position_ids"} <= inputs
+    assert json.loads((run_dir / "export" / "preprocess.json").read_text())["kv_cache"] == "appended"  # GPT-2: unfused
     # the gate is relative perplexity: within export.max_perplexity_increase (5%), or not recommended;
     # of the quantised files within it, the smallest is deployed
     attempts = {a["attempt"].split()[0]: a for a in report["export"]["onnx"]["attempts"]}
