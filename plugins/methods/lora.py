@@ -43,6 +43,11 @@ class LoRAOptions(BaseModel):
         "families in default_families",
     )
     rslora: bool = Field(False, description="rank-stabilised scaling: alpha / sqrt(r)")
+    dora: bool = Field(
+        False,
+        description="DoRA: a learnt magnitude per output channel times the normalised W + BA (PEFT's use_dora); "
+        "the method `dora` is LoRA with this on",
+    )
     base: Literal["full", "4bit", "8bit"] = Field(
         "full",
         description="QLoRA: the frozen Linear layers inside the blocks held in 4-bit NF4 or 8-bit by bitsandbytes "
@@ -87,7 +92,7 @@ class LoRA(Method):
         model = built.model
         if self._lora_modules(model):
             raise ConfigError(
-                "method 'lora' is already applied to this model",
+                f"method '{self.name}' is already applied to this model",
                 hint="build a fresh model before applying a method again",
             )
         spec = options.targets if options.targets is not None else list(default_targets)
@@ -103,14 +108,17 @@ class LoRA(Method):
             replace_module(
                 model,
                 name,
-                layers.wrap(model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora),
+                layers.wrap(
+                    model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora, options.dora
+                ),
             )
         if options.base != "full":
             from adapt.plugins.methods.quantised_base import quantise
 
             # kept on the model (a copy goes with it into the merge) for the merge's note
             setattr(model, QUANTISED_BASE, quantise(model, options.base, built.blocks, built.head))
-        lora = [f"{n}.{p}" for n in names for p in ("lora_A", "lora_B")]
+        factors = ("lora_A", "lora_B", "lora_magnitude_vector") if options.dora else ("lora_A", "lora_B")
+        lora = [f"{n}.{p}" for n in names for p in factors]
         return freeze_all_but(model, [*lora, *built.head, *built.new_parameters])
 
     @staticmethod
@@ -166,7 +174,7 @@ class LoRA(Method):
             {
                 n.rpartition(".")[0].removeprefix(prefix)
                 for n, p in built.model.named_parameters()
-                if p.requires_grad and not n.endswith(("lora_A", "lora_B"))
+                if p.requires_grad and not n.endswith(("lora_A", "lora_B", "lora_magnitude_vector"))
             }
         )
         transformers_model = hasattr(getattr(built.model, "model", built.model), "config")
@@ -187,7 +195,7 @@ class LoRA(Method):
             "fan_in_fan_out": any(isinstance(m, layers.LoRAConv1D) for m in modules.values()),
             "init_lora_weights": True,
             "inference_mode": True,
-            "use_dora": False,
+            "use_dora": bool(getattr(first, "dora", False)),
         }
 
     def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
@@ -244,10 +252,11 @@ class LoRA(Method):
         for name, module in modules.items():
             replace_module(model, name, layers.fold(module))
         model.requires_grad_(False)
+        kind = "DoRA" if any(getattr(m, "dora", False) for m in modules.values()) else "LoRA"
         return MergeResult(
             model,
             folded=True,
-            note=f"{len(modules)} LoRA layers folded into their weights{note}",
+            note=f"{len(modules)} {kind} layers folded into their weights{note}",
             tolerance=quantised_tolerance(quantised),
         )
 
@@ -275,8 +284,8 @@ def options_from_peft(config: Mapping[str, Any]) -> LoRAOptions:
         raise CheckpointError(
             f"adapter is of PEFT type {config.get('peft_type')!r}, not LORA", hint="adapt loads PEFT LoRA adapters"
         )
-    if config.get("use_dora") or config.get("fan_in_fan_out"):
-        raise CheckpointError("adapter uses DoRA or fan_in_fan_out, which adapt's LoRA does not implement")
+    if config.get("fan_in_fan_out"):
+        raise CheckpointError("adapter uses fan_in_fan_out, which adapt reads from the model, not the adapter")
     targets = config.get("target_modules")
     if isinstance(targets, str):  # PEFT matches it against names inside the wrapped model
         targets = r"(?:model\.)?(?:" + targets + ")"
@@ -286,9 +295,25 @@ def options_from_peft(config: Mapping[str, Any]) -> LoRAOptions:
         dropout=config.get("lora_dropout", 0.0),
         targets=targets,
         rslora=config.get("use_rslora", False),
+        dora=bool(config.get("use_dora", False)),
     )
+
+
+class DoRAOptions(LoRAOptions):
+    dora: bool = Field(True, description="DoRA's magnitude (off: plain LoRA)")
+
+
+class DoRA(LoRA):
+    """``dora``: weight-decomposed LoRA (Liu et al. 2024): ``W' = m * (W + s B A) / ||W + s B A||``,
+    the norm per output channel and ``m`` learnt, starting at ``||W||`` (the maths in
+    ``lora_layers``). Folds exactly on every layer LoRA adapts, depthwise convolutions
+    included; saved as PEFT's LoRA with ``use_dora`` (its ``lora_magnitude_vector``)."""
+
+    name = "dora"
+    options_schema = DoRAOptions
 
 
 @hookimpl
 def adapt_register_methods(register: Any) -> None:
     register(LoRA())
+    register(DoRA())

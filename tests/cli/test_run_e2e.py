@@ -266,3 +266,30 @@ def test_real_mobilenetv2_weights_learn_digits(tmp_path):
     report = json.loads((tmp_path / "runs" / "real" / "report.json").read_text())
     assert report["metrics"]["adapted"]["accuracy"] >= 0.85
     assert report["parity"]["merged"]["label_agreement"] == 1.0
+
+
+def test_dora_on_mobilenetv2_folds_exactly_on_its_depthwise_convs(tmp_path):
+    """`adapt run` with method dora: its default targets on MobileNetV2 are every pointwise and
+    depthwise conv; the magnitudes train, the merge folds exactly (the gate's 1e-4), the ONNX file
+    matches, and the adapter is PEFT's LoRA with use_dora."""
+    config = {
+        "name": "dora",
+        "task": "image-classification",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv2_050", "options": {"image_size": 32}},
+        "method": {"name": "dora", "options": {"r": 4, "alpha": 8}},
+        "data": {"source": "digits"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
+        "export": {"quantize": "none", "latency_runs": 2},
+    }
+    invoke(["run", str(write(tmp_path, config))])
+    run = tmp_path / "runs" / "dora"
+    report = json.loads((run / "report.json").read_text())
+    assert report["merge"] == "folded" and "DoRA layers folded" in report["merge_note"]
+    assert report["parity"]["merged"]["verified"] and report["parity"]["merged"]["max_abs_diff"] <= 1e-4
+    assert report["parity"]["onnx"]["verified"]
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["use_dora"] is True and any(".conv_dw" in t for t in adapter["target_modules"])
+    tensors = load_file(run / "adapter" / "adapter_model.safetensors")
+    magnitudes = [k for k in tensors if k.endswith("conv_dw.lora_magnitude_vector")]
+    assert magnitudes and tensors[magnitudes[0]].shape[:2] == (1, tensors[magnitudes[0]].shape[1])
+    assert "dora" in invoke(["plugins"]).output

@@ -33,7 +33,7 @@ def peft_bert(bert_dir, options):
     from transformers import AutoModelForSequenceClassification
 
     model = AutoModelForSequenceClassification.from_pretrained(bert_dir, num_labels=3, attn_implementation="eager")
-    config = LoraConfig(r=options.r, lora_alpha=options.alpha, target_modules=["query", "value"], modules_to_save=["classifier"], use_rslora=options.rslora)
+    config = LoraConfig(r=options.r, lora_alpha=options.alpha, target_modules=["query", "value"], modules_to_save=["classifier"], use_rslora=options.rslora, use_dora=options.dora)
     return get_peft_model(model, config)
 
 
@@ -50,9 +50,9 @@ def inputs():
     return {"input_ids": torch.randint(5, 60, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
 
 
-@pytest.mark.parametrize("rslora", [False, True])
-def test_adapt_adapter_loads_into_peft_with_equal_outputs(bert_dir, tmp_path, rslora):
-    options = LoRAOptions(r=4, alpha=8, rslora=rslora)
+@pytest.mark.parametrize("rslora, dora", [(False, False), (True, False), (False, True)], ids=["lora", "rslora", "dora"])
+def test_adapt_adapter_loads_into_peft_with_equal_outputs(bert_dir, tmp_path, rslora, dora):
+    options = LoRAOptions(r=4, alpha=8, rslora=rslora, dora=dora)
     built = adapt_bert(bert_dir, options)
     randomise_lora(built)
     lora = LoRA()
@@ -70,8 +70,9 @@ def test_adapt_adapter_loads_into_peft_with_equal_outputs(bert_dir, tmp_path, rs
     assert (ours - theirs).abs().max().item() <= 1e-5
 
 
-def test_peft_adapter_loads_into_adapt_with_equal_outputs(bert_dir, tmp_path):
-    peft_model = peft_bert(bert_dir, LoRAOptions(r=4, alpha=8))
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_peft_adapter_loads_into_adapt_with_equal_outputs(bert_dir, tmp_path, dora):
+    peft_model = peft_bert(bert_dir, LoRAOptions(r=4, alpha=8, dora=dora))
     torch.manual_seed(3)
     with torch.no_grad():
         for name, param in peft_model.named_parameters():
@@ -81,7 +82,7 @@ def test_peft_adapter_loads_into_adapt_with_equal_outputs(bert_dir, tmp_path):
     config = json.loads((tmp_path / "adapter_config.json").read_text())
 
     options = options_from_peft(config)
-    assert (options.r, options.alpha) == (4, 8)
+    assert (options.r, options.alpha, options.dora) == (4, 8, dora)
     built = adapt_bert(bert_dir, options)
     LoRA().load_adapter_state(built, load_file(tmp_path / "adapter_model.safetensors"))
     built.model.eval(), peft_model.eval()
@@ -113,7 +114,8 @@ class Wrapped(nn.Module):
         return self.model(pixel_values)
 
 
-def test_conv2d_lora_matches_peft_both_ways(tmp_path):
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_conv2d_lora_matches_peft_both_ways(tmp_path, dora):
     torch.manual_seed(0)
     inner = TwoConvs()
     original = {k: v.clone() for k, v in inner.state_dict().items()}
@@ -121,7 +123,7 @@ def test_conv2d_lora_matches_peft_both_ways(tmp_path):
     reference.load_state_dict(original)
     built = BuiltModel(Wrapped(inner), "image-classification", 2, head=("model.head",))
     lora = LoRA()
-    lora.apply(built, LoRAOptions(r=3, alpha=6, targets=["conv"]), [])
+    lora.apply(built, LoRAOptions(r=3, alpha=6, targets=["conv"], dora=dora), [])
     randomise_lora(built)
     save_file(lora.adapter_state(built), tmp_path / "adapter_model.safetensors")
     (tmp_path / "adapter_config.json").write_text(json.dumps(lora.adapter_config(built)))
@@ -156,7 +158,8 @@ def gpt2_inputs():
     return {"input_ids": torch.randint(5, 300, (3, 12)), "attention_mask": torch.ones(3, 12, dtype=torch.long)}
 
 
-def test_gpt2_conv1d_lora_moves_between_adapt_and_peft_with_equal_outputs(gpt2_dir, tmp_path):
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
+def test_gpt2_conv1d_lora_moves_between_adapt_and_peft_with_equal_outputs(gpt2_dir, tmp_path, dora):
     """GPT-2's projections are transformers' Conv1D (weight stored (in, out)): adapt's adapter
     loads into PEFT (fan_in_fan_out) with equal outputs, and PEFT's own merge agrees with adapt's fold."""
     from transformers import AutoModelForSequenceClassification
@@ -165,7 +168,7 @@ def test_gpt2_conv1d_lora_moves_between_adapt_and_peft_with_equal_outputs(gpt2_d
 
     built = Transformers().build("text-classification", 3, checkpoint=gpt2_dir, arch=None, options=TextOptions())
     lora = LoRA()
-    lora.apply(built, LoRAOptions(r=4, alpha=8), built.families["attention-qv"])
+    lora.apply(built, LoRAOptions(r=4, alpha=8, dora=dora), built.families["attention-qv"])
     randomise_lora(built)
     save_file(lora.adapter_state(built), tmp_path / "adapter_model.safetensors")
     config = lora.adapter_config(built)

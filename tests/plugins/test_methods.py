@@ -43,6 +43,8 @@ CASES = [
     ("freeze", {"last_blocks": 1, "biases": True}),
     ("lora", {"r": 4, "alpha": 8}),
     ("lora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
+    ("dora", {"r": 4, "alpha": 8}),
+    ("dora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
     ("adapters", {"reduction": 4}),
     ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "gelu"}),
     ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "none"}),
@@ -64,6 +66,13 @@ def train_steps(built, method, batch, steps=3):
     return inputs
 
 
+def defaults(backbone, built, method):
+    """The targets `adapt run` gives a method that names none (adapt.pipeline.chosen_targets)."""
+    from adapt.families import default_target_names
+
+    return default_target_names(built.families, tuple(method.default_families or ())) or backbone.default_targets(method.name)
+
+
 def method_modules(model):
     from adapt.plugins.methods import adapter_layers as _adapter_layers, lora_layers as _lora_layers
 
@@ -78,7 +87,7 @@ def test_merge_equals_the_adapted_model(kind, method_name, raw, bert_dir):
     base_count = sum(p.numel() for p in built.model.parameters())
     method = HOST.methods.get(method_name)
     options = validate_options(method, "method", raw, "method.options")
-    trainable = method.apply(built, options, backbone.default_targets(method_name))
+    trainable = method.apply(built, options, defaults(backbone, built, method))
     assert trainable and set(built.new_parameters) <= set(trainable)
 
     with torch.no_grad():
@@ -103,18 +112,21 @@ def test_merge_equals_the_adapted_model(kind, method_name, raw, bert_dir):
     torch.testing.assert_close(merged.model.get_submodule(head).weight, built.model.get_submodule(head).weight)
 
 
+@pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
 @pytest.mark.parametrize("groups_of", ["one", "two", "depthwise"])
 @pytest.mark.parametrize("r", [1, 3, 5])
-def test_grouped_and_depthwise_conv_lora_folds_exactly(groups_of, r):
+def test_grouped_and_depthwise_conv_lora_folds_exactly(groups_of, r, dora):
     from adapt.plugins.methods import lora_layers as layers
 
     torch.manual_seed(r)
     channels = 6
     groups = {"one": 1, "two": 2, "depthwise": channels}[groups_of]
     conv = torch.nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, groups=groups)
-    lora = layers.LoRAConv2d(conv, r, alpha=2 * r)
+    lora = layers.LoRAConv2d(conv, r, alpha=2 * r, dora=dora)
     with torch.no_grad():
         lora.lora_B.normal_()
+        if dora:  # away from ||W||, where DoRA would only renormalise
+            lora.lora_magnitude_vector.mul_(torch.rand_like(lora.lora_magnitude_vector) + 0.5)
     x = torch.randn(2, channels, 11, 11)
     with torch.no_grad():
         expected = lora(x)
