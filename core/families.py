@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 FAMILIES = {
     "attention": "every projection of self-attention: query, key, value and output",
     "attention-qv": "the query and value projections",
+    "attention-kv": "the key and value projections",
     "attention-output": "attention's output projection, one per block",
     "mlp": "the feed-forward projections, in and out",
     "mlp-output": "the feed-forward output projection, one per block",
@@ -27,7 +28,15 @@ FAMILIES = {
     "pointwise-conv": "the 1x1 (pointwise) convolutions of the blocks",
     "depthwise-conv": "the depthwise convolutions of the blocks",
 }
-TRANSFORMER_FAMILIES = ("attention", "attention-qv", "attention-output", "mlp", "mlp-output", "all-linear")
+TRANSFORMER_FAMILIES = (
+    "attention",
+    "attention-qv",
+    "attention-kv",
+    "attention-output",
+    "mlp",
+    "mlp-output",
+    "all-linear",
+)
 #: Last name parts of query and value projections across architectures (BERT, DistilBERT,
 #: DeBERTa, Llama-style), and of fused query-key-value projections (GPT-2 ``c_attn``).
 QUERY_VALUE = {
@@ -46,6 +55,12 @@ QUERY_VALUE = {
     "query_key_value",
     "Wqkv",
 }
+
+
+#: Last name parts of key and value projections, and of the fused projections (which hold them too).
+KEY_VALUE = {"key", "value", "k", "v", "k_lin", "v_lin", "k_proj", "v_proj", "key_proj", "value_proj"} | (
+    QUERY_VALUE - {"query", "q", "q_lin", "q_proj", "query_proj"}
+)
 
 
 #: Parts of a module path inside a block that mark self-attention (BERT ``attention``,
@@ -101,6 +116,7 @@ def transformer_families(model: nn.Module, blocks: Sequence[str]) -> dict[str, l
         found["all-linear"] += [full for full, _, _ in linears]
         found["attention"] += attention
         found["attention-qv"] += [n for n in attention if n.rsplit(".", 1)[-1] in QUERY_VALUE]
+        found["attention-kv"] += [n for n in attention if n.rsplit(".", 1)[-1] in KEY_VALUE]
         found["attention-output"] += attention[-1:]
         found["mlp"] += [n for n, _ in mlp]
         found["mlp-output"] += [n for n, (_, o) in mlp if o == hidden][-1:]

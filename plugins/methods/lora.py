@@ -90,19 +90,7 @@ class LoRA(Method):
         from adapt.targets import find_targets, replace_module
 
         model = built.model
-        if self._lora_modules(model):
-            raise ConfigError(
-                f"method '{self.name}' is already applied to this model",
-                hint="build a fresh model before applying a method again",
-            )
-        spec = options.targets if options.targets is not None else list(default_targets)
-        if not spec:
-            raise ConfigError(
-                "method.options.targets is not set and this model has none of LoRA's default target families "
-                f"({', '.join(self.default_families)})",
-                hint="set method.options.targets to a target family, module names or a regular expression"
-                + (f"; this model's families: {', '.join(built.families)}" if built.families else ""),
-            )
+        spec = target_spec(self, bool(self._lora_modules(model)), options.targets, default_targets, built)
         names = find_targets(model, spec, tuple(layers.LORA_LAYERS), exclude=built.head, families=built.families)
         for name in names:
             replace_module(
@@ -200,33 +188,7 @@ class LoRA(Method):
 
     def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
         """Load tensors saved by :meth:`adapter_state` or by PEFT (PEFT or adapt key names)."""
-        import torch
-
-        params = {**dict(built.model.named_buffers()), **dict(built.model.named_parameters())}
-        prefix = inner_prefix(built.model)
-        updates = {}
-        for key, tensor in state.items():
-            name = from_peft_name(key, prefix) if key.startswith(PEFT_PREFIX) else key
-            if name.endswith((".lora_A.weight", ".lora_B.weight")):
-                name = name.removesuffix(".weight")
-            if name not in params:
-                raise CheckpointError(
-                    f"adapter tensor {key!r} has no counterpart in this model",
-                    hint="were the adapter's targets, backbone or task different? match method.options.targets to the "
-                    "adapter",
-                )
-            target = params[name]
-            if target.numel() != tensor.numel() or (
-                not name.endswith(("lora_A", "lora_B")) and tuple(target.shape) != tuple(tensor.shape)
-            ):
-                raise CheckpointError(
-                    f"adapter tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}",
-                    hint="was the adapter saved with another rank (method.options.r) or label count?",
-                )
-            updates[name] = tensor.reshape(target.shape)
-        with torch.no_grad():
-            for name, tensor in updates.items():
-                params[name].copy_(tensor)
+        load_peft_state(built, state, factors=("lora_A", "lora_B"))
 
     # -- merging --------------------------------------------------------------
 
@@ -259,6 +221,61 @@ class LoRA(Method):
             note=f"{len(modules)} {kind} layers folded into their weights{note}",
             tolerance=quantised_tolerance(quantised),
         )
+
+
+def target_spec(
+    method: Method, applied: bool, targets: str | list[str] | None, default_targets: Sequence[str], built: BuiltModel
+) -> str | list[str]:
+    """What a method that wraps layers adapts: its ``targets`` option, else the default
+    targets; a ConfigError for a model it is applied to already, or for no targets at all."""
+    if applied:
+        raise ConfigError(
+            f"method '{method.name}' is already applied to this model",
+            hint="build a fresh model before applying a method again",
+        )
+    spec = targets if targets is not None else list(default_targets)
+    if not spec:
+        raise ConfigError(
+            f"method.options.targets is not set and this model has none of {method.name}'s default target families "
+            f"({', '.join(method.default_families or ())})",
+            hint="set method.options.targets to a target family, module names or a regular expression"
+            + (f"; this model's families: {', '.join(built.families)}" if built.families else ""),
+        )
+    return spec
+
+
+def load_peft_state(built: BuiltModel, state: Mapping[str, torch.Tensor], factors: Sequence[str] = ()) -> None:
+    """Copy an adapter's tensors (PEFT's key names or adapt's) into the model's parameters and
+    buffers; ``factors``: leaves stored as ``<leaf>.weight`` whose shape PEFT lays out otherwise
+    (only their sizes must agree). A tensor without a counterpart, or of another size, is a
+    CheckpointError before anything is copied."""
+    import torch
+
+    params = {**dict(built.model.named_buffers()), **dict(built.model.named_parameters())}
+    prefix = inner_prefix(built.model)
+    suffixes = tuple(f".{leaf}.weight" for leaf in factors)
+    updates = {}
+    for key, tensor in state.items():
+        name = from_peft_name(key, prefix) if key.startswith(PEFT_PREFIX) else key
+        if suffixes and name.endswith(suffixes):
+            name = name.removesuffix(".weight")
+        if name not in params:
+            raise CheckpointError(
+                f"adapter tensor {key!r} has no counterpart in this model",
+                hint="were the adapter's targets, backbone or task different? match method.options.targets to the "
+                "adapter",
+            )
+        target = params[name]
+        reshaped = bool(factors) and name.endswith(tuple(factors))
+        if target.numel() != tensor.numel() or (not reshaped and tuple(target.shape) != tuple(tensor.shape)):
+            raise CheckpointError(
+                f"adapter tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}",
+                hint="was the adapter saved with another rank (method.options.r) or label count?",
+            )
+        updates[name] = tensor.reshape(target.shape)
+    with torch.no_grad():
+        for name, tensor in updates.items():
+            params[name].copy_(tensor)
 
 
 def quantised_tolerance(quantised: Mapping[str, Any] | None) -> float | None:

@@ -36,9 +36,9 @@ def test_adapt_plugins_lists_the_installed_packages(site):
     done = subprocess.run([ADAPT, "plugins", "--json"], capture_output=True, text=True, env=env_with(site))
     assert done.returncode == 0, done.stderr
     rows = {(r["kind"], r["name"]): r for r in json.loads(done.stdout)}
-    assert rows[("method", "ia3")]["package"] == "adapt-ia3", rows.get(("method", "ia3"))
+    assert rows[("method", "ia3-outputs")]["package"] == "adapt-ia3", rows.get(("method", "ia3-outputs"))
     assert rows[("exporter", "torchscript")]["package"] == "adapt-torchscript"
-    assert str(site) in rows[("method", "ia3")]["from"]  # loaded from the installed package
+    assert str(site) in rows[("method", "ia3-outputs")]["from"]  # loaded from the installed package
 
 
 @pytest.mark.parametrize("package", ["adapt-ia3", "adapt-torchscript"])
@@ -53,7 +53,7 @@ def test_adapt_run_end_to_end_with_both_plugins(site, tmp_path):
         "output_dir": str(tmp_path / "runs"),
         "task": "image-classification",
         "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050", "options": {"image_size": 32}},
-        "method": {"name": "ia3", "options": {"targets": r".*\.conv_pw$"}},
+        "method": {"name": "ia3-outputs", "options": {"targets": r".*\.conv_pw$"}},
         "data": {"source": "digits"},
         "train": {"epochs": 2, "batch_size": 64, "lr": 1e-2},
         "export": {"formats": ["onnx", "torchscript"], "quantize": "none", "mobile": False, "latency_runs": 3},

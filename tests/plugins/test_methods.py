@@ -45,6 +45,8 @@ CASES = [
     ("lora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
     ("dora", {"r": 4, "alpha": 8}),
     ("dora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
+    ("ia3", {}),
+    ("ia3", {"feedforward": []}),
     ("adapters", {"reduction": 4}),
     ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "gelu"}),
     ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "none"}),
@@ -74,9 +76,9 @@ def defaults(backbone, built, method):
 
 
 def method_modules(model):
-    from adapt.plugins.methods import adapter_layers as _adapter_layers, lora_layers as _lora_layers
+    from adapt.plugins.methods import adapter_layers as _adapter_layers, ia3_layers as _ia3_layers, lora_layers as _lora_layers
 
-    kinds = (*_lora_layers.LORA_LAYERS.values(), _adapter_layers.AdapterAfter)
+    kinds = (*_lora_layers.LORA_LAYERS.values(), _adapter_layers.AdapterAfter, _ia3_layers.IA3Layer)
     return [n for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
@@ -186,14 +188,41 @@ def test_a_regex_target_matches_full_names(bert_dir):
     assert method_modules(built.model) == ["model.bert.encoder.layer.1.attention.self.key", "model.bert.encoder.layer.1.attention.self.value"]
 
 
-@pytest.mark.parametrize("method_name", ["lora", "adapters"])
+@pytest.mark.parametrize("method_name", ["lora", "dora", "ia3", "adapters"])
 def test_applying_a_method_twice_is_an_error(method_name, bert_dir):
     backbone, built, _ = build("bert", bert_dir)
     method = HOST.methods.get(method_name)
     options = validate_options(method, "m", {}, "m")
-    method.apply(built, options, backbone.default_targets(method_name))
+    method.apply(built, options, defaults(backbone, built, method))
     with pytest.raises(ConfigError, match=f"method '{method_name}' is already applied"):
-        method.apply(built, options, backbone.default_targets(method_name))
+        method.apply(built, options, defaults(backbone, built, method))
+
+
+@pytest.mark.parametrize("feedforward", [False, True], ids=["output-scaled", "input-scaled"])
+@pytest.mark.parametrize("groups_of", ["one", "two", "depthwise"])
+def test_ia3_folds_exactly_on_grouped_and_depthwise_convs(groups_of, feedforward):
+    from adapt.plugins.methods.ia3_layers import IA3Layer
+
+    torch.manual_seed(1)
+    channels = 6
+    groups = {"one": 1, "two": 2, "depthwise": channels}[groups_of]
+    layer = IA3Layer(torch.nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, groups=groups), feedforward)
+    with torch.no_grad():
+        layer.ia3_l.copy_(torch.rand_like(layer.ia3_l) * 2)  # away from ones, where the fold is trivially exact
+    x = torch.randn(2, channels, 9, 9)
+    with torch.no_grad():
+        expected = layer(x)
+        folded = layer.folded()
+    assert type(folded) is torch.nn.Conv2d and folded.groups == groups
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
+
+
+def test_ia3_feedforward_must_name_targets(bert_dir):
+    backbone, built, _ = build("bert", bert_dir)
+    method = HOST.methods.get("ia3")
+    options = validate_options(method, "m", {"targets": "attention-kv", "feedforward": "mlp-output"}, "m")
+    with pytest.raises(ConfigError, match="feedforward names layers that are not targets"):
+        method.apply(built, options, [])
 
 
 @pytest.mark.parametrize("method_name, raw, message", [("lora", {"r": 0}, "`method.options.r` = 0: input should be greater than or equal to 1"), ("adapters", {"activation": "swish"}, "`method.options.activation` = 'swish'"), ("lora", {"dropout": 1.0}, "less than 1")])

@@ -5,10 +5,12 @@ starting at 1: ``y = l * (W x + b)``. That is the same kind of layer again, with
 ``W' = diag(l) W`` and ``b' = l * b``, so the merge is exact and the deployed model
 is the base architecture. It trains about 0.1% of a BERT's weights.
 
-Use it in a config::
+adapt now ships ``ia3`` itself (input scaling of the MLP too, PEFT's layout); this
+example stays the minimal version of the same idea, registered as ``ia3-outputs`` so
+that both can be installed side by side. Use it in a config::
 
     method:
-      name: ia3
+      name: ia3-outputs
       options: {targets: [key, value, intermediate.dense]}
 
 torch is imported only when the method is applied (``layers.py``), so that
@@ -40,7 +42,7 @@ class IA3Options(BaseModel):
 
 
 class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the scales and the head)
-    name = "ia3"
+    name = "ia3-outputs"
     options_schema = IA3Options
     default_families = ("attention", "mlp-output", "pointwise-conv")
 
@@ -52,7 +54,7 @@ class IA3(SavesTrainedTensors):  # saves and loads every trained tensor (the sca
         spec = options.targets if options.targets is not None else list(default_targets)
         if not spec:
             raise ConfigError(
-                "method 'ia3' needs target layers and the backbone names none",
+                "method 'ia3-outputs' needs target layers and the backbone names none",
                 hint="set method.options.targets, e.g. [key, value, intermediate.dense]",
             )
         return swap_modules(built, spec, (nn.Linear, nn.Conv2d), Scaled, trained=["scale"])

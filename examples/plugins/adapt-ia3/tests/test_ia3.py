@@ -40,12 +40,12 @@ BATCH = {
 
 def test_the_host_finds_the_method():
     host = make_test_host(adapt_ia3)
-    assert host.methods.get("ia3").name == "ia3"
+    assert host.methods.get("ia3-outputs").name == "ia3-outputs"
 
 
 def test_ia3_meets_the_method_contract(tmp_path):
     merged = check_method(
-        make_test_host(adapt_ia3).methods.get("ia3"),
+        make_test_host(adapt_ia3).methods.get("ia3-outputs"),
         build=build,
         batch=BATCH,
         options=IA3Options(targets=["conv", "proj"]),
