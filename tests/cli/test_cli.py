@@ -65,9 +65,10 @@ def test_plugins_and_help_import_no_heavy_library():
 
 def test_plugins_lists_target_families():
     rows = {r["name"]: r for r in json.loads(invoke(["plugins", "--json"]).output)}
-    assert rows["transformers"]["families"] == "attention, attention-qv, attention-output, mlp, mlp-output, all-linear"
+    assert rows["transformers"]["families"] == "attention, attention-qv, attention-kv, attention-output, mlp, mlp-output, all-linear"
     assert rows["mobilenet"]["families"] == "pointwise-conv, depthwise-conv"
-    assert rows["lora"]["families"] == "attention-qv, pointwise-conv, depthwise-conv"  # what it adapts by default
+    assert rows["lora"]["families"] == rows["dora"]["families"] == "attention-qv, pointwise-conv, depthwise-conv"  # what it adapts by default
+    assert rows["ia3"]["families"] == "attention-kv, mlp-output, pointwise-conv"
     assert "FAMILIES" in invoke(["plugins", "--verbose"]).output
 
 
