@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from adapt import hookimpl
 from adapt.errors import CheckpointError, ConfigError
 from adapt.interfaces import BuiltModel, MergeResult, Method
-from adapt.plugins.methods.lora import PEFT_TASK_TYPES, inner_prefix, load_peft_state, target_spec, to_peft_name
+from adapt.plugins.methods.lora import PEFT_TASK_TYPES, inner_prefix, load_peft_state, peft_state, target_spec
 
 if TYPE_CHECKING:
     import torch
@@ -86,18 +86,8 @@ class IA3(Method):
     # -- saving, in PEFT's layout ---------------------------------------------
 
     def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
-        """Trained tensors (the scales, a head) under PEFT's key names."""
-        from adapt.params import trained_buffers
-
-        prefix = inner_prefix(built.model)
-        state = {
-            to_peft_name(n, prefix): p.detach().clone().contiguous()
-            for n, p in built.model.named_parameters()
-            if p.requires_grad
-        }
-        for name, buffer in trained_buffers(built.model).items():
-            state[to_peft_name(name, prefix)] = buffer.detach().clone().contiguous()
-        return state
+        """Trained tensors (the scales, a head) under PEFT's key names: PEFT's shapes are adapt's."""
+        return peft_state(built)
 
     def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
         """PEFT's adapter_config.json for this model's (IA)^3 layers."""

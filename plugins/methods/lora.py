@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -122,25 +122,16 @@ class LoRA(Method):
         """Trained tensors under PEFT's key names, LoRA factors in PEFT's shapes."""
         from adapt.plugins.methods import lora_layers as layers
 
-        state = {}
-        prefix = inner_prefix(built.model)
-        for name, param in built.model.named_parameters():
-            if not param.requires_grad:
-                continue
+        def factor(name: str, tensor: torch.Tensor) -> tuple[str, torch.Tensor] | None:
             module_name, _, leaf = name.rpartition(".")
-            if leaf in ("lora_A", "lora_B"):
-                module = built.model.get_submodule(module_name)
-                tensor = param.detach()
-                if isinstance(module, layers.LoRAConv2d):
-                    tensor = tensor.reshape(peft_conv_shape(module, leaf))
-                state[to_peft_name(f"{module_name}.{leaf}.weight", prefix)] = tensor.clone().contiguous()
-            else:
-                state[to_peft_name(name, prefix)] = param.detach().clone().contiguous()
-        from adapt.params import trained_buffers
+            if leaf not in ("lora_A", "lora_B"):
+                return None
+            module = built.model.get_submodule(module_name)
+            if isinstance(module, layers.LoRAConv2d):
+                tensor = tensor.reshape(peft_conv_shape(module, leaf))
+            return f"{name}.weight", tensor
 
-        for name, buffer in trained_buffers(built.model).items():
-            state[to_peft_name(name, prefix)] = buffer.detach().clone().contiguous()
-        return state
+        return peft_state(built, factor)
 
     def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
         """PEFT's adapter_config.json for this model's LoRA layers."""
@@ -223,6 +214,26 @@ class LoRA(Method):
         )
 
 
+def peft_state(
+    built: BuiltModel, relayout: Callable[[str, torch.Tensor], tuple[str, torch.Tensor] | None] | None = None
+) -> dict[str, torch.Tensor]:
+    """Every trained tensor and trained buffer under PEFT's key names; ``relayout(name, tensor)``
+    gives a tensor PEFT names or shapes otherwise (LoRA's factors), or None to keep it as it is."""
+    from adapt.params import trained_buffers
+
+    prefix = inner_prefix(built.model)
+    state = {}
+    for name, param in built.model.named_parameters():
+        if not param.requires_grad:
+            continue
+        changed = relayout(name, param.detach()) if relayout is not None else None
+        key, tensor = changed if changed is not None else (name, param.detach())
+        state[to_peft_name(key, prefix)] = tensor.clone().contiguous()
+    for name, buffer in trained_buffers(built.model).items():
+        state[to_peft_name(name, prefix)] = buffer.detach().clone().contiguous()
+    return state
+
+
 def target_spec(
     method: Method, applied: bool, targets: str | list[str] | None, default_targets: Sequence[str], built: BuiltModel
 ) -> str | list[str]:
@@ -270,7 +281,7 @@ def load_peft_state(built: BuiltModel, state: Mapping[str, torch.Tensor], factor
         if target.numel() != tensor.numel() or (not reshaped and tuple(target.shape) != tuple(tensor.shape)):
             raise CheckpointError(
                 f"adapter tensor {key!r} has shape {tuple(tensor.shape)}, the model expects {tuple(target.shape)}",
-                hint="was the adapter saved with another rank (method.options.r) or label count?",
+                hint="was the adapter saved with other targets, another rank (lora's method.options.r) or label count?",
             )
         updates[name] = tensor.reshape(target.shape)
     with torch.no_grad():
