@@ -33,12 +33,14 @@ def freeze_all_but(model: nn.Module, trainable: Sequence[str]) -> list[str]:
 
 def trained_buffers(model: nn.Module) -> dict[str, torch.Tensor]:
     """Buffers of modules that train (a trained BatchNorm's running statistics):
-    they change with training, so they are saved with the trainable parameters."""
+    they change with training, so they are saved with the trainable parameters. A
+    buffer registered not persistent is not state (OFT's index tables, VeRA's shared
+    projections, which the method saves once itself)."""
     buffers = {}
     for prefix, module in model.named_modules():
         if any(p.requires_grad for p in module.parameters(recurse=False)):
             for name, buffer in module.named_buffers(recurse=False):
-                if buffer is not None:
+                if buffer is not None and name not in module._non_persistent_buffers_set:
                     buffers[f"{prefix}.{name}" if prefix else name] = buffer
     return buffers
 

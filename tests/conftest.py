@@ -51,7 +51,7 @@ class TinyBackbone:
         return OnnxIO(("pixel_values",), ("logits",), {"pixel_values": {0: "batch"}, "logits": {0: "batch"}})
 
     def default_targets(self, method: str) -> list[str]:
-        return {"lora": ["blocks.1.0"], "dora": ["blocks.1.0"], "ia3": ["blocks.1.0"]}.get(method, [])
+        return ["blocks.1.0"] if method in ("lora", "dora", "ia3", "loha", "lokr", "vera", "oft") else []
 
 
 class TinyPlugin:

@@ -105,7 +105,7 @@ def test_unknown_plugin_names_the_key_and_the_choices(tiny_config, host_with_tin
     tiny_config["method"]["name"] = "lroa"
     with pytest.raises(ConfigError) as info:
         make_plan(validate_config(tiny_config), host_with_tiny)
-    assert info.value.message == "method.name: unknown method 'lroa'; available: adapters, dora, freeze, ia3, lora (did you mean 'lora'?)"
+    assert info.value.message == "method.name: unknown method 'lroa'; available: adapters, dora, freeze, ia3, loha, lokr, lora, oft, vera (did you mean 'lora'?)"
 
 
 def test_task_the_backbone_does_not_support(tiny_config, host_with_tiny):

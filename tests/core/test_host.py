@@ -106,7 +106,7 @@ def test_unknown_name_lists_what_is_available_and_suggests():
     host = make_host(autoload=False)
     with pytest.raises(PluginError) as info:
         host.methods.get("freez")
-    assert "unknown method 'freez'; available: adapters, dora, freeze, ia3, lora" in info.value.message
+    assert "unknown method 'freez'; available: adapters, dora, freeze, ia3, loha, lokr, lora, oft, vera" in info.value.message
     assert "did you mean 'freeze'" in info.value.message
 
 

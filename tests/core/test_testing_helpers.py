@@ -11,13 +11,21 @@ from adapt.testing import check_method, make_test_host, tiny_image_batch, tiny_i
 HOST = make_test_host()
 
 
-@pytest.mark.parametrize("name", ["lora", "adapters", "freeze"])
+#: Every method adapt registers: a new built-in joins the conformance run by registering.
+BUILTIN_METHODS = HOST.methods.names()
+
+
+def test_the_conformance_run_covers_the_built_in_methods():
+    assert {"freeze", "lora", "dora", "ia3", "loha", "lokr", "vera", "oft", "adapters"} <= set(BUILTIN_METHODS)
+
+
+@pytest.mark.parametrize("name", BUILTIN_METHODS)
 def test_builtin_methods_pass_with_their_defaults_on_the_tiny_image_model(name, tmp_path):
     merged = check_method(HOST.methods.get(name), build=tiny_image_model, batch=tiny_image_batch(), tmp_path=tmp_path)
     assert merged.model is not None
 
 
-@pytest.mark.parametrize("name", ["lora", "adapters"])
+@pytest.mark.parametrize("name", [n for n in BUILTIN_METHODS if n != "freeze"])
 def test_builtin_methods_pass_with_their_defaults_on_the_tiny_text_model(name, tmp_path):
     folder = tmp_path / "bert"
     built = tiny_text_model(folder)

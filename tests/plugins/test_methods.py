@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from adapt.errors import ConfigError
+from adapt.interfaces import BuiltModel
 from adapt.plugins.transformers.hf_text import TextOptions
 from adapt.host import make_host
 from adapt.plan import validate_options
@@ -47,6 +48,12 @@ CASES = [
     ("dora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
     ("ia3", {}),
     ("ia3", {"feedforward": []}),
+    ("loha", {"r": 3, "alpha": 4}),
+    ("lokr", {"r": 2, "alpha": 4}),
+    ("lokr", {"r": 1, "alpha": 2, "decompose_both": True, "decompose_factor": 2}),
+    ("vera", {"r": 16}),
+    ("oft", {"block_size": 4}),
+    ("oft", {"block_size": 8, "neumann_terms": 5}),
     ("adapters", {"reduction": 4}),
     ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "gelu"}),
     ("adapters", {"reduction": 4, "placement": "houlsby", "activation": "none"}),
@@ -77,8 +84,9 @@ def defaults(backbone, built, method):
 
 def method_modules(model):
     from adapt.plugins.methods import adapter_layers as _adapter_layers, ia3_layers as _ia3_layers, lora_layers as _lora_layers
+    from adapt.plugins.methods.weight_layers import MatrixLayer
 
-    kinds = (*_lora_layers.LORA_LAYERS.values(), _adapter_layers.AdapterAfter, _ia3_layers.IA3Layer)
+    kinds = (*_lora_layers.LORA_LAYERS.values(), _adapter_layers.AdapterAfter, _ia3_layers.IA3Layer, MatrixLayer)
     return [n for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
@@ -188,7 +196,7 @@ def test_a_regex_target_matches_full_names(bert_dir):
     assert method_modules(built.model) == ["model.bert.encoder.layer.1.attention.self.key", "model.bert.encoder.layer.1.attention.self.value"]
 
 
-@pytest.mark.parametrize("method_name", ["lora", "dora", "ia3", "adapters"])
+@pytest.mark.parametrize("method_name", ["lora", "dora", "ia3", "loha", "lokr", "vera", "oft", "adapters"])
 def test_applying_a_method_twice_is_an_error(method_name, bert_dir):
     backbone, built, _ = build("bert", bert_dir)
     method = HOST.methods.get(method_name)
@@ -240,3 +248,69 @@ def test_builtin_methods_pass_the_shipped_conformance_check(method_name, raw, ti
     batch = tiny_backbone.collator(None, None)([{"image": np.full((8, 8), 30 * i, np.uint8), "label": i % 3} for i in range(6)])
     bad = validate_options(method, "m", {"targets": ["no_such_layer"]}, "m") if "targets" in (method.options_schema.model_fields if method.options_schema else {}) else None
     check_method(method, build=lambda: tiny_backbone.build("image-classification", 3, checkpoint=None, arch=None, options=None), batch=batch, options=validate_options(method, "m", {k: v for k, v in raw.items() if k != "placement"}, "m"), default_targets=tiny_backbone.default_targets(method_name), bad_options=bad)
+
+
+MATRIX_METHODS = {
+    "loha": {"r": 3, "alpha": 4},
+    "lokr": {"r": 2, "alpha": 4},
+    "vera": {"r": 8},
+    "oft": {"block_size": 9},
+    "oft-neumann": {"block_size": 9, "neumann_terms": 4},
+}
+
+
+@pytest.mark.parametrize("case", list(MATRIX_METHODS))
+@pytest.mark.parametrize("groups_of", ["one", "two", "depthwise"])
+def test_reparametrising_methods_fold_exactly_on_grouped_and_depthwise_convs(groups_of, case):
+    """loha, lokr, vera, oft: the wrapped conv (trained tensors moved off their start) equals its fold."""
+    from adapt.plugins.methods.weight_layers import MatrixLayer
+
+    torch.manual_seed(2)
+    channels = 6
+    groups = {"one": 1, "two": 2, "depthwise": channels}[groups_of]
+    conv = torch.nn.Conv2d(channels, channels * 2, 3, stride=2, padding=1, groups=groups)
+    method = HOST.methods.get(case.split("-")[0])
+    model = torch.nn.Sequential(conv)
+    built = BuiltModel(model, "image-classification", 2)
+    method.apply(built, validate_options(method, "m", {**MATRIX_METHODS[case], "targets": ["0"]}, "m"), [])
+    layer = model[0]
+    assert isinstance(layer, MatrixLayer)
+    with torch.no_grad():
+        for param in layer.parameters():
+            if param.requires_grad:
+                param.normal_(0, 0.3)
+    x = torch.randn(2, channels, 9, 9)
+    with torch.no_grad():
+        expected = layer(x)
+        assert (expected - conv(x)).abs().max() > 1e-2  # the update is not nothing
+        folded = layer.folded()
+    assert type(folded) is torch.nn.Conv2d and folded.groups == groups
+    torch.testing.assert_close(folded(x), expected, rtol=0, atol=1e-5)
+
+
+def test_oft_rotations_are_orthogonal_with_the_exact_cayley_transform():
+    from adapt.plugins.methods.oft_layers import OFTLayer
+
+    torch.manual_seed(0)
+    layer = OFTLayer(torch.nn.Linear(24, 5), block_size=8, neumann_terms=0)
+    with torch.no_grad():
+        layer.oft_R.weight.normal_(0, 0.5)
+        rotations = layer.oft_R.rotations(torch.float64)
+        weight = layer.base_layer.weight.double()
+        adapted = layer.adapted_weight(torch.float64)
+    assert rotations.shape == (3, 8, 8)
+    torch.testing.assert_close(rotations @ rotations.transpose(-1, -2), torch.eye(8, dtype=torch.float64).expand(3, 8, 8))
+    # a rotation keeps each neuron's norm in every block: the angles between neurons are kept
+    torch.testing.assert_close(adapted.norm(dim=1), weight.norm(dim=1))
+
+
+def test_vera_trains_out_plus_r_numbers_per_layer_and_shares_its_projections(bert_dir):
+    backbone, built, _ = build("bert", bert_dir)
+    method = HOST.methods.get("vera")
+    names = method.apply(built, validate_options(method, "m", {"r": 16, "targets": ["query", "value"]}, "m"), [])
+    layers = method.layers(built.model)
+    count = sum(p.numel() for n, p in built.model.named_parameters() if n in names and ".vera_" in n)
+    assert count == len(layers) * (32 + 16)
+    first, *rest = layers.values()
+    assert all(torch.equal(layer.vera_A, first.vera_A) for layer in rest)
+    assert not any(".vera_A" in key for key in method.adapter_state(built) if key != "base_model.vera_A")
