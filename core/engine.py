@@ -32,7 +32,7 @@ from adapt import distributed, fast_path, feature_cache
 from adapt.adapter_io import load_adapter, save_adapter
 from adapt.checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint, set_rng_state
 from adapt.config import TrainConfig
-from adapt.errors import AdaptError, ConfigError, Interrupted
+from adapt.errors import AdaptError, ConfigError, Interrupted, PluginError
 from adapt.interfaces import BuiltModel, Example
 from adapt.params import trainable_state
 
@@ -313,12 +313,32 @@ class Trainer:
     def _optimiser(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
         fused = self.device.type == "cuda"
         return torch.optim.AdamW(
-            params,
+            self._param_groups(params),
             lr=self.config.lr,
             weight_decay=self.config.weight_decay,
             fused=fused or None,
             foreach=None if fused else True,
         )
+
+    def _param_groups(self, params: list[nn.Parameter]) -> list[dict[str, Any]]:
+        """One AdamW group per learning rate: train.lr, and the multiples the method asks
+        for (``Method.learning_rates``: LoRA+'s B)."""
+        named = dict(self.built.model.named_parameters())
+        asked = getattr(self.method, "learning_rates", None)  # a plugin may predate the member
+        multiples = asked(self.built) if asked is not None else {}
+        unknown = sorted(set(multiples) - set(named))
+        if unknown:
+            raise PluginError(
+                f"method '{self.method.name}' sets learning rates for parameters the model lacks: {', '.join(unknown[:3])}",
+                hint="Method.learning_rates must name trainable parameters by their full names",
+            )
+        of_param = {id(named[n]): m for n, m in multiples.items()}
+        groups: dict[float, list[nn.Parameter]] = {}
+        for param in params:
+            groups.setdefault(of_param.get(id(param), 1.0), []).append(param)
+        for multiple in sorted(m for m in groups if m != 1.0):
+            self._say(f"train: {len(groups[multiple])} tensors learn at {multiple:g} x train.lr")
+        return [{"params": group, "lr": self.config.lr * multiple} for multiple, group in groups.items()]
 
     def _scheduler(self, optimiser: torch.optim.Optimizer, total: int) -> torch.optim.lr_scheduler.LambdaLR:
         warm = max(1, int(total * self.config.warmup)) if self.config.warmup > 0 else 0

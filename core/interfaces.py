@@ -495,6 +495,11 @@ class Method:
         default None: none."""
         return None
 
+    def learning_rates(self, built: BuiltModel) -> dict[str, float]:
+        """Trainable parameters (full names) that learn at a multiple of ``train.lr`` (LoRA+:
+        every B at ``lr_ratio`` times it); default: none, every parameter at ``train.lr``."""
+        return {}
+
 
 @dataclass
 class Form:

@@ -12,7 +12,7 @@ import copy
 import math
 from typing import TYPE_CHECKING, Any, Callable, Literal, Mapping, Sequence
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapt import hookimpl
 from adapt.errors import CheckpointError, ConfigError
@@ -48,11 +48,38 @@ class LoRAOptions(BaseModel):
         description="DoRA: a learnt magnitude per output channel times the normalised W + BA (PEFT's use_dora); "
         "the method `dora` is LoRA with this on",
     )
+    init: Literal["kaiming", "gaussian", "pissa", "olora"] = Field(
+        "kaiming",
+        description="how A and B start: kaiming (A He-uniform, B zero; PEFT's default), gaussian (A normal, std 1/r), "
+        "pissa (the weight's principal singular directions; the residual stays frozen), olora (its QR "
+        "factors likewise); saved for PEFT as the equal rank-2r LoRA on the original weights",
+    )
+    lr_ratio: float = Field(
+        1.0,
+        gt=0,
+        le=1024,
+        description="LoRA+: B learns at train.lr times this (the paper suggests 16), A at train.lr",
+    )
     base: Literal["full", "4bit", "8bit"] = Field(
         "full",
         description="QLoRA: the frozen Linear layers inside the blocks held in 4-bit NF4 or 8-bit by bitsandbytes "
         "while training (CUDA, or the CPU with bitsandbytes >= 0.46); the merge folds into their dequantised weights",
     )
+
+
+    @model_validator(mode="after")
+    def _principal_init_needs_plain_lora(self) -> LoRAOptions:
+        if self.init in PRINCIPAL_INITS and (self.dora or self.base != "full"):
+            clash = "dora" if self.dora else f"base: {self.base}"
+            raise ValueError(
+                f"init {self.init} moves part of the full-precision weight into A and B; it does not combine with "
+                f"{clash} (use init kaiming or gaussian there)"
+            )
+        return self
+
+
+#: Initialisations that start B A on the weight's leading directions (the residual left frozen).
+PRINCIPAL_INITS = ("pissa", "olora")
 
 
 def inner_prefix(model: torch.nn.Module) -> str:
@@ -92,14 +119,15 @@ class LoRA(Method):
         model = built.model
         spec = target_spec(self, bool(self._lora_modules(model)), options.targets, default_targets, built)
         names = find_targets(model, spec, tuple(layers.LORA_LAYERS), exclude=built.head, families=built.families)
+        if options.init in PRINCIPAL_INITS:
+            refuse_tied_targets(model, names, options.init)
         for name in names:
-            replace_module(
-                model,
-                name,
-                layers.wrap(
-                    model.get_submodule(name), options.r, options.alpha, options.dropout, options.rslora, options.dora
-                ),
+            module = model.get_submodule(name)
+            wrapped = layers.wrap(
+                module, options.r, options.alpha, options.dropout, options.rslora, options.dora, options.init
             )
+            wrapped.lr_ratio = options.lr_ratio
+            replace_module(model, name, wrapped)
         if options.base != "full":
             from adapt.plugins.methods.quantised_base import quantise
 
@@ -127,11 +155,17 @@ class LoRA(Method):
             if leaf not in ("lora_A", "lora_B"):
                 return None
             module = built.model.get_submodule(module_name)
+            if getattr(module, "init", None) in PRINCIPAL_INITS:
+                tensor = against_original_weight(module, leaf)
             if isinstance(module, layers.LoRAConv2d):
-                tensor = tensor.reshape(peft_conv_shape(module, leaf))
+                tensor = tensor.reshape(peft_conv_shape(module, leaf, rank=tensor.shape[-2 if leaf == "lora_A" else -1]))
             return f"{name}.weight", tensor
 
         return peft_state(built, factor)
+
+    def learning_rates(self, built: BuiltModel) -> dict[str, float]:
+        """LoRA+: every B at ``lr_ratio`` times train.lr."""
+        return {f"{n}.lora_B": m.lr_ratio for n, m in self._lora_modules(built.model).items() if m.lr_ratio != 1}
 
     def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
         """PEFT's adapter_config.json for this model's LoRA layers."""
@@ -142,13 +176,15 @@ class LoRA(Method):
             raise ConfigError("no LoRA layers in this model", hint="apply the lora method first")
         first = next(iter(modules.values()))
         prefix = inner_prefix(built.model)
+        # pissa / olora are saved as the rank-2r LoRA on the original weights (PEFT's conversion)
+        stacked = 2 if getattr(first, "init", None) in PRINCIPAL_INITS else 1
         rank_pattern, alpha_pattern = {}, {}
         for name, module in modules.items():
             groups = module.base_layer.groups if isinstance(module, layers.LoRAConv2d) else 1
             if groups > 1:  # PEFT counts the rank over all groups and scales by alpha / that rank
                 key = name.removeprefix(prefix)
-                rank_pattern[key] = module.r * groups
-                alpha_pattern[key] = module.alpha * (math.sqrt(groups) if module.rslora else groups)
+                rank_pattern[key] = module.r * groups * stacked
+                alpha_pattern[key] = alpha_for_rank(module.alpha, groups * stacked, module.rslora)
         trained_modules = sorted(
             {
                 n.rpartition(".")[0].removeprefix(prefix)
@@ -162,8 +198,8 @@ class LoRA(Method):
             # PEFT's AutoPeftModelFor* read these to rebuild the base model
             "task_type": PEFT_TASK_TYPES.get(built.task) if transformers_model else None,
             "base_model_name_or_path": built.checkpoint if transformers_model else None,
-            "r": first.r,
-            "lora_alpha": first.alpha,
+            "r": first.r * stacked,
+            "lora_alpha": alpha_for_rank(first.alpha, stacked, first.rslora),
             "lora_dropout": first.dropout,
             "use_rslora": first.rslora,
             "target_modules": sorted(n.removeprefix(prefix) for n in modules),
@@ -179,6 +215,9 @@ class LoRA(Method):
 
     def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
         """Load tensors saved by :meth:`adapter_state` or by PEFT (PEFT or adapt key names)."""
+        modules = self._lora_modules(built.model)
+        if any(getattr(m, "init", None) in PRINCIPAL_INITS for m in modules.values()):
+            state = split_principal(built, modules, state)
         load_peft_state(built, state, factors=("lora_A", "lora_B"))
 
     # -- merging --------------------------------------------------------------
@@ -298,12 +337,71 @@ def quantised_tolerance(quantised: Mapping[str, Any] | None) -> float | None:
     return INT8_TOLERANCE
 
 
-def peft_conv_shape(module: Any, leaf: str) -> tuple[int, ...]:
+def peft_conv_shape(module: Any, leaf: str, rank: int | None = None) -> tuple[int, ...]:
     """PEFT's conv LoRA shapes: A a conv (g*r, in/g, kh, kw); B a 1x1 conv (out, r, 1, 1)."""
-    base = module.base_layer
+    base, rank = module.base_layer, rank or module.r
     if leaf == "lora_A":
-        return (base.groups * module.r, base.in_channels // base.groups, *base.kernel_size)
-    return (base.out_channels, module.r, 1, 1)
+        return (base.groups * rank, base.in_channels // base.groups, *base.kernel_size)
+    return (base.out_channels, rank, 1, 1)
+
+
+def alpha_for_rank(alpha: float, factor: int, rslora: bool) -> float:
+    """The alpha that keeps ``alpha / r`` (rsLoRA: ``alpha / sqrt(r)``) when r grows ``factor`` times."""
+    return alpha * (math.sqrt(factor) if rslora else factor)
+
+
+def against_original_weight(module: Any, leaf: str) -> torch.Tensor:
+    """A pissa / olora layer's factor of ``s (B A - B0 A0)``, the update against the original
+    weight, as a rank-2r LoRA: A stacked over A0, B beside -B0 (PEFT's conversion)."""
+    import torch
+
+    if leaf == "lora_A":
+        return torch.cat([module.lora_A.detach(), module.lora_A0], dim=-2)
+    return torch.cat([module.lora_B.detach(), -module.lora_B0], dim=-1)
+
+
+def refuse_tied_targets(model: torch.nn.Module, names: Sequence[str], init: str) -> None:
+    """A principal initialisation changes the frozen weight: not one another layer shares."""
+    counts: dict[int, int] = {}
+    for _, param in model.named_parameters(remove_duplicate=False):
+        counts[id(param)] = counts.get(id(param), 0) + 1
+    tied = [n for n in names if counts.get(id(model.get_submodule(n).weight), 0) > 1]
+    if tied:
+        raise ConfigError(
+            f"init {init} would change weights that other layers share: {', '.join(tied)}",
+            hint="leave tied layers (an output layer tied to the embeddings) out of method.options.targets",
+        )
+
+
+def split_principal(
+    built: BuiltModel, modules: Mapping[str, Any], state: Mapping[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """A pissa / olora adapter (rank-2r factors, :func:`against_original_weight`) as the
+    layers' own A and B. Where the file's start (A0, B0) is not this model's (another
+    machine's SVD), the frozen residual is moved to the file's, so W_res + s B0 A0 is kept."""
+    import torch
+
+    prefix, state = inner_prefix(built.model), dict(state)
+    for name, module in modules.items():
+        keys = [to_peft_name(f"{name}.{leaf}.weight", prefix) for leaf in ("lora_A", "lora_B")]
+        if not all(key in state for key in keys):
+            continue  # load_peft_state names what is missing or extra
+        a, b = state[keys[0]], state[keys[1]]
+        if a.numel() != 2 * module.lora_A.numel() or b.numel() != 2 * module.lora_B.numel():
+            raise CheckpointError(
+                f"adapter tensor {keys[0]!r} is not this {module.init} model's rank-2r form",
+                hint=f"load it with method.options.init kaiming and r = 2 x {module.r}, as PEFT does",
+            )
+        a = a.reshape(*module.lora_A.shape[:-2], 2 * module.r, module.lora_A.shape[-1])
+        b = b.reshape(*module.lora_B.shape[:-1], 2 * module.r)
+        a0, b0 = a[..., module.r :, :], -b[..., module.r :]
+        with torch.no_grad():
+            if not (torch.equal(a0, module.lora_A0) and torch.equal(b0, module.lora_B0)):
+                module.base_weight.add_(module.initial_delta().to(module.base_weight.dtype))
+                module.lora_A0.copy_(a0), module.lora_B0.copy_(b0)
+                module.base_weight.sub_(module.initial_delta().to(module.base_weight.dtype))
+        state[keys[0]], state[keys[1]] = a[..., : module.r, :].contiguous(), b[..., : module.r].contiguous()
+    return state
 
 
 def options_from_peft(config: Mapping[str, Any]) -> LoRAOptions:

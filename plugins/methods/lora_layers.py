@@ -34,6 +34,20 @@ changes the gradients, not the values; the fold writes ``W'`` itself, exactly, f
 layer LoRA adapts, grouped and depthwise convolutions included (their kernels are
 per-channel already). ``m`` is stored as PEFT stores it: ``lora_magnitude_vector``, shape
 (out,) for a Linear or Conv1D, (1, out, 1, 1) for a conv.
+
+Initialisations (``init``; per group for a grouped convolution, on its block of ``W``):
+
+    kaiming   A He-uniform, B zero (PEFT's default)
+    gaussian  A ~ N(0, 1/r^2), B zero (PEFT's "gaussian")
+    pissa     W = U S V^T:  B = U_r sqrt(S_r / s),  A = sqrt(S_r / s) V_r^T    (Meng et al. 2024)
+    olora     W = Q R:      B = Q_r,  A = R_r                                  (Buyukakyuz 2024)
+
+The principal ones (pissa, olora) start ``s B A`` on ``W``'s leading directions and leave
+the residual ``W - s B0 A0`` in the frozen weight, so the adapted model starts equal to
+the base; ``B0, A0`` (``lora_B0``, ``lora_A0``) are kept so that the update against the
+*original* ``W`` is ``s (B A - B0 A0)``: a rank-2r LoRA ``[B, -B0] [A; A0]``, the form
+PEFT converts PiSSA and OLoRA adapters to. Components past a block's rank (a depthwise
+kernel has rank 1) start as ``kaiming`` does.
 """
 
 from __future__ import annotations
@@ -59,15 +73,23 @@ def channel_norms(weight: torch.Tensor, out_axis: int) -> torch.Tensor:
 
 class _Folds(nn.Module):
     """What LoRA's layers share: the base weight, DoRA's scale and the folded weight
-    (``delta_weight``, ``out_axis``, ``dora`` and ``lora_magnitude_vector`` are each layer's)."""
+    (``product``, ``out_axis``, ``dora`` and ``lora_magnitude_vector`` are each layer's)."""
 
     base_layer: Any
     dora: bool
     out_axis: int
     lora_magnitude_vector: torch.Tensor
 
-    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+    def product(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        """``s B A`` in the base weight's own layout."""
         raise NotImplementedError
+
+    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        return self.product(self.lora_A, self.lora_B, dtype or self.lora_A.dtype)
+
+    def initial_delta(self, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """``s B0 A0``, the start a principal initialisation moved out of the base weight."""
+        return self.product(self.lora_A0, self.lora_B0, dtype)
 
     @property
     def base_weight(self) -> torch.Tensor:
@@ -116,10 +138,8 @@ class LoRALinear(_Folds):
     def out_axis(self) -> int:  # type: ignore[override]
         return 1 if self.fan_in_fan_out else 0
 
-    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """The update in the base weight's own layout."""
-        a, b = self.lora_A.to(dtype or self.lora_A.dtype), self.lora_B.to(dtype or self.lora_B.dtype)
-        delta = (b @ a) * self.scaling
+    def product(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        delta = (b.to(dtype) @ a.to(dtype)) * self.scaling
         return delta.T if self.fan_in_fan_out else delta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -166,9 +186,8 @@ class LoRAConv2d(_Folds):
         if dora:  # PEFT's shape: (1, out, 1, 1)
             self.lora_magnitude_vector = nn.Parameter(channel_norms(weight.detach(), 0).transpose(0, 1))
 
-    def delta_weight(self, dtype: torch.dtype | None = None) -> torch.Tensor:
-        a, b = self.lora_A.to(dtype or self.lora_A.dtype), self.lora_B.to(dtype or self.lora_B.dtype)
-        delta = torch.bmm(b, a)  # (g, out/g, in/g*kh*kw)
+    def product(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        delta = torch.bmm(b.to(dtype), a.to(dtype))  # (g, out/g, in/g*kh*kw)
         return delta.reshape(self.base_layer.weight.shape) * self.scaling
 
     def _branch_is_cheaper(self) -> bool:
@@ -220,14 +239,61 @@ class LoRAConv2d(_Folds):
         return functional_call(base, {"weight": weight * scale if scale is not None else weight}, (x,))
 
 
+def _blocks(layer: LoRALinear | LoRAConv2d) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The base weight as (groups, rows, fan_in) and views of A (groups, r, fan_in) and B
+    (groups, rows, r): one block per group (a Linear is one group)."""
+    if isinstance(layer, LoRAConv2d):
+        groups = layer.base_layer.groups
+        weight = layer.base_weight.reshape(groups, layer.base_layer.out_channels // groups, -1)
+        return weight, layer.lora_A.data, layer.lora_B.data
+    weight = layer.base_weight.T if layer.fan_in_fan_out else layer.base_weight
+    return weight.unsqueeze(0), layer.lora_A.data.unsqueeze(0), layer.lora_B.data.unsqueeze(0)
+
+
+def _principal(weight: torch.Tensor, r: int, scaling: float, init: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(B, A)`` over a block's leading ``k <= r`` directions (PEFT's pissa_init / olora_init)."""
+    if init == "pissa":
+        u, singular, vh = torch.linalg.svd(weight, full_matrices=False)
+        root = torch.sqrt(singular[:r] / scaling)
+        return u[:, :r] * root, root[:, None] * vh[:r]
+    q, upper = torch.linalg.qr(weight)
+    return q[:, :r], upper[:r]
+
+
+def initialise(layer: LoRALinear | LoRAConv2d, init: str) -> None:
+    """Set A and B as ``init`` says (the module docstring); for pissa and olora also move
+    ``s B0 A0`` out of the frozen weight, so the adapted layer starts equal to the base."""
+    layer.init = init
+    if init == "kaiming":
+        return
+    if init == "gaussian":
+        with torch.no_grad():
+            nn.init.normal_(layer.lora_A, std=1 / layer.r)
+        return
+    weight, a, b = _blocks(layer)
+    with torch.no_grad():
+        for group in range(weight.shape[0]):
+            b_init, a_init = _principal(weight[group].float(), layer.r, layer.scaling, init)
+            k = a_init.shape[0]
+            a[group, :k], b[group] = a_init.to(a.dtype), 0.0
+            b[group, :, :k] = b_init.to(b.dtype)
+        layer.register_buffer("lora_A0", layer.lora_A.detach().clone(), persistent=False)
+        layer.register_buffer("lora_B0", layer.lora_B.detach().clone(), persistent=False)
+        layer.base_weight.sub_(layer.initial_delta().to(layer.base_weight.dtype))
+
+
 #: The layer types LoRA can adapt (subclasses included) and the LoRA layer for each.
 LORA_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: LoRALinear, Conv1D: LoRAConv1D, nn.Conv2d: LoRAConv2d}
 
 
-def wrap(module: nn.Module, r: int, alpha: float, dropout: float, rslora: bool, dora: bool = False) -> nn.Module:
+def wrap(
+    module: nn.Module, r: int, alpha: float, dropout: float, rslora: bool, dora: bool = False, init: str = "kaiming"
+) -> nn.Module:
     for kind, layer in LORA_LAYERS.items():
         if isinstance(module, kind):
-            return layer(module, r, alpha, dropout, rslora, dora)
+            wrapped = layer(module, r, alpha, dropout, rslora, dora)
+            initialise(wrapped, init)
+            return wrapped
     raise TypeError(f"LoRA supports nn.Linear, transformers' Conv1D and nn.Conv2d, not {type(module).__name__}")
 
 

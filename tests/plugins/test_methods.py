@@ -44,6 +44,8 @@ CASES = [
     ("freeze", {"last_blocks": 1, "biases": True}),
     ("lora", {"r": 4, "alpha": 8}),
     ("lora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
+    ("lora", {"r": 4, "alpha": 8, "init": "pissa"}),
+    ("lora", {"r": 2, "alpha": 4, "init": "olora", "lr_ratio": 16}),
     ("dora", {"r": 4, "alpha": 8}),
     ("dora", {"r": 3, "alpha": 5, "rslora": True, "dropout": 0.1}),
     ("ia3", {}),
@@ -108,18 +110,24 @@ def test_merge_equals_the_adapted_model(kind, method_name, raw, bert_dir):
     merged = method.merge(built)
     with torch.no_grad():
         adapted_out, merged_out = built.model(**inputs), merged.model(**inputs)
-    assert (adapted_out - merged_out).abs().max().item() <= 1e-5
+    # in fp32 both forwards round: 1e-5 of the largest logit (PiSSA's larger factors on
+    # MobileNetV2 round 1.0e-5 away from their own fp64 value at logits of 4.4) ...
+    assert (adapted_out - merged_out).abs().max().item() <= 1e-5 * max(1.0, adapted_out.abs().max().item())
     assert torch.equal(adapted_out.argmax(-1), merged_out.argmax(-1))
     assert all(p.dtype == torch.float32 for p in merged.model.parameters())
+    head = built.head[0]
+    torch.testing.assert_close(merged.model.get_submodule(head).weight, built.model.get_submodule(head).weight)
+    # ... and in fp64 the fold itself is gated: only the merged weights' one rounding to fp32 is left
+    doubled = {k: v.double() if v.is_floating_point() else v for k, v in inputs.items()}
+    with torch.no_grad():
+        exact = built.model.double()(**doubled) - merged.model.double()(**doubled)
+    assert exact.abs().max().item() <= 1e-5
     if merged.folded:
         assert method_modules(merged.model) == []
         assert sum(p.numel() for p in merged.model.parameters()) == base_count
     else:
         assert method_name == "adapters" and raw.get("activation", "relu") != "none"
         assert method_modules(merged.model)
-    # the head survived: the merged model's head equals the trained one
-    head = built.head[0]
-    torch.testing.assert_close(merged.model.get_submodule(head).weight, built.model.get_submodule(head).weight)
 
 
 @pytest.mark.parametrize("dora", [False, True], ids=["lora", "dora"])
