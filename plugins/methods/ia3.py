@@ -9,18 +9,17 @@ Adapters are saved in PEFT's IA3 layout (``peft_type: IA3``, ``ia3_l``,
 
 from __future__ import annotations
 
-import copy
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from adapt import hookimpl
 from adapt.errors import CheckpointError, ConfigError
-from adapt.interfaces import BuiltModel, MergeResult, Method
-from adapt.plugins.methods.lora import PEFT_TASK_TYPES, inner_prefix, load_peft_state, peft_state, target_spec
+from adapt.interfaces import BuiltModel
+from adapt.plugins.methods.layer_method import LayerMethod
 
 if TYPE_CHECKING:
-    import torch
+    from torch import nn
 
 
 class IA3Options(BaseModel):
@@ -38,27 +37,20 @@ class IA3Options(BaseModel):
     )
 
 
-class IA3(Method):
+class IA3(LayerMethod):
     name = "ia3"
     options_schema = IA3Options
+    peft_type = "IA3"
+    label = "(IA)^3"
     #: keys and values, the MLP's output projection (input-scaled); a CNN's pointwise convolutions
     default_families = ("attention-kv", "mlp-output", "pointwise-conv")
 
-    def apply(self, built: BuiltModel, options: IA3Options, default_targets: Sequence[str]) -> list[str]:
-        from adapt.params import freeze_all_but
-        from adapt.plugins.methods.ia3_layers import IA3_KINDS, IA3Layer
-        from adapt.targets import find_targets, replace_module
+    def layer_types(self) -> tuple[type, ...]:
+        from adapt.plugins.methods.ia3_layers import IA3Layer
 
-        model = built.model
-        spec = target_spec(self, bool(self._layers(model)), options.targets, default_targets, built)
-        names = find_targets(model, spec, IA3_KINDS, exclude=built.head, families=built.families)
-        feedforward = self._feedforward(built, options, names)
-        for name in names:
-            replace_module(model, name, IA3Layer(model.get_submodule(name), name in feedforward))
-        return freeze_all_but(model, [*(f"{n}.ia3_l" for n in names), *built.head, *built.new_parameters])
+        return (IA3Layer,)
 
-    @staticmethod
-    def _feedforward(built: BuiltModel, options: IA3Options, names: Sequence[str]) -> set[str]:
+    def prepare(self, built: BuiltModel, options: IA3Options, names: Sequence[str]) -> set[str]:
         """The targets whose input is scaled: those the option names (all must be targets),
         else those in the model's mlp-output family."""
         from adapt.plugins.methods.ia3_layers import IA3_KINDS
@@ -77,66 +69,23 @@ class IA3(Method):
             )
         return chosen
 
-    @staticmethod
-    def _layers(model: torch.nn.Module) -> dict[str, Any]:
+    def wrap(self, module: nn.Module, options: IA3Options, name: str, shared: set[str]) -> nn.Module:
         from adapt.plugins.methods.ia3_layers import IA3Layer
 
-        return {n: m for n, m in model.named_modules() if isinstance(m, IA3Layer)}
+        return IA3Layer(module, name in shared)
 
-    # -- saving, in PEFT's layout ---------------------------------------------
-
-    def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:
-        """Trained tensors (the scales, a head) under PEFT's key names: PEFT's shapes are adapt's."""
-        return peft_state(built)
-
-    def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
-        """PEFT's adapter_config.json for this model's (IA)^3 layers."""
+    def peft_fields(self, layers: Mapping[str, Any]) -> dict[str, Any]:
         from transformers.pytorch_utils import Conv1D
 
-        layers = self._layers(built.model)
-        if not layers:
-            raise ConfigError("no (IA)^3 layers in this model", hint="apply the ia3 method first")
-        prefix = inner_prefix(built.model)
-        trained = sorted(
-            {
-                n.rpartition(".")[0].removeprefix(prefix)
-                for n, p in built.model.named_parameters()
-                if p.requires_grad and not n.endswith(".ia3_l")
-            }
-        )
-        transformers_model = hasattr(getattr(built.model, "model", built.model), "config")
         return {
-            "peft_type": "IA3",
-            "task_type": PEFT_TASK_TYPES.get(built.task) if transformers_model else None,
-            "base_model_name_or_path": built.checkpoint if transformers_model else None,
-            "target_modules": sorted(n.removeprefix(prefix) for n in layers),
-            "feedforward_modules": sorted(n.removeprefix(prefix) for n, m in layers.items() if m.feedforward),
-            "modules_to_save": trained or None,
+            "feedforward_modules": sorted(n for n, m in layers.items() if m.feedforward),
             "fan_in_fan_out": any(isinstance(m.base_layer, Conv1D) for m in layers.values()),
             "init_ia3_weights": True,
-            "inference_mode": True,
         }
 
-    def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
-        """Load tensors saved by :meth:`adapter_state` or by PEFT (PEFT or adapt key names)."""
-        load_peft_state(built, state)
-
-    # -- merging --------------------------------------------------------------
-
-    def merge(self, built: BuiltModel) -> MergeResult:
-        from adapt.targets import replace_module
-
-        model = copy.deepcopy(built.model).float().eval()
-        layers = self._layers(model)
-        for name, layer in layers.items():
-            replace_module(model, name, layer.folded())
-        model.requires_grad_(False)
+    def merge_note(self, layers: Mapping[str, Any]) -> str:
         inputs = sum(1 for m in layers.values() if m.feedforward)
-        return MergeResult(
-            model,
-            folded=True,
-            note=f"{len(layers)} (IA)^3 scales folded into their layers' weights ({inputs} on the input side)",
-        )
+        return f"{len(layers)} (IA)^3 scales folded into their layers' weights ({inputs} on the input side)"
 
 
 def options_from_peft(config: Mapping[str, Any]) -> IA3Options:

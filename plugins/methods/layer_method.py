@@ -1,7 +1,7 @@
-"""What a method that wraps chosen layers and folds them back shares (``loha``, ``lokr``,
-``vera``, ``oft``): target matching, freezing, saving in PEFT's layout, the fold. A
-subclass says how to wrap one layer, which parameters it trains, and PEFT's config
-fields; everything else is here."""
+"""What a method that wraps chosen layers and folds them back shares (``ia3``, ``loha``,
+``lokr``, ``vera``, ``oft``): target matching, freezing, saving in PEFT's layout, the fold.
+A subclass says how to wrap one layer and PEFT's config fields; its layers give
+``folded()``; everything else is here."""
 
 from __future__ import annotations
 
@@ -26,16 +26,25 @@ class LayerMethod(Method):
     label: str = ""
     default_families = ("attention-qv", "pointwise-conv", "depthwise-conv")
 
-    def wrap(self, module: nn.Module, options: Any) -> nn.Module:
-        """The method's layer around one target."""
+    def wrap(self, module: nn.Module, options: Any, name: str, shared: Any) -> nn.Module:
+        """The method's layer around the target ``name`` (``shared``: what :meth:`prepare` gave)."""
         raise NotImplementedError
 
-    def prepare(self, built: BuiltModel, options: Any, names: Sequence[str]) -> None:
-        """Called before the targets are wrapped (VeRA draws its shared projections here)."""
+    def prepare(self, built: BuiltModel, options: Any, names: Sequence[str]) -> Any:
+        """What every target's wrapping shares, made once before (VeRA's projections)."""
+        return None
+
+    def layer_types(self) -> tuple[type, ...]:
+        from adapt.plugins.methods.weight_layers import MatrixLayer
+
+        return (MatrixLayer,)
 
     def peft_fields(self, layers: Mapping[str, Any]) -> dict[str, Any]:
-        """This method's own fields of PEFT's adapter_config.json."""
-        return {}
+        """This method's own fields of PEFT's adapter_config.json (``layers`` by PEFT's names)."""
+        return {"init_weights": True}
+
+    def merge_note(self, layers: Mapping[str, Any]) -> str:
+        return f"{len(layers)} {self.label} layers folded into their weights"
 
     def apply(self, built: BuiltModel, options: Any, default_targets: Sequence[str]) -> list[str]:
         from adapt.params import freeze_all_but
@@ -45,16 +54,15 @@ class LayerMethod(Method):
         model = built.model
         spec = target_spec(self, bool(self.layers(model)), options.targets, default_targets, built)
         names = find_targets(model, spec, MATRIX_KINDS, exclude=built.head, families=built.families)
-        self.prepare(built, options, names)
+        shared = self.prepare(built, options, names)
         for name in names:
-            replace_module(model, name, self.wrap(model.get_submodule(name), options))
+            replace_module(model, name, self.wrap(model.get_submodule(name), options, name, shared))
         trained = [f"{n}.{p}" for n in names for p, _ in model.get_submodule(n).named_parameters() if "base_layer" not in p]
         return freeze_all_but(model, [*trained, *built.head, *built.new_parameters])
 
     def layers(self, model: nn.Module) -> dict[str, Any]:
-        from adapt.plugins.methods.weight_layers import MatrixLayer
-
-        return {n: m for n, m in model.named_modules() if isinstance(m, MatrixLayer)}
+        kinds = self.layer_types()
+        return {n: m for n, m in model.named_modules() if isinstance(m, kinds)}
 
     # -- saving, in PEFT's layout ---------------------------------------------
 
@@ -82,9 +90,8 @@ class LayerMethod(Method):
             "base_model_name_or_path": built.checkpoint if transformers_model else None,
             "target_modules": sorted(n.removeprefix(prefix) for n in layers),
             "modules_to_save": trained or None,
-            "init_weights": True,
             "inference_mode": True,
-            **self.peft_fields(layers),
+            **self.peft_fields({n.removeprefix(prefix): m for n, m in layers.items()}),
         }
 
     def load_adapter_state(self, built: BuiltModel, state: Mapping[str, torch.Tensor]) -> None:
@@ -101,7 +108,7 @@ class LayerMethod(Method):
         for name, layer in layers.items():
             replace_module(model, name, layer.folded())
         model.requires_grad_(False)
-        return MergeResult(model, folded=True, note=f"{len(layers)} {self.label} layers folded into their weights")
+        return MergeResult(model, folded=True, note=self.merge_note(layers))
 
 
 def check_peft_type(config: Mapping[str, Any], peft_type: str, method: str) -> None:

@@ -49,14 +49,14 @@ class LoHa(LayerMethod):
     peft_type = "LOHA"
     label = "LoHa"
 
-    def wrap(self, module: nn.Module, options: LoHaOptions) -> nn.Module:
+    def wrap(self, module: nn.Module, options: LoHaOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.lycoris_layers import LoHaLayer
 
         return LoHaLayer(module, options.r, options.alpha)
 
     def peft_fields(self, layers: Mapping[str, Any]) -> dict[str, Any]:
         first = next(iter(layers.values()))
-        return {"r": first.r, "alpha": first.alpha, **UNSUPPORTED}
+        return {"r": first.r, "alpha": first.alpha, "init_weights": True, **UNSUPPORTED}
 
 
 class LoKr(LayerMethod):
@@ -65,7 +65,7 @@ class LoKr(LayerMethod):
     peft_type = "LOKR"
     label = "LoKr"
 
-    def wrap(self, module: nn.Module, options: LoKrOptions) -> nn.Module:
+    def wrap(self, module: nn.Module, options: LoKrOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.lycoris_layers import LoKrLayer
 
         return LoKrLayer(module, options.r, options.alpha, options.decompose_both, options.decompose_factor)
@@ -78,6 +78,7 @@ class LoKr(LayerMethod):
             "decompose_both": first.decompose_both,
             "decompose_factor": first.decompose_factor,
             "rank_dropout_scale": False,
+            "init_weights": True,
             **UNSUPPORTED,
         }
 

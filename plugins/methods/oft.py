@@ -51,7 +51,7 @@ class OFT(LayerMethod):
     peft_type = "OFT"
     label = "OFT"
 
-    def wrap(self, module: nn.Module, options: OFTOptions) -> nn.Module:
+    def wrap(self, module: nn.Module, options: OFTOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.oft_layers import OFTLayer
 
         return OFTLayer(module, options.block_size, options.neumann_terms)
@@ -68,6 +68,7 @@ class OFT(LayerMethod):
             "num_cayley_neumann_terms": terms or 5,
             "fan_in_fan_out": any(isinstance(m.base_layer, Conv1D) for m in layers.values()),
             "eps": 6e-5,
+            "init_weights": True,
             **UNSUPPORTED,
         }
 

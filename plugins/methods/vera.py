@@ -44,19 +44,19 @@ class VeRA(LayerMethod):
     label = "VeRA"
     default_families = ("attention-qv", "pointwise-conv")
 
-    def prepare(self, built: BuiltModel, options: VeRAOptions, names: Sequence[str]) -> None:
+    def prepare(self, built: BuiltModel, options: VeRAOptions, names: Sequence[str]) -> Any:
         """Draw the projections once, for the largest target (each layer reads its corner)."""
         from adapt.plugins.methods.vera_layers import projections
         from adapt.plugins.methods.weight_layers import matrix_shape
 
         shapes = [matrix_shape(built.model.get_submodule(n)) for n in names]
         out, fan_in = max(s[0] for s in shapes), max(s[1] for s in shapes)
-        self._shared = projections(options.r, fan_in, out, options.seed)
+        return projections(options.r, fan_in, out, options.seed)
 
-    def wrap(self, module: nn.Module, options: VeRAOptions) -> nn.Module:
+    def wrap(self, module: nn.Module, options: VeRAOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.vera_layers import VeRALayer
 
-        return VeRALayer(module, self._shared, options.d_initial, options.seed)
+        return VeRALayer(module, shared, options.d_initial, options.seed)
 
     def peft_fields(self, layers: Mapping[str, Any]) -> dict[str, Any]:
         from transformers.pytorch_utils import Conv1D
@@ -70,6 +70,7 @@ class VeRA(LayerMethod):
             "vera_dropout": 0.0,
             "fan_in_fan_out": any(isinstance(m.base_layer, Conv1D) for m in layers.values()),
             "bias": "none",
+            "init_weights": True,
         }
 
     def adapter_state(self, built: BuiltModel) -> dict[str, torch.Tensor]:

@@ -69,6 +69,8 @@ def test_plugins_lists_target_families():
     assert rows["mobilenet"]["families"] == "pointwise-conv, depthwise-conv"
     assert rows["lora"]["families"] == rows["dora"]["families"] == "attention-qv, pointwise-conv, depthwise-conv"  # what it adapts by default
     assert rows["ia3"]["families"] == "attention-kv, mlp-output, pointwise-conv"
+    assert rows["loha"]["families"] == rows["lokr"]["families"] == rows["oft"]["families"] == rows["lora"]["families"]
+    assert rows["vera"]["families"] == "attention-qv, pointwise-conv"
     assert "FAMILIES" in invoke(["plugins", "--verbose"]).output
 
 
