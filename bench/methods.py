@@ -169,7 +169,13 @@ def main() -> None:
     parser.add_argument("--jobs", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--methods", nargs="+", default=None)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-methods"))
-    parser.add_argument("--set", dest="extra", action="append", default=[], help="KEY=VALUE for every job (a smoke test: train.epochs=1)")
+    parser.add_argument(
+        "--set",
+        dest="extra",
+        action="append",
+        default=[],
+        help="KEY=VALUE for every job (a smoke test: train.epochs=1)",
+    )
     parser.add_argument("--peft-worker", nargs=2, metavar=("RUN", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.peft_worker:

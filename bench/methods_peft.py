@@ -15,7 +15,14 @@ from typing import Any
 import torch
 
 #: PEFT's config class for each peft_type adapt writes.
-PEFT_CONFIGS = {"LORA": "LoraConfig", "IA3": "IA3Config", "LOHA": "LoHaConfig", "LOKR": "LoKrConfig", "VERA": "VeraConfig", "OFT": "OFTConfig"}
+PEFT_CONFIGS = {
+    "LORA": "LoraConfig",
+    "IA3": "IA3Config",
+    "LOHA": "LoHaConfig",
+    "LOKR": "LoKrConfig",
+    "VERA": "VeraConfig",
+    "OFT": "OFTConfig",
+}
 
 
 def peft_config(adapter_config: dict[str, Any]) -> Any:
@@ -100,7 +107,9 @@ def merge_and_export(
     device, eval_batch = torch.device("cpu"), plan.config.train.eval_batch
     test, labels = splits.test, splits.label_names
     built.model.eval()
-    unmerged = evaluate(built.model, test, collate, plan.task, labels, batch_size=eval_batch, device=device, keep_logits=True)
+    unmerged = evaluate(
+        built.model, test, collate, plan.task, labels, batch_size=eval_batch, device=device, keep_logits=True
+    )
     found: dict[str, Any] = {"test_unmerged": unmerged.metrics.get(plan.task.primary_metric)}
     try:
         merged_inner = peft_model.merge_and_unload()

@@ -329,7 +329,8 @@ class Trainer:
         unknown = sorted(set(multiples) - set(named))
         if unknown:
             raise PluginError(
-                f"method '{self.method.name}' sets learning rates for parameters the model lacks: {', '.join(unknown[:3])}",
+                f"method '{self.method.name}' sets learning rates for parameters the model lacks: "
+                f"{', '.join(unknown[:3])}",
                 hint="Method.learning_rates must name trainable parameters by their full names",
             )
         of_param = {id(named[n]): m for n, m in multiples.items()}

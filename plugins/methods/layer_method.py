@@ -24,7 +24,7 @@ class LayerMethod(Method):
     peft_type: str = ""
     #: What the merge's note calls the folded layers ("LoHa", ...).
     label: str = ""
-    default_families = ("attention-qv", "pointwise-conv", "depthwise-conv")
+    default_families: tuple[str, ...] | None = ("attention-qv", "pointwise-conv", "depthwise-conv")
 
     def wrap(self, module: nn.Module, options: Any, name: str, shared: Any) -> nn.Module:
         """The method's layer around the target ``name`` (``shared``: what :meth:`prepare` gave)."""
@@ -57,7 +57,9 @@ class LayerMethod(Method):
         shared = self.prepare(built, options, names)
         for name in names:
             replace_module(model, name, self.wrap(model.get_submodule(name), options, name, shared))
-        trained = [f"{n}.{p}" for n in names for p, _ in model.get_submodule(n).named_parameters() if "base_layer" not in p]
+        trained = [
+            f"{n}.{p}" for n in names for p, _ in model.get_submodule(n).named_parameters() if "base_layer" not in p
+        ]
         return freeze_all_but(model, [*trained, *built.head, *built.new_parameters])
 
     def layers(self, model: nn.Module) -> dict[str, Any]:

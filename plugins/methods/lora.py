@@ -158,7 +158,8 @@ class LoRA(Method):
             if getattr(module, "init", None) in PRINCIPAL_INITS:
                 tensor = against_original_weight(module, leaf)
             if isinstance(module, layers.LoRAConv2d):
-                tensor = tensor.reshape(peft_conv_shape(module, leaf, rank=tensor.shape[-2 if leaf == "lora_A" else -1]))
+                rank = tensor.shape[-2] if leaf == "lora_A" else tensor.shape[-1]
+                tensor = tensor.reshape(peft_conv_shape(module, leaf, rank=rank))
             return f"{name}.weight", tensor
 
         return peft_state(built, factor)

@@ -79,6 +79,16 @@ class _Folds(nn.Module):
     dora: bool
     out_axis: int
     lora_magnitude_vector: torch.Tensor
+    lora_A: torch.Tensor
+    lora_B: torch.Tensor
+    #: a principal initialisation's start (``initialise``)
+    lora_A0: torch.Tensor
+    lora_B0: torch.Tensor
+    r: int
+    scaling: float
+    init: str = "kaiming"
+    #: LoRA+: B's learning rate over train.lr (set by the lora method)
+    lr_ratio: float = 1.0
 
     def product(self, a: torch.Tensor, b: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         """``s B A`` in the base weight's own layout."""
@@ -288,10 +298,11 @@ LORA_LAYERS: dict[type[nn.Module], type[nn.Module]] = {nn.Linear: LoRALinear, Co
 
 def wrap(
     module: nn.Module, r: int, alpha: float, dropout: float, rslora: bool, dora: bool = False, init: str = "kaiming"
-) -> nn.Module:
+) -> LoRALinear | LoRAConv2d:
     for kind, layer in LORA_LAYERS.items():
         if isinstance(module, kind):
             wrapped = layer(module, r, alpha, dropout, rslora, dora)
+            assert isinstance(wrapped, (LoRALinear, LoRAConv2d))
             initialise(wrapped, init)
             return wrapped
     raise TypeError(f"LoRA supports nn.Linear, transformers' Conv1D and nn.Conv2d, not {type(module).__name__}")

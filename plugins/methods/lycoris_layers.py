@@ -91,13 +91,19 @@ class LoKrLayer(DeltaLayer):
         weight = self.base_weight
         kernel = tuple(base.kernel_size) if isinstance(base, nn.Conv2d) else ()
         channels_in = self.fan_in // math.prod(kernel) if kernel else self.fan_in
-        (a, b), (c, d) = factorization(self.out_features, decompose_factor), factorization(channels_in, decompose_factor)
+        (a, b), (c, d) = (
+            factorization(self.out_features, decompose_factor),
+            factorization(channels_in, decompose_factor),
+        )
         if decompose_both and r < max(a, c) / 2:
             self.lokr_w1_a, self.lokr_w1_b = _zeros(a, r, like=weight), _he_uniform(r, c, like=weight)
         else:
             self.lokr_w1 = _zeros(a, c, like=weight)
         if r < max(b, d) / 2:
-            self.lokr_w2_a, self.lokr_w2_b = _he_uniform(b, r, like=weight), _he_uniform(r, d * math.prod(kernel), like=weight)
+            self.lokr_w2_a, self.lokr_w2_b = (
+                _he_uniform(b, r, like=weight),
+                _he_uniform(r, d * math.prod(kernel), like=weight),
+            )
         else:  # PEFT's full factor keeps a conv's kernel axes
             self.lokr_w2 = _he_uniform(b, d, *kernel, like=weight)
 

@@ -3,8 +3,10 @@ block-diagonal orthogonal matrix (Cayley parametrisation; the maths in ``oft_lay
 folded exactly (``W' = W R^T``) into ``nn.Linear``, transformers' Conv1D and ``nn.Conv2d``
 of any groups, depthwise included.
 
-Adapters are saved in PEFT's OFT layout (``oft_R.weight``); they move both ways on Linear
-layers and ungrouped convolutions' folds (PEFT's OFT ignores a convolution's groups).
+Adapters are saved in PEFT's OFT layout (``oft_R.weight``) and move both ways on Linear
+layers; on an ungrouped convolution PEFT's merge equals adapt's fold (PEFT's OFT ignores a
+convolution's groups, and its unmerged forward only approximates the rotation for kernels
+past 1x1).
 """
 
 from __future__ import annotations
@@ -28,12 +30,18 @@ class OFTOptions(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     block_size: int = Field(
-        32, ge=2, le=4096, description="size of each rotation block; a layer whose fan-in it does not divide uses "
-        "the nearest divisor (as PEFT does)"
+        32,
+        ge=2,
+        le=4096,
+        description="size of each rotation block; a layer whose fan-in it does not divide uses "
+        "the nearest divisor (as PEFT does)",
     )
     neumann_terms: int = Field(
-        0, ge=0, le=64, description="0: the exact Cayley transform (R orthogonal); k >= 2: PEFT's Cayley-Neumann "
-        "series of k terms (cheaper, nearly orthogonal; PEFT's default is 5)"
+        0,
+        ge=0,
+        le=64,
+        description="0: the exact Cayley transform (R orthogonal); k >= 2: PEFT's Cayley-Neumann "
+        "series of k terms (cheaper, nearly orthogonal; PEFT's default is 5)",
     )
     targets: str | list[str] | None = TARGETS
 

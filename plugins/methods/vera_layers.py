@@ -43,9 +43,7 @@ class VeRALayer(DeltaLayer):
     vera_A: torch.Tensor
     vera_B: torch.Tensor
 
-    def __init__(
-        self, base: nn.Module, shared: tuple[torch.Tensor, torch.Tensor], d_initial: float, seed: int
-    ) -> None:
+    def __init__(self, base: nn.Module, shared: tuple[torch.Tensor, torch.Tensor], d_initial: float, seed: int) -> None:
         super().__init__(base)
         a, b = shared
         self.r, self.d_initial, self.seed = int(a.shape[0]), d_initial, seed
