@@ -293,3 +293,29 @@ def test_dora_on_mobilenetv2_folds_exactly_on_its_depthwise_convs(tmp_path):
     magnitudes = [k for k in tensors if k.endswith("conv_dw.lora_magnitude_vector")]
     assert magnitudes and tensors[magnitudes[0]].shape[:2] == (1, tensors[magnitudes[0]].shape[1])
     assert "dora" in invoke(["plugins"]).output
+
+
+def test_oft_on_mobilenetv2_rotates_and_folds_every_conv(tmp_path):
+    """`adapt run` with method oft (a rotation, not an addition): on MobileNetV2 its default
+    targets include every depthwise conv; the merge folds exactly (the gate's 1e-4), the ONNX
+    file matches, and the adapter is PEFT's OFT."""
+    config = {
+        "name": "oft",
+        "task": "image-classification",
+        "backbone": {"name": "mobilenet", "arch": "mobilenetv2_050", "options": {"image_size": 32}},
+        "method": {"name": "oft", "options": {"block_size": 8}},
+        "data": {"source": "digits"},
+        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
+        "export": {"quantize": "none", "latency_runs": 2},
+    }
+    invoke(["run", str(write(tmp_path, config))])
+    run = tmp_path / "runs" / "oft"
+    report = json.loads((run / "report.json").read_text())
+    assert report["merge"] == "folded" and "OFT layers folded" in report["merge_note"]
+    assert report["parity"]["merged"]["verified"] and report["parity"]["merged"]["max_abs_diff"] <= 1e-4
+    assert report["parity"]["onnx"]["verified"]
+    adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert adapter["peft_type"] == "OFT" and any(".conv_dw" in t for t in adapter["target_modules"])
+    tensors = load_file(run / "adapter" / "adapter_model.safetensors")
+    rotations = [k for k in tensors if k.endswith("conv_dw.oft_R.weight")]
+    assert rotations and all(tensors[k].abs().max() > 0 for k in rotations)  # trained off the identity
