@@ -261,13 +261,14 @@ def _blocks(layer: LoRALinear | LoRAConv2d) -> tuple[torch.Tensor, torch.Tensor,
 
 
 def _principal(weight: torch.Tensor, r: int, scaling: float, init: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(B, A)`` over a block's leading ``k <= r`` directions (PEFT's pissa_init / olora_init)."""
+    """``(B, A)`` over each block's leading ``k <= r`` directions, for a batch of blocks
+    (groups, rows, fan_in) at once (PEFT's pissa_init / olora_init, per block)."""
     if init == "pissa":
         u, singular, vh = torch.linalg.svd(weight, full_matrices=False)
-        root = torch.sqrt(singular[:r] / scaling)
-        return u[:, :r] * root, root[:, None] * vh[:r]
+        root = torch.sqrt(singular[:, :r] / scaling)
+        return u[:, :, :r] * root[:, None, :], root[:, :, None] * vh[:, :r]
     q, upper = torch.linalg.qr(weight)
-    return q[:, :r], upper[:r]
+    return q[:, :, :r], upper[:, :r]
 
 
 def initialise(layer: LoRALinear | LoRAConv2d, init: str) -> None:
@@ -282,11 +283,10 @@ def initialise(layer: LoRALinear | LoRAConv2d, init: str) -> None:
         return
     weight, a, b = _blocks(layer)
     with torch.no_grad():
-        for group in range(weight.shape[0]):
-            b_init, a_init = _principal(weight[group].float(), layer.r, layer.scaling, init)
-            k = a_init.shape[0]
-            a[group, :k], b[group] = a_init.to(a.dtype), 0.0
-            b[group, :, :k] = b_init.to(b.dtype)
+        b_init, a_init = _principal(weight.float(), layer.r, layer.scaling, init)
+        k = a_init.shape[1]
+        a[:, :k], b[:] = a_init.to(a.dtype), 0.0
+        b[:, :, :k] = b_init.to(b.dtype)
         layer.register_buffer("lora_A0", layer.lora_A.detach().clone(), persistent=False)
         layer.register_buffer("lora_B0", layer.lora_B.detach().clone(), persistent=False)
         layer.base_weight.sub_(layer.initial_delta().to(layer.base_weight.dtype))
