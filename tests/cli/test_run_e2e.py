@@ -268,25 +268,32 @@ def test_real_mobilenetv2_weights_learn_digits(tmp_path):
     assert report["parity"]["merged"]["label_agreement"] == 1.0
 
 
-def test_dora_on_mobilenetv2_folds_exactly_on_its_depthwise_convs(tmp_path):
-    """`adapt run` with method dora: its default targets on MobileNetV2 are every pointwise and
-    depthwise conv; the magnitudes train, the merge folds exactly (the gate's 1e-4), the ONNX file
-    matches, and the adapter is PEFT's LoRA with use_dora."""
+def folded_mobilenet_run(tmp_path, method: str, options: dict, note: str):
+    """`adapt run` of ``method`` on MobileNetV2 (one epoch of digits at 32 px): the merge folds
+    (its note says ``note``) within the gate's 1e-4 and the ONNX file matches; the run's folder."""
     config = {
-        "name": "dora",
+        "name": method,
         "task": "image-classification",
         "backbone": {"name": "mobilenet", "arch": "mobilenetv2_050", "options": {"image_size": 32}},
-        "method": {"name": "dora", "options": {"r": 4, "alpha": 8}},
+        "method": {"name": method, "options": options},
         "data": {"source": "digits"},
         "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
         "export": {"quantize": "none", "latency_runs": 2},
     }
     invoke(["run", str(write(tmp_path, config))])
-    run = tmp_path / "runs" / "dora"
+    run = tmp_path / "runs" / method
     report = json.loads((run / "report.json").read_text())
-    assert report["merge"] == "folded" and "DoRA layers folded" in report["merge_note"]
+    assert report["merge"] == "folded" and note in report["merge_note"]
     assert report["parity"]["merged"]["verified"] and report["parity"]["merged"]["max_abs_diff"] <= 1e-4
     assert report["parity"]["onnx"]["verified"]
+    return run
+
+
+def test_dora_on_mobilenetv2_folds_exactly_on_its_depthwise_convs(tmp_path):
+    """`adapt run` with method dora: its default targets on MobileNetV2 are every pointwise and
+    depthwise conv; the magnitudes train, the merge folds exactly (the gate's 1e-4), the ONNX file
+    matches, and the adapter is PEFT's LoRA with use_dora."""
+    run = folded_mobilenet_run(tmp_path, "dora", {"r": 4, "alpha": 8}, "DoRA layers folded")
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["use_dora"] is True and any(".conv_dw" in t for t in adapter["target_modules"])
     tensors = load_file(run / "adapter" / "adapter_model.safetensors")
@@ -299,21 +306,7 @@ def test_oft_on_mobilenetv2_rotates_and_folds_every_conv(tmp_path):
     """`adapt run` with method oft (a rotation, not an addition): on MobileNetV2 its default
     targets include every depthwise conv; the merge folds exactly (the gate's 1e-4), the ONNX
     file matches, and the adapter is PEFT's OFT."""
-    config = {
-        "name": "oft",
-        "task": "image-classification",
-        "backbone": {"name": "mobilenet", "arch": "mobilenetv2_050", "options": {"image_size": 32}},
-        "method": {"name": "oft", "options": {"block_size": 8}},
-        "data": {"source": "digits"},
-        "train": {"epochs": 1, "batch_size": 64, "lr": 1e-2},
-        "export": {"quantize": "none", "latency_runs": 2},
-    }
-    invoke(["run", str(write(tmp_path, config))])
-    run = tmp_path / "runs" / "oft"
-    report = json.loads((run / "report.json").read_text())
-    assert report["merge"] == "folded" and "OFT layers folded" in report["merge_note"]
-    assert report["parity"]["merged"]["verified"] and report["parity"]["merged"]["max_abs_diff"] <= 1e-4
-    assert report["parity"]["onnx"]["verified"]
+    run = folded_mobilenet_run(tmp_path, "oft", {"block_size": 8}, "OFT layers folded")
     adapter = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert adapter["peft_type"] == "OFT" and any(".conv_dw" in t for t in adapter["target_modules"])
     tensors = load_file(run / "adapter" / "adapter_model.safetensors")
