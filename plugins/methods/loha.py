@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Mapping
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from adapt import hookimpl
 from adapt.plugins.methods.layer_method import LayerMethod, check_peft_type, peft_targets, refuse_peft_options
@@ -41,6 +41,13 @@ class LoKrOptions(LoHaOptions):
     decompose_factor: int = Field(
         -1, ge=-1, description="split each dimension as this factor times the rest; -1: near its square root"
     )
+
+    @field_validator("decompose_factor")
+    @classmethod
+    def _a_factor(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("0 splits nothing: give a factor of at least 1, or -1 for near the square root")
+        return value
 
 
 class LoHa(LayerMethod):

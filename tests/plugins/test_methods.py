@@ -241,7 +241,7 @@ def test_ia3_feedforward_must_name_targets(bert_dir):
         method.apply(built, options, [])
 
 
-@pytest.mark.parametrize("method_name, raw, message", [("lora", {"r": 0}, "`method.options.r` = 0: input should be greater than or equal to 1"), ("adapters", {"activation": "swish"}, "`method.options.activation` = 'swish'"), ("lora", {"dropout": 1.0}, "less than 1")])
+@pytest.mark.parametrize("method_name, raw, message", [("lora", {"r": 0}, "`method.options.r` = 0: input should be greater than or equal to 1"), ("adapters", {"activation": "swish"}, "`method.options.activation` = 'swish'"), ("lora", {"dropout": 1.0}, "less than 1"), ("lokr", {"decompose_factor": 0}, "0 splits nothing"), ("oft", {"neumann_terms": 1}, "a Neumann series of 1 term"), ("oft", {"block_size": 1}, "greater than or equal to 2")])
 def test_option_out_of_range(method_name, raw, message):
     with pytest.raises(ConfigError, match=message):
         validate_options(HOST.methods.get(method_name), "method", raw, "method.options")
