@@ -71,6 +71,8 @@ METHODS: dict[str, dict[str, dict[str, Any]]] = {
         "adapters": {},
     },
 }
+#: Per job, the example latency is measured on (read from the job's first run).
+FEEDS: dict[str, dict[str, Any]] = {}
 JOB_CONFIGS = {"text": None, "digits": "examples/digits-mobilenetv2-lora.yaml"}
 
 
@@ -130,14 +132,16 @@ def median(values: list[float]) -> float | None:
     return round(statistics.median(values), 2) if values else None
 
 
-def latency(files: dict[str, str], job_run: str) -> dict[str, Any]:
+def latency(files: dict[str, str], job: str, job_run: str) -> dict[str, Any]:
     """Batch-1 latency of each ONNX file, the files taking turns round by round."""
     import numpy as np
     import onnxruntime as ort
 
     from adapt.latency import summary, take_turns
 
-    feed = _example_feed(job_run)
+    if job not in FEEDS:  # the same example for every method of a job: restore one run per job
+        FEEDS[job] = _example_feed(job_run)
+    feed = FEEDS[job]
     sessions = {}
     for side, path in files.items():
         options = ort.SessionOptions()
@@ -195,7 +199,7 @@ def main() -> None:
             files = {"adapt": row["adapt"].get("onnx"), "peft": row.get("peft", {}).get("onnx")}
             files = {side: path for side, path in files.items() if path}
             if "adapt" in files:
-                row["latency"] = latency(files, row["adapt"]["run"])
+                row["latency"] = latency(files, job, row["adapt"]["run"])
             results["jobs"].setdefault(job, {})[method] = row
             print(f"{job} {method}: {json.dumps(row)}", file=sys.stderr, flush=True)
     print(json.dumps(results))

@@ -35,9 +35,9 @@ class LayerMethod(Method):
         return None
 
     def layer_types(self) -> tuple[type, ...]:
-        from adapt.plugins.methods.weight_layers import MatrixLayer
-
-        return (MatrixLayer,)
+        """The layer classes this method wraps its targets in (its own, so that a model
+        another method adapted is not taken for one this method adapted)."""
+        raise NotImplementedError
 
     def peft_fields(self, layers: Mapping[str, Any]) -> dict[str, Any]:
         """This method's own fields of PEFT's adapter_config.json (``layers`` by PEFT's names)."""

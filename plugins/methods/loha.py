@@ -56,6 +56,11 @@ class LoHa(LayerMethod):
     peft_type = "LOHA"
     label = "LoHa"
 
+    def layer_types(self) -> tuple[type, ...]:
+        from adapt.plugins.methods.lycoris_layers import LoHaLayer
+
+        return (LoHaLayer,)
+
     def wrap(self, module: nn.Module, options: LoHaOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.lycoris_layers import LoHaLayer
 
@@ -71,6 +76,11 @@ class LoKr(LayerMethod):
     options_schema = LoKrOptions
     peft_type = "LOKR"
     label = "LoKr"
+
+    def layer_types(self) -> tuple[type, ...]:
+        from adapt.plugins.methods.lycoris_layers import LoKrLayer
+
+        return (LoKrLayer,)
 
     def wrap(self, module: nn.Module, options: LoKrOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.lycoris_layers import LoKrLayer

@@ -59,6 +59,11 @@ class OFT(LayerMethod):
     peft_type = "OFT"
     label = "OFT"
 
+    def layer_types(self) -> tuple[type, ...]:
+        from adapt.plugins.methods.oft_layers import OFTLayer
+
+        return (OFTLayer,)
+
     def wrap(self, module: nn.Module, options: OFTOptions, name: str, shared: Any) -> nn.Module:
         from adapt.plugins.methods.oft_layers import OFTLayer
 

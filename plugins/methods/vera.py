@@ -44,6 +44,11 @@ class VeRA(LayerMethod):
     label = "VeRA"
     default_families = ("attention-qv", "pointwise-conv")
 
+    def layer_types(self) -> tuple[type, ...]:
+        from adapt.plugins.methods.vera_layers import VeRALayer
+
+        return (VeRALayer,)
+
     def prepare(self, built: BuiltModel, options: VeRAOptions, names: Sequence[str]) -> Any:
         """Draw the projections once, for the largest target (each layer reads its corner)."""
         from adapt.plugins.methods.vera_layers import projections

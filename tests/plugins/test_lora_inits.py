@@ -147,3 +147,32 @@ def test_lr_ratio_gives_b_its_own_learning_rate_in_the_optimiser(bert_dir, tmp_p
     bs = {id(p) for n, p in built.model.named_parameters() if n.endswith("lora_B")}
     assert set(by_lr) == {1e-3, 1.6e-2} and by_lr[1.6e-2] == bs
     assert sum(len(g["params"]) for g in groups) == len(params)
+
+
+def test_principal_init_refuses_a_target_whose_weight_another_layer_shares():
+    """pissa / olora change the frozen weight: a tied one would change the other layer too."""
+    model = torch.nn.Sequential(torch.nn.Linear(6, 6), torch.nn.Linear(6, 6))
+    model[1].weight = model[0].weight
+    built = BuiltModel(model, "image-classification", 6)
+    with pytest.raises(ConfigError, match="would change weights that other layers share: 0"):
+        LoRA().apply(built, LoRAOptions(r=2, init="pissa", targets=["0"]), [])
+
+
+def test_learning_rates_naming_a_missing_parameter_is_an_error_naming_the_method(bert_dir, tmp_path):
+    from adapt.errors import PluginError
+
+    class Misnamed(LoRA):
+        name = "misnamed"
+
+        def learning_rates(self, built):
+            return {"model.no_such.lora_B": 4.0}
+
+    host = make_host(autoload=False)
+    backbone = host.backbones.get("bert")
+    built = backbone.build("text-classification", 2, checkpoint=bert_dir, arch=None, options=TextOptions())
+    method = Misnamed()
+    method.apply(built, LoRAOptions(r=2), TARGETS)
+    config = TrainConfig(epochs=1, batch_size=2, lr=1e-3, device="cpu", checkpoint_every=0)
+    trainer = Trainer(built=built, method=method, task=host.tasks.get("text-classification"), collate=backbone.collator(built, TextOptions()), train=[{"text": "a", "label": 0}], val=[], label_names=["a", "b"], config=config, run_dir=tmp_path)
+    with pytest.raises(PluginError, match="method 'misnamed' sets learning rates for parameters the model lacks: model.no_such.lora_B"):
+        trainer._optimiser([p for p in built.model.parameters() if p.requires_grad])

@@ -217,3 +217,31 @@ def test_peft_options_adapt_lacks_are_refused_clearly(config, message):
 
     with pytest.raises(CheckpointError, match=message):
         loha.loha_options_from_peft(config)
+
+
+def test_a_vera_adapter_without_its_projections_is_refused(bert_dir):
+    from adapt.errors import CheckpointError
+
+    method = HOST.methods.get("vera")
+    options = validate_options(method, "m", {"r": 16, "targets": TARGETS}, "m")
+    built = adapt_bert(bert_dir, "vera", options)
+    state = {k: v for k, v in method.adapter_state(built).items() if not k.startswith("base_model.vera_")}
+    with pytest.raises(CheckpointError, match="shared projections were not saved"):
+        method.load_adapter_state(adapt_bert(bert_dir, "vera", options), state)
+
+
+def test_an_oft_adapter_given_by_block_count_is_refused():
+    from adapt.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match="block count"):
+        oft.options_from_peft({"peft_type": "OFT", "r": 4, "oft_block_size": 0})
+
+
+def test_a_model_another_method_adapted_is_not_taken_for_this_method_s(bert_dir):
+    """loha's layers are not lokr's: lokr's adapter_config on a loha model says none are there."""
+    from adapt.errors import ConfigError
+
+    built = adapt_bert(bert_dir, "loha", validate_options(HOST.methods.get("loha"), "m", {"targets": TARGETS}, "m"))
+    assert HOST.methods.get("lokr").layers(built.model) == {}
+    with pytest.raises(ConfigError, match="no LoKr layers in this model"):
+        HOST.methods.get("lokr").adapter_config(built)
