@@ -377,6 +377,31 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
 
     _add_bench_command(cli, host, run_dir_argument)
     _add_predict_command(cli, host, run_dir_argument)
+    _add_bundle_command(cli, host)
+
+
+def _add_bundle_command(cli: click.Group, host: Host) -> None:
+    """`adapt bundle`: several runs on one checkpoint as one graph and one adapter each."""
+
+    @cli.command("bundle")
+    @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False, exists=True, path_type=Path))
+    @click.option(
+        "--out",
+        required=True,
+        type=click.Path(path_type=Path),
+        help="the bundle's folder (new, empty, or a bundle adapt wrote, replaced once the new one is verified).",
+    )
+    def bundle_command(run_dirs: tuple[Path, ...], out: Path) -> None:
+        """Bundle RUN_DIRS (LoRA runs on one checkpoint, any tasks and heads) into one base ONNX
+        graph, whose low-rank factors and heads are inputs, and one ONNX Runtime adapter per run
+        (adapters/<run name>.onnx_adapter), switched at run time. Each run is checked on its own
+        test split against its merged model before the bundle is written; report.md says how it
+        did, the sizes, and the latency cost of unmerged LoRA. Predict with
+        `adapt predict OUT --task RUN_NAME INPUTS...` or OUT/predict.py."""
+        from adapt.bundle import bundle_command as bundle
+
+        bundle(list(run_dirs), out, host, click.echo)
+        click.echo(f"report: {out / 'report.md'}")
 
 
 def _options(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
@@ -484,6 +509,11 @@ def _save_bench(run_dir: Path, result: dict[str, Any]) -> None:
 #: `adapt predict`'s options.
 PREDICT_OPTIONS = [
     click.option(
+        "--task",
+        default=None,
+        help="An adapter bundle (adapt bundle) in place of RUN_DIR: the task (run name) whose adapter to run.",
+    ),
+    click.option(
         "--onnx",
         "use_onnx",
         is_flag=True,
@@ -586,7 +616,16 @@ def _predict_rows(
 ) -> list[dict[str, Any]]:
     """`adapt predict`'s rows: from the exported file with ONNX Runtime alone, or from the
     run's PyTorch model. Both raise the standalone predictor's InputError / PredictError
-    for a bad setting or input."""
+    for a bad setting or input. A bundle's folder in place of ``run_dir`` runs its ``--task``."""
+    from adapt.onnx_predict import MANIFEST, InputError
+
+    task = settings.pop("task", None)
+    if (run_dir / MANIFEST).is_file():
+        from adapt.onnx_predict import predict as predict_onnx
+
+        return predict_onnx(run_dir, inputs, task=task, **settings)
+    if task is not None:
+        raise InputError(f"--task chooses a task of an adapter bundle, and {run_dir} is a run directory")
     if not use_onnx:
         from adapt.onnx_predict import check_settings
         from adapt.pipeline import predict_command as predict

@@ -118,6 +118,22 @@ class MergeResult:
 
 
 @dataclass
+class LowRank:
+    """One adapted layer's update ``scale * B A``, against the checkpoint's own weight (an
+    adapter bundle keeps that weight in the graph and feeds A and B as inputs).
+
+    For an ``nn.Linear`` (or transformers' ``Conv1D``): ``A`` is (r, in), ``B`` (out, r).
+    For an ``nn.Conv2d`` with ``g`` groups (depthwise included): ``A`` is the weight of the
+    layer's own k x k convolution with ``g`` groups to ``g r`` channels, (g r, in/g, kh, kw);
+    ``B`` the weight of a 1 x 1 convolution with ``g`` groups back to ``out``, (out, r, 1, 1).
+    """
+
+    A: torch.Tensor
+    B: torch.Tensor
+    scale: float
+
+
+@dataclass
 class Parity:
     """How closely one form of the model (merged, an exported file) reproduces another."""
 
@@ -499,6 +515,13 @@ class Method:
         """Trainable parameters (full names) that learn at a multiple of ``train.lr`` (LoRA+:
         every B at ``lr_ratio`` times it); default: none, every parameter at ``train.lr``."""
         return {}
+
+    def low_rank_updates(self, built: BuiltModel) -> dict[str, LowRank] | None:
+        """Each adapted layer's update (module name in ``built.model`` -> :class:`LowRank`), for
+        ``adapt bundle``, which switches such updates at run time in one ONNX graph. Default None:
+        this method's updates are not low-rank products on the checkpoint's weights (the bundle
+        refuses the run); raise ConfigError to say why not for one run."""
+        return None
 
 
 @dataclass

@@ -411,8 +411,10 @@ def open_session(model_path: Path) -> Any:
         raise PredictError(f"model file not found: {model_path}")
     if model_path.stat().st_size == 0:
         raise PredictError(f"{model_path} is empty, not an ONNX model: export the run again (adapt export RUN_DIR)")
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: a bundle's overridable inputs are not news to its user
     try:
-        return ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(str(model_path), options, providers=["CPUExecutionProvider"])
     except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for bad files
         first = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else type(exc).__name__
         raise PredictError(
@@ -420,18 +422,29 @@ def open_session(model_path: Path) -> Any:
         ) from None
 
 
-def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[dict[str, Any]]:
+def predict(model_path: Path, inputs: Sequence[str], task: str | None = None, **settings: Any) -> list[dict[str, Any]]:
     """Label predictions for texts, whitespace-split sentences (NER) or image paths, or
     generated text for prompts (``settings`` as :data:`SAMPLING`); PredictError for a
-    file or an input that cannot be used."""
+    file or an input that cannot be used. ``model_path`` may be an adapter bundle (its
+    folder or its graph, ``bundle.json`` beside it): ``task`` names the adapter to run."""
+    bundle = bundle_folder(model_path)
+    if bundle is None and task is not None:
+        raise InputError(
+            f"--task chooses a task of an adapter bundle, and {model_path} is not one (no {MANIFEST} beside it)"
+        )
     spec_path = model_path.parent / PREPROCESS_FILE
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
+    if bundle is not None:
+        spec_path, adapter, output, model_inputs = bundle_task(bundle, task)
+        model_path = bundle / BUNDLE_MODEL
     spec = read_spec(spec_path)
     spec["postprocess"] = postprocess_of(spec, spec_path.parent)
     check_settings(settings)
     check_draw(settings.get("draw"))
     session = open_session(model_path)
+    if bundle is not None:
+        session = AdapterSession(session, adapter, output, model_inputs)
     try:
         if postprocess_of(spec)["kind"] == "generation":
             return _generate(session, spec, spec_path, inputs, settings)
@@ -448,6 +461,72 @@ def predict(model_path: Path, inputs: Sequence[str], **settings: Any) -> list[di
             f"{model_path.name} does not fit {spec_path} ({type(exc).__name__}: {detail}): use the model file "
             "exported beside it"
         ) from None
+
+
+#: An adapter bundle's manifest (``adapt bundle``) and the graph it names.
+MANIFEST, BUNDLE_MODEL = "bundle.json", "model.onnx"
+
+
+def bundle_folder(model_path: Path) -> Path | None:
+    """The adapter bundle ``model_path`` is (its folder) or lies in (its graph), else None."""
+    if model_path.is_dir() and (model_path / MANIFEST).is_file():
+        return model_path
+    if (model_path.parent / MANIFEST).is_file():
+        return model_path.parent
+    return None
+
+
+def bundle_task(folder: Path, task: str | None) -> tuple[Path, Path, str, list[str]]:
+    """A bundle's task: its preprocess.json, its adapter, the graph output it reads and the
+    model's own inputs; PredictError naming the tasks there are when ``task`` is not one."""
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
+        tasks, inputs = manifest["tasks"], list(manifest["inputs"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise PredictError(f"{folder / MANIFEST} is damaged ({exc}): make the bundle again (adapt bundle)") from None
+    names = ", ".join(sorted(tasks))
+    if task is None:
+        raise InputError(f"{folder} is an adapter bundle of the tasks {names}: choose one with --task NAME")
+    if task not in tasks:
+        raise InputError(f"the bundle {folder} has no task {task!r}; its tasks: {names}")
+    entry = tasks[task]
+    for key in ("preprocess", "adapter"):
+        if escapes_folder(entry.get(key)):
+            raise PredictError(
+                f"{folder / MANIFEST}: task {task!r} names {key} {entry.get(key)!r}, which is not a file inside "
+                f"{folder}: make the bundle again (adapt bundle)"
+            )
+    adapter = folder / entry["adapter"]
+    if not adapter.is_file():
+        raise PredictError(f"the adapter of task {task!r} is missing ({adapter}): make the bundle again (adapt bundle)")
+    return folder / entry["preprocess"], adapter, str(entry["output"]), inputs
+
+
+class AdapterSession:
+    """A bundle's ONNX Runtime session with one task's adapter active, seen as that task's
+    own model: its inputs the model's (the adapter feeds the rest), its one output the task's."""
+
+    def __init__(self, session: Any, adapter: Path, output: str, inputs: Sequence[str]) -> None:
+        import onnxruntime as ort
+
+        self.session, self.output = session, output
+        self.adapter = ort.LoraAdapter()
+        try:
+            self.adapter.Load(str(adapter))
+        except Exception as exc:  # noqa: BLE001 - ONNX Runtime raises its own types for bad files
+            raise PredictError(f"{adapter} cannot be loaded as an ONNX Runtime adapter: {exc}") from None
+        self.options = ort.RunOptions()
+        self.options.add_active_adapter(self.adapter)
+        self.inputs = [i for i in session.get_inputs() if i.name in inputs]
+
+    def get_inputs(self) -> list[Any]:
+        return self.inputs
+
+    def get_outputs(self) -> list[Any]:
+        return [o for o in self.session.get_outputs() if o.name == self.output]
+
+    def run(self, names: Any, feed: dict[str, Any], options: Any = None) -> list[Any]:
+        return self.session.run([self.output], feed, self.options)
 
 
 def postprocess_of(spec: dict[str, Any], folder: Path | None = None) -> dict[str, Any]:
@@ -738,7 +817,8 @@ def parse_arguments(argv: Sequence[str]) -> Any:
         prog="predict.py",
         description="Predict with an exported model (labels for texts, sentences or images; text for prompts).",
     )
-    parser.add_argument("model", type=Path, help="the .onnx file")
+    parser.add_argument("model", type=Path, help="the .onnx file (or an adapter bundle's folder)")
+    parser.add_argument("--task", default=None, help="an adapter bundle: the task (run name) whose adapter to run")
     parser.add_argument("inputs", nargs="+", help="texts, whitespace-tokenised sentences, image paths, or prompts")
     parser.add_argument(
         "--max-new-tokens", type=int, default=SAMPLING["max_new_tokens"], help="generation: most tokens to add"
@@ -781,7 +861,7 @@ def main(argv: Sequence[str]) -> int:
     args = parse_arguments(argv)
     settings = {k: getattr(args, k) for k in (*SAMPLING, *DETECTION)}
     try:
-        rows = predict(args.model, args.inputs, **settings)
+        rows = predict(args.model, args.inputs, task=args.task, **settings)
     except PredictError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

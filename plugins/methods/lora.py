@@ -16,7 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from adapt import hookimpl
 from adapt.errors import CheckpointError, ConfigError
-from adapt.interfaces import BuiltModel, MergeResult, Method
+from adapt.interfaces import BuiltModel, LowRank, MergeResult, Method
 
 if TYPE_CHECKING:
     import torch
@@ -65,7 +65,6 @@ class LoRAOptions(BaseModel):
         description="QLoRA: the frozen Linear layers inside the blocks held in 4-bit NF4 or 8-bit by bitsandbytes "
         "while training (CUDA, or the CPU with bitsandbytes >= 0.46); the merge folds into their dequantised weights",
     )
-
 
     @model_validator(mode="after")
     def _principal_init_needs_plain_lora(self) -> LoRAOptions:
@@ -167,6 +166,38 @@ class LoRA(Method):
     def learning_rates(self, built: BuiltModel) -> dict[str, float]:
         """LoRA+: every B at ``lr_ratio`` times train.lr."""
         return {f"{n}.lora_B": m.lr_ratio for n, m in self._lora_modules(built.model).items() if m.lr_ratio != 1}
+
+    def low_rank_updates(self, built: BuiltModel) -> dict[str, LowRank] | None:
+        """Every LoRA layer's ``s B A`` against the checkpoint's weight (pissa / olora: the
+        rank-2r form of :func:`against_original_weight`), in :class:`LowRank`'s layout."""
+        from adapt.plugins.methods import lora_layers as layers
+
+        modules = self._lora_modules(built.model)
+        if any(getattr(m, "dora", False) for m in modules.values()):
+            raise ConfigError(
+                "a DoRA update rescales each output channel by its norm, which is not a low-rank product that can "
+                "be switched at run time",
+                hint="bundle runs trained with method lora (any init); DoRA runs deploy as their merged export",
+            )
+        quantised = getattr(built.model, QUANTISED_BASE, None)
+        if quantised is not None:
+            raise ConfigError(
+                f"the run trained on a {quantised['base']} quantised base, not on the checkpoint's weights",
+                hint="bundle runs trained with method.options.base full",
+            )
+        updates = {}
+        for name, module in modules.items():
+            principal = getattr(module, "init", None) in PRINCIPAL_INITS
+            a, b = (
+                against_original_weight(module, leaf) if principal else getattr(module, leaf).detach()
+                for leaf in ("lora_A", "lora_B")
+            )
+            if isinstance(module, layers.LoRAConv2d):
+                rank = a.shape[-2]
+                a = a.reshape(peft_conv_shape(module, "lora_A", rank=rank))
+                b = b.reshape(peft_conv_shape(module, "lora_B", rank=rank))
+            updates[name] = LowRank(a.float().clone(), b.float().clone(), float(module.scaling))
+        return updates
 
     def adapter_config(self, built: BuiltModel) -> dict[str, Any]:
         """PEFT's adapter_config.json for this model's LoRA layers."""
