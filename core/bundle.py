@@ -222,9 +222,37 @@ def write_bundle(runs: Sequence[BundledRun], folder: Path, say: Callable[[str], 
         }
     shutil.copyfile(onnx_predict.__file__, folder / "predict.py")
     manifest = {"model": MODEL_FILE, "tasks": tasks, "inputs": _model_inputs(runs[0])}
+    manifest["web"] = write_web_page(runs, folder, manifest)
     atomic_write_json(folder / MANIFEST, manifest)
     atomic_write_json(folder / BUNDLE_MARKER, {"written_by": "adapt bundle"})
     return manifest
+
+
+def write_web_page(runs: Sequence[BundledRun], folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
+    """web/ for the bundle: every task's recorded test examples, each run with its adapter
+    active (adapt.web_export); the report's ``web`` entry."""
+    from adapt import web_export
+    from adapt.onnx_predict import AdapterSession, open_session, read_spec
+
+    web, base = folder / web_export.WEB_DIR, open_session(folder / MODEL_FILE)
+    tasks, skipped = {}, []
+    for run in runs:
+        entry = manifest["tasks"][run.name]
+        spec_path = folder / entry["preprocess"]
+        spec = read_spec(spec_path)
+        session = AdapterSession(base, folder / entry["adapter"], entry["output"], manifest["inputs"])
+        sources = web_export.example_inputs(
+            run.session.plan.task, run.session.splits.test, web, spec["kind"] == "image"
+        )
+        page = web_export.page_task(session, spec, spec_path.parent, web, sources, entry["output"])
+        if page is None:
+            skipped.append(run.name)
+            continue
+        tasks[run.name] = {**page, "adapter": f"../{entry['adapter']}"}
+    found = web_export.write_web(folder, {"model": f"../{MODEL_FILE}", "tasks": tasks}) if tasks else {}
+    if skipped:
+        found["note"] = f"the page does not prepare the inputs of {', '.join(skipped)}; use predict.py for them"
+    return found
 
 
 def _model_inputs(run: BundledRun) -> list[str]:

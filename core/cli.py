@@ -403,6 +403,26 @@ def _add_bundle_command(cli: click.Group, host: Host) -> None:
         bundle(list(run_dirs), out, host, click.echo)
         click.echo(f"report: {out / 'report.md'}")
 
+    @cli.command("web-check")
+    @click.argument("target", type=click.Path(file_okay=False, exists=True, path_type=Path))
+    def web_check_command(target: Path) -> None:
+        """Open TARGET's browser page (a run directory's export/web/ or a bundle's web/) in
+        headless Chromium: it runs the recorded test examples with onnxruntime-web, and its
+        outputs must match ONNX Runtime's in Python to 1e-4 with the same labels. Where the
+        browser cannot run the deployable file, the other exported files are tried and one
+        that runs is recommended. The result goes into TARGET's report.json (web_check)."""
+        from adapt.web_check import web_check
+
+        found = web_check(target)
+        click.echo(json.dumps(found, indent=1))
+        if not found["passed"]:
+            raise AdaptError(
+                f"the browser did not reproduce {found['file']}: {found['result']}",
+                hint=f"deploy {found['recommended']} to the web instead"
+                if "recommended" in found
+                else "see web_check in report.json",
+            )
+
 
 def _options(options: Sequence[Callable[[Any], Any]]) -> Callable[[Any], Any]:
     """Apply click options in the order listed (the order ``--help`` shows)."""

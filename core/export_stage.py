@@ -50,6 +50,7 @@ EXPORT_KEYS = (
     "latency_machine",
     "rejected_export",
     "export_notes",
+    "web",
 )
 #: The latency figures' rounds (at most; export.latency_runs calls are shared among them)
 #: and the pause before each turn: shorter than adapt bench's, as a run times many files.
@@ -284,6 +285,40 @@ class _ExportJob:
         for exporter in self.plan.exporters:
             self.export_one(exporter)
         self.time_together()
+        self.write_web()
+
+    def write_web(self) -> None:
+        """web/: the deployable file in a browser page (adapt.web_export). The page is an extra:
+        where it cannot be made, the report says why and the export stands."""
+        from adapt import web_export
+        from adapt.onnx_predict import open_session, read_spec
+
+        spec_path, deployable = self.staging / PREPROCESS_FILE, self.new.get("deployable")
+        if not spec_path.exists() or not deployable or not deployable.endswith(".onnx"):
+            return
+        path = self.staging / Path(deployable).relative_to(EXPORT_DIR)
+        try:
+            spec = read_spec(spec_path)
+            web = self.staging / web_export.WEB_DIR
+            session = open_session(path)
+            images = spec.get("kind") == "image"
+            sources = web_export.example_inputs(self.plan.task, self.session.splits.test, web, images)
+            task = web_export.page_task(session, spec, self.staging, web, sources, session.get_outputs()[0].name)
+            if task is None:
+                self.new["web"] = {
+                    "note": f"the browser page does not prepare {spec.get('kind')} inputs or this task's "
+                    "post-processing; use predict.py"
+                }
+                return
+            manifest = {
+                "model": f"../{path.relative_to(self.staging).as_posix()}",
+                "tasks": {self.session.config.name: task},
+            }
+            self.new["web"] = web_export.write_web(self.staging, manifest)
+        except Exception as exc:  # noqa: BLE001 - the page is an extra; the export it serves is verified already
+            self.new["web"] = {"note": f"web/ was not written: {type(exc).__name__}: {exc}"}
+        if "note" in self.new["web"]:
+            self.session.say(f"export: note: {self.new['web']['note']}")
 
     def time_together(self) -> None:
         """Every form's latency, PyTorch eager's included, measured in rounds in which they

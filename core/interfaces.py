@@ -365,6 +365,20 @@ class Task:
             return {"tokens": source.split(), "tags": [0] * len(source.split())}
         return {"text": source, "label": 0}
 
+    def input_of(self, example: Example, folder: Path, index: int) -> str | None:
+        """:meth:`read_input` backwards: the ``adapt predict`` input that gives ``example`` (for
+        the browser page's recorded test examples). Default, by ``fields``: an image is written
+        into ``folder`` as ``example-<index>.png`` and its file name returned; sentences are
+        their tokens joined by spaces; otherwise the ``text``. None: the task has no such input."""
+        if "image" in self.fields:
+            from adapt.web_export import save_png
+
+            return save_png(example["image"], folder, f"example-{index}.png")
+        if "tokens" in self.fields:
+            return " ".join(str(t) for t in example["tokens"])
+        text = example.get("text")
+        return text if isinstance(text, str) else None
+
     def predict(self, predictor: Predictor, inputs: Sequence[str], settings: Mapping[str, Any]) -> list[dict[str, Any]]:
         """``adapt predict``'s rows with PyTorch, one per input. Default: each input through
         ``read_input``, the model's named outputs, then ``postprocess`` as predict.py does it."""
