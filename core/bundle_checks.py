@@ -124,7 +124,10 @@ def verify_run(run: BundledRun, runner: Callable[[dict[str, Any]], Any], names: 
         "task": run.kind,
         "run": str(run.path),
         "primary": primary,
-        "metrics": {"merged": _rounded(reference.metrics), "bundle": _rounded(metrics)},
+        "metrics": {
+            "merged": _rounded({k: v for k, v in reference.metrics.items() if k in metrics}),
+            "bundle": _rounded(metrics),
+        },
         "parity": report_entry(parity, bound, verified=True),
     }
 
