@@ -65,12 +65,12 @@ class _Handler(SimpleHTTPRequestHandler):
         return
 
 
-def run_page(folder: Path, query: str = "", timeout: float = TIMEOUT_S) -> dict[str, Any]:
-    """What ``folder/web/index.html`` wrote into #adapt-outputs in headless Chromium."""
+def run_page(folder: Path, query: str = "", timeout: float = TIMEOUT_S, page: str = "index.html") -> dict[str, Any]:
+    """What ``folder/web/<page>`` wrote into #adapt-outputs in headless Chromium."""
     sink: dict[str, Any] = {"done": threading.Event()}
     server = ThreadingHTTPServer(("127.0.0.1", 0), partial(_Handler, directory=str(folder), sink=sink))
     threading.Thread(target=server.serve_forever, daemon=True).start()
-    url = f"http://127.0.0.1:{server.server_address[1]}/web/index.html?report=1{'&' + query if query else ''}"
+    url = f"http://127.0.0.1:{server.server_address[1]}/web/{page}?report=1{'&' + query if query else ''}"
     browser = find_browser()
     with tempfile.TemporaryDirectory() as profile:
         flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
@@ -115,15 +115,15 @@ def passed(result: dict[str, Any]) -> bool:
 
 def check_folder(folder: Path, deployable: str, others: list[str]) -> dict[str, Any]:
     """The page on ``deployable`` (relative to ``folder``); where the browser cannot run it, on
-    each of ``others`` until one passes, which is recommended."""
+    each of ``others`` until one runs, which is recommended."""
     found: dict[str, Any] = {"browser": browser_version(), "tolerance": TOLERANCE}
-    first = run_page(folder)
+    first = run_page(folder, f"model=../{deployable}")
     found.update(file=deployable, result=first, passed=passed(first))
     if "error" in first:
         tried = {}
         for other in others:
             tried[other] = run_page(folder, f"model=../{other}")
-            if passed(tried[other]):
+            if "error" not in tried[other]:  # it runs (its outputs are compared with the deployable file's)
                 found["recommended"] = other
                 break
         found["others"] = tried

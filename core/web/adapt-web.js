@@ -17,7 +17,15 @@ ort.env.wasm.numThreads = 1; // threads need cross-origin isolation, which a pla
 const PUNCTUATION = /[!-\/:-@\[-`{-~]|\p{P}/u;
 const OTHER = /\p{C}/u; // Cc, Cf, Cs, Co, Cn: what BertNormalizer's clean_text drops
 const MARK = /\p{Mn}/u;
-const WHITESPACE = /\s/u;
+// Rust's char::is_whitespace (Unicode White_Space), which the tokenizers library splits on
+const WHITESPACE = /[\t\n\v\f\r \x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]/u;
+// Python's str.split(): White_Space and the information separators \x1c-\x1f
+const PYTHON_SPACES = /[\t\n\v\f\r \x1c-\x1f\x85\xa0\u1680\u2000-\u200a\u2028\u2029\u202f\u205f\u3000]+/u;
+
+// predict.py's source.split(): the words of a sentence to tag
+export function splitWords(text) {
+  return text.split(PYTHON_SPACES).filter((w) => w);
+}
 
 function isChinese(code) {
   return (code >= 0x4e00 && code <= 0x9fff) || (code >= 0x3400 && code <= 0x4dbf) ||
@@ -225,7 +233,7 @@ export function resize(pixels, width, height, outW, outH, interpolation) {
   return data;
 }
 
-async function readPixels(url) {
+export async function readPixels(url) {
   const blob = await (await fetch(url)).blob();
   const bitmap = await createImageBitmap(blob, { colorSpaceConversion: 'none', premultiplyAlpha: 'none' });
   const canvas = new OffscreenCanvas(bitmap.width, bitmap.height);
@@ -335,7 +343,7 @@ export class Task {
     const kind = this.spec.kind;
     if (kind === 'image') return { feed: { [this.entry.inputs[0]]: await prepareImage(new URL(input, base).href, this.spec) }, context: {} };
     if (kind !== 'text' && kind !== 'tokens') throw new Error(`inputs of kind ${kind} are not ones the page prepares (use predict.py)`);
-    const words = kind === 'tokens' ? input.trim().split(/\s+/).filter((w) => w) : null;
+    const words = kind === 'tokens' ? splitWords(input) : null;
     const encoding = this.tokenizer.encode(words ?? input);
     const tensor = (values) => new ort.Tensor('int64', BigInt64Array.from(values.map(BigInt)), [1, values.length]);
     const all = { input_ids: tensor(encoding.ids), attention_mask: tensor(encoding.ids.map(() => 1)), token_type_ids: tensor(encoding.types) };
