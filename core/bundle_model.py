@@ -11,7 +11,11 @@ alphas feed the same graph):
   A and s B transposed, so each is a MatMul's direct input;
 * a Conv2d with g groups (depthwise included): ``down`` the weight of the layer's own k x k
   convolution with g groups to g r channels (same stride, padding, dilation), ``up`` a 1 x 1
-  convolution with g groups back to ``out``: :class:`adapt.interfaces.LowRank`'s layout.
+  convolution with g groups back to ``out``: :class:`adapt.interfaces.LowRank`'s layout;
+* a convolution whose whole weight is no larger than its rank-1 factors (a depthwise conv:
+  C k^2 numbers against C k^2 + C) takes the update whole, ``s B A`` as one kernel, and the
+  branch is the layer's own convolution with it (:class:`DenseBranch`): a g r-channel
+  grouped conv and a 1 x 1 conv after it cost several times the depthwise conv itself.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from torch.func import functional_call
 from adapt.errors import ConfigError
 from adapt.interfaces import LowRank
 
-DOWN, UP = "bundle_down", "bundle_up"
+DOWN, UP, DELTA = "bundle_down", "bundle_up", "bundle_delta"
 HEAD_WEIGHT, HEAD_BIAS = "weight_t", "bias"
 
 
@@ -70,11 +74,7 @@ class LowRankBranch(nn.Module):
         if not self.conv:
             return self.base(x) + torch.matmul(torch.matmul(x, down), up)
         base: Any = self.base
-        if type(base) is nn.Conv2d:
-            hidden = F.conv2d(x, down, None, base.stride, base.padding, base.dilation, base.groups)
-        else:  # a subclass with padding of its own (timm's Conv2dSame) runs its own forward
-            hidden = functional_call(base, {"weight": down}, (x,))
-        return base(x) + F.conv2d(hidden, up, groups=base.groups)
+        return base(x) + F.conv2d(conv_with(base, x, down), up, groups=base.groups)
 
     def inputs(self, name: str) -> list[GraphInput]:
         if self.conv:  # down (g r, in/g, kh, kw), up (out, r, 1, 1)
@@ -94,6 +94,54 @@ class LowRankBranch(nn.Module):
                 hint="the run's method gives low-rank updates in another layout than adapt.interfaces.LowRank",
             )
         return {f"{name}.{DOWN}": a.contiguous(), f"{name}.{UP}": b.contiguous()}
+
+
+def conv_with(base: Any, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``base``'s convolution (its stride, padding, dilation, groups) with another weight and no bias."""
+    if type(base) is nn.Conv2d:
+        return F.conv2d(x, weight, None, base.stride, base.padding, base.dilation, base.groups)
+    return functional_call(base, {"weight": weight}, (x,))  # its own padding (timm's Conv2dSame); no bias: checked
+
+
+def dense_update(base: Any, update: LowRank) -> torch.Tensor:
+    """``s B A`` as a kernel of ``base``'s shape: per group, B's rows times A's."""
+    groups = base.groups
+    a = update.A.float().reshape(groups, -1, update.A[0].numel())  # (g, r, in/g kh kw)
+    b = update.B.float().reshape(groups, base.out_channels // groups, -1)  # (g, out/g, r)
+    return (torch.bmm(b, a) * update.scale).reshape(base.weight.shape)
+
+
+def prefers_dense(base: Any) -> bool:
+    """Whether a convolution's whole update is no larger than its rank-1 factors (a depthwise
+    conv: C k^2 numbers against C k^2 + C): then one conv with the update's kernel is the
+    cheaper branch, in time and in the adapter's size."""
+    return (
+        isinstance(base, nn.Conv2d) and base.weight.numel() <= base.weight[0].numel() * base.groups + base.out_channels
+    )
+
+
+class DenseBranch(nn.Module):
+    """A frozen convolution plus the same convolution with the update's kernel ``s B A`` (for
+    the layers :func:`prefers_dense` picks), fed whole as one parameter the export names."""
+
+    def __init__(self, base: Any) -> None:
+        super().__init__()
+        if type(base) is not nn.Conv2d and base.bias is not None:
+            raise ConfigError(
+                f"{type(base).__name__} has a bias and its own padding: the bundle cannot run its update through it",
+                hint="leave this layer out of the runs' method.options.targets",
+            )
+        self.base = base
+        setattr(self, DELTA, nn.Parameter(torch.zeros_like(base.weight), requires_grad=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + conv_with(self.base, x, getattr(self, DELTA))
+
+    def inputs(self, name: str) -> list[GraphInput]:
+        return [GraphInput(f"{name}.{DELTA}", {})]
+
+    def feed(self, name: str, update: LowRank) -> dict[str, torch.Tensor]:
+        return {f"{name}.{DELTA}": dense_update(self.base, update).contiguous()}
 
 
 class HeadLinear(nn.Module):
@@ -126,9 +174,10 @@ class BundleModel:
         from adapt.targets import replace_module
 
         self.model = model.float().eval().requires_grad_(False)
-        self.branches: dict[str, LowRankBranch] = {}
+        self.branches: dict[str, LowRankBranch | DenseBranch] = {}
         for name in sorted(set(targets)):
-            self.branches[name] = LowRankBranch(model.get_submodule(name))
+            layer = model.get_submodule(name)
+            self.branches[name] = DenseBranch(layer) if prefers_dense(layer) else LowRankBranch(layer)
             replace_module(model, name, self.branches[name])
         self.heads: dict[str, HeadLinear] = {}
         self.plain: list[str] = []  # head parameters of other modules (a norm): inputs under their own names

@@ -179,8 +179,8 @@ def test_the_bundle_folder_is_adapt_s_own(text_runs, tmp_path):
 @pytest.mark.slow
 def test_mobilenet_runs_with_lora_on_depthwise_convs_bundle_and_run_in_the_browser(tmp_path):
     """Two MobileNetV2 runs (LoRA on every pointwise and depthwise conv; one started by PiSSA)
-    in one bundle whose branches are grouped convolutions; proven per task, and in Chromium
-    (the page's Pillow resampling included)."""
+    in one bundle whose depthwise branches are depthwise convolutions with the update's kernel;
+    proven per task, and in Chromium (the page's Pillow resampling included)."""
     backbone = {"name": "mobilenet", "arch": "mobilenetv2_050", "options": {"image_size": 32}}
     train = {"epochs": 1, "batch_size": 64, "lr": 1e-2}
     a = make_run(tmp_path, "plain", "image-classification", backbone, {"name": "lora", "options": {"r": 4, "alpha": 8}}, {"source": "digits"}, train)
@@ -190,7 +190,9 @@ def test_mobilenet_runs_with_lora_on_depthwise_convs_bundle_and_run_in_the_brows
     report = json.loads((bundle / "report.json").read_text())
     assert all(t["parity"]["verified"] and t["parity"]["label_agreement"] == 1.0 for t in report["tasks"].values())
     graph = onnx.load(str(bundle / "model.onnx")).graph
-    depthwise = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith("conv_dw.bundle_down")]
-    assert depthwise and all(next(a.i for a in n.attribute if a.name == "group") > 1 for n in depthwise)
+    # a depthwise conv's update goes in whole (cheaper than its rank-r factors), a pointwise one's as factors
+    depthwise = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith("conv_dw.bundle_delta")]
+    assert len(depthwise) == 17 and all(next(a.i for a in n.attribute if a.name == "group") > 1 for n in depthwise)
+    assert any(n.op_type == "Conv" and n.input[1].endswith("conv_pw.bundle_down") for n in graph.node)
     found = json.loads(invoke(["web-check", str(bundle)]).output)
     assert found["passed"] and set(found["result"]["tasks"]) == {"plain", "pissa"}
