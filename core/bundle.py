@@ -76,7 +76,9 @@ def bundle_command(run_dirs: Sequence[Path], out: Path, host: Any, say: Callable
             )
             raise
         from adapt.bundle_checks import write_bundle_report
+        from adapt.rundir import atomic_write_json
 
+        atomic_write_json(staging / MANIFEST, {**manifest, "model": report["deployable"]})  # what predict.py runs
         write_bundle_report(staging, report)
         swap_in(staging, out)
     return report

@@ -15,20 +15,22 @@ from typing import Any, Callable, Sequence
 
 from adapt.bundle import MODEL_FILE, BundledRun, BundleError
 
+INT8_FILE = "model.int8.onnx"
+
 #: Latency rounds and calls per round of each contender (batch 1).
 LATENCY_ROUNDS, LATENCY_RUNS = 5, 10
 #: How far the bundle's test metric may sit from the merged model's (labels agree, so it is equal).
 METRIC_TOLERANCE = 1e-9
 
 
-def open_bundle(folder: Path, threads: int | None = None) -> Any:
+def open_bundle(folder: Path, threads: int | None = None, file: str = MODEL_FILE) -> Any:
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # the adapters' inputs are not constant-folded: expected, not news
     if threads:
         options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(folder / MODEL_FILE), options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(str(folder / file), options, providers=["CPUExecutionProvider"])
 
 
 def adapter_runner(session: Any, adapter: Path, output: str) -> Callable[[dict[str, Any]], Any]:
@@ -70,15 +72,24 @@ def verify_bundle(
             f"{found['metrics']['merged'][found['primary']]:.4f}), max abs diff {found['parity']['max_abs_diff']:.2e}, "
             f"labels agree {found['parity']['label_agreement']:.0%}"
         )
+    int8_form(runs, folder, manifest, report)
     report["sizes"] = sizes(runs, folder, manifest)
-    report["latency_ms"] = latency(runs, runners, names)
+    int8 = {}
+    if report["deployable"] == INT8_FILE:
+        quantised = open_bundle(folder, file=INT8_FILE)
+        int8 = {
+            r.name: adapter_runner(
+                quantised, folder / manifest["tasks"][r.name]["adapter"], manifest["tasks"][r.name]["output"]
+            )
+            for r in runs
+        }
+    report["latency_ms"] = latency(runs, runners, names, int8)
     report["machine"] = machine()
     return report
 
 
 def verify_run(run: BundledRun, runner: Callable[[dict[str, Any]], Any], names: Sequence[str]) -> dict[str, Any]:
     """One run's test split through the bundle and through its merged model."""
-    import numpy as np
     import torch
 
     from adapt.engine import evaluate
@@ -97,15 +108,7 @@ def verify_run(run: BundledRun, runner: Callable[[dict[str, Any]], Any], names: 
         device=torch.device("cpu"),
         keep_logits=True,
     )
-    logits, predictions, references = [], [], []
-    for start in range(0, len(test), size):
-        batch = session.collate(test[start : start + size])
-        out = torch.from_numpy(np.asarray(runner(feed_of(batch, names)), dtype=np.float32))
-        pred, ref = task.decode(out, batch["labels"])
-        logits.append(out)
-        predictions += pred
-        references += ref
-    metrics = task.metrics(predictions, references, session.label_names)
+    logits, predictions, metrics = run_split(run, runner, names, test)
     parity = compare(reference.logits, logits, reference.predictions, predictions, task.agreement, task.agreement_name)
     bound = session.config.export.parity_tolerance
     problem = verdict(parity, bound, reference=f"{run.name}'s merged model", candidate="the bundle")
@@ -132,6 +135,69 @@ def verify_run(run: BundledRun, runner: Callable[[dict[str, Any]], Any], names: 
     }
 
 
+def run_split(
+    run: BundledRun, runner: Callable[[dict[str, Any]], Any], names: Sequence[str], examples: Sequence[Any]
+) -> tuple[list[Any], list[Any], dict[str, float]]:
+    """The bundle's logits, predictions and the task's metrics on ``examples`` of ``run``."""
+    import numpy as np
+    import torch
+
+    session, task = run.session, run.session.plan.task
+    size = session.config.train.eval_batch
+    logits, predictions, references = [], [], []
+    for start in range(0, len(examples), size):
+        batch = session.collate(examples[start : start + size])
+        out = torch.from_numpy(np.asarray(runner(feed_of(batch, names)), dtype=np.float32))
+        pred, ref = task.decode(out, batch["labels"])
+        logits.append(out)
+        predictions += pred
+        references += ref
+    return logits, predictions, task.metrics(predictions, references, session.label_names)
+
+
+def int8_form(runs: Sequence[BundledRun], folder: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+    """``model.int8.onnx`` where the runs' exporter offers int8 with the adapters' inputs kept in
+    float (Exporter.quantize_keeping), gated per task: its primary metric on the task's
+    validation split, its adapter active, may fall at most ``export.max_accuracy_drop`` below
+    the fp32 bundle's. Recommended (``deployable``) only when every task passes."""
+    first = runs[0].session
+    exporter = next((e for e in first.plan.exporters if e.suffix == ".onnx"), None)
+    keep = [name for name in _adapter_inputs(folder / MODEL_FILE)]
+    out = folder / INT8_FILE
+    info = exporter.quantize_keeping(folder / MODEL_FILE, out, keep, first.config.export.target) if exporter else None
+    report["deployable"] = MODEL_FILE
+    if info is None:
+        report["int8"] = {"note": "the exporter offers no int8 of this graph (a CNN's convolutions need static int8)"}
+        return
+    session, names, tasks = open_bundle(folder, file=INT8_FILE), manifest["inputs"], {}
+    for run in runs:
+        entry = manifest["tasks"][run.name]
+        fp32 = adapter_runner(open_bundle(folder), folder / entry["adapter"], entry["output"])
+        int8 = adapter_runner(session, folder / entry["adapter"], entry["output"])
+        val = run.session.splits.val or run.session.splits.test
+        primary, budget = run.session.plan.task.primary_metric, run.session.config.export.max_accuracy_drop
+        before, after = (run_split(run, r, names, val)[2].get(primary, math.nan) for r in (fp32, int8))
+        drop = before - after
+        tasks[run.name] = {
+            "val": {"fp32": round(before, 6), "int8": round(after, 6), "drop": round(drop, 6), "budget": budget},
+            "passed": bool(drop <= budget),
+            "metrics": _rounded(run_split(run, int8, names, run.session.splits.test)[2]),
+        }
+    passed = all(t["passed"] for t in tasks.values())
+    report["int8"] = {**info, "file": INT8_FILE, "bytes": out.stat().st_size, "tasks": tasks, "passed": passed}
+    if passed:
+        report["deployable"] = INT8_FILE
+
+
+def _adapter_inputs(path: Path) -> list[str]:
+    """The graph inputs with defaults: what adapters feed."""
+    import onnx
+
+    graph = onnx.load(str(path), load_external_data=False).graph
+    defaults = {i.name for i in graph.initializer}
+    return [i.name for i in graph.input if i.name in defaults]
+
+
 def _rounded(metrics: dict[str, float]) -> dict[str, float]:
     return {k: round(v, 6) if math.isfinite(v) else v for k, v in metrics.items()}
 
@@ -151,6 +217,8 @@ def sizes(runs: Sequence[BundledRun], folder: Path, manifest: dict[str, Any]) ->
     model = (folder / MODEL_FILE).stat().st_size
     files = {run.name: path.stat().st_size for run in runs if (path := merged_file(run)) is not None}
     found: dict[str, Any] = {"model": model, "adapters": adapters, "bundle_total": model + sum(adapters.values())}
+    if (folder / INT8_FILE).is_file():
+        found["model_int8"] = (folder / INT8_FILE).stat().st_size
     if len(files) == len(runs):
         found.update(merged_files=files, merged_total=sum(files.values()))
         found["bundle_over_merged"] = round(found["bundle_total"] / found["merged_total"], 4)
@@ -158,7 +226,10 @@ def sizes(runs: Sequence[BundledRun], folder: Path, manifest: dict[str, Any]) ->
 
 
 def latency(
-    runs: Sequence[BundledRun], runners: dict[str, Callable[[dict[str, Any]], Any]], names: Sequence[str]
+    runs: Sequence[BundledRun],
+    runners: dict[str, Callable[[dict[str, Any]], Any]],
+    names: Sequence[str],
+    int8: dict[str, Callable[[dict[str, Any]], Any]],
 ) -> dict[str, Any]:
     """Batch-1 milliseconds of each task through the bundle and through its run's merged ONNX
     file, all taking turns in every round; each task's ratio bundle / merged with its range."""
@@ -176,6 +247,9 @@ def latency(
         contenders[f"{run.name}:merged"] = partial(merged, feed)
         contenders[f"{run.name}:bundle"] = partial(bundle, feed)
         pairs[run.name] = (f"{run.name}:bundle", f"{run.name}:merged")
+        if run.name in int8:
+            contenders[f"{run.name}:bundle_int8"] = partial(int8[run.name], feed)
+            pairs[f"{run.name}:int8"] = (f"{run.name}:bundle_int8", f"{run.name}:merged")
     if not contenders:
         return {"note": "no run has its own ONNX export to compare with (adapt export RUN_DIR)"}
     times = timed_rounds(contenders, LATENCY_ROUNDS, LATENCY_RUNS, pause=0.1)
@@ -231,4 +305,17 @@ def render(report: dict[str, Any]) -> str:
         lines[-1] += (
             f", against {size['merged_total'] / 1e6:.1f} MB of merged files ({size['bundle_over_merged']:.2f}x)."
         )
+    int8 = report.get("int8", {})
+    if "tasks" in int8:
+        lines += [
+            "",
+            f"int8 graph ({int8['kind']}): {int8['bytes'] / 1e6:.1f} MB; per task, validation drop against fp32:",
+        ]
+        lines += [
+            f"- {name}: {t['val']['drop']:+.4f} (budget {t['val']['budget']}) {'passed' if t['passed'] else 'REJECTED'}"
+            for name, t in int8["tasks"].items()
+        ]
+    elif int8:
+        lines += ["", f"int8: {int8['note']}"]
+    lines += ["", f"Deployable: {report['deployable']}"]
     return "\n".join(lines) + "\n"

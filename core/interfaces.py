@@ -637,6 +637,13 @@ class Exporter:
         weights past 2 GB); its size in the report counts them. Default: none."""
         return []
 
+    def quantize_keeping(self, path: Path, out: Path, keep: Sequence[str], target: str) -> dict[str, Any] | None:
+        """int8 of the graph at ``path`` into ``out`` for the CPU ``target`` (``export.target``),
+        every node that reads one of the inputs ``keep`` left in float (an adapter bundle's
+        low-rank branches and heads, whose weights arrive at run time); returns what was done
+        (for the report). Default None: not offered (the bundle says so)."""
+        return None
+
 
 class DataSource:
     """Reads examples for a task from a path (or from a package)."""

@@ -436,8 +436,7 @@ def predict(model_path: Path, inputs: Sequence[str], task: str | None = None, **
     if model_path.parent.name == "mobile":
         spec_path = model_path.parent.parent / PREPROCESS_FILE
     if bundle is not None:
-        spec_path, adapter, output, model_inputs = bundle_task(bundle, task)
-        model_path = bundle / BUNDLE_MODEL
+        spec_path, adapter, output, model_inputs, model_path = bundle_task(bundle, task)
     spec = read_spec(spec_path)
     spec["postprocess"] = postprocess_of(spec, spec_path.parent)
     check_settings(settings)
@@ -476,12 +475,13 @@ def bundle_folder(model_path: Path) -> Path | None:
     return None
 
 
-def bundle_task(folder: Path, task: str | None) -> tuple[Path, Path, str, list[str]]:
-    """A bundle's task: its preprocess.json, its adapter, the graph output it reads and the
-    model's own inputs; PredictError naming the tasks there are when ``task`` is not one."""
+def bundle_task(folder: Path, task: str | None) -> tuple[Path, Path, str, list[str], Path]:
+    """A bundle's task: its preprocess.json, its adapter, the graph output it reads, the
+    model's own inputs and the graph to run (the bundle's recommended one: int8 where every
+    task kept its accuracy); PredictError naming the tasks there are when ``task`` is not one."""
     try:
         manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
-        tasks, inputs = manifest["tasks"], list(manifest["inputs"])
+        tasks, inputs, model = manifest["tasks"], list(manifest["inputs"]), manifest.get("model", BUNDLE_MODEL)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise PredictError(f"{folder / MANIFEST} is damaged ({exc}): make the bundle again (adapt bundle)") from None
     names = ", ".join(sorted(tasks))
@@ -489,8 +489,8 @@ def bundle_task(folder: Path, task: str | None) -> tuple[Path, Path, str, list[s
         raise InputError(f"{folder} is an adapter bundle of the tasks {names}: choose one with --task NAME")
     if task not in tasks:
         raise InputError(f"the bundle {folder} has no task {task!r}; its tasks: {names}")
-    entry = tasks[task]
-    for key in ("preprocess", "adapter"):
+    entry = {**tasks[task], "model": model}
+    for key in ("preprocess", "adapter", "model"):
         if escapes_folder(entry.get(key)):
             raise PredictError(
                 f"{folder / MANIFEST}: task {task!r} names {key} {entry.get(key)!r}, which is not a file inside "
@@ -499,7 +499,7 @@ def bundle_task(folder: Path, task: str | None) -> tuple[Path, Path, str, list[s
     adapter = folder / entry["adapter"]
     if not adapter.is_file():
         raise PredictError(f"the adapter of task {task!r} is missing ({adapter}): make the bundle again (adapt bundle)")
-    return folder / entry["preprocess"], adapter, str(entry["output"]), inputs
+    return folder / entry["preprocess"], adapter, str(entry["output"]), inputs, folder / model
 
 
 class AdapterSession:

@@ -336,6 +336,36 @@ class OnnxExporter(Exporter):
         result.forms.append(Form("onnx_optimized", out, exact=True))
         return out
 
+    def quantize_keeping(self, path: Path, out: Path, keep: Sequence[str], target: str) -> dict[str, Any] | None:
+        """Exporter.quantize_keeping: dynamic int8 of the MatMuls whose weights are constants (a
+        transformer's projections), 7-bit where ``target``'s int8 products saturate; a graph with
+        none (a CNN: its convolutions need static int8 and calibration) is not offered."""
+        import onnx
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        constants = {i.name for i in graph.initializer} - set(keep)
+        kept = [n.name for n in graph.node if any(name in keep for name in n.input)]
+        if not any(n.op_type == "MatMul" and n.name not in kept and set(n.input) & constants for n in graph.node):
+            return None
+        safe = int8_arithmetic.settings(target)
+        seven = safe["reduce_range"]["uint8"]
+        _quietly(
+            quantize_dynamic,
+            str(path),
+            str(out),
+            weight_type=QuantType.QInt8,
+            op_types_to_quantize=["MatMul"],
+            nodes_to_exclude=kept,
+            reduce_range=seven,
+            extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
+        )
+        return {
+            "kind": "dynamic int8" + (" (7-bit weights)" if seven else ""),
+            "arithmetic": safe["why"],
+            "float_nodes": len(kept),
+        }
+
     def _quantise(self, base: Path, plain: Path, ctx: DeriveContext, result: Derived) -> Path | None:
         """Try int8 and its remedies in turn; return the first file within the accuracy budget."""
         baseline = ctx.score(base)
