@@ -243,9 +243,9 @@ def write_web_page(runs: Sequence[BundledRun], folder: Path, manifest: dict[str,
         spec_path = folder / entry["preprocess"]
         spec = read_spec(spec_path)
         session = AdapterSession(base, folder / entry["adapter"], entry["output"], manifest["inputs"])
-        sources = web_export.example_inputs(
-            run.session.plan.task, run.session.splits.test, web, spec["kind"] == "image"
-        )
+        images = spec["kind"] == "image"
+        task, test = run.session.plan.task, run.session.splits.test
+        sources = web_export.example_inputs(task, test, web, images, f"examples/{run.name}")
         page = web_export.page_task(session, spec, spec_path.parent, web, sources, entry["output"])
         if page is None:
             skipped.append(run.name)

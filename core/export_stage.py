@@ -300,10 +300,12 @@ class _ExportJob:
         try:
             spec = read_spec(spec_path)
             web = self.staging / web_export.WEB_DIR
-            session = open_session(path)
-            images = spec.get("kind") == "image"
-            sources = web_export.example_inputs(self.plan.task, self.session.splits.test, web, images)
-            task = web_export.page_task(session, spec, self.staging, web, sources, session.get_outputs()[0].name)
+            task = None
+            if web_export.supported(spec):
+                session = open_session(path)
+                images = spec.get("kind") == "image"
+                sources = web_export.example_inputs(self.plan.task, self.session.splits.test, web, images)
+                task = web_export.page_task(session, spec, self.staging, web, sources, session.get_outputs()[0].name)
             if task is None:
                 self.new["web"] = {
                     "note": f"the browser page does not prepare {spec.get('kind')} inputs or this task's "

@@ -117,6 +117,13 @@ def write_web(folder: Path, manifest: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
+def supported(spec: dict[str, Any]) -> bool:
+    """Whether the page prepares this preprocess.json's inputs and does its post-processing."""
+    from adapt.onnx_predict import postprocess_of
+
+    return spec.get("kind") in WEB_INPUTS and postprocess_of(spec)["kind"] in WEB_POSTPROCESS
+
+
 def page_task(
     session: Any, spec: dict[str, Any], spec_folder: Path, web: Path, sources: Sequence[str], output: str
 ) -> dict[str, Any] | None:
@@ -125,9 +132,9 @@ def page_task(
     ONNX Runtime gives here, through predict.py's own code. None: the page cannot run it."""
     from adapt.onnx_predict import finish_row, input_reader, postprocess_of, run_named
 
-    post = postprocess_of(spec)
-    if spec.get("kind") not in WEB_INPUTS or post["kind"] not in WEB_POSTPROCESS:
+    if not supported(spec):
         return None
+    post = postprocess_of(spec)
     prepare = input_reader(session, spec, spec_folder)
     examples = []
     for source in sources:
@@ -149,14 +156,14 @@ def page_task(
     }
 
 
-def example_inputs(task: Any, examples: Sequence[Any], web: Path, images: bool) -> list[str]:
-    """Raw inputs for up to :data:`EXAMPLES` test examples (``images``: written into web/examples/,
-    given relative to web/)."""
+def example_inputs(task: Any, examples: Sequence[Any], web: Path, images: bool, folder: str = "examples") -> list[str]:
+    """Raw inputs for up to :data:`EXAMPLES` test examples (``images``: written into
+    ``web/<folder>/``, one folder per task of a bundle, and given relative to web/)."""
     found = []
     for index, example in enumerate(examples[:EXAMPLES]):
-        source = task.input_of(example, web / "examples", index)
+        source = task.input_of(example, web / folder, index)
         if source is not None:
-            found.append(f"examples/{source}" if images else source)
+            found.append(f"{folder}/{source}" if images else source)
     return found
 
 

@@ -204,5 +204,8 @@ def test_mobilenet_runs_with_lora_on_depthwise_convs_bundle_and_run_in_the_brows
     depthwise = [n for n in graph.node if n.op_type == "Conv" and n.input[1].endswith("conv_dw.bundle_delta")]
     assert len(depthwise) == 17 and all(next(a.i for a in n.attribute if a.name == "group") > 1 for n in depthwise)
     assert any(n.op_type == "Conv" and n.input[1].endswith("conv_pw.bundle_down") for n in graph.node)
+    pages = json.loads((bundle / "web" / "manifest.json").read_text())["tasks"]
+    files = [{e["input"] for e in pages[name]["examples"]} for name in ("plain", "pissa")]
+    assert all(files) and files[0].isdisjoint(files[1])  # each task's recorded images are its own files
     found = json.loads(invoke(["web-check", str(bundle)]).output)
     assert found["passed"] and set(found["result"]["tasks"]) == {"plain", "pissa"}
