@@ -139,8 +139,6 @@ def check_names(runs: Sequence[BundledRun]) -> None:
             f"two runs share the folder name {twice[0]!r}, which names their task in the bundle",
             hint="give each run a distinct name (--set name=...)",
         )
-    if len(runs) < 1:
-        raise BundleError("no runs given", hint="adapt bundle RUN_DIR [RUN_DIR...] --out DIR")
 
 
 def check_same_base(runs: Sequence[BundledRun]) -> None:

@@ -72,7 +72,7 @@ def verify_bundle(
             f"{found['metrics']['merged'][found['primary']]:.4f}), max abs diff {found['parity']['max_abs_diff']:.2e}, "
             f"labels agree {found['parity']['label_agreement']:.0%}"
         )
-    int8_form(runs, folder, manifest, report)
+    int8_form(runs, folder, manifest, report, runners)
     report["sizes"] = sizes(runs, folder, manifest)
     int8 = {}
     if report["deployable"] == INT8_FILE:
@@ -155,14 +155,20 @@ def run_split(
     return logits, predictions, task.metrics(predictions, references, session.label_names)
 
 
-def int8_form(runs: Sequence[BundledRun], folder: Path, manifest: dict[str, Any], report: dict[str, Any]) -> None:
+def int8_form(
+    runs: Sequence[BundledRun],
+    folder: Path,
+    manifest: dict[str, Any],
+    report: dict[str, Any],
+    runners: dict[str, Callable[[dict[str, Any]], Any]],
+) -> None:
     """``model.int8.onnx`` where the runs' exporter offers int8 with the adapters' inputs kept in
     float (Exporter.quantize_keeping), gated per task: its primary metric on the task's
     validation split, its adapter active, may fall at most ``export.max_accuracy_drop`` below
     the fp32 bundle's. Recommended (``deployable``) only when every task passes."""
     first = runs[0].session
     exporter = next((e for e in first.plan.exporters if e.suffix == ".onnx"), None)
-    keep = [name for name in _adapter_inputs(folder / MODEL_FILE)]
+    keep = _adapter_inputs(folder / MODEL_FILE)
     out = folder / INT8_FILE
     info = exporter.quantize_keeping(folder / MODEL_FILE, out, keep, first.config.export.target) if exporter else None
     report["deployable"] = MODEL_FILE
@@ -172,8 +178,7 @@ def int8_form(runs: Sequence[BundledRun], folder: Path, manifest: dict[str, Any]
     session, names, tasks = open_bundle(folder, file=INT8_FILE), manifest["inputs"], {}
     for run in runs:
         entry = manifest["tasks"][run.name]
-        fp32 = adapter_runner(open_bundle(folder), folder / entry["adapter"], entry["output"])
-        int8 = adapter_runner(session, folder / entry["adapter"], entry["output"])
+        fp32, int8 = runners[run.name], adapter_runner(session, folder / entry["adapter"], entry["output"])
         val = run.session.splits.val or run.session.splits.test
         primary, budget = run.session.plan.task.primary_metric, run.session.config.export.max_accuracy_drop
         before, after = (run_split(run, r, names, val)[2].get(primary, math.nan) for r in (fp32, int8))

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 from adapt.errors import ExportError
 
@@ -26,9 +26,6 @@ if TYPE_CHECKING:
     import onnx
 
     from adapt.bundle_model import GraphInput
-
-#: The opset domain ONNX's own operators use.
-ONNX_DOMAIN = ""
 
 
 def with_inputs(model: onnx.ModelProto, inputs: Sequence[GraphInput], prefix: str = "") -> onnx.ModelProto:
@@ -206,9 +203,3 @@ def write_adapter(path: Path, values: Mapping[str, np.ndarray], version: int = 1
         }
     )
     adapter.export_adapter(str(path))
-
-
-def adapter_names(values: Iterable[str], graph_inputs: Iterable[str]) -> list[str]:
-    """The names in an adapter that the graph does not take (empty when it fits)."""
-    taken = set(graph_inputs)
-    return sorted(name for name in values if name not in taken)

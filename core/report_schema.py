@@ -138,6 +138,10 @@ class Report(_Strict):
     latency_ms_batch: dict[str, Any] | None = None
     deployable: str | None = None
     export_notes: list[str] | None = None
+    #: export/web/, the browser page: its page, model, examples recorded and onnxruntime-web's version (or a note)
+    web: dict[str, Any] | None = None
+    #: `adapt web-check`: what the page gave in headless Chromium, whether it passed, and a recommendation
+    web_check: dict[str, Any] | None = None
     rejected_export: RejectedExport | None = None
     notes: list[str] | None = None
     #: warnings of observer plugins that raised in a lifecycle hook (the run went on)
