@@ -55,7 +55,7 @@ class BundledRun:
 def bundle_command(run_dirs: Sequence[Path], out: Path, host: Any, say: Callable[[str], None]) -> dict[str, Any]:
     """Build, verify and write the bundle of ``run_dirs`` into ``out``; return its report."""
     from adapt.bundle_checks import verify_bundle
-    from adapt.rundir import remove, staged_folder, swap_in
+    from adapt.rundir import staged_folder, swap_in
 
     check_out(out, run_dirs)
     runs = [load_run(path, host) for path in run_dirs]
@@ -68,12 +68,7 @@ def bundle_command(run_dirs: Sequence[Path], out: Path, host: Any, say: Callable
         try:
             report = verify_bundle(runs, staging, manifest, say)
         except BundleError as exc:
-            rejected = out.with_name(out.name + REJECTED_SUFFIX)
-            remove(rejected)
-            staging.rename(rejected)
-            exc.hint = f"the bundle is kept in {rejected} for inspection; {out} is untouched" + (
-                f"; {exc.hint}" if exc.hint else ""
-            )
+            exc.hint = keep_rejected(staging, out) + (f"; {exc.hint}" if exc.hint else "")
             raise
         from adapt.bundle_checks import write_bundle_report
         from adapt.rundir import atomic_write_json
@@ -82,6 +77,21 @@ def bundle_command(run_dirs: Sequence[Path], out: Path, host: Any, say: Callable
         write_bundle_report(staging, report)
         swap_in(staging, out)
     return report
+
+
+def keep_rejected(staging: Path, out: Path) -> str:
+    """Move a bundle that failed its check to ``DIR.rejected`` (replacing only a rejected bundle
+    adapt wrote there, never a link or a folder of the user's); say where it is."""
+    from adapt.rundir import remove
+
+    rejected = out.with_name(out.name + REJECTED_SUFFIX)
+    ours = rejected.is_dir() and not rejected.is_symlink() and (rejected / BUNDLE_MARKER).is_file()
+    if rejected.exists() or rejected.is_symlink():
+        if not ours:
+            return f"{rejected} exists and is not adapt's, so the failed bundle was not kept; {out} is untouched"
+        remove(rejected)
+    staging.rename(rejected)
+    return f"the bundle is kept in {rejected} for inspection; {out} is untouched"
 
 
 def check_out(out: Path, run_dirs: Sequence[Path]) -> None:
@@ -300,7 +310,8 @@ def kind_graph(members: Sequence[BundledRun], targets: Sequence[str], folder: Pa
     scratch = folder / f".{first.kind}.trace.onnx"
     exporter.export(plan.backbone.export_form(model.model, inputs, io), inputs, io, scratch, None)
     graph = onnx.load(str(scratch))
-    scratch.unlink()
+    for traced in (scratch, *exporter.companions(scratch)):  # adapt's own trace in the staged folder
+        traced.unlink(missing_ok=True)
     graph = with_inputs(graph, [i for i in model.inputs() if i.name in model.branch_inputs])
     graph = with_inputs(graph, [i for i in model.inputs() if i.name not in model.branch_inputs], f"{first.kind}:")
     return model, graph

@@ -84,7 +84,9 @@ def _fetch(npm: str, cache: Path) -> None:
                     raise tarfile.TarError(f"the package has no dist/{name}")
                 (staging / name).write_bytes(member.read())
         cache.parent.mkdir(parents=True, exist_ok=True)
-        if cache.exists():
+        if cache.is_symlink() or (cache.exists() and not cache.is_dir()):
+            raise OSError(f"{cache} is not adapt's cache folder (a link or a file); remove it or set {RUNTIME_ENV}")
+        if cache.exists():  # adapt's own cache, incomplete (a fetch that was cut short)
             shutil.rmtree(cache)
         shutil.move(str(staging), cache)
 

@@ -209,3 +209,25 @@ def test_mobilenet_runs_with_lora_on_depthwise_convs_bundle_and_run_in_the_brows
     assert all(files) and files[0].isdisjoint(files[1])  # each task's recorded images are its own files
     found = json.loads(invoke(["web-check", str(bundle)]).output)
     assert found["passed"] and set(found["result"]["tasks"]) == {"plain", "pissa"}
+
+
+def test_a_bundle_that_fails_its_check_is_kept_beside_and_never_over_a_user_s_folder(text_runs, tmp_path):
+    """A run whose parity tolerance no float graph can meet: the bundle fails, names the run, and is
+    kept in DIR.rejected; where DIR.rejected is someone else's folder it is left alone."""
+    import shutil
+
+    _, topic, _, _ = text_runs
+    strict = tmp_path / "topic"
+    shutil.copytree(topic, strict)
+    config = yaml.safe_load((strict / "config.yaml").read_text())
+    config["export"]["parity_tolerance"] = 1e-30
+    (strict / "config.yaml").write_text(yaml.safe_dump(config))
+    result = invoke(["bundle", str(strict), "--out", str(tmp_path / "b")], code=2)
+    assert "does not reproduce" in result.output and f"kept in {tmp_path / 'b.rejected'}" in result.output
+    assert not (tmp_path / "b").exists() and (tmp_path / "b.rejected" / "bundle.json").is_file()
+    foreign = tmp_path / "c.rejected"
+    foreign.mkdir()
+    (foreign / "mine.txt").write_text("keep me")
+    result = invoke(["bundle", str(strict), "--out", str(tmp_path / "c")], code=2)
+    assert "is not adapt's, so the failed bundle was not kept" in result.output
+    assert [p.name for p in foreign.iterdir()] == ["mine.txt"] and not (tmp_path / "c").exists()
