@@ -248,6 +248,9 @@ class Task:
     #: with ``k`` one of :data:`POSTPROCESS_KINDS` (``softmax-top-k`` with ``k``; ``sigmoid-threshold``
     #: with ``threshold``; ``outputs``: every named output as JSON). Written into preprocess.json.
     postprocess: Mapping[str, Any] = MappingProxyType({"kind": "outputs"})
+    #: The Hugging Face Hub's pipeline tag for this task's models (``text-classification``,
+    #: ``sentence-similarity``, ...), written into the model cards; None: the Hub has none.
+    pipeline_tag: str | None = None
 
     @property
     def augments(self) -> bool:

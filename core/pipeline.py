@@ -240,6 +240,8 @@ def base_report(session: Session) -> dict[str, Any]:
         primary_metric=session.plan.task.primary_metric,
         lower_is_better=session.plan.task.lower_is_better,
         postprocess=dict(session.plan.task.postprocess),
+        pipeline_tag=session.plan.task.pipeline_tag,
+        checkpoint=config.backbone.checkpoint,
     )
     if splits is not None:
         report["data"] = {

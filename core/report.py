@@ -369,6 +369,8 @@ def model_card(report: dict[str, Any], kind: str) -> str:
     """A model card (README.md) for ``merged/`` (``kind="merged"``) or ``export/``
     (``kind="export"``), as Hugging Face model cards are: what the model is, what it
     was trained on, its test metrics and parity with the form it came from, how to run it."""
+    import yaml
+
     from adapt import __version__
 
     params, data, task = report.get("params", {}), report.get("data", {}), report.get("task", "")
@@ -378,9 +380,7 @@ def model_card(report: dict[str, Any], kind: str) -> str:
     )  # the backbone's save_merged says
     lines = [
         "---",
-        f"library_name: {library}",
-        f"pipeline_tag: {task}",
-        f"tags: [adapt, {report.get('method', '')}]",
+        yaml.safe_dump(hub_metadata(report, kind, library), sort_keys=False, allow_unicode=True).rstrip(),
         "---",
         "",
         f"# {report.get('name', '')}: {report.get('backbone', '')} + {report.get('method', '')} ({task})",
@@ -416,6 +416,57 @@ def model_card(report: dict[str, Any], kind: str) -> str:
         )
     lines += ["", "## How to use", "", *_usage(report, kind, library), ""]
     return "\n".join(lines)
+
+
+def hub_metadata(report: dict[str, Any], kind: str, library: str) -> dict[str, Any]:
+    """The card's metadata block as the Hugging Face Hub reads it: the library that opens the
+    folder, the task's pipeline tag, the base model (where the checkpoint is a Hub id), and the
+    test metrics of the card's form (merged/: the merged model; export/: the deployable file)
+    as a ``model-index`` entry."""
+    task = str(report.get("task", ""))
+    meta: dict[str, Any] = {"library_name": library, "tags": ["adapt", str(report.get("method", "")), task]}
+    if report.get("pipeline_tag"):
+        meta["pipeline_tag"] = report["pipeline_tag"]
+    if is_hub_id(report.get("checkpoint")):
+        meta["base_model"] = report["checkpoint"]
+    form = "merged" if kind == "merged" else _deployable_form(report)
+    values = {k: v for k, v in (report.get("metrics") or {}).get(form, {}).items() if _finite(v) and k != "loss"}
+    if values:
+        source = str((report.get("data") or {}).get("source", "data"))
+        meta["metrics"] = sorted(values)
+        meta["model-index"] = [
+            {
+                "name": str(report.get("name", "")),
+                "results": [
+                    {
+                        "task": {"type": str(report.get("pipeline_tag") or task), "name": task},
+                        "dataset": {"type": source, "name": source, "split": "test"},
+                        "metrics": [
+                            {"type": k, "value": float(v), "name": f"test {k} ({form})"} for k, v in values.items()
+                        ],
+                    }
+                ],
+            }
+        ]
+    return meta
+
+
+def is_hub_id(checkpoint: Any) -> bool:
+    """Whether backbone.checkpoint names a Hub repository (``org/name``), not a local path or a package path."""
+    import re
+
+    if not isinstance(checkpoint, str) or checkpoint.startswith(("pkg:", "/", ".", "~")) or Path(checkpoint).exists():
+        return False
+    return re.fullmatch(r"[\w.-]+(/[\w.-]+)?", checkpoint) is not None
+
+
+def _deployable_form(report: dict[str, Any]) -> str:
+    deployable = report.get("deployable")
+    return next((form for form, path in (report.get("forms") or {}).items() if path == deployable), "merged")
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def _usage(report: dict[str, Any], kind: str, library: str) -> list[str]:

@@ -99,6 +99,10 @@ class Report(_Strict):
     lower_is_better: bool | None = None
     #: what predict does after the graph: the task's declared kind ({"kind": "softmax-top-k", "k": 1}, ...)
     postprocess: dict[str, Any] | None = None
+    #: the Hugging Face Hub's pipeline tag of the task (Task.pipeline_tag), for the model cards
+    pipeline_tag: str | None = None
+    #: backbone.checkpoint as the config gave it (a hub id, a local path or pkg:<module>/<path>)
+    checkpoint: str | None = None
     backbone: str
     arch: str | None = None
     method: str

@@ -96,12 +96,14 @@ class _SequenceClassification(Task):
 
 class TextClassification(_SequenceClassification):
     name = "text-classification"
+    pipeline_tag = "text-classification"
     input_field = "text"
     fields = ("text", "label")
 
 
 class ImageClassification(_SequenceClassification):
     name = "image-classification"
+    pipeline_tag = "image-classification"
     input_field = "image"
     fields = ("image", "label")
 
@@ -127,6 +129,7 @@ class TokenClassification(Task):
     """A BIO tag per word (named-entity recognition)."""
 
     name = "token-classification"
+    pipeline_tag = "token-classification"
     primary_metric = "f1"
     fields = ("tokens", "tags")
     postprocess = MappingProxyType({"kind": "token-tags"})

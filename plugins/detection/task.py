@@ -39,6 +39,7 @@ AGREEMENT_SCORE = 0.3
 
 class ObjectDetection(Task):
     name = "object-detection"
+    pipeline_tag = "object-detection"
     primary_metric = "map50"
     agreement_name = "box_agreement"
     #: One class is a detector (its background is implicit); none is not.

@@ -48,6 +48,7 @@ class HeadOptions(BaseModel):
 
 class ImageEmbedding(EmbeddingTask):
     name = "image-embedding"
+    pipeline_tag = "image-feature-extraction"
     primary_metric = "auc"
     options_schema = HeadOptions
     fields = ("image", "label")
@@ -160,6 +161,7 @@ class TextEmbedding(EmbeddingTask):
     documents (``gallery.npy`` with ``gallery.json``: each document's opening words)."""
 
     name = "text-embedding"
+    pipeline_tag = "sentence-similarity"
     primary_metric = "recall@10"
     options_schema = TextHeadOptions
     labelled = False

@@ -27,6 +27,7 @@ class TextGeneration(Task):
     which is exactly the share whose greedy completion reproduces the reference."""
 
     name = "text-generation"
+    pipeline_tag = "text-generation"
     primary_metric = "perplexity"
     labelled = False
     lower_is_better = True

