@@ -403,6 +403,25 @@ def _add_bundle_command(cli: click.Group, host: Host) -> None:
         bundle(list(run_dirs), out, host, click.echo)
         click.echo(f"report: {out / 'report.md'}")
 
+    @cli.command("push")
+    @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
+    @click.option("--repo", required=True, help="the Hub repository, org/name (created if it is not there).")
+    @click.option(
+        "--what",
+        type=click.Choice(["adapter", "merged", "export"]),
+        default="adapter",
+        show_default=True,
+        help="which folder: the adapter (PEFT's layout), the merged model, or the export.",
+    )
+    @click.option("--private", is_flag=True, help="create the repository private.")
+    def push_command(run_dir: Path, repo: str, what: str, private: bool) -> None:
+        """Upload RUN_DIR's adapter/, merged/ or export/ to the Hugging Face Hub as one commit
+        (huggingface_hub; log in with `huggingface-cli login` or set HF_TOKEN). adapt's lock and
+        temporary files stay home."""
+        from adapt.push import push
+
+        click.echo(json.dumps(push(run_dir, repo, what, private)))
+
     @cli.command("web-check")
     @click.argument("target", type=click.Path(file_okay=False, exists=True, path_type=Path))
     def web_check_command(target: Path) -> None:
