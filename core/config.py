@@ -168,6 +168,11 @@ class TrainConfig(_Section):
         description="recompute each block's activations in the backward pass instead of keeping them: less memory "
         "(a large decoder's long sequences), about a third more compute; the same loss. Where the backbone offers it",
     )
+    report_to: list[Literal["tensorboard", "mlflow"]] = Field(
+        default_factory=list,
+        description="trackers that receive the run's config, each epoch's metrics and the final figures: "
+        "tensorboard (<run>/tensorboard/), mlflow (MLFLOW_TRACKING_URI); pip install 'adapt-edge[tracking]'",
+    )
     packing: StrictBool = Field(
         False,
         description="join each training batch's token sequences into as few rows as fit the sequence length, each "

@@ -1,0 +1,1 @@
+"""Built-in trackers: TensorBoard and MLflow on the lifecycle hooks (``train.report_to``)."""
