@@ -22,9 +22,13 @@ IGNORED = [".adapt*", "*.tmp", "*.old", "**/.adapt*"]
 def push(run_dir: Path, repo: str, what: str = "adapter", private: bool = False) -> dict[str, Any]:
     """Create ``repo`` (if it is not there) and upload the run's ``what`` folder as one commit;
     returns the repository, the folder and the commit's URL."""
-    from adapt.rundir import require_run
+    from adapt.rundir import MARKER_FILE, is_run
 
-    require_run(run_dir)
+    if not is_run(run_dir):  # reading only: a read-only run may be pushed
+        raise AdaptError(
+            f"{run_dir} is not a run directory made by adapt (it has no {MARKER_FILE})",
+            hint="give the folder `adapt run` printed, e.g. runs/<name>",
+        )
     if what not in WHAT:
         raise AdaptError(f"--what is {what!r}", hint=f"give one of {', '.join(WHAT)}")
     folder = run_dir / what

@@ -47,6 +47,12 @@ def test_push_uploads_the_chosen_folder_as_one_commit(run, hub):
     assert "adapter_model.safetensors" in sent["files"] and ".adapt*" in sent["ignore_patterns"]
     invoke(["push", str(topic), "--repo", "org/topic", "--what", "merged", "--private"])
     assert hub[-1][1]["folder_path"] == str(topic / "merged") and hub[-2][1]["private"] is True
+    topic.chmod(0o555)  # pushing only reads: a read-only run is pushed too
+    try:
+        invoke(["push", str(topic), "--repo", "org/topic", "--what", "export"])
+    finally:
+        topic.chmod(0o755)
+    assert hub[-1][1]["folder_path"] == str(topic / "export")
 
 
 def test_push_errors_name_the_fix(run, hub, monkeypatch, tmp_path):
