@@ -378,6 +378,8 @@ def _add_run_dir_commands(cli: click.Group, host: Host) -> None:
     _add_bench_command(cli, host, run_dir_argument)
     _add_predict_command(cli, host, run_dir_argument)
     _add_bundle_command(cli, host)
+    _add_push_command(cli)
+    _add_web_check_command(cli)
 
 
 def _add_bundle_command(cli: click.Group, host: Host) -> None:
@@ -403,6 +405,10 @@ def _add_bundle_command(cli: click.Group, host: Host) -> None:
         bundle(list(run_dirs), out, host, click.echo)
         click.echo(f"report: {out / 'report.md'}")
 
+
+def _add_push_command(cli: click.Group) -> None:
+    """`adapt push`: a run's folder to the Hugging Face Hub."""
+
     @cli.command("push")
     @click.argument("run_dir", type=click.Path(file_okay=False, exists=True, path_type=Path))
     @click.option("--repo", required=True, help="the Hub repository, org/name (created if it is not there).")
@@ -421,6 +427,10 @@ def _add_bundle_command(cli: click.Group, host: Host) -> None:
         from adapt.push import push
 
         click.echo(json.dumps(push(run_dir, repo, what, private)))
+
+
+def _add_web_check_command(cli: click.Group) -> None:
+    """`adapt web-check`: an export's browser page in headless Chromium."""
 
     @cli.command("web-check")
     @click.argument("target", type=click.Path(file_okay=False, exists=True, path_type=Path))

@@ -11,21 +11,27 @@ import yaml
 from tests.cli.test_bundle_e2e import invoke
 
 
-@pytest.fixture(scope="module")
-def tracked_run(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tracked")
-    mlruns = folder / "mlruns"
+def write_config(folder, name, train, export):
+    """A MobileNetV3 linear probe on digits (32 px, quick) with these train and export settings."""
     config = {
-        "name": "tracked",
+        "name": name,
         "task": "image-classification",
         "output_dir": str(folder / "runs"),
         "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050", "options": {"image_size": 32}},
         "method": {"name": "freeze", "options": {"last_blocks": 1}},
         "data": {"source": "digits"},
-        "train": {"epochs": 2, "batch_size": 64, "lr": 1e-2, "report_to": ["tensorboard", "mlflow"]},
-        "export": {"quantize": "none", "mobile": False, "latency_runs": 2},
+        "train": train,
+        "export": export,
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+@pytest.fixture(scope="module")
+def tracked_run(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tracked")
+    mlruns = folder / "mlruns"
+    train = {"epochs": 2, "batch_size": 64, "lr": 1e-2, "report_to": ["tensorboard", "mlflow"]}
+    write_config(folder, "tracked", train, {"quantize": "none", "mobile": False, "latency_runs": 2})
     patch = pytest.MonkeyPatch()
     patch.setenv("MLFLOW_TRACKING_URI", mlruns.as_uri())
     patch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3's local folder store, as a user opts in
@@ -78,17 +84,7 @@ def test_a_tracker_that_cannot_start_is_one_warning(tmp_path, monkeypatch):
     """MLflow 3 refuses a local folder store unless asked: the run goes on, and says why."""
     monkeypatch.setenv("MLFLOW_TRACKING_URI", (tmp_path / "mlruns").as_uri())
     monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
-    config = {
-        "name": "refused",
-        "task": "image-classification",
-        "output_dir": str(tmp_path / "runs"),
-        "backbone": {"name": "mobilenet", "arch": "mobilenetv3_small_050", "options": {"image_size": 32}},
-        "method": {"name": "freeze", "options": {"last_blocks": 1}},
-        "data": {"source": "digits"},
-        "train": {"epochs": 1, "batch_size": 64, "report_to": ["mlflow"]},
-        "export": {"formats": []},
-    }
-    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    write_config(tmp_path, "refused", {"epochs": 1, "batch_size": 64, "report_to": ["mlflow"]}, {"formats": []})
     invoke(["run", str(tmp_path / "config.yaml")])
     warnings = json.loads((tmp_path / "runs" / "refused" / "report.json").read_text())["plugin_warnings"]
     assert any("MLflow cannot log this run" in w and "MLFLOW_ALLOW_FILE_STORE=true" in w for w in warnings)
