@@ -2,7 +2,8 @@
 
 A source returns the splits its data has; missing ones are carved out of
 ``train`` by a seeded shuffle, so the same config always gives the same split.
-Label names come from the training split, sorted, and are saved with the run:
+Label names come from the training split, sorted (or in the data's own order where
+its source declares one, a ``datasets`` ClassLabel), and are saved with the run:
 a label met only in val or test is an error, not a silent new class.
 """
 
@@ -185,6 +186,14 @@ def carve(examples: Sequence[Example], fraction: float, seed: int) -> tuple[list
     return [examples[i] for i in order[n:]], [examples[i] for i in order[:n]]
 
 
+def declared_order(found: list[str], declared: list[str] | None) -> list[str]:
+    """The data's own label names (all of them, in its order) where it declares some that cover
+    every name found in training; else the names found, as the task sorted them."""
+    if declared and found and set(found) <= set(declared):
+        return list(declared)
+    return found
+
+
 def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig) -> Splits:
     """Read, split and encode the data of a run."""
     raw = source.read(request)
@@ -207,7 +216,7 @@ def load_splits(source: Any, request: DataRequest, task: Any, split: SplitConfig
             f"no training examples left from data source {source.name!r}",
             hint="add data, or lower data.split.val and data.split.test",
         )
-    label_names = task.label_names(train)
+    label_names = declared_order(task.label_names(train), request.label_order)
     for name in ("val", "test"):
         task.label_names(raw[name])  # same shape checks as train
     index = {name: i for i, name in enumerate(label_names)}

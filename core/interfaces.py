@@ -171,6 +171,10 @@ class DataRequest:
     fields: tuple[str, ...] = ()
     #: Items the source left out (a file that is not valid text, a corrupt image), with why.
     skipped: list[str] = field(default_factory=list)
+    #: Set by a source whose data declares its label names in an order of its own (a
+    #: ``datasets`` ClassLabel): the run keeps those names, in that order, as its label names,
+    #: so label ids match the data's. None: the task's sorted names from the training split.
+    label_order: list[str] | None = None
 
     def skip(self, item: str, reason: str) -> None:
         """Record an unreadable item that the source leaves out; the run's report counts them."""

@@ -19,7 +19,6 @@ from typing import Any, Sequence
 
 #: old module (under adapt.) -> where it lives now
 MOVED = {
-    "adapt.boxes": "adapt.plugins.detection.boxes",
     "adapt.detection_augment": "adapt.plugins.detection.augment",
     "adapt.detection_loss": "adapt.plugins.detection.loss",
     "adapt.detection_metrics": "adapt.plugins.detection.metrics",
@@ -36,6 +35,8 @@ MOVED = {
     "adapt.generation_check": "adapt.plugins.transformers.generation_check",
     "adapt.hf_text": "adapt.plugins.transformers.hf_text",
     "adapt.plugins.interactions_source": "adapt.plugins.embeddings.interactions_source",
+    # back in core: the detection sources and the hf-datasets source share its one rule for a box
+    "adapt.plugins.detection.boxes": "adapt.boxes",
 }
 
 

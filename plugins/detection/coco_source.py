@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
-from adapt.plugins.detection.boxes import checked_box, corners, image_size
+from adapt.boxes import checked_box, corners, image_size
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, DataSource, Example
 from adapt.paths import inside

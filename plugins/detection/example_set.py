@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from adapt.plugins.detection.boxes import xywh
+from adapt.boxes import xywh
 
 #: The class names, in class-index order (YOLO) and category-id order 1..10 (COCO).
 NAMES = [str(d) for d in range(10)]

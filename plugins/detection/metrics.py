@@ -14,7 +14,7 @@ import io
 import math
 from typing import Any, Mapping, Sequence
 
-from adapt.plugins.detection.boxes import xywh
+from adapt.boxes import xywh
 
 
 def coco_map(

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from adapt import hookimpl
-from adapt.plugins.detection.boxes import checked_box, image_size
+from adapt.boxes import checked_box, image_size
 from adapt.data import SPLIT_STEMS
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, DataSource, Example

@@ -1,6 +1,7 @@
 """Bounding boxes as the detection data sources hand them on: ``[x1, y1, x2, y2]`` in
 pixels of the image. One rule for every format, so a bad annotation is skipped (and
-counted in the report) the same way whether it came from COCO or YOLO.
+counted in the report) the same way whether it came from COCO, YOLO or a ``datasets``
+table; core holds it because sources of two families (and third-party ones) use it.
 
 A detection example is ``{"image": Path, "size": [width, height], "boxes": [[x1, y1,
 x2, y2], ...], "labels": [name, ...]}``; an image without objects has empty lists.
