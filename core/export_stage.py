@@ -115,7 +115,9 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
                 "rejected_export": {"folder": REJECTED_DIR, "error": exc.message, "parity": job.new["parity"]}
             }
             raise
-        (staging / "README.md").write_text(model_card(with_export(report, job.new), "export"), encoding="utf-8")
+        shipped = {"README.md", *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())}
+        card = model_card(with_export(report, job.new), "export", shipped)
+        (staging / "README.md").write_text(card, encoding="utf-8")
         write_report(run_dir, with_export(report, {}))  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
         remove(run_dir / REJECTED_DIR)

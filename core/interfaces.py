@@ -350,7 +350,9 @@ class Task:
     def draw(
         self, examples: Sequence[Example], predictions: Sequence[Any], label_names: Sequence[str], folder: Path
     ) -> dict[str, Path]:
-        """Pictures of a few test predictions written into ``folder``: {name: path}; default none."""
+        """Pictures written into ``folder`` (the run's ``pictures/``): {name: path}; default none.
+        ``examples`` is the whole test split and ``predictions`` the merged model's on it: draw a
+        few (boxes on four images) or a summary of all (a confusion matrix)."""
         return {}
 
     def example_scores(

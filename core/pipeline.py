@@ -425,18 +425,19 @@ def merge_stage(session: Session) -> Merged:
     return Merged(merged, merged_eval, section)
 
 
-#: How many test examples a task's picture shows.
-PICTURE_EXAMPLES = 4
+#: The run directory's folder for the task's pictures (``Task.draw``).
+PICTURES_DIR = "pictures"
 
 
 def _pictures(session: Session, predictions: Sequence[Any]) -> dict[str, Any]:
-    """The task's picture of a few test predictions (its optional ``draw``), written into
-    the run directory; the report's ``pictures`` entry."""
+    """The task's pictures of the test split and the merged model's predictions on it (its
+    optional ``draw``), written into ``<run>/pictures/``; the report's ``pictures`` entry."""
     test = session.splits.test if session.splits is not None else []
     if not test:
         return {}
-    count = min(PICTURE_EXAMPLES, len(test))
-    written = session.plan.task.draw(test[:count], predictions[:count], session.label_names, session.run.path)
+    folder = session.run.path / PICTURES_DIR
+    folder.mkdir(exist_ok=True)
+    written = session.plan.task.draw(test, predictions, session.label_names, folder)
     if not written:
         return {}
     return {"pictures": {name: str(Path(path).relative_to(session.run.path)) for name, path in written.items()}}

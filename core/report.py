@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from adapt.rundir import atomic_write_bytes, atomic_write_json, atomic_write_text
 
@@ -113,9 +113,13 @@ def add_section(report: dict[str, Any], section: dict[str, Any]) -> None:
 
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:
+    """report.json, report.md and the self-contained report.html, each written whole or not at all."""
+    from adapt.report_html import REPORT_HTML, render_html  # it draws on this module's helpers
+
     report["files"] = list_files(run_dir)
     atomic_write_json(run_dir / REPORT_JSON, report)
     atomic_write_text(run_dir / REPORT_MD, render_markdown(report))
+    atomic_write_text(run_dir / REPORT_HTML, render_html(run_dir, report))
 
 
 def _fmt(value: Any) -> str:
@@ -365,7 +369,7 @@ def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Pa
     return path
 
 
-def model_card(report: dict[str, Any], kind: str) -> str:
+def model_card(report: dict[str, Any], kind: str, files: Sequence[str] = ()) -> str:
     """A model card (README.md) for ``merged/`` (``kind="merged"``) or ``export/``
     (``kind="export"``), as Hugging Face model cards are: what the model is, what it
     was trained on, its test metrics and parity with the form it came from, how to run it."""
@@ -415,6 +419,10 @@ def model_card(report: dict[str, Any], kind: str) -> str:
             + f" | {_diff(check.get('max_abs_diff'), '')} | {_verified(check.get('verified'))} |"
         )
     lines += ["", "## How to use", "", *_usage(report, kind, library), ""]
+    if files:
+        from adapt.export_files import export_file_lines
+
+        lines += ["## Files", "", *export_file_lines(report, files), ""]
     return "\n".join(lines)
 
 

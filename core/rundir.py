@@ -52,6 +52,9 @@ RUN_LAYOUT = frozenset(
         "training_curve.png",
         "report.json",
         "report.md",
+        "report.html",
+        "pictures",
+        "tensorboard",
     }
 )
 #: adapt's temporary names beside a target: ``.<name>.<pid>.tmp`` / ``.<name>.<pid>.old``.

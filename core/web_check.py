@@ -156,3 +156,31 @@ def web_check(target: Path) -> dict[str, Any]:
     found = check_folder(folder, deployable, others)
     atomic_write_json(report_path, {**report, "web_check": found})
     return found
+
+
+#: Chromium's stderr line for a console message (``--enable-logging=stderr``): the message and where it came from.
+CONSOLE_LINE = ":CONSOLE"
+
+
+def open_page(page: Path, screenshot: Path | None = None, timeout: float = 60) -> dict[str, Any]:
+    """A local, self-contained HTML file (report.html) in headless Chromium: ``{"dom": the DOM
+    after its load event, "console": every console message, uncaught errors included}``; with
+    ``screenshot``, a PNG of the page at 1200 px wide too."""
+    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
+    url = page.resolve().as_uri()
+    found: dict[str, Any] = {"console": []}
+    with tempfile.TemporaryDirectory() as profile:
+        runs = [("dom", ["--dump-dom"])]
+        if screenshot is not None:
+            runs.append(("screenshot", [f"--screenshot={screenshot}", "--window-size=1200,2400", "--hide-scrollbars"]))
+        for name, extra in runs:
+            command = [find_browser(), *flags, "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}"]
+            try:
+                done = subprocess.run([*command, *extra, url], capture_output=True, timeout=timeout, check=False)
+            except subprocess.TimeoutExpired:
+                raise AdaptError(f"the browser did not finish {page} within {timeout:.0f} s") from None
+            stderr = done.stderr.decode("utf-8", "replace").splitlines()
+            found["console"] += [line.partition("] ")[2] for line in stderr if CONSOLE_LINE in line]
+            if name == "dom":
+                found["dom"] = done.stdout.decode("utf-8", "replace")
+    return found

@@ -8,6 +8,7 @@ classification, entity-level F1 (CoNLL rules) for token classification.
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
@@ -92,6 +93,18 @@ class _SequenceClassification(Task):
         """1 for each example labelled right, else 0: their mean is the accuracy, so the
         int8 gate can judge a drop paired over the examples (adapt.paired)."""
         return [float(p == r) for p, r in zip(predictions, references)]
+
+    def draw(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        predictions: Sequence[int],
+        label_names: Sequence[str],
+        folder: Path,
+    ) -> dict[str, Path]:
+        """The test split's confusion matrix."""
+        from adapt.plugins.classification.confusion import draw_confusion
+
+        return draw_confusion([int(e["label"]) for e in examples], predictions, label_names, folder)
 
 
 class TextClassification(_SequenceClassification):

@@ -144,7 +144,7 @@ class ObjectDetection(Task):
         label_names: Sequence[str],
         folder: Path,
     ) -> dict[str, Path]:
-        return draw_side_by_side(examples, predictions, label_names, folder)
+        return draw_side_by_side(examples[:PICTURE_EXAMPLES], predictions[:PICTURE_EXAMPLES], label_names, folder)
 
     def graph_outputs(self, model: torch.nn.Module) -> tuple[torch.nn.Module, tuple[str, ...]]:
         from adapt.plugins.detection.detector import FINAL_OUTPUTS, FinalDetections
@@ -180,6 +180,10 @@ class ObjectDetection(Task):
             same = torch.tensor([ref["labels"][i] for i in keep])[:, None] == torch.tensor(got["labels"])[None, :]
             found += int(((iou >= AGREEMENT_IOU) & same).any(dim=1).sum())
         return found / wanted if wanted else 1.0
+
+
+#: How many test images detections.png shows.
+PICTURE_EXAMPLES = 4
 
 
 def draw_side_by_side(

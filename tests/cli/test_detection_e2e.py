@@ -68,6 +68,16 @@ def test_the_report_has_map_for_every_form_and_box_agreement_for_every_export(ru
     assert "detections.png" in (run / "report.md").read_text()
 
 
+@pytest.mark.slow
+def test_the_html_report_renders_in_chromium_with_the_drawn_boxes(run):
+    from tests.report_page import check_report_page
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["pictures"] == {"detections": "pictures/detections.png"}
+    dom = check_report_page(run, pictures=2)  # the training curve and the test images with their boxes
+    assert 'alt="detections"' in dom and "map" in dom
+
+
 def test_pytorch_the_exported_file_and_predict_py_give_the_same_boxes(run, detection_set, tmp_path):
     image = str(detection_set / "images" / "00000.jpg")
     eager = json.loads(invoke(["predict", str(run), image, "--min-score", "0", "--draw", str(tmp_path / "eager.png")]).output)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 
 import numpy as np
 import pytest
@@ -78,3 +79,31 @@ def test_predict_names_the_data_sets_classes(digits_run, tmp_path):
     rows = [json.loads(line) for line in invoke(["predict", str(run), *files]).output.splitlines()]
     assert all(r["label"] in NAMES for r in rows)
     assert sum(r["label"] == t for r, t in zip(rows, truth)) >= 6
+
+
+@pytest.mark.slow
+def test_the_html_report_renders_in_chromium_with_the_confusion_matrix(digits_run):
+    from tests.report_page import check_report_page
+
+    _, run, _, _ = digits_run
+    report = json.loads((run / "report.json").read_text())
+    assert report["pictures"] == {"confusion_matrix": "pictures/confusion_matrix.png"}
+    dom = check_report_page(run, pictures=2)  # the training curve and the confusion matrix
+    points = re.findall(r"<circle ", dom.split('id="tradeoff"')[1].split("</svg>")[0])
+    assert len(points) == len(report["latency_ms"])  # one point per form with a latency and a metric
+    for form in report["metrics"]:
+        assert f"<td>{form}</td>" in dom
+
+
+def test_the_export_card_says_what_each_file_is_and_how_to_run_it(digits_run):
+    _, run, _, _ = digits_run
+    report = json.loads((run / "report.json").read_text())
+    card = (run / "export" / "README.md").read_text()
+    files = card.split("## Files")[1]
+    shipped = {p.relative_to(run / "export").as_posix() for p in (run / "export").rglob("*") if p.is_file()}
+    listed = set(re.findall(r"^\| `([^`]+)` \|", files, flags=re.M))
+    assert listed == {name for name in shipped if not name.startswith("web/")} | {"web/"}
+    deployable = report["deployable"].rpartition("/")[2]
+    (row,) = [line for line in files.splitlines() if line.startswith(f"| `{deployable}` |")]
+    assert "**the one to deploy**" in row and f"python predict.py {deployable} INPUT" in row
+    assert sum("the one to deploy" in line for line in files.splitlines()) == 1
