@@ -101,11 +101,13 @@ def test_an_exporter_imports_no_plugin(path):
 def test_every_file_name_adapt_writes_is_in_the_run_layout():
     """--overwrite deletes exactly RUN_LAYOUT: a name written elsewhere but missing
     there would survive an overwrite as if it were the user's (or the reverse)."""
-    from adapt import checkpoint, engine, export_stage, pipeline, report, rundir
+    from adapt import checkpoint, engine, export_stage, pipeline, report, report_html, rundir
+    from adapt.plugins.trackers.trackers import TENSORBOARD_DIR  # the built-in tracker's folder
 
     written = {
         pipeline.LABELS_FILE, pipeline.MERGED_DIR, engine.ADAPTER_DIR, engine.METRICS_FILE, checkpoint.CHECKPOINT.parts[0],
         export_stage.EXPORT_DIR, export_stage.REJECTED_DIR, report.REPORT_JSON, report.REPORT_MD, report.CURVE_PNG,
+        report_html.REPORT_HTML, pipeline.PICTURES_DIR, TENSORBOARD_DIR,
         rundir.CONFIG_FILE, rundir.LOCK_FILE, rundir.MARKER_FILE,
     }
     assert written == set(rundir.RUN_LAYOUT)

@@ -23,6 +23,8 @@ from adapt import hookimpl
 from adapt.errors import ConfigError
 
 TRACKERS = ("tensorboard", "mlflow")
+#: TensorBoard's event files, in the run directory (a name of adapt's run layout: --overwrite replaces it).
+TENSORBOARD_DIR = "tensorboard"
 #: The trackers of each run in progress, by run directory (several runs may share a process).
 _OPEN: dict[str, list[Any]] = {}
 
@@ -67,7 +69,7 @@ class TensorBoard:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:
             raise _missing("tensorboard", "tensorboard") from None
-        self.writer = SummaryWriter(log_dir=str(run_dir / "tensorboard"))
+        self.writer = SummaryWriter(log_dir=str(run_dir / TENSORBOARD_DIR))
         self.writer.add_text("config", "    " + json.dumps(config, indent=1).replace("\n", "\n    "))
 
     def epoch(self, epoch: int, metrics: dict[str, float]) -> None:

@@ -113,8 +113,13 @@ def source_recipes(root):
     make_detection_set(root / "det", images=3, size=64)
     (root / "log.csv").write_text("user,item\n" + "".join(f"u1,i{k}\n" for k in range(4)))
     (root / "items.csv").write_text("item,text\n" + "".join(f"i{k},item {k}\n" for k in range(4)))
+    import datasets
+
+    features = datasets.Features({"text": datasets.Value("string"), "label": datasets.ClassLabel(names=["y", "x"])})
+    datasets.Dataset.from_dict({"text": ["a", "b"], "label": [1, 0]}, features=features).save_to_disk(root / "hf")
     host = make_host(autoload=False)
     raw = {
+        "hf-datasets": ("text-classification", root / "hf"),
         "coco": ("object-detection", root / "det"),
         "yolo": ("object-detection", root / "det"),
         "csv": ("text-classification", root / "t.csv"),
