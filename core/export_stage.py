@@ -51,6 +51,7 @@ EXPORT_KEYS = (
     "rejected_export",
     "export_notes",
     "web",
+    "samples",
 )
 #: The latency figures' rounds (at most; export.latency_runs calls are shared among them)
 #: and the pause before each turn: shorter than adapt bench's, as a run times many files.
@@ -116,7 +117,7 @@ def export_stage(session: Any, merged_model: Any, merged: Any, report: dict[str,
             }
             raise
         shipped = {"README.md", *(p.relative_to(staging).as_posix() for p in staging.rglob("*") if p.is_file())}
-        card = model_card(with_export(report, job.new), "export", shipped)
+        card = model_card(with_export(report, job.new), "export", sorted(shipped))
         (staging / "README.md").write_text(card, encoding="utf-8")
         write_report(run_dir, with_export(report, {}))  # for the instant of the swap, the report names no export file
         swap_in(staging, out)
@@ -669,6 +670,8 @@ class _ExportJob:
         self.new["parity"][form.name].update(verdict.parity)
         self.new["latency_ms"][form.name].update(verdict.latency)
         self.new["latency_ms"]["pytorch"].update(verdict.reference_latency)
+        if verdict.samples:
+            self.new.setdefault("samples", {})[form.name] = [dict(s) for s in verdict.samples]
         if form.exact and verdict.problem:
             self.new["parity"][form.name]["verified"] = False
             raise ExportError(

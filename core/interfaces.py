@@ -433,6 +433,9 @@ class ExportVerdict:
     reference_latency: dict[str, Any] = field(default_factory=dict)
     problem: str | None = None
     hint: str = ""
+    #: A few of the file's outputs for people to read (report key ``samples.<form>``, shown in
+    #: report.html and report.md): text-generation gives ``{"prompt", "continuation"}`` per test prompt.
+    samples: list[dict[str, str]] = field(default_factory=list)
 
 
 class Backbone:

@@ -3,7 +3,8 @@
 The same figures as report.md, for people who look rather than read JSON: the summary,
 the training curve, every form's test metrics, parity, latency and size as tables, one plot
 of the primary metric against batch-1 latency per form (inline SVG), and the task's
-pictures (``Task.draw``: a confusion matrix, boxes drawn on test images...). Pictures are
+pictures (``Task.draw``: a confusion matrix, boxes drawn on test images, nearest neighbours)
+and the samples an export check kept (a decoder's continuations of test prompts). Pictures are
 embedded as data URIs; a picture's path is read from the report, so it must lie inside the
 run directory. A short inline script marks the page rendered (``data-rendered`` on
 ``<body>``: how many pictures decoded), which the browser test reads.
@@ -186,6 +187,24 @@ def tradeoff_svg(report: dict[str, Any]) -> str:
     )
 
 
+#: A sample's prompt is shown by its last this many characters.
+PROMPT_CHARS = 240
+
+
+def samples_table(report: dict[str, Any]) -> str:
+    """Each sampled input (a test prompt) and what every form made of it (``samples.<form>``)."""
+    samples = report.get("samples") or {}
+    forms = list(samples)
+    count = max(len(rows) for rows in samples.values())
+    rows = []
+    for index in range(count):
+        entries = [samples[form][index] if index < len(samples[form]) else {} for form in forms]
+        prompt = str(next((e.get("prompt") for e in entries if e.get("prompt") is not None), ""))
+        shown = prompt if len(prompt) <= PROMPT_CHARS else "…" + prompt[-PROMPT_CHARS:]
+        rows.append([esc(shown), *(f"<b>{esc(e.get('continuation', ''))}</b>" for e in entries)])
+    return table(["prompt", *forms], rows)
+
+
 def render_html(run_dir: Path, report: dict[str, Any]) -> str:
     """The whole page."""
     sections = [f"<h1>Run report: {esc(report.get('name', ''))}</h1>", summary(report)]
@@ -199,6 +218,8 @@ def render_html(run_dir: Path, report: dict[str, Any]) -> str:
         header = ["form", "median ms", "p90 ms", "vs PyTorch (range)", "bytes", f"test {report.get('primary_metric')}"]
         sections += ["<h2>CPU latency (batch 1) and size</h2>", table(header, latency_rows(report))]
         sections += [f"<h2>{esc(report.get('primary_metric'))} against latency</h2>", tradeoff_svg(report)]
+    if report.get("samples"):
+        sections += ["<h2>Sample generations (greedy, through each file)</h2>", samples_table(report)]
     for name, path in (report.get("pictures") or {}).items():
         sections += [f"<h2>{esc(name)}</h2>", f"<figure>{embedded_png(run_dir, path, name)}</figure>"]
     notes = [*(report.get("export_notes") or []), *(report.get("notes") or [])]

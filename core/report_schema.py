@@ -150,6 +150,9 @@ class Report(_Strict):
     notes: list[str] | None = None
     #: warnings of observer plugins that raised in a lifecycle hook (the run went on)
     plugin_warnings: list[str] | None = None
+    #: form -> a few of its outputs for people to read (ExportVerdict.samples; text-generation: each test
+    #: prompt's greedy continuation through the file, {"prompt", "continuation"})
+    samples: dict[str, list[dict[str, str]]] | None = None
     #: name -> a picture in the run directory (object-detection: ``detections``, test images
     #: with their true boxes beside the merged model's)
     pictures: dict[str, str] | None = None

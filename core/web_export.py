@@ -169,21 +169,24 @@ def example_inputs(task: Any, examples: Sequence[Any], web: Path, images: bool, 
     return found
 
 
-def save_png(image: Any, folder: Path, name: str) -> str:
-    """An example's image (a path, a PIL image or an array) as an RGB PNG in ``folder``; its name."""
+def rgb_picture(image: Any) -> Any:
+    """An example's image (a path, a PIL image, or anything numpy reads as pixels) as an RGB PIL image."""
     import numpy as np
     from PIL import Image
 
-    folder.mkdir(parents=True, exist_ok=True)
     if isinstance(image, (str, Path)):
         with Image.open(image) as opened:
-            picture = opened.convert("RGB")
-    elif isinstance(image, Image.Image):
-        picture = image.convert("RGB")
-    else:
-        array = np.asarray(image)
-        if array.ndim == 3 and array.shape[2] == 1:
-            array = array[:, :, 0]
-        picture = Image.fromarray(array.astype(np.uint8)).convert("RGB")
-    picture.save(folder / name)
+            return opened.convert("RGB")
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    array = np.asarray(image)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+
+
+def save_png(image: Any, folder: Path, name: str) -> str:
+    """An example's image as an RGB PNG in ``folder``; its name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rgb_picture(image).save(folder / name)
     return name

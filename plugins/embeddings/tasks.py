@@ -13,6 +13,7 @@ the graph, and a gallery (one mean embedding per training identity) is written b
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, Mapping, Sequence
 
@@ -57,6 +58,18 @@ class ImageEmbedding(EmbeddingTask):
 
     def embedding_columns(self) -> int | None:
         return int(self.options.dim)  # the rest are the cosines to the identity centres
+
+    def draw(
+        self,
+        examples: Sequence[Mapping[str, Any]],
+        predictions: Sequence[Sequence[float]],
+        label_names: Sequence[str],
+        folder: Path,
+    ) -> dict[str, Path]:
+        """A few test images and their nearest test images by cosine."""
+        from adapt.plugins.embeddings.neighbours_picture import draw_neighbours
+
+        return draw_neighbours(examples, predictions, label_names, folder)
 
     def label_names(self, examples: Sequence[Mapping[str, Any]]) -> list[str]:
         for i, example in enumerate(examples):

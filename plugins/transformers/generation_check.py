@@ -16,6 +16,10 @@ from adapt.interfaces import ExportCheck, ExportVerdict
 from adapt.plugins.transformers import causal_lm
 
 
+#: Test prompts whose continuations the report shows, per exported file.
+SAMPLES = 3
+
+
 class GenerationCheck:
     """The merged model's continuations of the test prompts (made once), and each file's against them."""
 
@@ -23,6 +27,7 @@ class GenerationCheck:
         from adapt.plugins.transformers.fused_decoder import fusable
         from adapt.plugins.transformers.hf_text import inner_model
 
+        self.tokenizer = tokenizer
         self.eos, self.pad = tokenizer.eos_token_id, tokenizer.pad_token_id
         self.prompts = causal_lm.check_prompts(tokenizer, test, max_length or tokenizer.model_max_length)
         self.inner = inner_model(merged_model)
@@ -37,8 +42,8 @@ class GenerationCheck:
             self.reference_tokens_per_s = _rate(self._reference, time.perf_counter() - started)
         return self._reference
 
-    def run(self, path: Path) -> tuple[float, float]:
-        """``(agreement, tokens per second)`` of an ONNX cached decoder file."""
+    def run(self, path: Path) -> tuple[float, float, list[list[int]]]:
+        """``(agreement, tokens per second, the continuations)`` of an ONNX cached decoder file."""
         from adapt import onnx_predict
 
         reference = self.reference()
@@ -48,7 +53,16 @@ class GenerationCheck:
             onnx_predict.generate_ids(session, p, self.eos, self.kv_cache, max_new_tokens=causal_lm.CHECK_TOKENS)
             for p in self.prompts
         ]
-        return causal_lm.agreement(reference, continued), _rate(continued, time.perf_counter() - started)
+        seconds = time.perf_counter() - started
+        return causal_lm.agreement(reference, continued), _rate(continued, seconds), continued
+
+    def samples(self, continued: list[list[int]]) -> list[dict[str, str]]:
+        """The first :data:`SAMPLES` test prompts and the file's continuations, as text."""
+        decode = self.tokenizer.decode
+        return [
+            {"prompt": decode(prompt, skip_special_tokens=True), "continuation": decode(new, skip_special_tokens=True)}
+            for prompt, new in list(zip(self.prompts, continued))[:SAMPLES]
+        ]
 
 
 def check_generation(check: ExportCheck) -> ExportVerdict | None:
@@ -61,7 +75,7 @@ def check_generation(check: ExportCheck) -> ExportVerdict | None:
         generation = check.memo["generation"] = GenerationCheck(
             check.preprocessor, check.test, check.sequence_length, check.merged_model
         )
-    share, rate = generation.run(check.path)
+    share, rate, continued = generation.run(check.path)
     problem = None
     if share < 1:
         problem = (
@@ -74,6 +88,7 @@ def check_generation(check: ExportCheck) -> ExportVerdict | None:
         reference_latency={"tokens_per_s": generation.reference_tokens_per_s},
         problem=problem,
         hint="its cache inputs or position ids do not match the model's",
+        samples=generation.samples(continued),
     )
 
 

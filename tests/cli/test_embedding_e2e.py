@@ -61,6 +61,22 @@ def test_the_report_has_verification_and_identification_and_cosine_parity(run):
     assert np.allclose(np.linalg.norm(gallery, axis=1), 1.0, atol=1e-5)
 
 
+@pytest.mark.slow
+def test_the_html_report_shows_test_images_with_their_nearest_neighbours(run):
+    from adapt.plugins.embeddings.neighbours_picture import nearest
+    from tests.report_page import check_report_page
+
+    report = json.loads((run / "report.json").read_text())
+    assert report["pictures"] == {"neighbours": "pictures/neighbours.png"}
+    with Image.open(run / "pictures" / "neighbours.png") as picture:
+        assert picture.width > picture.height > 200  # four rows of a query and four neighbours
+    check_report_page(run, pictures=2)  # the training curve and the neighbours
+    unit = np.eye(4, dtype=np.float32)[[0, 0, 1, 2]] + np.float32(0.01) * np.arange(4)[:, None]
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    found = nearest(unit, 0, 2)
+    assert found[0][0] == 1 and found[0][1] > 0.99 and all(i != 0 for i, _ in found)  # itself left out
+
+
 def test_pytorch_the_exported_file_and_predict_py_name_the_same_identities(run, tmp_path):
     digits = load_digits()
     paths = []

@@ -4,6 +4,7 @@ tiny random checkpoint in place of the hub one (no network at test time)."""
 
 from __future__ import annotations
 
+import html
 import json
 from pathlib import Path
 
@@ -36,3 +37,9 @@ def test_the_generation_example_runs_on_the_real_bbc_articles(tmp_path):
     report = json.loads((tmp_path / "runs" / "bbc-gpt2-generation" / "report.json").read_text())
     assert report["data"]["sizes"]["train"] > 1900 and report["parity"]["onnx"]["generation_agreement"] == 1.0
     assert report["metrics"]["merged"]["perplexity"] < report["metrics"]["onnx_int8"]["perplexity"] * 1.5
+    # each file's greedy continuations of the first test prompts, as text, in report.html
+    onnx = report["samples"]["onnx"]
+    assert len(onnx) == 3 and all(s["prompt"].strip() and isinstance(s["continuation"], str) for s in onnx)
+    assert [s["continuation"] for s in onnx] == [s["continuation"] for s in report["samples"]["onnx_optimized"]]
+    page = (tmp_path / "runs" / "bbc-gpt2-generation" / "report.html").read_text()
+    assert "Sample generations" in page and html.escape(onnx[0]["continuation"]) in page
