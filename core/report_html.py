@@ -155,7 +155,8 @@ def tradeoff_svg(report: dict[str, Any]) -> str:
     width, height, pad = 640, 320, 56
     xs, ys = [p[1] for p in points], [p[2] for p in points]
     x0, x1 = 0.0, max(xs) * 1.15 or 1.0
-    y0, y1 = min(ys) - 0.05 * (abs(min(ys)) or 1), max(ys) + 0.05 * (abs(max(ys)) or 1)
+    span = max(ys) - min(ys) or max(abs(max(ys)) * 0.01, 1e-3)  # equal values still get a visible range
+    y0, y1 = min(ys) - 0.2 * span, max(ys) + 0.2 * span
 
     def at(x: float, y: float) -> tuple[float, float]:
         return pad + (x - x0) / (x1 - x0) * (width - 2 * pad), height - pad - (y - y0) / (y1 - y0) * (height - 2 * pad)

@@ -4,7 +4,7 @@ read, as an ordinary plugin on the lifecycle hooks (a third-party tracker is wri
 * At the start: the resolved config (TensorBoard: as text; MLflow: as parameters, flattened).
 * Each epoch: every validation metric (``val/<name>`` / ``val_<name>``, step = epoch).
 * At the end: every form's test metrics, batch-1 latency and size, and (MLflow) report.json,
-  report.md and the deployable file as artifacts; a failed run is marked FAILED.
+  report.md, report.html and the deployable file as artifacts; a failed run is marked FAILED.
 
 TensorBoard writes event files under ``<run>/tensorboard/``; MLflow logs where
 ``MLFLOW_TRACKING_URI`` points (experiment ``MLFLOW_EXPERIMENT_NAME``, default ``adapt``), as
@@ -124,7 +124,12 @@ class MLflow:
     def finish(self, run_dir: Path, report: dict[str, Any], error: str | None) -> None:
         self._metrics(final_figures(report), 0)
         deployable = report.get("deployable")
-        files = [run_dir / "report.json", run_dir / "report.md", *([run_dir / deployable] if deployable else [])]
+        files = [
+            run_dir / "report.json",
+            run_dir / "report.md",
+            run_dir / "report.html",
+            *([run_dir / deployable] if deployable else []),
+        ]
         for path in files:
             if path.is_file():
                 self.client.log_artifact(self.run_id, str(path))

@@ -77,7 +77,7 @@ def test_mlflow_holds_the_config_the_metrics_and_the_artifacts(tracked_run, monk
     )
     assert [m.step for m in history] == [1, 2]
     artifacts = {a.path for a in client.list_artifacts(found.info.run_id)}
-    assert {"report.json", "report.md", report["deployable"].rpartition("/")[2]} <= artifacts
+    assert {"report.json", "report.md", "report.html", report["deployable"].rpartition("/")[2]} <= artifacts
 
 
 def test_a_tracker_that_cannot_start_is_one_warning(tmp_path, monkeypatch):
