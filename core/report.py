@@ -333,12 +333,25 @@ def _versus(form: str, versus: dict[str, Any], latency: dict[str, Any]) -> str:
     return "" if versus.get("note") or not base else f"{latency[form].get('median', 0) / base:.2f}x"
 
 
+def save_figure(fig: Any, path: Path) -> Path:
+    """A matplotlib figure as a PNG at ``path`` (written whole or not at all); the figure is closed."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.tight_layout()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    atomic_write_bytes(path, buffer.getvalue())
+    return path
+
+
 def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Path | None:
     """Training loss and the validation metric per epoch, as a PNG."""
     epochs = [r for r in history if r.get("kind") == "epoch"]
     if not epochs:
         return None
-    import io
 
     import matplotlib
 
@@ -360,13 +373,7 @@ def plot_curve(run_dir: Path, history: list[dict[str, Any]], primary: str) -> Pa
     handles = left.get_legend_handles_labels()[0] + right.get_legend_handles_labels()[0]
     left.legend(handles, [str(h.get_label()) for h in handles], loc="center right")
     left.set_title("training curve")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path = run_dir / CURVE_PNG
-    atomic_write_bytes(path, buffer.getvalue())
-    return path
+    return save_figure(fig, run_dir / CURVE_PNG)
 
 
 def model_card(report: dict[str, Any], kind: str, files: Sequence[str] = ()) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Sequence
 
@@ -23,7 +22,7 @@ def draw_confusion(
     import matplotlib.pyplot as plt
     from sklearn.metrics import ConfusionMatrixDisplay
 
-    from adapt.rundir import atomic_write_bytes
+    from adapt.report import save_figure
 
     side = min(4 + 0.45 * len(label_names), 16)
     fig, axes = plt.subplots(figsize=(side, side), dpi=100)
@@ -38,10 +37,4 @@ def draw_confusion(
         ax=axes,
     )
     axes.set_title(f"test split: {len(references)} examples")
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path = folder / "confusion_matrix.png"
-    atomic_write_bytes(path, buffer.getvalue())
-    return {"confusion_matrix": path}
+    return {"confusion_matrix": save_figure(fig, folder / "confusion_matrix.png")}

@@ -4,7 +4,6 @@ cosine, in green where it is the query's identity and red where not."""
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -36,7 +35,7 @@ def draw_neighbours(
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from adapt.rundir import atomic_write_bytes
+    from adapt.report import save_figure
     from adapt.web_export import rgb_picture
 
     embeddings = np.asarray(predictions, dtype=np.float32)
@@ -56,10 +55,4 @@ def draw_neighbours(
                 colour = "green" if names[index] == names[row] else "red"
                 axis.set_title(f"{names[index]} {cosine:.2f}", fontsize=8, color=colour)
     fig.suptitle("test images (left) and their nearest test images by cosine", fontsize=9)
-    fig.tight_layout()
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png")
-    plt.close(fig)
-    path = folder / "neighbours.png"
-    atomic_write_bytes(path, buffer.getvalue())
-    return {"neighbours": path}
+    return {"neighbours": save_figure(fig, folder / "neighbours.png")}

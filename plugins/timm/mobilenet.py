@@ -297,27 +297,22 @@ class MobileNet(Backbone):
         return ImagePreprocessor(create_transform(**config, is_training=False), tuple(config["input_size"]), config)
 
     def collator(self, built: BuiltModel, options: Any) -> Callable[[Sequence[Example]], Batch]:
-        import numpy as np
         import torch
         from PIL import Image
+
+        from adapt.web_export import rgb_picture
 
         transform = built.preprocessor.transform if isinstance(built.preprocessor, ImagePreprocessor) else None
 
         def to_rgb(image: Any) -> Image.Image:
-            if isinstance(image, (str, Path)):
-                try:
-                    with Image.open(image) as opened:
-                        return opened.convert("RGB")
-                except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
-                    raise DataError(
-                        f"cannot read image {image}: {type(exc).__name__}: {exc}", hint="replace or remove the file"
-                    ) from None
-            if isinstance(image, Image.Image):
-                return image.convert("RGB")
-            array = np.asarray(image)
-            if array.ndim == 3 and array.shape[2] == 1:
-                array = array[:, :, 0]
-            return Image.fromarray(array.astype(np.uint8)).convert("RGB")
+            if not isinstance(image, (str, Path)):
+                return rgb_picture(image)
+            try:
+                return rgb_picture(image)
+            except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
+                raise DataError(
+                    f"cannot read image {image}: {type(exc).__name__}: {exc}", hint="replace or remove the file"
+                ) from None
 
         if isinstance(built.preprocessor, DetectionPreprocessor):
             return _box_collator(built.preprocessor, to_rgb)
