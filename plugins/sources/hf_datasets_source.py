@@ -12,7 +12,7 @@ Images stay encoded in memory (:class:`EncodedImage`) and are decoded when batch
 from __future__ import annotations
 
 import io
-from typing import Any, Callable
+from typing import Any
 
 from adapt import hookimpl
 from adapt.data import generation_example, label_list, row_kind
@@ -211,31 +211,31 @@ def image_rows(table: Table, options: HfDatasetsOptions) -> list[Example]:
     return examples
 
 
-def read_split(dataset: Any, split: str, request: DataRequest, options: HfDatasetsOptions) -> list[Example]:
-    """One split's examples, by the fields the task needs; records the data's own label order."""
+def rows(table: Table, options: HfDatasetsOptions) -> tuple[list[Example], list[str] | None]:
+    """The split's examples in the shape the task's fields ask for, and the label names the
+    data declares for them (a ClassLabel's, in its order), where it declares any."""
     from adapt.plugins.sources.hf_detection_rows import detection_rows, objects_label_order
 
-    table = Table(dataset, split, request)
+    request = table.request
     fields = set(request.fields)
-    readers: dict[str, tuple[Callable[[], list[Example]], Callable[[], list[str] | None]]] = {
-        "detection": (lambda: detection_rows(table, options), lambda: objects_label_order(table, options)),
-        "image": (lambda: image_rows(table, options), lambda: table.label_order(request.label_column)),
-        "tokens": (lambda: token_rows(table, options), lambda: table.label_order(options.tags_column)),
-        "pair": (lambda: pair_rows(table), lambda: None),
-        "text": (lambda: generation_rows(table), lambda: None),
-    }
-    kind = (
-        "detection"
-        if "boxes" in fields
-        else "image"
-        if "image" in fields
-        else "tokens"
-        if "tokens" in fields
-        else row_kind(request, {GENERATION: "text", EMBEDDING: "pair"})
-    )
-    read, order = readers.get(kind, (lambda: text_rows(table, kind), lambda: table.label_order(request.label_column)))
-    examples = read()
-    request.label_order = request.label_order or order()
+    if "boxes" in fields:
+        return detection_rows(table, options), objects_label_order(table, options)
+    if "image" in fields:
+        return image_rows(table, options), table.label_order(request.label_column)
+    if "tokens" in fields:
+        return token_rows(table, options), table.label_order(options.tags_column)
+    kind = row_kind(request, {GENERATION: "text", EMBEDDING: "pair"})
+    if kind == "pair":
+        return pair_rows(table), None
+    if kind == "text":
+        return generation_rows(table), None
+    return text_rows(table, kind), table.label_order(request.label_column)
+
+
+def read_split(dataset: Any, split: str, request: DataRequest, options: HfDatasetsOptions) -> list[Example]:
+    """One split's examples; records the data's own label order on the request (the first split's)."""
+    examples, order = rows(Table(dataset, split, request), options)
+    request.label_order = request.label_order or order
     if not examples:
         raise DataError(f"the data set's {split} split holds no usable rows", hint="see the skipped rows in the report")
     return examples
