@@ -114,12 +114,16 @@ def add_section(report: dict[str, Any], section: dict[str, Any]) -> None:
 
 def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     """report.json, report.md and the self-contained report.html, each written whole or not at all."""
-    from adapt.report_html import REPORT_HTML, render_html  # it draws on this module's helpers
+    from adapt.report_html import REPORT_HTML, render_html, unrendered  # it draws on this module's helpers
 
     report["files"] = list_files(run_dir)
     atomic_write_json(run_dir / REPORT_JSON, report)
     atomic_write_text(run_dir / REPORT_MD, render_markdown(report))
-    atomic_write_text(run_dir / REPORT_HTML, render_html(run_dir, report))
+    try:
+        page = render_html(run_dir, report)
+    except (TypeError, ValueError, KeyError, OSError) as exc:  # a figure of an unexpected shape: the run goes on
+        page = unrendered(exc)
+    atomic_write_text(run_dir / REPORT_HTML, page)
 
 
 def _fmt(value: Any) -> str:

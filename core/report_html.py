@@ -231,3 +231,12 @@ def render_html(run_dir: Path, report: dict[str, Any]) -> str:
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>{title}</title>'
         f"<style>{STYLE}</style><script>{SCRIPT}</script></head><body>{''.join(sections)}</body></html>\n"
     )
+
+
+def unrendered(error: Exception) -> str:
+    """The page written where the report could not be drawn: what went wrong, and where the figures are."""
+    return (
+        '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>adapt run report</title></head><body>'
+        f"<p>report.html could not be drawn ({esc(type(error).__name__)}: {esc(error)}); report.md and "
+        "report.json beside it hold every figure. Please report this as a bug.</p></body></html>\n"
+    )

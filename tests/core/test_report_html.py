@@ -40,3 +40,17 @@ def test_the_browser_check_sees_console_messages_and_uncaught_errors(tmp_path, s
     found = open_page(page)
     assert found["console"], "a console message went unseen"
     assert "<p>x</p>" in found["dom"]
+
+
+def test_a_page_that_cannot_be_drawn_says_so_and_the_report_is_still_written(tmp_path, monkeypatch):
+    from adapt import report_html
+    from adapt.report import write_report
+
+    def broken(run_dir, report):  # a figure of a shape the page does not expect
+        raise ValueError("Unknown format code 'f' for object of type 'str'")
+
+    monkeypatch.setattr(report_html, "render_html", broken)
+    write_report(tmp_path, REPORT)
+    page = (tmp_path / "report.html").read_text()
+    assert "report.html could not be drawn (ValueError" in page and "report.md and report.json" in page
+    assert (tmp_path / "report.json").is_file() and "| onnx |" in (tmp_path / "report.md").read_text()
