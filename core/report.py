@@ -290,9 +290,21 @@ def _closing_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"- export: {note}")
     for name, path in (report.get("pictures") or {}).items():
         lines += ["", f"## Picture: {name}", "", f"![{name}]({path})"]
+    lines += _sample_lines(report)
     if report.get("notes") or []:
         lines += ["", "## Notes", ""] + [f"- {n}" for n in report["notes"]]
     return lines
+
+
+def _sample_lines(report: dict[str, Any]) -> list[str]:
+    """The deployable form's samples (a decoder's continuations of test prompts), where the export kept some."""
+    samples: dict[str, list[dict[str, str]]] = report.get("samples") or {}
+    form = _deployable_form(report)
+    shown = form if form in samples else next(iter(samples), None)
+    if shown is None:
+        return []
+    lines = ["", f"## Samples ({shown})", ""]
+    return lines + [f"- {row.get('prompt', '')!r} -> **{row.get('continuation', '')!r}**" for row in samples[shown]]
 
 
 def latency_table(report: dict[str, Any]) -> str:

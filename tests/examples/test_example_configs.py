@@ -43,3 +43,4 @@ def test_the_generation_example_runs_on_the_real_bbc_articles(tmp_path):
     assert [s["continuation"] for s in onnx] == [s["continuation"] for s in report["samples"]["onnx_optimized"]]
     page = (tmp_path / "runs" / "bbc-gpt2-generation" / "report.html").read_text()
     assert "Sample generations" in page and html.escape(onnx[0]["continuation"]) in page
+    assert "## Samples (" in (tmp_path / "runs" / "bbc-gpt2-generation" / "report.md").read_text()
