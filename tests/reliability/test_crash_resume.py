@@ -35,8 +35,13 @@ def config(tmp_path, name, **train):
         "data": {"source": "digits"},
         "train": {"epochs": 2, "batch_size": 32, "lr": 1e-2, "checkpoint_every": 5, **train},
         # int8's activation type and format are chosen by timing unless pinned, and timings
-        # depend on the machine's load: two identical runs must pin them to be identical
-        "export": {"options": {"onnx": {"int8_activations": "int8", "int8_format": "qdq"}}},
+        # depend on the machine's load: two identical runs must pin them to be identical. The
+        # export is lean (one calibration method, no .ort, few timed runs): resuming is the point.
+        "export": {
+            "mobile": False,
+            "latency_runs": 5,
+            "options": {"onnx": {"int8_activations": "int8", "int8_format": "qdq", "calibration_method": "minmax"}},
+        },
     }
     path = tmp_path / f"{name}.yaml"
     path.write_text(yaml.safe_dump(data))
