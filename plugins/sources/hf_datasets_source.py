@@ -11,7 +11,6 @@ Images stay encoded in memory (:class:`EncodedImage`) and are decoded when batch
 
 from __future__ import annotations
 
-import io
 from typing import Any
 
 from adapt import hookimpl
@@ -19,115 +18,11 @@ from adapt.data import generation_example, label_list, row_kind
 from adapt.errors import DataError
 from adapt.interfaces import DataRequest, DataSource, Example
 from adapt.plugins.sources.hf_datasets_open import HfDatasetsOptions, open_splits
+from adapt.plugins.sources.hf_datasets_table import Table
+from adapt.plugins.sources.hf_detection_rows import detection_rows, objects_label_order
 
 GENERATION = "text-generation"  # a task without fields, by its name: rows are texts, prompt/completion pairs or chats
 EMBEDDING = "text-embedding"  # rows are (query, positive) pairs
-
-
-class EncodedImage:
-    """An image kept as its file's bytes; ``numpy.asarray`` decodes it to RGB uint8, so every
-    task and backbone that takes an array takes it, and a large set is not held decoded."""
-
-    def __init__(self, data: bytes, where: str) -> None:
-        self.data, self.where = data, where
-
-    def decoded(self) -> Any:
-        from PIL import Image
-
-        with Image.open(io.BytesIO(self.data)) as opened:
-            return opened.convert("RGB")
-
-    def __array__(self, dtype: Any = None, copy: Any = None) -> Any:
-        import numpy as np
-
-        array = np.asarray(self.decoded())
-        return array if dtype is None else array.astype(dtype)
-
-    def __repr__(self) -> str:
-        return f"EncodedImage({self.where}, {len(self.data)} bytes)"
-
-
-def names_of(feature: Any) -> list[str] | None:
-    """A ``ClassLabel``'s names, also inside a list feature (``List(ClassLabel)``); else None."""
-    import datasets
-
-    if isinstance(feature, datasets.ClassLabel):
-        return list(feature.names)
-    inner = getattr(feature, "feature", None)
-    return names_of(inner) if inner is not None and not isinstance(inner, dict) else None
-
-
-def named(value: Any, names: list[str] | None) -> Any:
-    """A label value as its name: a ClassLabel index by its names (-1, no label, is None), a list item by item."""
-    if isinstance(value, list):
-        return [named(v, names) for v in value]
-    if names is not None and isinstance(value, int):
-        return None if value < 0 else names[value]
-    return value
-
-
-class Table:
-    """One split's columns, read once, with label columns as names and images encoded."""
-
-    def __init__(self, dataset: Any, split: str, request: DataRequest) -> None:
-        self.dataset, self.split, self.request = dataset, split, request
-        self.columns = list(dataset.column_names)
-
-    def where(self, row: int) -> str:
-        return f"{self.split} split, row {row}"
-
-    def require(self, name: str, key: str) -> None:
-        """DataError naming the config ``key`` if the split has no column ``name``."""
-        if name not in self.columns:
-            raise DataError(
-                f"the data set's {self.split} split has no column {name!r}; its columns are: {', '.join(self.columns)}",
-                hint=f"set {key} to the column's name",
-            )
-
-    def column(self, name: str, key: str) -> list[Any]:
-        """The column's values (ClassLabel indices as names); DataError naming ``key`` if it is missing."""
-        self.require(name, key)
-        names = names_of(self.dataset.features[name])
-        return [named(v, names) for v in self.dataset[name]]
-
-    def images(self, name: str) -> list[EncodedImage | None]:
-        """The image column as encoded bytes (None where a row has no image or its file is outside the data)."""
-        import datasets
-
-        self.require(name, "data.options.image_column")
-        raw = self.dataset.cast_column(name, datasets.Image(decode=False))[name]
-        return [self._encoded(value, i) for i, value in enumerate(raw)]
-
-    def _encoded(self, value: Any, row: int) -> EncodedImage | None:
-        if not isinstance(value, dict) or (value.get("bytes") is None and value.get("path") is None):
-            self.request.skip(self.where(row), "no image")
-            return None
-        if value.get("bytes") is not None:
-            return EncodedImage(value["bytes"], self.where(row))
-        root = self.request.path
-        folder = (root if root.is_dir() else root.parent).resolve() if root is not None else None
-        path = (folder / value["path"]).resolve() if folder is not None else None
-        if folder is None or path is None or not path.is_relative_to(folder):
-            self.request.skip(self.where(row), f"the image's path {value['path']!r} lies outside the data set's folder")
-            return None
-        try:
-            return EncodedImage(path.read_bytes(), self.where(row))
-        except OSError as exc:
-            self.request.skip(self.where(row), f"cannot read {path}: {exc.strerror}")
-            return None
-
-    def label_order(self, name: str) -> list[str] | None:
-        """The ClassLabel names of column ``name`` (or of its list items), where it has them."""
-        return names_of(self.dataset.features[name]) if name in self.columns else None
-
-
-def readable(image: EncodedImage) -> str | None:
-    """None if the image's pixels decode, else why not."""
-    try:
-        image.decoded()
-    except Exception as exc:  # noqa: BLE001 - PIL raises many kinds for a bad file
-        return f"unreadable image ({type(exc).__name__}: {exc})"
-    return None
 
 
 def text_rows(table: Table, kind: str) -> list[Example]:
@@ -201,10 +96,7 @@ def image_rows(table: Table, options: HfDatasetsOptions) -> list[Example]:
     for row, (image, label) in enumerate(zip(images, labels)):
         if image is None:
             continue
-        problem = readable(image)
-        if problem:
-            request.skip(table.where(row), problem)
-        elif label is None or str(label).strip() == "":
+        if label is None or str(label).strip() == "":
             request.skip(table.where(row), f"the {request.label_column!r} value is empty (no label)")
         else:
             examples.append({"image": image, "label": str(label).strip()})
@@ -214,8 +106,6 @@ def image_rows(table: Table, options: HfDatasetsOptions) -> list[Example]:
 def rows(table: Table, options: HfDatasetsOptions) -> tuple[list[Example], list[str] | None]:
     """The split's examples in the shape the task's fields ask for, and the label names the
     data declares for them (a ClassLabel's, in its order), where it declares any."""
-    from adapt.plugins.sources.hf_detection_rows import detection_rows, objects_label_order
-
     request = table.request
     fields = set(request.fields)
     if "boxes" in fields:

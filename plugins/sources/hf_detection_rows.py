@@ -11,6 +11,7 @@ from adapt.errors import DataError
 from adapt.interfaces import Example
 from adapt.boxes import checked_box, corners
 from adapt.plugins.sources.hf_datasets_open import HfDatasetsOptions
+from adapt.plugins.sources.hf_datasets_table import Table, named, names_of
 
 
 def objects_of(value: Any) -> list[tuple[Any, Any]] | None:
@@ -24,23 +25,19 @@ def objects_of(value: Any) -> list[tuple[Any, Any]] | None:
 
 def category_names(feature: Any) -> list[str] | None:
     """The ClassLabel names of the objects' ``category`` (in a dict of lists or a list of dicts)."""
-    from adapt.plugins.sources.hf_datasets_source import names_of
-
     inner = feature if isinstance(feature, dict) else getattr(feature, "feature", None)
     return names_of(inner["category"]) if isinstance(inner, dict) and "category" in inner else None
 
 
-def objects_label_order(table: Any, options: HfDatasetsOptions) -> list[str] | None:
+def objects_label_order(table: Table, options: HfDatasetsOptions) -> list[str] | None:
     """The data set's category names in their own order, where ``category`` is a ClassLabel."""
     if options.objects_column not in table.columns:
         return None
     return category_names(table.dataset.features[options.objects_column])
 
 
-def detection_rows(table: Any, options: HfDatasetsOptions) -> list[Example]:
+def detection_rows(table: Table, options: HfDatasetsOptions) -> list[Example]:
     """``{"image", "size", "boxes", "labels"}`` per row; a bad box or image is skipped and counted."""
-    from adapt.plugins.sources.hf_datasets_source import named, readable
-
     table.require(options.objects_column, "data.options.objects_column")
     names = category_names(table.dataset.features[options.objects_column])
     images = table.images(options.image_column)
@@ -52,12 +49,9 @@ def detection_rows(table: Any, options: HfDatasetsOptions) -> list[Example]:
                 f"{table.where(row)}: the {options.objects_column!r} column holds no `bbox` and `category` lists",
                 hint="set data.options.objects_column to the column of each image's objects",
             )
-        problem = None if image is None else readable(image)
-        if image is None or problem:
-            if problem:
-                table.request.skip(table.where(row), problem)
+        if image is None:
             continue
-        width, height = image.decoded().size
+        width, height = image.size
         example: Example = {"image": image, "size": [width, height], "boxes": [], "labels": []}
         for number, (bbox, category) in enumerate(objects):
             box, why = checked_box(corners(bbox) if options.bbox_format == "coco" else bbox, width, height)
