@@ -24,8 +24,10 @@ KNOWN = {
 
 
 def _form_row(name: str, form: str, report: dict[str, Any]) -> list[str]:
+    from adapt.report import form_metric
+
     primary = str(report.get("primary_metric") or "accuracy")
-    metric = (report.get("metrics") or {}).get(form, {}).get(primary)
+    metric = form_metric(report, form)
     latency = (report.get("latency_ms") or {}).get(form, {}).get("median")
     facts = [f"form `{form}`"]
     if isinstance(metric, (int, float)):

@@ -84,9 +84,9 @@ def report_forms(run_dir: Path, report: dict[str, Any]) -> dict[str, Path]:
 def _drop(attempt: dict[str, Any]) -> str:
     """An attempt's validation drop, with its paired interval where the gate had one."""
     interval = attempt.get("drop_interval")
-    drop = _fmt(attempt.get("val_drop", ""))
+    drop = fmt_value(attempt.get("val_drop", ""))
     return (
-        f"{drop} [{_fmt(interval[0])}, {_fmt(interval[1])}]"
+        f"{drop} [{fmt_value(interval[0])}, {fmt_value(interval[1])}]"
         if isinstance(interval, list) and len(interval) == 2
         else drop
     )
@@ -126,13 +126,13 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
     atomic_write_text(run_dir / REPORT_HTML, page)
 
 
-def _fmt(value: Any) -> str:
+def fmt_value(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
 
 
-def _diff(value: Any, missing: str = "NaN/Inf") -> str:
+def diff_text(value: Any, missing: str = "NaN/Inf") -> str:
     return f"{value:.3g}" if isinstance(value, (int, float)) else missing
 
 
@@ -151,7 +151,7 @@ def agreement_text(measured: Any, share: float) -> str:
 PARITY_KEYS = ("max_abs_diff", "label_agreement", "agreement_of", "examples", "bound", "verified")
 
 
-def _agreements(parity: dict[str, Any]) -> str:
+def agreements_text(parity: dict[str, Any]) -> str:
     """A form's task-specific checks, after its label agreement (boxes after NMS, generated tokens,
     the smallest cosine): every other number in its parity entry, by its own name."""
     shown = []
@@ -191,6 +191,27 @@ def _stage_lines(report: dict[str, Any]) -> list[str]:
     return [line]
 
 
+def params_text(params: dict[str, Any]) -> str:
+    """``75,653 trainable of 22,788,869 (0.33%)``."""
+    trainable, total = params.get("trainable", 0), params.get("total", 0)
+    return f"{trainable:,} trainable of {total:,} ({trainable / max(total or 1, 1):.2%})"
+
+
+def data_text(data: dict[str, Any]) -> str:
+    """``text-folder: train 1780, val 222, test 222; 5 labels; 1 items skipped``."""
+    sizes = ", ".join(f"{k} {v}" for k, v in (data.get("sizes") or {}).items())
+    return (
+        f"{data.get('source')}: {sizes}; {len(data.get('labels') or [])} labels; "
+        f"{len(data.get('skipped') or [])} items skipped"
+    )
+
+
+def form_metric(report: dict[str, Any], form: str) -> Any:
+    """A form's test value of the task's primary metric (PyTorch eager's is the merged model's); None if absent."""
+    primary = str(report.get("primary_metric") or "accuracy")  # the task's (Task.primary_metric)
+    return (report.get("metrics") or {}).get("merged" if form == "pytorch" else form, {}).get(primary)
+
+
 def _summary_lines(report: dict[str, Any]) -> list[str]:
     """The title, what ran on what data and how training went, and each form's test metrics."""
     lines = [f"# Run report: {report.get('name', '')}", ""]
@@ -199,16 +220,11 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
         f"- task: {report.get('task')}",
         f"- backbone: {report.get('backbone')}",
         f"- method: {report.get('method')} (merge: {report.get('merge', 'not yet')})",
-        f"- parameters: {params.get('trainable', 0):,} trainable of {params.get('total', 0):,} "
-        f"({params.get('trainable', 0) / max(params.get('total', 1), 1):.2%})",
+        f"- parameters: {params_text(params)}",
     ]
     data = report.get("data", {})
     if data:
-        lines.append(
-            f"- data: {data.get('source')}: "
-            + ", ".join(f"{k} {v}" for k, v in data.get("sizes", {}).items())
-            + f"; {len(data.get('labels', []))} labels; {len(data.get('skipped', []))} items skipped"
-        )
+        lines.append(f"- data: {data_text(data)}")
     training = report.get("training", {})
     if training:
         fast = training.get("fast_path") or {}
@@ -223,7 +239,9 @@ def _summary_lines(report: dict[str, Any]) -> list[str]:
     if metrics:
         names = sorted({k for m in metrics.values() for k in m})
         lines += ["", "## Test metrics", "", "| form | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-        lines += [f"| {form} | " + " | ".join(_fmt(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()]
+        lines += [
+            f"| {form} | " + " | ".join(fmt_value(m.get(k, "")) for k in names) + " |" for form, m in metrics.items()
+        ]
     return lines
 
 
@@ -240,8 +258,9 @@ def _parity_lines(report: dict[str, Any]) -> list[str]:
             "|---|---|---|---|---|",
         ]
         lines += [
-            f"| {form} | {_diff(p.get('max_abs_diff'))} | {_diff(p.get('bound'), 'no bound (accuracy gate)')} | "
-            f"{agreement_text(p.get('agreement_of'), p.get('label_agreement', 0))}{_agreements(p)} | "
+            f"| {form} | {diff_text(p.get('max_abs_diff'))} | "
+            f"{diff_text(p.get('bound'), 'no bound (accuracy gate)')} | "
+            f"{agreement_text(p.get('agreement_of'), p.get('label_agreement', 0))}{agreements_text(p)} | "
             f"{_verified(p.get('verified'))} |"
             for form, p in parity.items()
         ]
@@ -263,7 +282,7 @@ def _export_lines(report: dict[str, Any]) -> list[str]:
                 "|---|---|---|---|---|---|",
             ]
             lines += [
-                f"| {a['attempt']} | {_fmt(a.get('val_score', ''))} | {_drop(a)} | "
+                f"| {a['attempt']} | {fmt_value(a.get('val_score', ''))} | {_drop(a)} | "
                 f"{a.get('verdict', a.get('passed', a.get('error', '')))} | "
                 f"{a.get('latency_ms', {}).get('median', '')} | {a.get('bytes', '')} |"
                 for a in attempts
@@ -311,7 +330,7 @@ def latency_table(report: dict[str, Any]) -> str:
     """Markdown table: each form's batch-1 latency, its ratio to PyTorch eager (measured
     taking turns: median and range of the per-round ratios), size and primary metric;
     for text-generation also its greedy generation speed (new tokens per second)."""
-    latency, metrics, files = report.get("latency_ms", {}), report.get("metrics", {}), report.get("files", {})
+    latency, files = report.get("latency_ms", {}), report.get("files", {})
     versus = report.get("latency_vs_pytorch", {})
     primary = str(report.get("primary_metric") or "accuracy")  # the task's (Task.primary_metric)
     direction = " (lower is better)" if report.get("lower_is_better") else ""
@@ -326,18 +345,18 @@ def latency_table(report: dict[str, Any]) -> str:
     forms = report.get("forms", {})
     for form, v in latency.items():
         size = (report.get("form_bytes") or {}).get(form, files.get(forms.get(form, ""), ""))
-        metric = metrics.get("merged" if form == "pytorch" else form, {}).get(primary, "")
-        speed = f" {_fmt(v.get('tokens_per_s', ''))} |" if generation else ""
+        metric = form_metric(report, form)
+        speed = f" {fmt_value(v.get('tokens_per_s', ''))} |" if generation else ""
         rows.append(
-            f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {_versus(form, versus, latency)} | "
-            f"{v.get('threads', '')} | {size} | {_fmt(metric)} |{speed}"
+            f"| {form} | {v.get('median', 0):.2f} | {v.get('p90', 0):.2f} | {versus_text(form, versus, latency)} | "
+            f"{v.get('threads', '')} | {size} | {fmt_value('' if metric is None else metric)} |{speed}"
         )
     if versus.get("note"):
         rows.append(f"\n{versus['note']}")
     return "\n".join(rows)
 
 
-def _versus(form: str, versus: dict[str, Any], latency: dict[str, Any]) -> str:
+def versus_text(form: str, versus: dict[str, Any], latency: dict[str, Any]) -> str:
     """A form's ratio to eager: the interleaved one (with its range) where the report has
     it; a report from before interleaving: the plain ratio of medians."""
     if form == "pytorch":
@@ -438,8 +457,8 @@ def model_card(report: dict[str, Any], kind: str, files: Sequence[str] = ()) -> 
         check = parity.get(form, {})
         lines.append(
             f"| {form} | "
-            + " | ".join(_fmt(metrics.get(form, {}).get(k, "")) for k in names)
-            + f" | {_diff(check.get('max_abs_diff'), '')} | {_verified(check.get('verified'))} |"
+            + " | ".join(fmt_value(metrics.get(form, {}).get(k, "")) for k in names)
+            + f" | {diff_text(check.get('max_abs_diff'), '')} | {_verified(check.get('verified'))} |"
         )
     lines += ["", "## How to use", "", *_usage(report, kind, library), ""]
     if files:

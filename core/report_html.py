@@ -18,7 +18,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from adapt.report import CURVE_PNG, PARITY_KEYS, _fmt, agreement_text
+from adapt.report import (
+    CURVE_PNG,
+    agreements_text,
+    diff_text,
+    fmt_value,
+    versus_text,
+    agreement_text,
+    data_text,
+    form_metric,
+    params_text,
+)
 
 REPORT_HTML = "report.html"
 
@@ -42,7 +52,7 @@ window.addEventListener("load", () => {
 
 
 def esc(value: Any) -> str:
-    return html.escape(_fmt(value) if isinstance(value, float) else str(value))
+    return html.escape(fmt_value(value) if isinstance(value, float) else str(value))
 
 
 def table(header: list[str], rows: list[list[Any]]) -> str:
@@ -63,16 +73,12 @@ def embedded_png(run_dir: Path, relative: str, alt: str) -> str:
 
 def summary(report: dict[str, Any]) -> str:
     params, data, training = report.get("params") or {}, report.get("data") or {}, report.get("training") or {}
-    total = max(params.get("total", 1) or 1, 1)
     items = {
         "task": report.get("task"),
         "backbone": f"{report.get('backbone')} ({report.get('arch') or report.get('checkpoint') or ''})",
         "method": f"{report.get('method')} (merge: {report.get('merge', 'not yet')})",
-        "parameters": f"{params.get('trainable', 0):,} trainable of {params.get('total', 0):,} "
-        f"({params.get('trainable', 0) / total:.2%})",
-        "data": f"{data.get('source')}: "
-        + ", ".join(f"{k} {v}" for k, v in (data.get("sizes") or {}).items())
-        + f"; {len(data.get('labels') or [])} labels; {len(data.get('skipped') or [])} items skipped",
+        "parameters": params_text(params),
+        "data": data_text(data),
         "training": f"best epoch {training.get('best_epoch')} of {training.get('epochs_run')}, "
         f"{training.get('seconds', 0):.0f} s on {training.get('device')}"
         if training
@@ -90,52 +96,32 @@ def metrics_table(report: dict[str, Any]) -> str:
 
 
 def parity_table(report: dict[str, Any]) -> str:
+    """Each form's parity with the form it came from, in report.md's words (a failed check in red)."""
     rows = []
     for form, p in (report.get("parity") or {}).items():
-        extra = [
-            ("final outputs' " if k == p.get("agreement_of") else "") + agreement_text(k, v)
-            for k, v in p.items()
-            if k not in PARITY_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)
-        ]
         verified = {True: "yes", False: '<span class="no">NO</span>'}.get(p.get("verified"), "")
-        agreement = agreement_text(p.get("agreement_of"), p.get("label_agreement", 0))
-        rows.append(
-            [
-                esc(form),
-                esc(p.get("max_abs_diff") if p.get("max_abs_diff") is not None else "NaN/Inf"),
-                esc(p.get("bound") if p.get("bound") is not None else "no bound (accuracy gate)"),
-                esc("; ".join([agreement, *extra])),
-                verified,
-            ]
-        )
+        agreement = agreement_text(p.get("agreement_of"), p.get("label_agreement", 0)) + agreements_text(p)
+        bound = diff_text(p.get("bound"), "no bound (accuracy gate)")
+        rows.append([esc(form), esc(diff_text(p.get("max_abs_diff"))), esc(bound), esc(agreement), verified])
     return table(["form", "max abs diff", "allowed", "agreement", "verified"], rows)
-
-
-def primary_of(report: dict[str, Any], form: str) -> Any:
-    primary = str(report.get("primary_metric") or "accuracy")
-    return (report.get("metrics") or {}).get("merged" if form == "pytorch" else form, {}).get(primary)
 
 
 def latency_rows(report: dict[str, Any]) -> list[list[Any]]:
     """Per form: median and p90 ms, the interleaved ratio to PyTorch eager, bytes shipped, test metric."""
-    versus, sizes = report.get("latency_vs_pytorch") or {}, report.get("form_bytes") or {}
+    latency, sizes = report.get("latency_ms") or {}, report.get("form_bytes") or {}
+    versus = report.get("latency_vs_pytorch") or {}
     rows = []
-    for form, v in (report.get("latency_ms") or {}).items():
-        ratio = versus.get(form)
-        shown = (
-            f"{ratio['ratio']:.3f}x ({ratio['range'][0]:.3f}-{ratio['range'][1]:.3f})"
-            if isinstance(ratio, dict)
-            else ("1.00x" if form == "pytorch" else "")
-        )
+    for form, v in latency.items():
         size = sizes.get(form, "")
+        metric = form_metric(report, form)
         rows.append(
             [
                 esc(form),
                 esc(f"{v.get('median', 0):.2f}"),
                 esc(f"{v.get('p90', 0):.2f}"),
-                esc(shown),
+                esc(versus_text(form, versus, latency)),
                 esc(f"{size:,}" if isinstance(size, int) else size),
-                esc(primary_of(report, form) or ""),
+                esc("" if metric is None else metric),
             ]
         )
     return rows
@@ -146,7 +132,7 @@ def tradeoff_svg(report: dict[str, Any]) -> str:
     points = [
         (form, float(v["median"]), float(metric))
         for form, v in (report.get("latency_ms") or {}).items()
-        if isinstance(metric := primary_of(report, form), (int, float))
+        if isinstance(metric := form_metric(report, form), (int, float))
         and math.isfinite(metric)
         and math.isfinite(float(v.get("median", math.nan)))
     ]

@@ -31,17 +31,17 @@ def test_the_latency_table_reads_the_runs_own_primary_metric_and_direction():
 def test_report_md_shows_a_tasks_own_parity_entries_by_their_names():
     """A task's agreement (its agreement_name) and its export check's entries reach report.md
     by their own names, with no list of built-in names in core."""
-    from adapt.report import _agreements
+    from adapt.report import agreements_text
 
-    shown = _agreements({"max_abs_diff": 1e-6, "label_agreement": 1.0, "examples": 8, "bound": 1e-4, "verified": True, "box_agreement": 0.995, "min_cosine": 0.99998})
+    shown = agreements_text({"max_abs_diff": 1e-6, "label_agreement": 1.0, "examples": 8, "bound": 1e-4, "verified": True, "box_agreement": 0.995, "min_cosine": 0.99998})
     assert shown == "; box agreement 99.50%; min cosine 0.99998"
 
 
 def test_an_agreement_is_named_by_what_it_measured():
     """A task's own agreement is never called a label agreement: report.md and the run's
     line name it (a detector's box agreement, an embedding's smallest cosine)."""
-    from adapt.report import _agreements, agreement_text
+    from adapt.report import agreements_text, agreement_text
 
     assert agreement_text("labels", 1.0) == "label agreement 100.00%"
     assert agreement_text("box_agreement", 0.995) == "box agreement 99.50%" and agreement_text("min_cosine", 0.99998) == "min cosine 0.99998"
-    assert _agreements({"label_agreement": 0.99, "agreement_of": "box_agreement", "box_agreement": 0.98}) == "; final outputs' box agreement 98.00%"
+    assert agreements_text({"label_agreement": 0.99, "agreement_of": "box_agreement", "box_agreement": 0.98}) == "; final outputs' box agreement 98.00%"
