@@ -30,6 +30,8 @@ BROWSERS = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stab
 #: A browser binary to use instead of the first of BROWSERS on the PATH.
 BROWSER_ENV = "ADAPT_CHROMIUM"
 RESULT_PATH = "/adapt-web-result"
+#: How every check starts the browser: headless, without a sandbox (containers), GPU or first-run screens.
+HEADLESS = ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run")
 
 
 def find_browser() -> str:
@@ -73,9 +75,8 @@ def run_page(folder: Path, query: str = "", timeout: float = TIMEOUT_S, page: st
     url = f"http://127.0.0.1:{server.server_address[1]}/web/{page}?report=1{'&' + query if query else ''}"
     browser = find_browser()
     with tempfile.TemporaryDirectory() as profile:
-        flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
         process = subprocess.Popen(
-            [browser, *flags, f"--user-data-dir={profile}", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+            [browser, *HEADLESS, f"--user-data-dir={profile}", url], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
         try:
             finished = sink["done"].wait(timeout)
@@ -166,7 +167,6 @@ def open_page(page: Path, screenshot: Path | None = None, timeout: float = 60) -
     """A local, self-contained HTML file (report.html) in headless Chromium: ``{"dom": the DOM
     after its load event, "console": every console message, uncaught errors included}``; with
     ``screenshot``, a PNG of the page at 1200 px wide too."""
-    flags = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]
     url = page.resolve().as_uri()
     found: dict[str, Any] = {"console": []}
     with tempfile.TemporaryDirectory() as profile:
@@ -174,7 +174,7 @@ def open_page(page: Path, screenshot: Path | None = None, timeout: float = 60) -
         if screenshot is not None:
             runs.append(("screenshot", [f"--screenshot={screenshot}", "--window-size=1200,2400", "--hide-scrollbars"]))
         for name, extra in runs:
-            command = [find_browser(), *flags, "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}"]
+            command = [find_browser(), *HEADLESS, "--enable-logging=stderr", "--v=0", f"--user-data-dir={profile}"]
             try:
                 done = subprocess.run([*command, *extra, url], capture_output=True, timeout=timeout, check=False)
             except subprocess.TimeoutExpired:

@@ -52,3 +52,12 @@ def test_a_label_only_in_test_is_an_error():
     source = ListSource({"train": text(4, "a"), "test": text(1, "z")})
     with pytest.raises(DataError, match="test split: label 'z' does not occur in the training data"):
         load_splits(source, DataRequest("text-classification", None), TextClassification(), SplitConfig(val=0.0))
+
+
+def test_the_datas_own_label_order_is_kept_only_where_it_covers_every_training_label():
+    from adapt.data import declared_order
+
+    assert declared_order(["neg", "pos"], ["pos", "neg", "mixed"]) == ["pos", "neg", "mixed"]
+    assert declared_order(["neg", "pos", "zzz"], ["pos", "neg"]) == ["neg", "pos", "zzz"]  # a name it lacks: sorted
+    assert declared_order(["neg", "pos"], None) == ["neg", "pos"]
+    assert declared_order([], ["a"]) == []  # a task without labels (generation) stays without

@@ -54,3 +54,25 @@ def test_a_page_that_cannot_be_drawn_says_so_and_the_report_is_still_written(tmp
     page = (tmp_path / "report.html").read_text()
     assert "report.html could not be drawn (ValueError" in page and "report.md and report.json" in page
     assert (tmp_path / "report.json").is_file() and "| onnx |" in (tmp_path / "report.md").read_text()
+
+
+def test_the_export_card_names_every_kind_of_file_a_export_can_hold():
+    from adapt.export_files import export_file_lines
+
+    report = {
+        "primary_metric": "accuracy",
+        "deployable": "export/model.int8.onnx",
+        "forms": {"onnx": "export/model.onnx", "onnx_int8": "export/model.int8.onnx", "ort": "export/mobile/model.ort"},
+        "metrics": {"onnx": {"accuracy": 0.91}, "onnx_int8": {"accuracy": 0.9}},
+        "latency_ms": {"onnx_int8": {"median": 1.5}},
+    }
+    files = ["model.onnx", "model.onnx.data", "model.int8.onnx", "mobile/model.ort", "mobile/model.required_operators.config",
+             "gallery.npy", "web/index.html", "web/ort/ort.wasm", "extra.bin"]
+    rows = {line.split("`")[1]: line for line in export_file_lines(report, files)[2:]}
+    assert set(rows) == {*(f for f in files if not f.startswith("web/")), "web/"}
+    assert "**the one to deploy**" in rows["model.int8.onnx"] and "test accuracy 0.9" in rows["model.int8.onnx"]
+    assert "1.50 ms" in rows["model.int8.onnx"] and "deploy" not in rows["model.onnx"]
+    assert "keep it beside model.onnx" in rows["model.onnx.data"]
+    assert "ONNX Runtime Mobile" in rows["mobile/model.ort"] and "--include_ops_by_config" in rows["mobile/model.required_operators.config"]
+    assert "gallery" in rows["gallery.npy"] and "written by a plugin" in rows["extra.bin"]
+    assert "python -m http.server" in rows["web/"]
